@@ -1,0 +1,3 @@
+from acbuild.cli import main
+
+raise SystemExit(main())

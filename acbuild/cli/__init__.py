@@ -1,0 +1,92 @@
+"""Command-line entry point: argument parsing, and the one place where errors
+become exit codes.
+
+Each command lives in its own module under acbuild.cli with two functions:
+`add_parser(subparsers)` registers it (and calls `set_defaults(run=run)`), and
+`run(args) -> int | None` does the work. Command modules import heavy libraries
+(lark, yaml, gnupg, pyroute2) inside `run`, never at module level, so that
+`acbuild --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+from acbuild import __version__
+from acbuild.errors import EXIT_FAILURE, EXIT_USAGE, AcbuildError, UsageError
+
+# Module names under acbuild.cli, in the order --help lists them.
+COMMANDS = [
+    "build",
+    "plan",
+    "pack",
+    "validate",
+    "manifest_cmds",
+    "image_id",
+]
+
+EPILOG = """\
+exit status:
+  0  success
+  1  failure (build step failed, invalid image, bad signature...)
+  2  not found (no such file, image, label or build in progress)
+  3  usage error (bad arguments)
+
+Run 'acbuild COMMAND --help' for a command's options."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, but a usage error raises UsageError (exit 3) instead of exiting 2."""
+
+    def error(self, message: str):  # type: ignore[override]
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(
+        prog="acbuild",
+        description="Build, sign, verify and ship App Container Images (appc .aci).",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"acbuild {__version__}")
+    parser.add_argument("--debug", action="store_true", help="print tracebacks and what the sandbox does")
+    sub = parser.add_subparsers(title="commands", metavar="COMMAND", parser_class=ArgumentParser)
+    for name in COMMANDS:
+        importlib.import_module(f"acbuild.cli.{name}").add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in argv or bool(os.environ.get("ACBUILD_DEBUG"))
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if not hasattr(args, "run"):
+            parser.print_help(sys.stderr)
+            return EXIT_USAGE
+        return args.run(args) or 0
+    except AcbuildError as err:
+        if debug:
+            import traceback
+
+            traceback.print_exc()
+        print(_format(err), file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("acbuild: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return EXIT_FAILURE
+
+
+def _format(err: AcbuildError) -> str:
+    # Positioned errors already start with FILE:LINE:COL; the rest get our name.
+    text = err.render()
+    if err.pos is not None and err.pos.line:
+        return text
+    return f"acbuild: {text}"

@@ -1,0 +1,101 @@
+"""The exception tree. Every message is the user message; the CLI turns these
+into exit codes in one place (acbuild.cli.main). Nothing here imports the rest
+of acbuild."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class SourcePos:
+    """Where an instruction or argument came from: an ACIfile place or argv."""
+
+    file: str = "<argv>"
+    line: int = 0
+    column: int = 0
+    # The whole source line, for the caret excerpt (empty for argv).
+    text: str = ""
+
+    def __str__(self) -> str:
+        if self.line:
+            return f"{self.file}:{self.line}:{self.column}"
+        return self.file
+
+    def excerpt(self) -> str:
+        """The offending line and a caret under the column, or "" without one."""
+        if not self.text or not self.line:
+            return ""
+        line = self.text.expandtabs(1)
+        caret = " " * max(self.column - 1, 0) + "^"
+        return f"    {line}\n    {caret}"
+
+
+ARGV = SourcePos()
+
+# Exit codes, as Go acbuild documented them.
+EXIT_FAILURE = 1
+EXIT_NOT_FOUND = 2
+EXIT_USAGE = 3
+
+
+class AcbuildError(Exception):
+    """A failure to report to the user without a traceback."""
+
+    exit_code = EXIT_FAILURE
+
+    def __init__(self, message: str, pos: SourcePos | None = None):
+        super().__init__(message)
+        self.message = message
+        self.pos = pos
+
+    def __str__(self) -> str:
+        if self.pos is not None and (self.pos.line or self.pos.file != "<argv>"):
+            return f"{self.pos}: {self.message}"
+        return self.message
+
+    def render(self) -> str:
+        """The message, plus the caret excerpt when the position has one."""
+        text = str(self)
+        excerpt = self.pos.excerpt() if self.pos else ""
+        return f"{text}\n{excerpt}" if excerpt else text
+
+
+class UsageError(AcbuildError):
+    """Bad command-line input."""
+
+    exit_code = EXIT_USAGE
+
+
+class NotFoundError(AcbuildError):
+    """A named thing (file, label, build in progress) does not exist."""
+
+    exit_code = EXIT_NOT_FOUND
+
+
+class ParseError(AcbuildError):
+    """The ACIfile does not follow the grammar."""
+
+
+class PlanError(AcbuildError):
+    """The ACIfile parses but says something invalid (bad name, duplicate label)."""
+
+
+class ManifestError(AcbuildError):
+    """An image or pod manifest breaks the appc schema. `problems` lists each one."""
+
+    def __init__(self, message: str, problems: list[str] | None = None, pos: SourcePos | None = None):
+        super().__init__(message, pos)
+        self.problems = problems or [message]
+
+
+class ImageError(AcbuildError):
+    """An .aci or image layout cannot be read or written."""
+
+
+class BuildError(AcbuildError):
+    """A build step failed (COPY source missing, RUN exited non-zero...)."""
+
+
+class SignatureError(AcbuildError):
+    """Signing or verification failed, or a signer is not trusted."""
