@@ -1,0 +1,1 @@
+"""The appc format: manifests, value types, the .aci archive reader and writer."""
