@@ -26,6 +26,7 @@ COMMANDS = [
     "validate",
     "manifest_cmds",
     "image_id",
+    "sign_cmds",
 ]
 
 EPILOG = """\

@@ -1,0 +1,115 @@
+"""acbuild.toml: user defaults for signing and verification.
+
+Read from `--config FILE`, else `$XDG_CONFIG_HOME/acbuild/acbuild.toml`
+(default ~/.config/acbuild/acbuild.toml); a missing default file means defaults.
+
+    signing-key = "alice@example.com"     # default for --key
+    gpg-home = "~/.gnupg-acbuild"          # default for --gpg-home
+    trust-dirs = ["/etc/acbuild/trustedkeys", "~/.config/acbuild/trustedkeys"]
+    require-signatures = true             # every base image must be signed and trusted
+
+Relative paths are relative to the file's directory; "~" is expanded. Command-line
+flags and ACBUILD_TRUST_DIR win over the file. `insecure-skip-verify` is refused
+here on purpose: skipping verification must be asked for on each command.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from acbuild.errors import NotFoundError, SourcePos, UsageError
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python < 3.11
+    import tomli as tomllib  # type: ignore[no-redef]
+
+KEYS = ("signing-key", "gpg-home", "trust-dirs", "require-signatures")
+
+
+@dataclass(frozen=True)
+class Config:
+    signing_key: str | None = None
+    gpg_home: Path | None = None
+    trust_dirs: tuple[Path, ...] | None = None  # None: the built-in system + user dirs
+    require_signatures: bool = False
+    source: Path | None = None  # the file read, if any
+
+
+def default_config_path() -> Path:
+    config = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(config) / "acbuild" / "acbuild.toml"
+
+
+def load_config(path: Path | None = None) -> Config:
+    """The configuration from `path` (must exist), else from the default file if present."""
+    if path is None:
+        path = default_config_path()
+        if not path.is_file():
+            return Config()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as e:
+        raise NotFoundError(f"config file {path} does not exist") from e
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"read {path}: {e}") from e
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise UsageError(_toml_message(e), _toml_pos(path, text, e)) from e
+    return _from_table(data, path)
+
+
+def _from_table(data: dict[str, Any], path: Path) -> Config:
+    def bad(msg: str) -> UsageError:
+        return UsageError(f"{path}: {msg}")
+
+    if "insecure-skip-verify" in data:
+        raise bad("insecure-skip-verify is not allowed in a config file; pass --insecure-skip-verify per command")
+    unknown = sorted(set(data) - set(KEYS))
+    if unknown:
+        raise bad(f"unknown key {unknown[0]!r} (known: {', '.join(KEYS)})")
+
+    key = data.get("signing-key")
+    if key is not None and (not isinstance(key, str) or not key):
+        raise bad("signing-key must be a non-empty string (key id, fingerprint or user id)")
+    home = data.get("gpg-home")
+    if home is not None and not isinstance(home, str):
+        raise bad("gpg-home must be a string path")
+    dirs = data.get("trust-dirs")
+    if dirs is not None and (not isinstance(dirs, list) or not dirs or not all(isinstance(d, str) for d in dirs)):
+        raise bad("trust-dirs must be a non-empty list of paths (system first, writable last)")
+    require = data.get("require-signatures", False)
+    if not isinstance(require, bool):
+        raise bad("require-signatures must be true or false")
+    return Config(
+        signing_key=key,
+        gpg_home=_path(home, path) if home else None,
+        trust_dirs=tuple(_path(d, path) for d in dirs) if dirs else None,
+        require_signatures=require,
+        source=path,
+    )
+
+
+def _path(value: str, config_file: Path) -> Path:
+    return config_file.parent / Path(value).expanduser()  # "/" keeps absolute paths absolute
+
+
+_AT_RE = re.compile(r"\s*\(at line (\d+), column (\d+)\)$")
+
+
+def _toml_message(e: Exception) -> str:
+    return "bad TOML: " + _AT_RE.sub("", str(e))
+
+
+def _toml_pos(path: Path, text: str, e: Exception) -> SourcePos:
+    m = _AT_RE.search(str(e))
+    if not m:
+        return SourcePos(file=str(path))
+    line, col = int(m.group(1)), int(m.group(2))
+    lines = text.splitlines()
+    return SourcePos(str(path), line, col, lines[line - 1] if 0 < line <= len(lines) else "")

@@ -1,0 +1,135 @@
+"""Verification: is this .aci signed by a key trusted for its name?
+
+Only the keys the trust store holds for the image name are imported, into a
+throwaway GNUPGHOME, so the user's own keyring and its web of trust never decide
+anything. gpg then checks the detached signature over the exact file bytes.
+Every refusal is a SignatureError whose message names the reason: no signature,
+unknown signer, signer trusted for another prefix, bad signature, expired key,
+revoked key.
+
+For the engine (`FROM`, `begin`, `launch`): `check_image()` applies the policy
+(verify when a signature is present or required; skip only when asked).
+"""
+
+from __future__ import annotations
+
+import json
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from acbuild.errors import ImageError, NotFoundError, SignatureError
+from acbuild.gpg import KeyInfo, last_gpg_message, open_gpg, scan_keys, scratch_home
+from acbuild.sign import signature_path
+from acbuild.trust import TrustedKey, TrustStore
+
+
+@dataclass(frozen=True)
+class Signer:
+    fingerprint: str  # primary key, lowercase 40-hex
+    uid: str  # primary user id, e.g. "Alice <alice@example.com>"
+    key_id: str  # the (sub)key that made the signature
+    trusted_for: str | None  # the prefix that made it trusted; None = root key
+    signed_at: int | None = None  # seconds since the epoch
+
+    def __str__(self) -> str:
+        return f"{self.uid} ({self.fingerprint})"
+
+
+def image_name_of(aci: Path) -> str:
+    """The `name` in the image's manifest."""
+    # TODO(lead): switch to acbuild.aci.archive.read_aci(aci).manifest_bytes when it lands.
+    try:
+        with tarfile.open(aci, "r:*") as tar:
+            for member in tar:
+                if member.name.lstrip("./") == "manifest" and member.isfile():
+                    f = tar.extractfile(member)
+                    assert f is not None
+                    manifest = json.loads(f.read())
+                    break
+            else:
+                raise ImageError(f"{aci}: no manifest in the image")
+    except (OSError, tarfile.TarError, json.JSONDecodeError) as e:
+        raise ImageError(f"read {aci}: {e}") from e
+    name = manifest.get("name") if isinstance(manifest, dict) else None
+    if not isinstance(name, str) or not name:
+        raise ImageError(f"{aci}: manifest has no image name")
+    return name
+
+
+def verify_image(aci: Path, signature: Path | None, image_name: str, store: TrustStore) -> Signer:
+    """Check `signature` (default: `aci`.asc) against the keys trusted for `image_name`."""
+    if not aci.is_file():
+        raise NotFoundError(f"{aci}: no such image")
+    sig = signature or signature_path(aci)
+    if not sig.is_file():
+        raise SignatureError(
+            f"{aci}: no signature ({sig} does not exist): sign it with 'acbuild sign', or pass --signature FILE")
+    trusted = store.trusted_for(image_name)
+    with scratch_home() as home:
+        gpg = open_gpg(home)
+        for key in trusted:
+            result = gpg.import_keys(key.path.read_bytes())
+            got = [f.lower() for f in result.fingerprints]
+            if got != [key.fingerprint]:
+                raise SignatureError(
+                    f"trust store: {key.path} holds key {', '.join(got) or 'none'}, not {key.fingerprint}; remove it")
+        with open(sig, "rb") as f:
+            result = gpg.verify_file(f, data_filename=str(aci))
+    return _judge(result, aci, image_name, store, trusted)
+
+
+def _judge(result, aci: Path, name: str, store: TrustStore, trusted: list[TrustedKey]) -> Signer:
+    key_id = (result.fingerprint or result.key_id or "").lower()
+    if result.status == "signature bad":
+        raise SignatureError(f"{aci}: bad signature: the image does not match its signature (modified after signing?)")
+    if result.status == "no public key":
+        elsewhere = [k for k in store.list() if _info(k).matches(key_id)]
+        if elsewhere:
+            k = elsewhere[0]
+            raise SignatureError(
+                f"{aci}: signer {k.uids[0] if k.uids else ''} ({k.fingerprint}) is trusted for prefix "
+                f"{k.prefix}, not for {name}")
+        raise SignatureError(
+            f"{aci}: unknown signer: key {key_id or '?'} is not trusted for {name} "
+            f"(trust it with 'acbuild trust --prefix {name} KEYFILE')")
+    primary = (result.pubkey_fingerprint or result.fingerprint or "").lower()
+    who = f"{result.username or '?'} ({primary or key_id})"
+    if result.key_status == "signing key has expired":
+        raise SignatureError(f"{aci}: key {who} has expired; ask the signer for a fresh signature or key")
+    if result.key_status == "signing key was revoked":
+        raise SignatureError(f"{aci}: key {who} was revoked; do not use this image")
+    if not result.valid:
+        reason = result.key_status or result.status or last_gpg_message(result.stderr)
+        raise SignatureError(f"{aci}: signature not valid: {reason}")
+    match = [k for k in trusted if k.fingerprint == primary]
+    if not match:  # cannot happen: gpg only knew the trusted keys; stay safe anyway
+        raise SignatureError(f"{aci}: unknown signer: key {primary} is not trusted for {name}")
+    scopes = sorted(match, key=lambda k: k.prefix is not None)
+    ts = getattr(result, "sig_timestamp", None)
+    return Signer(
+        fingerprint=primary,
+        uid=result.username or (match[0].uids[0] if match[0].uids else ""),
+        key_id=key_id,
+        trusted_for=scopes[0].prefix,
+        signed_at=int(ts) if ts else None,
+    )
+
+
+def _info(key: TrustedKey) -> KeyInfo:
+    infos = scan_keys(key.path.read_bytes())
+    return infos[0] if infos else KeyInfo(key.fingerprint, key.uids)
+
+
+def check_image(aci: Path, store: TrustStore, *, require_signature: bool = False,
+                insecure_skip_verify: bool = False, image_name: str | None = None) -> Signer | None:
+    """The policy for images acbuild uses (FROM, begin, launch).
+
+    Returns the Signer, or None when nothing was verified: `insecure_skip_verify`
+    (the caller must say so loudly) or no signature beside the image and none
+    required. Raises SignatureError for every refusal."""
+    if insecure_skip_verify:
+        return None
+    if not signature_path(aci).is_file() and not require_signature:
+        return None
+    return verify_image(aci, None, image_name or image_name_of(aci), store)
