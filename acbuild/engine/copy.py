@@ -1,0 +1,179 @@
+"""COPY: build-context files into the rootfs, with Dockerfile semantics.
+
+- A directory source copies its contents; a file source copies the file.
+- The destination is a directory when it ends in "/", when it already is one, or
+  when there are several sources (then it must end in "/", as Docker requires).
+- Globs (*, ?, [..]) expand inside the source root, sorted; no match is an error.
+- Symlinks inside a copied tree stay symlinks; a top-level symlink source is
+  followed, and must stay inside the source root.
+
+Normalisation, for images that do not depend on the checkout (documented in the
+README): files get mode 0755 if any execute bit is set, else 0644; directories
+0755; --chmod replaces both. Owner is --chown (default 0:0). Every copied entry's
+mtime is SOURCE_DATE_EPOCH. Contract: not atomic (a failed COPY fails the build,
+and the work dir is thrown away), idempotent for the same inputs.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import posixpath
+import shutil
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+from acbuild.engine.paths import resolve_in_root
+from acbuild.errors import BuildError, SourcePos
+
+_GLOB_CHARS = set("*?[")
+
+
+@dataclass(frozen=True)
+class CopyAttrs:
+    uid: int = 0
+    gid: int = 0
+    chmod: int | None = None
+    mtime: int = 0
+    chown_allowed: bool = True  # False when rootless: ownership is mapped at write time
+
+
+def copy_into_rootfs(
+    source_root: Path,
+    sources: tuple[str, ...],
+    rootfs: Path,
+    dest: str,
+    attrs: CopyAttrs,
+    pos: SourcePos,
+    *,
+    source_in_rootfs: bool = False,
+    ignore=None,
+) -> list[str]:
+    """Copy sources (relative to source_root) to dest inside rootfs. Returns the
+    image paths written. `ignore(relpath) -> bool` filters context files."""
+    matches: list[tuple[str, Path]] = []
+    for src in sources:
+        found = _expand(source_root, src, source_in_rootfs)
+        if not found:
+            where = "the source stage" if source_in_rootfs else "the build context"
+            raise BuildError(f'COPY: "{src}" not found in {where}', pos)
+        matches.extend(found)
+    dest_is_dir = dest.endswith("/") or len(matches) > 1
+    if len(matches) > 1 and not dest.endswith("/"):
+        raise BuildError(f'COPY: with several sources the destination must be a directory ending in "/" (got "{dest}")', pos)
+    dest_host = resolve_in_root(rootfs, dest)
+    if dest_host.is_dir():
+        dest_is_dir = True
+    written: list[str] = []
+    for rel, host in matches:
+        st = os.stat(host) if not source_in_rootfs else os.lstat(host)
+        if stat.S_ISLNK(st.st_mode):
+            st = os.stat(resolve_in_root(source_root, rel))
+            host = resolve_in_root(source_root, rel)
+        if stat.S_ISDIR(st.st_mode):
+            target = dest_host
+            _make_dirs(rootfs, target, attrs)
+            _copy_tree(host, target, rootfs, attrs, rel, ignore, written)
+        else:
+            target = dest_host / posixpath.basename(rel) if dest_is_dir else dest_host
+            _make_dirs(rootfs, target.parent, attrs)
+            _copy_entry(host, target, attrs, st)
+            written.append(_image_path(rootfs, target))
+    return written
+
+
+def _expand(root: Path, src: str, in_rootfs: bool) -> list[tuple[str, Path]]:
+    rel = posixpath.normpath(src.lstrip("/")) if in_rootfs else posixpath.normpath(src)
+    if rel in ("", "."):
+        return [(".", root)]
+    if _GLOB_CHARS & set(rel):
+        names = sorted(glob.glob(rel, root_dir=root))
+        return [(name, _resolve(root, name, in_rootfs)) for name in names]
+    host = _resolve(root, rel, in_rootfs)
+    return [(rel, host)] if os.path.lexists(host) else []
+
+
+def _resolve(root: Path, rel: str, in_rootfs: bool) -> Path:
+    if in_rootfs:
+        return resolve_in_root(root, rel, follow_last=False)
+    # A context path through a symlink that leads outside the context is refused
+    # by resolving within it, as in the rootfs.
+    return resolve_in_root(root, rel, follow_last=False)
+
+
+def _image_path(rootfs: Path, host: Path) -> str:
+    return "/" + str(host.relative_to(rootfs))
+
+
+def _make_dirs(rootfs: Path, path: Path, attrs: CopyAttrs) -> None:
+    """mkdir -p inside rootfs; new directories get 0755, the owner and the epoch."""
+    missing = []
+    current = path
+    while not current.exists() and current != rootfs:
+        missing.append(current)
+        current = current.parent
+    for directory in reversed(missing):
+        directory.mkdir()
+        _set_attrs(directory, 0o755, attrs)
+
+
+def _set_attrs(path: Path, mode: int, attrs: CopyAttrs, *, link: bool = False) -> None:
+    if attrs.chown_allowed:
+        os.chown(path, attrs.uid, attrs.gid, follow_symlinks=not link)
+    if not link:
+        os.chmod(path, mode)
+    os.utime(path, (attrs.mtime, attrs.mtime), follow_symlinks=not link)
+
+
+def _mode_for(st: os.stat_result, attrs: CopyAttrs) -> int:
+    if attrs.chmod is not None:
+        return attrs.chmod
+    if stat.S_ISDIR(st.st_mode):
+        return 0o755
+    return 0o755 if st.st_mode & 0o111 else 0o644
+
+
+def _remove_existing(target: Path) -> None:
+    if target.is_symlink() or (target.exists() and not target.is_dir()):
+        target.unlink()
+    elif target.is_dir():
+        shutil.rmtree(target)
+
+
+def _copy_entry(src: Path, target: Path, attrs: CopyAttrs, st: os.stat_result) -> None:
+    if stat.S_ISLNK(st.st_mode):
+        if target.is_symlink() or target.exists():
+            _remove_existing(target)
+        os.symlink(os.readlink(src), target)
+        _set_attrs(target, 0, attrs, link=True)
+        return
+    if not stat.S_ISREG(st.st_mode):
+        return  # sockets, fifos, devices in a build context are not copied
+    if target.is_dir() and not target.is_symlink():
+        _remove_existing(target)
+    elif target.is_symlink():
+        target.unlink()
+    shutil.copyfile(src, target, follow_symlinks=False)
+    _set_attrs(target, _mode_for(st, attrs), attrs)
+
+
+def _copy_tree(src_dir: Path, dest_dir: Path, rootfs: Path, attrs: CopyAttrs, rel: str, ignore, written: list[str]) -> None:
+    with os.scandir(src_dir) as it:
+        entries = sorted(it, key=lambda e: e.name)
+    for entry in entries:
+        child_rel = posixpath.join(rel, entry.name) if rel != "." else entry.name
+        if ignore is not None and ignore(child_rel):
+            continue
+        st = entry.stat(follow_symlinks=False)
+        target = dest_dir / entry.name
+        if stat.S_ISDIR(st.st_mode):
+            if target.is_symlink() or (target.exists() and not target.is_dir()):
+                target.unlink()
+            if not target.exists():
+                target.mkdir()
+            _copy_tree(Path(entry.path), target, rootfs, attrs, child_rel, ignore, written)
+            _set_attrs(target, _mode_for(st, attrs), attrs)
+        else:
+            _copy_entry(Path(entry.path), target, attrs, st)
+        written.append(_image_path(rootfs, target))

@@ -1,0 +1,64 @@
+"""RUN: turn a Run instruction and the session's manifest into a sandbox spec,
+run it, and fail the build on a non-zero status.
+
+The command sees the image's environment (plus a default PATH and the ARG values
+in scope), working directory, user and group; RUN --mount binds and cache dirs
+exist only for the step.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+from acbuild import plan as p
+from acbuild.engine.paths import resolve_in_root
+from acbuild.errors import BuildError
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def run_step(session, i: p.Run) -> None:
+    from acbuild.engine.sandbox import Bind, SandboxSpec, run_sandboxed
+
+    app = session.manifest.app
+    env = {"PATH": DEFAULT_PATH}
+    env.update(dict(i.arg_env))
+    if app is not None:
+        env.update({e.name: e.value for e in app.environment})
+    network = i.network or session.options.network
+    spec = SandboxSpec(
+        rootfs=session.rootfs,
+        argv=tuple(i.argv),
+        env=tuple(env.items()),
+        cwd=(app.working_directory if app else "") or "/",
+        user=app.user if app else "0",
+        group=app.group if app else "0",
+        supplementary_gids=tuple(app.supplementary_gids) if app else (),
+        network=network,
+        binds=tuple(_bind(session, mount, i, Bind) for mount in i.mounts),
+    )
+    status = run_sandboxed(spec, debug=session.options.debug)
+    if status != 0:
+        raise BuildError(f"RUN exited with status {status}", i.pos)
+
+
+def _bind(session, mount: p.BindMount, i: p.Run, bind_type):
+    if mount.type == "bind":
+        source = resolve_in_root(session.options.context, mount.source)
+        if not source.exists():
+            raise BuildError(f'RUN --mount: "{mount.source}" not found in the build context', i.pos)
+        return bind_type(source=source, target=mount.target, read_only=mount.read_only)
+    return bind_type(source=cache_mount_dir(session, mount), target=mount.target, read_only=False)
+
+
+def cache_mount_dir(session, mount: p.BindMount) -> Path:
+    """A persistent directory for RUN --mount=type=cache, keyed by id (or target)."""
+    from acbuild.engine.store import cache_root
+
+    key = hashlib.sha256((mount.id or mount.target).encode()).hexdigest()[:32]
+    path = (session.options.cache_dir or cache_root()) / "run-mounts" / key
+    path.mkdir(parents=True, exist_ok=True)
+    os.chmod(path, 0o755)
+    return path

@@ -1,0 +1,290 @@
+"""Session: the only executor. It applies one instruction at a time to a work
+directory holding `rootfs/` and `manifest`, and writes the image.
+
+`acbuild build` drives a Session per stage through a Plan; the interactive verbs
+(`acbuild begin/copy/run/...`) open the Session saved in `.acbuild/` and apply one
+instruction each. Contract: `apply` leaves the work dir consistent after each
+successful instruction (the manifest is saved by `save()`, atomically); a failed
+instruction may leave the rootfs half-changed, and the caller decides whether to
+throw the work dir away (build) or keep it (interactive, as Go acbuild did).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from acbuild import plan as p
+from acbuild.aci import manifest as m
+from acbuild.aci.types import host_os_arch
+from acbuild.engine.copy import CopyAttrs, copy_into_rootfs
+from acbuild.engine.users import resolve_group, resolve_user
+from acbuild.errors import BuildError, ImageError, ManifestError, NotFoundError, PlanError
+
+UNNAMED = "acbuild-unnamed"
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """Settings that hold for every instruction of a build or session."""
+
+    context: Path = Path(".")
+    source_date_epoch: int = 0
+    network: str = "none"  # default for RUN: "none" or "host"
+    insecure_skip_verify: bool = False
+    require_signatures: bool = False
+    trust_dirs: tuple[Path, ...] = ()
+    cache_dir: Path | None = None  # RUN --mount=type=cache roots live here
+    debug: bool = False
+    ignore: object = None  # callable(relpath) -> bool for COPY from the context
+    stage_rootfs: dict = field(default_factory=dict)  # stage name -> rootfs Path (COPY --from)
+    quiet: bool = False
+
+
+def default_manifest() -> m.ImageManifest:
+    """Go acbuild's `begin` with no base: unnamed, with the host's os and arch."""
+    os_name, arch = host_os_arch()
+    return m.ImageManifest(name=UNNAMED, labels=[m.Label("arch", arch), m.Label("os", os_name)])
+
+
+class Session:
+    def __init__(self, workdir: Path, manifest: m.ImageManifest, options: BuildOptions):
+        self.workdir = workdir
+        self.rootfs = workdir / "rootfs"
+        self.manifest = manifest
+        self.options = options
+        self.rootless = os.geteuid() != 0
+
+    # -- life cycle -------------------------------------------------------------
+
+    @classmethod
+    def begin(cls, workdir: Path, base: p.From, options: BuildOptions) -> Session:
+        """Start from scratch, a local .aci or a rootfs directory (interactive)."""
+        workdir.mkdir(parents=True, exist_ok=True)
+        rootfs = workdir / "rootfs"
+        if base.base == "scratch":
+            rootfs.mkdir(mode=0o755)
+            manifest = default_manifest()
+        else:
+            manifest = _start_from_base(base, rootfs, options)
+        session = cls(workdir, manifest, options)
+        session.save()
+        return session
+
+    @classmethod
+    def open(cls, workdir: Path, options: BuildOptions) -> Session:
+        try:
+            data = (workdir / "manifest").read_bytes()
+        except FileNotFoundError:
+            raise NotFoundError("no build in progress here; run acbuild begin") from None
+        return cls(workdir, m.ImageManifest.from_json(data), options)
+
+    def save(self) -> None:
+        """Write the manifest state atomically (temp + fsync + rename)."""
+        target = self.workdir / "manifest"
+        tmp = target.with_name(".manifest.tmp")
+        with open(tmp, "wb") as f:
+            f.write(self.manifest.to_json())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+
+    # -- instructions -------------------------------------------------------------
+
+    def apply(self, instruction: p.Instruction) -> None:
+        handler = getattr(self, "_" + type(instruction).__name__.lower(), None)
+        if handler is None:
+            raise PlanError(f"{instruction.keyword} cannot be applied here", instruction.pos)
+        handler(instruction)
+
+    def _app(self) -> m.App:
+        return self.manifest.ensure_app()
+
+    def _setname(self, i: p.SetName) -> None:
+        self.manifest.name = i.name
+
+    def _label(self, i: p.Label) -> None:
+        for name, value in i.items:
+            self.manifest.set_label(name, value)
+
+    def _annotation(self, i: p.Annotation) -> None:
+        for name, value in i.items:
+            self.manifest.set_annotation(name, value)
+
+    def _env(self, i: p.Env) -> None:
+        for name, value in i.items:
+            self._app().set_env(name, value)
+
+    def _exec(self, i: p.Exec) -> None:
+        self._app().exec = list(i.argv)
+
+    def _workdir(self, i: p.WorkDir) -> None:
+        self._app().working_directory = i.path
+
+    def _user(self, i: p.User) -> None:
+        self._app().user = i.user
+
+    def _group(self, i: p.Group) -> None:
+        self._app().group = i.group
+
+    def _supplementarygroups(self, i: p.SupplementaryGroups) -> None:
+        self._app().supplementary_gids = list(i.gids)
+
+    def _port(self, i: p.Port) -> None:
+        self._app().set_port(m.Port(i.name, i.protocol, i.port, i.count, i.socket_activated))
+
+    def _mountpoint(self, i: p.MountPoint) -> None:
+        self._app().set_mount_point(m.MountPoint(i.name, i.path, i.read_only))
+
+    def _isolator(self, i: p.Isolator) -> None:
+        self._app().isolators.append(m.Isolator(i.name, json.loads(i.value_json)))
+
+    def _eventhandler(self, i: p.EventHandler) -> None:
+        self._app().set_event_handler(i.event, list(i.argv))
+
+    def _dependency(self, i: p.Dependency) -> None:
+        labels = [m.Label(k, v) for k, v in i.labels]
+        self.manifest.set_dependency(m.Dependency(i.image_name, i.image_id, labels, i.size))
+
+    def _pathwhitelist(self, i: p.PathWhitelist) -> None:
+        self.manifest.path_whitelist = sorted(set(self.manifest.path_whitelist) | set(i.paths))
+
+    def _replacemanifest(self, i: p.ReplaceManifest) -> None:
+        self.manifest = m.ImageManifest.from_json(i.manifest_json)
+
+    def _remove(self, i: p.Remove) -> None:
+        app = self.manifest.app
+        removers = {
+            "LABEL": lambda: self.manifest.remove_label(i.name),
+            "ANNOTATION": lambda: self.manifest.remove_annotation(i.name),
+            "DEPENDENCY": lambda: self.manifest.remove_dependency(i.name),
+            "ENV": lambda: app is not None and app.remove_env(i.name),
+            "PORT": lambda: app is not None and app.remove_port(i.name),
+            "MOUNT": lambda: app is not None and app.remove_mount_point(i.name),
+            "ISOLATOR": lambda: app is not None and app.remove_isolator(i.name),
+            "EVENT": lambda: app is not None and app.remove_event_handler(i.name),
+            "EXEC": lambda: self._clear_exec(),
+        }
+        if not removers[i.what]():
+            raise NotFoundError(f'{i.what.lower()} "{i.name}" is not set', i.pos)
+
+    def _clear_exec(self) -> bool:
+        if self.manifest.app is None or not self.manifest.app.exec:
+            return False
+        self.manifest.app.exec = []
+        return True
+
+    def _copy(self, i: p.Copy) -> None:
+        uid, gid = self._owner(i.chown, i)
+        attrs = CopyAttrs(uid=uid, gid=gid, chmod=i.chmod, mtime=self.options.source_date_epoch, chown_allowed=not self.rootless)
+        dest = i.dest
+        if not dest.startswith("/"):
+            base = (self.manifest.app.working_directory if self.manifest.app else "") or "/"
+            dest = base.rstrip("/") + "/" + dest
+        if i.from_stage:
+            source_root = self.options.stage_rootfs.get(i.from_stage)
+            if source_root is None:
+                raise BuildError(f'COPY --from: stage "{i.from_stage}" was not built', i.pos)
+            copy_into_rootfs(source_root, i.sources, self.rootfs, dest, attrs, i.pos, source_in_rootfs=True)
+        else:
+            copy_into_rootfs(self.options.context, i.sources, self.rootfs, dest, attrs, i.pos, ignore=self.options.ignore)
+
+    def _owner(self, chown: str, i: p.Instruction) -> tuple[int, int]:
+        if not chown:
+            return 0, 0
+        user, _, group = chown.partition(":")
+        try:
+            uid, primary_gid = resolve_user(self.rootfs, user)
+            gid = resolve_group(self.rootfs, group) if group else primary_gid
+        except BuildError as err:
+            raise BuildError(f"COPY --chown: {err.message}", i.pos) from None
+        return uid, gid
+
+    def _run(self, i: p.Run) -> None:
+        from acbuild.engine.run_step import run_step
+
+        run_step(self, i)
+
+    # -- output -----------------------------------------------------------------
+
+    def check_manifest(self) -> None:
+        if self.manifest.name == UNNAMED:
+            raise ManifestError("the image has no name: add NAME example.com/app (or acbuild set-name)")
+        problems = self.manifest.problems(strict=True)
+        if problems:
+            raise ManifestError("the image manifest is invalid:\n  " + "\n  ".join(problems), problems)
+
+    def write(self, out: Path, *, compression: str = "gzip", overwrite: bool = True) -> str:
+        """Validate the manifest and write the .aci atomically; returns the image ID."""
+        from acbuild.aci.writer import write_aci
+
+        self.check_manifest()
+        if out.suffix != ".aci":
+            raise ImageError(f"{out}: the output file name must end in .aci")
+        if out.exists() and not overwrite:
+            raise ImageError(f"{out} exists (use --overwrite)")
+        if self.manifest.app is not None and not self.manifest.app.exec and not self.options.quiet:
+            print("acbuild: warning: the image has no exec; it can only be a dependency", file=sys.stderr)
+        id_map = {os.geteuid(): 0, os.getegid(): 0} if self.rootless else None
+        return write_aci(
+            out,
+            self.manifest.to_json(),
+            self.rootfs,
+            compression=compression,
+            source_date_epoch=self.options.source_date_epoch,
+            id_map=id_map,
+        )
+
+    def discard(self) -> None:
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def _start_from_base(base: p.From, rootfs: Path, options: BuildOptions) -> m.ImageManifest:
+    name = base.base
+    if name.startswith("docker://"):
+        raise BuildError(f'FROM {name}: Docker images are not supported yet (convert with docker2aci for now)', base.pos)
+    path = Path(name)
+    if not path.is_absolute():
+        path = options.context / path
+    if path.is_dir():
+        return _start_from_directory(path, rootfs, base)
+    if name.endswith(".aci") or path.exists():
+        if not path.exists():
+            raise BuildError(f'FROM {name}: no such file', base.pos)
+        from acbuild.aci.archive import extract_rootfs
+        from acbuild.engine.verify_base import verify_base
+
+        verify_base(path, base, options)
+        rootfs.mkdir(mode=0o755)
+        try:
+            contents = extract_rootfs(path, rootfs)
+        except ImageError as err:
+            raise BuildError(f"FROM {name}: {err.message}", base.pos) from err
+        manifest = m.ImageManifest.from_json(contents.manifest_bytes)
+        if manifest.dependencies:
+            from acbuild.engine.render import render_dependencies
+
+            render_dependencies(manifest, rootfs, options, base.pos)
+        return manifest
+    raise BuildError(
+        f'FROM {name}: fetching images by name is not supported yet; give a local .aci file, a directory or "scratch"',
+        base.pos,
+    )
+
+
+def _start_from_directory(path: Path, rootfs: Path, base: p.From) -> m.ImageManifest:
+    """An image layout (DIR/manifest + DIR/rootfs) or a bare rootfs directory."""
+    if (path / "manifest").is_file() and (path / "rootfs").is_dir():
+        manifest = m.ImageManifest.from_json((path / "manifest").read_bytes())
+        source = path / "rootfs"
+    else:
+        manifest = default_manifest()
+        source = path
+    skip = {(path / ".acbuild").resolve()}
+    shutil.copytree(source, rootfs, symlinks=True, ignore=lambda d, names: [n for n in names if (Path(d) / n).resolve() in skip])
+    return manifest

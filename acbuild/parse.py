@@ -1,0 +1,189 @@
+"""ACIfile text -> list of Statements, with Lark.
+
+A Statement is the instruction's shape as written (keyword, flags, raw words or
+command, positions); acbuild.compile gives it meaning. Syntax errors become
+ParseError with the file, line, column and a caret excerpt.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cache
+from importlib import resources
+from pathlib import Path
+
+from acbuild.errors import ParseError, SourcePos
+
+# How each instruction is written, for "expected ..." messages.
+USAGE = {
+    "FROM": "FROM scratch|IMAGE.aci|NAME[:VERSION] [AS STAGE]",
+    "COPY": "COPY [--chown=UID:GID] [--chmod=MODE] [--from=STAGE] SRC... DEST",
+    "RUN": 'RUN [--network=none|host] [--mount=...] COMMAND  or  RUN ["EXE", "ARG"...]',
+    "EXEC": 'EXEC ["EXE", "ARG"...]  or  EXEC COMMAND',
+    "EVENT": 'EVENT pre-start|post-stop ["EXE", "ARG"...]',
+    "LABEL": "LABEL NAME=VALUE...",
+    "ANNOTATION": "ANNOTATION NAME=VALUE...",
+    "ENV": "ENV NAME=VALUE...",
+    "NAME": "NAME IMAGE-NAME",
+    "WORKDIR": "WORKDIR /PATH",
+    "USER": "USER NAME|UID",
+    "GROUP": "GROUP NAME|GID",
+    "SUPPLEMENTARY-GROUPS": "SUPPLEMENTARY-GROUPS GID...",
+    "PORT": "PORT NAME PROTOCOL PORT [COUNT] [socket-activated]",
+    "MOUNT": "MOUNT NAME /PATH [read-only]",
+    "ISOLATOR": "ISOLATOR NAME JSON-VALUE",
+    "DEPENDENCY": "DEPENDENCY [--image-id=ID] [--size=BYTES] IMAGE-NAME [LABEL=VALUE...]",
+    "PATH-WHITELIST": "PATH-WHITELIST /PATH...",
+    "ARG": "ARG NAME[=DEFAULT]",
+    "REMOVE": "REMOVE LABEL|ANNOTATION|ENV|PORT|MOUNT|ISOLATOR|DEPENDENCY|EVENT|EXEC NAME",
+    "MANIFEST": "MANIFEST JSON-OBJECT",
+}
+
+_TOKEN_NAMES = {
+    "WORD": "an argument",
+    "FLAG": "a --flag",
+    "JSON_ARRAY": "a command",
+    "REST_OF_LINE": "a command",
+    "_NL": "the end of the line",
+    "$END": "the end of the file",
+    "AS": "AS",
+}
+
+
+@dataclass(frozen=True)
+class Word:
+    """One raw argument as written (quotes and $VARS still in it)."""
+
+    text: str
+    pos: SourcePos
+
+
+@dataclass(frozen=True)
+class Statement:
+    keyword: str  # canonical upper-case spelling, e.g. "SUPPLEMENTARY-GROUPS"
+    pos: SourcePos
+    flags: tuple[Word, ...] = ()
+    words: tuple[Word, ...] = ()
+    # RUN/EXEC/EVENT/ISOLATOR/MANIFEST: the command or value text, and whether it
+    # was written as a JSON array (exec form).
+    command: Word | None = None
+    json_form: bool = False
+    alias: Word | None = None  # FROM ... AS alias
+    spelled: str = field(default="", compare=False)  # the keyword as written
+
+
+@cache
+def _parser():
+    from lark import Lark
+
+    grammar = _grammar_text()
+    return Lark(grammar, parser="lalr", lexer="contextual", propagate_positions=True, maybe_placeholders=False)
+
+
+def _grammar_text() -> str:
+    # Installed: the package acbuild.grammar; in a checkout: <repo>/grammar.
+    try:
+        return resources.files("acbuild.grammar").joinpath("acifile.lark").read_text()
+    except (ModuleNotFoundError, FileNotFoundError):
+        return (Path(__file__).resolve().parent.parent / "grammar" / "acifile.lark").read_text()
+
+
+def parse_acifile(text: str, filename: str = "ACIfile") -> list[Statement]:
+    """Parse ACIfile text. Raises ParseError at the first syntax error."""
+    from lark.exceptions import UnexpectedCharacters, UnexpectedInput, UnexpectedToken
+
+    lines = text.splitlines()
+    if not text.endswith("\n"):
+        text += "\n"
+    try:
+        tree = _parser().parse(text)
+    except UnexpectedInput as err:
+        raise _syntax_error(err, lines, filename) from None
+    except (UnexpectedCharacters, UnexpectedToken) as err:  # pragma: no cover - subclasses above
+        raise _syntax_error(err, lines, filename) from None
+    return [_statement(node, lines, filename) for node in tree.children]
+
+
+def _pos(filename: str, lines: list[str], line: int, column: int) -> SourcePos:
+    text = lines[line - 1] if 0 < line <= len(lines) else ""
+    return SourcePos(filename, line, column, text)
+
+
+def _statement(node, lines: list[str], filename: str) -> Statement:
+    from lark import Token
+
+    keyword_token = node.children[0]
+    keyword = node.data.rstrip("_").upper().replace("_", "-")
+    if keyword == "SUPP-GROUPS":
+        keyword = "SUPPLEMENTARY-GROUPS"
+    if keyword == "EXEC" or keyword == "FROM":
+        pass
+    pos = _pos(filename, lines, keyword_token.line, keyword_token.column)
+
+    def word(tok: Token) -> Word:
+        return Word(str(tok), _pos(filename, lines, tok.line, tok.column))
+
+    flags, words, command, alias, json_form = [], [], None, None, False
+    after_as = False
+    for tok in node.children[1:]:
+        kind = tok.type
+        if kind == "FLAG":
+            flags.append(word(tok))
+        elif kind == "AS":
+            after_as = True
+        elif kind == "WORD":
+            if after_as:
+                alias = word(tok)
+            else:
+                words.append(word(tok))
+        elif kind in ("JSON_ARRAY", "REST_OF_LINE"):
+            command = word(tok)
+            json_form = kind == "JSON_ARRAY"
+    return Statement(
+        keyword=keyword,
+        pos=pos,
+        flags=tuple(flags),
+        words=tuple(words),
+        command=command,
+        json_form=json_form,
+        alias=alias,
+        spelled=str(keyword_token),
+    )
+
+
+def _syntax_error(err, lines: list[str], filename: str) -> ParseError:
+    from lark.exceptions import UnexpectedCharacters, UnexpectedToken
+
+    line, column = max(err.line, 1), max(err.column, 1)
+    pos = _pos(filename, lines, line, column)
+    source_line = pos.text
+    first = source_line.split(None, 1)[0] if source_line.strip() else ""
+    keyword = _keyword_of(first)
+    at_line_start = not source_line[: column - 1].strip()
+
+    if at_line_start and keyword is None:
+        bad = first or "?"
+        if isinstance(err, UnexpectedCharacters) and not first[:1].isalpha():
+            return ParseError(f"unexpected character {source_line[column - 1]!r}", pos)
+        return ParseError(f'unknown instruction "{bad}"', pos)
+    if keyword is None:
+        return ParseError("syntax error", pos)
+    usage = USAGE[keyword]
+    if isinstance(err, UnexpectedToken):
+        got = "end of line" if err.token.type in ("_NL", "$END") else repr(str(err.token))
+        expected = sorted({_TOKEN_NAMES.get(e, e) for e in err.expected if not e.isupper() or e in _TOKEN_NAMES})
+        if err.token.type in ("_NL", "$END"):
+            message = f"{keyword}: missing arguments"
+        else:
+            message = f"{keyword}: unexpected {got}"
+        if expected:
+            message += f" (expected {' or '.join(expected)})"
+        return ParseError(f"{message}; usage: {usage}", pos)
+    return ParseError(f"{keyword}: unexpected character {source_line[column - 1:column]!r}; usage: {usage}", pos)
+
+
+def _keyword_of(word: str) -> str | None:
+    upper = word.upper()
+    if upper == "CMD":
+        return "EXEC"
+    return upper if upper in USAGE else None
