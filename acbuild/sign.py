@@ -42,6 +42,12 @@ def detached_signature(path: Path, *, key: str | None = None, gpg_home: Path | N
         what = f"secret key {key!r}" if key else "secret key"
         raise SignatureError(
             f"no {what}{where}: create one with 'gpg --quick-gen-key', or pass --key/--gpg-home")
+    if key:
+        for pub in gpg.list_keys(keys=[key]):
+            state = {"e": "has expired: extend it (gpg --quick-set-expire FPR 1y) or use another --key",
+                     "r": "is revoked: use another --key"}.get(pub.get("trust", ""))
+            if state:
+                raise SignatureError(f"key {key!r} ({pub['fingerprint'].lower()}) {state}")
     extra = ["--local-user", key] if key else []  # -u fails when the key is unusable; --default-key does not
     try:
         with open(path, "rb") as f:

@@ -114,7 +114,8 @@ class TrustStore:
             raise SignatureError(
                 f"{source} holds no OpenPGP public key (export one with 'gpg --armor --export KEYID')")
         for key in keys:
-            if key.revoked:
+            # A revoked key may only replace its own entry: that is how a revocation reaches the store.
+            if key.revoked and not (self.writable / rel / key.fingerprint).is_file():
                 raise SignatureError(f"{source}: key {key.fingerprint} ({key.uid}) is revoked; refusing to trust it")
         # Store each key alone and armored, under its own fingerprint, whatever the input held.
         for key, armored in zip(keys, export_armored(key_bytes, [k.fingerprint for k in keys])):
