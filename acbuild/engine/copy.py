@@ -73,11 +73,11 @@ def copy_into_rootfs(
             host = resolve_in_root(source_root, rel)
         if stat.S_ISDIR(st.st_mode):
             target = dest_host
-            _make_dirs(rootfs, target, attrs)
+            make_dirs(rootfs, target, attrs)
             _copy_tree(host, target, rootfs, attrs, rel, ignore, written)
         else:
             target = dest_host / posixpath.basename(rel) if dest_is_dir else dest_host
-            _make_dirs(rootfs, target.parent, attrs)
+            make_dirs(rootfs, target.parent, attrs)
             _copy_entry(host, target, attrs, st)
             written.append(_image_path(rootfs, target))
     return written
@@ -106,7 +106,7 @@ def _image_path(rootfs: Path, host: Path) -> str:
     return "/" + str(host.relative_to(rootfs))
 
 
-def _make_dirs(rootfs: Path, path: Path, attrs: CopyAttrs) -> None:
+def make_dirs(rootfs: Path, path: Path, attrs: CopyAttrs) -> None:
     """mkdir -p inside rootfs; new directories get 0755, the owner and the epoch."""
     missing = []
     current = path

@@ -39,7 +39,10 @@ def run_step(session, i: p.Run) -> None:
         network=network,
         binds=tuple(_bind(session, mount, i, Bind) for mount in i.mounts),
     )
-    status = run_sandboxed(spec, debug=session.options.debug)
+    try:
+        status = run_sandboxed(spec, debug=session.options.debug)
+    except BuildError as err:
+        raise BuildError(err.message, i.pos) from err
     if status != 0:
         raise BuildError(f"RUN exited with status {status}", i.pos)
 

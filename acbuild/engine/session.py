@@ -21,7 +21,8 @@ from pathlib import Path
 from acbuild import plan as p
 from acbuild.aci import manifest as m
 from acbuild.aci.types import host_os_arch
-from acbuild.engine.copy import CopyAttrs, copy_into_rootfs
+from acbuild.engine.copy import CopyAttrs, copy_into_rootfs, make_dirs
+from acbuild.engine.paths import resolve_in_root
 from acbuild.engine.users import resolve_group, resolve_user
 from acbuild.errors import BuildError, ImageError, ManifestError, NotFoundError, PlanError
 
@@ -124,7 +125,10 @@ class Session:
         self._app().exec = list(i.argv)
 
     def _workdir(self, i: p.WorkDir) -> None:
+        # As in a Dockerfile, WORKDIR creates the directory for later steps.
         self._app().working_directory = i.path
+        attrs = CopyAttrs(mtime=self.options.source_date_epoch, chown_allowed=not self.rootless)
+        make_dirs(self.rootfs, resolve_in_root(self.rootfs, i.path), attrs)
 
     def _user(self, i: p.User) -> None:
         self._app().user = i.user
