@@ -444,3 +444,15 @@ def test_config_signing_key_used_by_cli(keyring, aci, tmp_path):
     TrustStore([trust]).add(bob.pub.read_bytes(), NAME)
     r = run_cli("verify", str(aci), trust=trust, home=tmp_path)
     assert r.returncode == 0 and bob.fingerprint in r.stdout and alice.fingerprint not in r.stdout
+
+
+def test_trust_dir_resolution(tmp_path, monkeypatch):
+    from acbuild.trust import SYSTEM_TRUST_DIR, default_trust_dirs
+
+    monkeypatch.delenv("ACBUILD_TRUST_DIR", raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    assert default_trust_dirs() == [SYSTEM_TRUST_DIR, tmp_path / "xdg" / "acbuild" / "trustedkeys"]
+    assert default_trust_dirs(configured=(tmp_path / "c",)) == [tmp_path / "c"]
+    monkeypatch.setenv("ACBUILD_TRUST_DIR", str(tmp_path / "env"))
+    assert default_trust_dirs(configured=(tmp_path / "c",)) == [tmp_path / "env"]
+    assert default_trust_dirs(tmp_path / "flag") == [tmp_path / "flag"]

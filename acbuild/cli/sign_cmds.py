@@ -44,7 +44,7 @@ def add_parser(sub) -> None:
     p.add_argument("--key", help="signing key: id, fingerprint or user id (default: signing-key, else gpg's)")
     p.add_argument("--gpg-home", type=Path, metavar="DIR", help="GnuPG home (default: gpg-home, else GNUPGHOME)")
     p.add_argument("--passphrase-file", type=Path, metavar="FILE", help="read the key's passphrase from FILE")
-    _common(p)
+    _common(p, trust_dir=False)
     p.set_defaults(run=run_sign)
 
     p = sub.add_parser("trust", help="trust a key for an image name prefix, list or remove keys",
@@ -69,9 +69,10 @@ def add_parser(sub) -> None:
     p.set_defaults(run=run_verify)
 
 
-def _common(p: argparse.ArgumentParser) -> None:
+def _common(p: argparse.ArgumentParser, trust_dir: bool = True) -> None:
     p.add_argument("--config", type=Path, metavar="FILE", help="acbuild.toml to read")
-    p.add_argument("--trust-dir", type=Path, metavar="DIR", help="use this trust store alone (env ACBUILD_TRUST_DIR)")
+    if trust_dir:
+        p.add_argument("--trust-dir", type=Path, metavar="DIR", help="use this trust store alone (env ACBUILD_TRUST_DIR)")
 
 
 def _store(args):
