@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Callable, Protocol, Union
 
-from acbuild.engine.users import member_gids, resolve_group, resolve_in_root, resolve_user
+from acbuild.engine.users import resolve_group, resolve_in_root, resolve_user
 from acbuild.errors import BuildError
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -508,8 +508,11 @@ def _remove_placeholders(made: list[tuple[Path, str]], debug: bool) -> None:
 
 
 def _resolve_ids(spec: SandboxSpec, root: Path, rootless: bool):
-    uid, primary = resolve_user(root, spec.user)
-    gid = resolve_group(root, spec.group)
+    try:
+        uid, _ = resolve_user(root, spec.user)
+        gid = resolve_group(root, spec.group)
+    except BuildError as e:
+        raise BuildError(f"RUN: {e}") from e
     groups = tuple(sorted(set(spec.supplementary_gids)))
     if rootless:
         if uid or gid or groups:
@@ -555,7 +558,12 @@ def _fork_and_wait(spec, plan, ids, stdio, debug, rootless) -> int:
         for f in (sys.stdout, sys.stderr):
             f.flush()
         parent = os.getpid()
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except OSError as e:
+            os.close(rfd)
+            os.close(wfd)
+            raise BuildError(f"RUN: fork: {e.strerror}") from e
         if pid == 0:
             os.close(rfd)
             _helper(spec, plan, ids, stdio, wfd, debug, rootless, parent)
