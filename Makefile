@@ -13,7 +13,8 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(CURDIR)/$(TOOLS)/usr/bin:$(PATH)
 
 .PHONY: demo test system-deps venv bench clean
 
-demo: venv
+demo: system-deps venv
+	cp /bin/busybox busybox
 	$(VENV)/bin/acbuild build -f ACIfile.example -o example.aci
 	$(VENV)/bin/acbuild validate example.aci
 
