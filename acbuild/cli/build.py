@@ -32,7 +32,49 @@ def add_parser(sub) -> None:
     parser.add_argument("--target", metavar="STAGE", help="build this stage (FROM ... AS STAGE) instead of the last")
     parser.add_argument("--network", choices=("none", "host"), default="none", help="network for RUN steps (default: none, loopback only)")
     parser.add_argument("-q", "--quiet", action="store_true", help="print only the image ID")
+    add_signing_options(parser)
+    add_trust_options(parser)
     parser.set_defaults(run=run)
+
+
+def add_signing_options(parser) -> None:
+    group = parser.add_argument_group("signing")
+    group.add_argument("--sign", action="store_true", help="write OUT.aci.asc, a detached armored signature over OUT.aci")
+    group.add_argument("--key", metavar="KEYID", help="signing key (default: acbuild.toml signing-key, else gpg's default)")
+    group.add_argument("--gpg-home", type=Path, metavar="DIR", help="GnuPG home (default: acbuild.toml gpg-home, else $GNUPGHOME)")
+    group.add_argument("--passphrase-file", type=Path, metavar="FILE", help="read the key's passphrase from FILE")
+
+
+def add_trust_options(parser) -> None:
+    group = parser.add_argument_group("verification of base images")
+    group.add_argument("--insecure-skip-verify", action="store_true", help="do not verify base image signatures (printed loudly)")
+    group.add_argument("--require-signatures", action="store_true", default=None, help="refuse any base without a trusted signature")
+    group.add_argument("--trust-dir", type=Path, metavar="DIR", help="trust store root (default: $ACBUILD_TRUST_DIR, else system + user)")
+    group.add_argument("--config", type=Path, metavar="FILE", help="acbuild.toml to read (default: $XDG_CONFIG_HOME/acbuild/acbuild.toml)")
+
+
+def signing_from_args(args, config):
+    """SigningOptions for --sign (None without it), with acbuild.toml defaults."""
+    if not getattr(args, "sign", False):
+        return None
+    from acbuild.sign import SigningOptions
+
+    passphrase = None
+    if args.passphrase_file is not None:
+        try:
+            passphrase = args.passphrase_file.read_text().rstrip("\n")
+        except OSError as err:
+            raise UsageError(f"--passphrase-file {args.passphrase_file}: {err.strerror}") from err
+    return SigningOptions(key=args.key or config.signing_key, gpg_home=args.gpg_home or config.gpg_home, passphrase=passphrase)
+
+
+def trust_settings(args, config) -> dict:
+    """BuildOptions fields for base verification, from flags and acbuild.toml."""
+    from acbuild.trust import default_trust_dirs
+
+    require = args.require_signatures if args.require_signatures is not None else config.require_signatures
+    dirs = default_trust_dirs(args.trust_dir, config.trust_dirs)
+    return {"insecure_skip_verify": args.insecure_skip_verify, "require_signatures": require, "trust_dirs": tuple(dirs)}
 
 
 def add_acifile_options(parser) -> None:
@@ -62,9 +104,11 @@ def run(args) -> int:
     import sys
 
     from acbuild.aci.writer import source_date_epoch_from_env
+    from acbuild.config import load_config
     from acbuild.engine.build import build_plan
     from acbuild.engine.session import BuildOptions
 
+    config = load_config(args.config)
     acifile, plan = compile_from_args(args)
     context = (args.context or acifile.parent).resolve()
     if not context.is_dir():
@@ -75,8 +119,10 @@ def run(args) -> int:
         network=args.network,
         debug=args.debug,
         quiet=args.quiet,
+        **trust_settings(args, config),
     )
-    image_id = build_plan(plan, args.output, options, target=args.target, compression=args.compression)
+    signing = signing_from_args(args, config)
+    image_id = build_plan(plan, args.output, options, target=args.target, compression=args.compression, signing=signing)
     if not args.quiet:
         print(f"wrote {args.output} ({os.path.getsize(args.output)} bytes)", file=sys.stderr)
     print(image_id)

@@ -35,7 +35,15 @@ def needed_stages(plan: p.Plan, target: str | None) -> list[p.Stage]:
     return [s for s in plan.stages[: final.index + 1] if s.name in wanted]
 
 
-def build_plan(plan: p.Plan, output: Path, options: BuildOptions, *, target: str | None = None, compression: str = "gzip") -> str:
+def build_plan(
+    plan: p.Plan,
+    output: Path,
+    options: BuildOptions,
+    *,
+    target: str | None = None,
+    compression: str = "gzip",
+    signing=None,
+) -> str:
     """Build the plan into `output`; returns the image ID."""
     stages = needed_stages(plan, target)
     total = sum(len(s.steps) + 1 for s in stages)
@@ -55,7 +63,7 @@ def build_plan(plan: p.Plan, output: Path, options: BuildOptions, *, target: str
                 session.apply(step)
             stage_rootfs[stage.name] = session.rootfs
         assert session is not None
-        return session.write(output, compression=compression)
+        return session.write(output, compression=compression, signing=signing)
     finally:
         remove_tree(work_root)
 

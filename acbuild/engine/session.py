@@ -223,9 +223,15 @@ class Session:
         if problems:
             raise ManifestError("the image manifest is invalid:\n  " + "\n  ".join(problems), problems)
 
-    def write(self, out: Path, *, compression: str = "gzip", overwrite: bool = True) -> str:
-        """Validate the manifest and write the .aci atomically; returns the image ID."""
+    def write(self, out: Path, *, compression: str = "gzip", overwrite: bool = True, signing=None) -> str:
+        """Validate the manifest and write the .aci; returns the image ID.
+
+        The image is written to a temp file beside `out`, signed when `signing`
+        (acbuild.sign.SigningOptions) is given, then the image and its signature
+        replace the old ones together (acbuild.sign.publish): never a fresh .aci
+        beside a stale .asc, never a partial file."""
         from acbuild.aci.writer import write_aci
+        from acbuild.sign import publish
 
         self.check_manifest()
         if out.suffix != ".aci":
@@ -235,14 +241,17 @@ class Session:
         if self.manifest.app is not None and not self.manifest.app.exec and not self.options.quiet:
             print("acbuild: warning: the image has no exec; it can only be a dependency", file=sys.stderr)
         id_map = {os.geteuid(): 0, os.getegid(): 0} if self.rootless else None
-        return write_aci(
-            out,
+        tmp = out.with_name(f".{out.name}.{os.getpid()}.aci")
+        image_id = write_aci(
+            tmp,
             self.manifest.to_json(),
             self.rootfs,
             compression=compression,
             source_date_epoch=self.options.source_date_epoch,
             id_map=id_map,
         )
+        publish(tmp, out, signing)
+        return image_id
 
     def discard(self) -> None:
         shutil.rmtree(self.workdir, ignore_errors=True)

@@ -21,7 +21,7 @@ def verify_base(path: Path, base: p.From, options) -> None:
     if options.insecure_skip_verify or base.insecure_skip_verify:
         print(f"acbuild: WARNING: NOT verifying the signature of {path} (--insecure-skip-verify)", file=sys.stderr)
         return
-    store = TrustStore(default_trust_dirs(configured=options.trust_dirs or None))
+    store = TrustStore(list(options.trust_dirs) or default_trust_dirs())
     try:
         signer = check_image(path, store, require_signature=options.require_signatures)
     except SignatureError as err:
