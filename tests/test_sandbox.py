@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from acbuild.engine.sandbox import DEFAULT_PATH, Bind, SandboxSpec, run_sandboxed
-from acbuild.engine.users import resolve_in_root
+from acbuild.engine.users import in_image
 from acbuild.errors import BuildError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -119,6 +119,11 @@ def test_exit_status_propagates(rootfs, tmp_path):
     assert sh(rootfs, "kill -TERM $$", tmp_path)[0] == 128 + signal.SIGTERM
 
 
+def test_background_processes_die_with_the_command(rootfs, tmp_path):
+    assert sh(rootfs, "sleep 4242 & (setsid sleep 4242 &) ; exit 0", tmp_path)[0] == 0
+    assert sleepers() == []  # PID 1 left, so the kernel killed the rest of the namespace
+
+
 def test_env_cwd_and_user_are_applied(rootfs, tmp_path):
     (rootfs / "etc").mkdir()
     (rootfs / "etc/passwd").write_text("root:x:0:0::/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n")
@@ -162,7 +167,7 @@ def test_network_host_resolv_conf_is_not_left(rootfs, tmp_path):
 def test_resolv_conf_symlink_into_run_stays_inside(rootfs, tmp_path):
     (rootfs / "etc").mkdir()
     (rootfs / "etc/resolv.conf").symlink_to("/run/systemd/resolve/stub-resolv.conf")
-    assert resolve_in_root(rootfs, "/etc/resolv.conf") == "/run/systemd/resolve/stub-resolv.conf"
+    assert in_image(rootfs, "/etc/resolv.conf") == "/run/systemd/resolve/stub-resolv.conf"
     before = listing(rootfs)
     code, out = sh(rootfs, "cat /etc/resolv.conf", tmp_path, network="host")
     assert code == 0 and out == Path("/etc/resolv.conf").read_text()
@@ -172,9 +177,9 @@ def test_resolv_conf_symlink_into_run_stays_inside(rootfs, tmp_path):
 def test_resolve_in_root_never_leaves_the_root(tmp_path):
     (tmp_path / "a").symlink_to("../../../../etc")
     (tmp_path / "b").symlink_to("/a/passwd")
-    assert resolve_in_root(tmp_path, "/a/passwd") == "/etc/passwd"
-    assert resolve_in_root(tmp_path, "/b") == "/etc/passwd"
-    assert resolve_in_root(tmp_path, "/../../x/./y") == "/x/y"
+    assert in_image(tmp_path, "/a/passwd") == "/etc/passwd"
+    assert in_image(tmp_path, "/b") == "/etc/passwd"
+    assert in_image(tmp_path, "/../../x/./y") == "/x/y"
 
 
 def test_bind_mounts_visible_during_the_run_and_gone_after(rootfs, tmp_path):

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Callable, Protocol, Union
 
-from acbuild.engine.users import resolve_group, resolve_in_root, resolve_user
+from acbuild.engine.users import in_image, resolve_group, resolve_user
 from acbuild.errors import BuildError
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -293,7 +293,7 @@ class _Plan:
 
     def at(self, inner_path: str, kind: str = "dir") -> Path:
         """The host path of a mount point; plan a placeholder if it is missing on disk."""
-        inner = resolve_in_root(self.root, inner_path)
+        inner = in_image(self.root, inner_path)
         if inner == "/":
             raise BuildError(f"RUN: cannot mount over the image's root ({inner_path})")
         if not any(inner == f or inner.startswith(f + "/") for f in self.fresh):
@@ -308,7 +308,7 @@ class _Plan:
 def plan_setup(spec: SandboxSpec, root: Path, rootless: bool) -> _Plan:
     plan = _Plan(root, [MakePrivate(), BindMount(root, root)], [], [])
     proc, dev, sys_, tmp, run = (plan.at(p) for p in _FRESH)
-    plan.fresh.extend(resolve_in_root(root, p) for p in _FRESH)
+    plan.fresh.extend(in_image(root, p) for p in _FRESH)
     pts_gid = "" if rootless else ",gid=5"  # gid 5 (tty) is not mapped in a user namespace
     plan.steps += [
         MountFs("proc", proc, MS_NOSUID | MS_NODEV | MS_NOEXEC),
@@ -330,7 +330,7 @@ def plan_setup(spec: SandboxSpec, root: Path, rootless: bool) -> _Plan:
             if source.exists():
                 plan.steps.append(BindMount(source, plan.at(inner, "file"), read_only=True))
     for b in spec.binds:
-        inner = resolve_in_root(root, b.target) if b.target.startswith("/") else ""
+        inner = in_image(root, b.target) if b.target.startswith("/") else ""
         if not inner or any(inner == p or inner.startswith(p + "/") for p in ("/proc", "/sys")):
             raise BuildError(f"RUN: bad mount target {b.target!r} (need an absolute path outside /proc and /sys)")
         if not b.source.exists():
@@ -539,7 +539,10 @@ def run_sandboxed(spec: SandboxSpec, *, stdin: Stream = None, stdout: Stream = N
         raise BuildError(f"RUN: rootfs {root} is not a directory")
     rootless = os.geteuid() != 0
     ids = _resolve_ids(spec, root, rootless)
-    plan = plan_setup(spec, root, rootless)
+    try:
+        plan = plan_setup(spec, root, rootless)
+    except OSError as e:  # a symlink loop on the way to a mount point
+        raise BuildError(f"RUN: resolve {e.filename} in the image: {e.strerror}") from e
     made = _make_placeholders(plan, debug)
     try:
         return _fork_and_wait(spec, plan, ids, (stdin, stdout, stderr), debug, rootless)

@@ -1,60 +1,29 @@
 """Look things up in the image's own files, the way a process inside it would see them:
-paths (symlinks resolved with the rootfs as "/"), users and groups (the rootfs's
-/etc/passwd and /etc/group, never the host's).
+paths (symlinks resolved with the rootfs as "/", by engine.paths), users and groups
+(the rootfs's /etc/passwd and /etc/group, never the host's).
 
 Runs in the parent before the sandbox forks; stdlib only, so the sandbox stays light.
 """
 
 from __future__ import annotations
 
-import errno
-import os
 from pathlib import Path
 
+from acbuild.engine.paths import resolve_in_root
 from acbuild.errors import BuildError
 
-_MAX_SYMLINKS = 40  # as the kernel's ELOOP limit
 
-
-def resolve_in_root(rootfs: Path, path: str) -> str:
-    """`path` inside the image with every symlink resolved as if `rootfs` were "/".
-
-    Returns an absolute in-image path ("/run/x"); components that do not exist are kept
-    as written. ".." never climbs above the root, and an absolute link target restarts at
-    the root, so the result can never name a host path outside `rootfs`.
-    """
-    todo = [p for p in path.split("/") if p not in ("", ".")]
-    done: list[str] = []
-    hops = 0
-    while todo:
-        name = todo.pop(0)
-        if name == "..":
-            if done:
-                done.pop()
-            continue
-        try:
-            target = os.readlink(os.path.join(rootfs, *done, name))
-        except OSError:  # not a link, or missing: take the name as it is
-            done.append(name)
-            continue
-        hops += 1
-        if hops > _MAX_SYMLINKS:
-            raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), path)
-        if target.startswith("/"):
-            done = []
-        todo = [p for p in target.split("/") if p not in ("", ".")] + todo
-    return "/" + "/".join(done)
-
-
-def host_path(rootfs: Path, path: str) -> Path:
-    """The host path of in-image `path`, symlinks resolved inside the rootfs."""
-    return rootfs / resolve_in_root(rootfs, path).lstrip("/")
+def in_image(rootfs: Path, path: str) -> str:
+    """`path` inside the image with every symlink resolved as if `rootfs` were "/"
+    ("/etc/resolv.conf" may come back as "/run/systemd/resolve/stub-resolv.conf")."""
+    rel = resolve_in_root(rootfs, path).relative_to(rootfs).as_posix()
+    return "/" if rel == "." else "/" + rel
 
 
 def _entries(rootfs: Path, db: str) -> list[list[str]]:
     """The colon-separated lines of /etc/`db` in the image ([] if it has none)."""
     try:
-        text = host_path(rootfs, f"/etc/{db}").read_text(encoding="utf-8", errors="replace")
+        text = resolve_in_root(rootfs, f"/etc/{db}").read_text(encoding="utf-8", errors="replace")
     except FileNotFoundError:
         return []
     except OSError as e:
