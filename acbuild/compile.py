@@ -346,11 +346,11 @@ class Compiler:
         return p.Annotation(items=tuple(items), pos=st.pos)
 
     def _env(self, st: Statement) -> p.Env:
+        # As in a Dockerfile, $VARS in an ENV see the values from before this line.
         items = []
         for w, name, value in self._pairs(st):
             self._check(t.env_name_problem(name), w, "ENV: ")
             items.append((name, value))
-            self.stage.env[name] = value  # visible to the next pair, as in a Dockerfile
         return p.Env(items=tuple(items), pos=st.pos)
 
     def _name(self, st: Statement) -> p.SetName:
@@ -422,6 +422,9 @@ class Compiler:
     def _isolator(self, st: Statement) -> p.Isolator:
         name = self.expand(st.words[0])
         self._check(t.acidentifier_problem(name), st.words[0], "ISOLATOR: ")
+        if name not in t.KNOWN_ISOLATORS:
+            known = ", ".join(sorted(t.KNOWN_ISOLATORS))
+            raise PlanError(f'ISOLATOR: invalid isolator "{name}" (known: {known})', st.words[0].pos)
         assert st.command is not None
         try:
             value = json.loads(re.sub(r"\\[ \t]*\r?\n", "", st.command.text))

@@ -172,6 +172,8 @@ def _syntax_error(err, lines: list[str], filename: str) -> ParseError:
     if isinstance(err, UnexpectedToken):
         got = "end of line" if err.token.type in ("_NL", "$END") else repr(str(err.token))
         expected = sorted({_TOKEN_NAMES.get(e, e) for e in err.expected if not e.isupper() or e in _TOKEN_NAMES})
+        if err.token.type == "REST_OF_LINE" and ('"' in err.token or "'" in err.token):
+            return ParseError(f"{keyword}: unterminated quote; usage: {usage}", pos)
         if err.token.type in ("_NL", "$END"):
             message = f"{keyword}: missing arguments"
         else:

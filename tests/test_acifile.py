@@ -1,0 +1,156 @@
+"""The ACIfile language: parsing, compiling, error positions, substitution.
+
+Each tests/data/acifiles/bad/*.ACIfile holds the error it must give on its first
+line: `# expect: LINE:COL message-fragment`."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from acbuild import plan as p
+from acbuild.compile import compile_file, compile_text
+from acbuild.errors import AcbuildError
+
+REPO = Path(__file__).resolve().parent.parent
+BAD = sorted((REPO / "tests/data/acifiles/bad").glob("*.ACIfile"))
+
+
+def expectation(path: Path) -> tuple[int, int, str]:
+    m = re.match(r"# expect: (\d+):(\d+) (.*)", path.read_text().splitlines()[0])
+    assert m, f"{path.name}: first line must be '# expect: LINE:COL message'"
+    return int(m.group(1)), int(m.group(2)), m.group(3)
+
+
+@pytest.mark.parametrize("path", BAD, ids=[b.stem for b in BAD])
+def test_bad_acifile_points_at_the_mistake(path: Path):
+    line, col, fragment = expectation(path)
+    with pytest.raises(AcbuildError) as info:
+        compile_file(path)
+    err = info.value
+    assert str(err).startswith(f"{path}:{line}:{col}: "), str(err)
+    assert fragment in str(err)
+    rendered = err.render().splitlines()
+    assert rendered[1].strip() == path.read_text().splitlines()[line - 1].strip()
+    assert rendered[2].index("^") == 4 + col - 1  # caret under the column
+
+
+def test_bad_acifile_through_the_cli_is_one_message_not_a_traceback(tmp_path):
+    path = REPO / "tests/data/acifiles/bad/unknown-instruction.ACIfile"
+    result = subprocess.run(
+        [sys.executable, "-m", "acbuild", "build", "-f", str(path), "-o", str(tmp_path / "x.aci")],
+        capture_output=True, text=True,
+    )
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert result.stderr.startswith(f"{path}:3:1: unknown instruction \"COPPY\"\n    COPPY a /b\n    ^")
+    assert not (tmp_path / "x.aci").exists()
+
+
+def test_missing_acifile_is_not_found(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "acbuild", "plan", "-f", str(tmp_path / "nope")], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert "cannot read" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_every_instruction_compiles():
+    plan = compile_text(
+        """
+        ARG V=1.0
+        from scratch as base
+        NAME example.com/all
+        LABEL version=$V "channel"='beta ${V}'
+        ANNOTATION authors="A B" homepage=https://example.com
+        COPY --chown=0:0 --chmod=0640 a b /dir/
+        RUN --network=host --mount=type=cache,target=/var/cache echo "$V"
+        RUN ["/bin/true"]
+        ENV A=1 B=${A}2
+        WORKDIR /srv
+        USER 1000
+        GROUP 1000
+        SUPPLEMENTARY-GROUPS 10 20
+        PORT http tcp 80 2 socket-activated
+        MOUNT data /data read-only
+        ISOLATOR resource/cpu {"limit": "500m"}
+        DEPENDENCY --size=10 example.com/dep version=1
+        EVENT post-stop /bin/echo bye
+        PATH-WHITELIST /bin/sh /etc
+        REMOVE LABEL channel
+        EXEC /bin/app --flag
+        """
+    )
+    steps = plan.stages[0].steps
+    kinds = [type(s).__name__ for s in steps]
+    assert kinds == [
+        "SetName", "Label", "Annotation", "Copy", "Run", "Run", "Env", "WorkDir", "User", "Group",
+        "SupplementaryGroups", "Port", "MountPoint", "Isolator", "Dependency", "EventHandler",
+        "PathWhitelist", "Remove", "Exec",
+    ]
+    assert steps[1].items == (("version", "1.0"), ("channel", "beta ${V}"))
+    assert steps[3] == p.Copy(sources=("a", "b"), dest="/dir/", chown="0:0", chmod=0o640)
+    assert steps[4].argv == ("/bin/sh", "-c", 'echo "$V"') and steps[4].network == "host"
+    assert steps[4].arg_env == (("V", "1.0"),)
+    assert steps[4].mounts[0].type == "cache" and steps[4].mounts[0].target == "/var/cache"
+    assert steps[6].items == (("A", "1"), ("B", "2"))  # Docker: $A is the value before this ENV
+    assert steps[11] == p.Port(name="http", protocol="tcp", port=80, count=2, socket_activated=True)
+    assert steps[-1].argv == ("/bin/sh", "-c", "/bin/app --flag")
+    assert plan.stages[0].base.alias == "base"
+
+
+def test_build_args_override_defaults_and_unknown_vars_are_empty():
+    text = "ARG V=1\nFROM scratch\nLABEL version=${V} a=${NOPE:-dflt} b=x$NOPE\n"
+    labels = compile_text(text, build_args={"V": "2"}).stages[0].steps[0].items
+    assert labels == (("version", "2"), ("a", "dflt"), ("b", "x"))
+
+
+def test_continuations_and_comments():
+    text = "# top\n\nFROM scratch\n  # indented comment\nLABEL a=1 \\\n      b=2\n\nRUN echo one \\\n  two\n"
+    steps = compile_text(text).stages[0].steps
+    assert steps[0].items == (("a", "1"), ("b", "2"))
+    assert steps[1].argv == ("/bin/sh", "-c", "echo one   two")
+    assert steps[1].pos.line == 8
+
+
+def test_json_looking_shell_command_stays_shell_form():
+    step = compile_text("FROM scratch\nRUN [ -f /x ] && echo y\n").stages[0].steps[0]
+    assert step.argv == ("/bin/sh", "-c", "[ -f /x ] && echo y")
+
+
+def test_to_acifile_round_trips():
+    """Every instruction rendered back as ACIfile text compiles to itself
+    (what `acbuild history` relies on)."""
+    text = (REPO / "ACIfile.example").read_text()
+    plan = compile_text(text)
+    rendered = "FROM scratch\n" + "\n".join(s.to_acifile() for s in plan.stages[0].steps) + "\n"
+    again = compile_text(rendered)
+    strip = lambda steps: [s for s in steps if not isinstance(s, p.Run)]  # noqa: E731
+    assert strip(again.stages[0].steps) == strip(plan.stages[0].steps)
+    assert [s.argv for s in again.stages[0].steps if isinstance(s, p.Run)] == [
+        s.argv for s in plan.stages[0].steps if isinstance(s, p.Run)
+    ]
+
+
+def test_plan_command_prints_yaml():
+    result = subprocess.run(
+        [sys.executable, "-m", "acbuild", "plan", "-f", str(REPO / "ACIfile.example"), "--build-arg", "VERSION=9.9.9"],
+        capture_output=True, text=True, cwd=REPO,
+    )
+    assert result.returncode == 0, result.stderr
+    import yaml
+
+    doc = yaml.safe_load(result.stdout)
+    labels = [s for s in doc["stages"][0]["steps"] if s["instruction"] == "LABEL"][0]
+    assert labels["items"][0] == ["version", "9.9.9"]
+
+
+def test_bad_build_arg_is_a_usage_error():
+    result = subprocess.run(
+        [sys.executable, "-m", "acbuild", "plan", "-f", str(REPO / "ACIfile.example"), "--build-arg", "NOEQUALS"],
+        capture_output=True, text=True,
+    )
+    assert result.returncode == 3
+    assert result.stderr.strip() == 'acbuild: --build-arg "NOEQUALS": expected NAME=VALUE'
