@@ -370,7 +370,11 @@ def _report_and_exit(fd: int, reason: str) -> None:
 def _on_signals(signals: tuple[int, ...], act: Callable[[int], None]) -> Callable[[], None]:
     """Install `act` for `signals`; return a function that restores the old handlers."""
     old = {s: signal.signal(s, lambda sig, _frame: act(sig)) for s in signals}
-    return lambda: [signal.signal(s, h) for s, h in old.items()]  # type: ignore[func-returns-value]
+
+    def restore() -> None:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+    return restore
 
 
 class _Forward:
@@ -405,7 +409,10 @@ def _exec_command(spec: SandboxSpec, ids: tuple[int, int, tuple[int, ...]] | Non
         for n, stream in enumerate(stdio):
             if stream is not None:
                 fd = stream if isinstance(stream, int) else stream.fileno()
-                os.dup2(fd, n) if fd != n else os.set_inheritable(n, True)
+                if fd != n:
+                    os.dup2(fd, n)  # the copy is inheritable
+                else:
+                    os.set_inheritable(n, True)
         if ids is not None:  # root: really switch; rootless: only 0 is mapped, nothing to do
             uid, gid, groups = ids
             what = f"set user {uid}:{gid}"
@@ -556,7 +563,8 @@ def _fork_and_wait(spec, plan, ids, stdio, debug, rootless) -> int:
     try:
         restore = _on_signals((signal.SIGINT, signal.SIGTERM), forward)
     except ValueError:  # not the main thread: signals are the main thread's business
-        restore = lambda: None  # noqa: E731
+        def restore() -> None:
+            pass
     try:
         for f in (sys.stdout, sys.stderr):
             f.flush()
