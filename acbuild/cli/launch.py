@@ -1,0 +1,69 @@
+"""acbuild launch: verify an image's signature and run its app (rkt run's job)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from acbuild.errors import UsageError
+
+EPILOG = """\
+examples:
+  acbuild launch hello.aci                      # prints "signature verified: ...", runs the app
+  acbuild launch app.aci --volume data:/srv/data -- --verbose   # ARGS go after the app's exec
+  acbuild launch app.aci --network host
+  acbuild launch unsigned.aci --insecure-skip-verify             # runs it, with a loud warning
+
+Only images signed by a key trusted for their name run (acbuild trust --prefix NAME KEYFILE);
+unsigned images are refused whatever --require-signatures says. The app runs in the
+namespace sandbox RUN uses, as the manifest's user and group, in its working directory,
+with its environment plus PATH, AC_APP_NAME and container=acbuild; pre-start and post-stop
+event handlers run before and after it. The exit status is the app's. The rendered image
+is thrown away afterwards: nothing the app writes outside its volumes is kept."""
+
+
+def add_parser(sub) -> None:
+    from acbuild.cli.build import add_trust_options
+
+    parser = sub.add_parser(
+        "launch",
+        help="verify a signed image and run its app",
+        description="Verify IMAGE's signature, then run its app in a namespace sandbox.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("image", type=Path, metavar="IMAGE.aci")
+    parser.add_argument("args", nargs="*", metavar="ARGS", help="appended to the app's exec (put them after --)")
+    parser.add_argument("--volume", action="append", default=[], metavar="NAME:HOSTPATH",
+                        help="bind HOSTPATH on the image's mount point NAME (repeatable)")
+    parser.add_argument("--network", choices=("none", "host"), default="none",
+                        help="none: loopback only (default); host: the host's network")
+    add_trust_options(parser)
+    parser.set_defaults(run=run)
+
+
+def parse_volume(value: str):
+    from acbuild.engine.launch import Volume
+
+    name, colon, path = value.partition(":")
+    if not colon or not name or not path:
+        raise UsageError(f'--volume "{value}": expected NAME:HOSTPATH (NAME is a mount point of the image)')
+    return Volume(name, Path(path))
+
+
+def run(args) -> int:
+    from acbuild.cli.build import trust_settings
+    from acbuild.config import load_config
+    from acbuild.engine.launch import LaunchOptions, launch
+
+    config = load_config(args.config)
+    trust = trust_settings(args, config)
+    options = LaunchOptions(
+        args=tuple(args.args),
+        volumes=tuple(parse_volume(v) for v in args.volume),
+        network=args.network,
+        insecure_skip_verify=trust["insecure_skip_verify"],
+        trust_dirs=trust["trust_dirs"],
+        debug=args.debug,
+    )
+    return launch(args.image, options)

@@ -1,0 +1,200 @@
+"""launch: run an image's app the way rkt ran it, in the sandbox RUN uses.
+
+The recipe (`launch`): verify the signature, render the image into a temp dir,
+run pre-start handlers, the app, post-stop handlers, each in a fresh sandbox
+over the same rootfs, and return the app's exit status.
+
+Contract: only a signed image whose signer is trusted for its name runs, unless
+`insecure_skip_verify` (printed loudly). The rendered rootfs is a throwaway copy:
+nothing the app writes survives, every mount lives in the sandbox's own mount
+namespace, and the temp dir is removed on success, failure, Ctrl-C and SIGTERM.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import sys
+import tempfile
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Iterator
+
+from acbuild.aci import manifest as m
+from acbuild.engine.sandbox import Bind, SandboxSpec, run_sandboxed
+from acbuild.errors import BuildError, ImageError, ManifestError, NotFoundError, SignatureError
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+@dataclass(frozen=True)
+class Volume:
+    """`--volume NAME:HOSTPATH`: a host path for the image's mount point NAME."""
+
+    name: str
+    host_path: Path
+
+
+@dataclass(frozen=True)
+class LaunchOptions:
+    args: tuple[str, ...] = ()  # appended to the app's exec
+    volumes: tuple[Volume, ...] = ()
+    network: str = "none"  # "none" (loopback only) or "host"
+    insecure_skip_verify: bool = False
+    trust_dirs: tuple[Path, ...] = ()  # empty: the default system + user dirs
+    debug: bool = False
+
+
+def launch(image: Path, options: LaunchOptions) -> int:
+    """Verify, render and run `image`'s app; returns the app's exit status."""
+    if not image.is_file():
+        raise NotFoundError(f"{image}: no such image")
+    verify_for_launch(image, options)
+    with _sigterm_as_interrupt(), temp_dir() as work:
+        rootfs, manifest = render_image(image, work, options)
+        app = app_of(manifest, image)
+        spec = app_spec(rootfs, manifest, app, options)
+        run_handlers("pre-start", app, spec, options, abort=True)
+        status = run_in_sandbox(replace(spec, argv=tuple(app.exec) + options.args), "app", options)
+        run_handlers("post-stop", app, spec, options, abort=False)
+        return status
+
+
+# --- the steps -----------------------------------------------------------------------------
+
+def verify_for_launch(image: Path, options: LaunchOptions) -> None:
+    """The FROM policy, except that an unsigned image is refused too (as rkt did)."""
+    from acbuild.sign import signature_path
+    from acbuild.trust import TrustStore, default_trust_dirs
+    from acbuild.verify import check_image
+
+    if options.insecure_skip_verify:
+        print(f"acbuild: WARNING: NOT verifying the signature of {image} (--insecure-skip-verify)", file=sys.stderr)
+        return
+    if not signature_path(image).is_file():
+        raise SignatureError(
+            f"{image}: not signed ({signature_path(image)} does not exist); launch runs only images signed "
+            "by a trusted key: sign it with 'acbuild sign' and trust the key with 'acbuild trust' "
+            "(--insecure-skip-verify skips this check)")
+    store = TrustStore(list(options.trust_dirs) or default_trust_dirs())
+    try:
+        signer = check_image(image, store, require_signature=True)
+    except SignatureError as err:
+        raise SignatureError(f"{err.message} (--insecure-skip-verify skips this check)") from err
+    assert signer is not None
+    print(f"signature verified: {signer}", file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def temp_dir() -> Iterator[Path]:
+    """A private work dir, removed afterwards whatever happens (RUN may leave 0555 dirs)."""
+    from acbuild.engine.build import remove_tree
+
+    work = Path(tempfile.mkdtemp(prefix="acbuild-launch-"))
+    try:
+        yield work
+    finally:
+        remove_tree(work)
+
+
+def render_image(image: Path, work: Path, options: LaunchOptions) -> tuple[Path, m.ImageManifest]:
+    """The image's rootfs (dependencies rendered below it) in `work`/rootfs, and its manifest."""
+    from acbuild.aci.archive import extract_rootfs
+
+    rootfs = work / "rootfs"
+    rootfs.mkdir(mode=0o755)
+    contents = extract_rootfs(image, rootfs)
+    try:
+        manifest = m.ImageManifest.from_json(contents.manifest_bytes)
+    except ManifestError as e:
+        raise ImageError(f"{image}: {e.message}") from e
+    if manifest.dependencies:
+        from acbuild.engine.render import render_dependencies
+        from acbuild.engine.session import BuildOptions
+
+        deps = BuildOptions(context=image.parent.resolve(), network=options.network, quiet=True,
+                            insecure_skip_verify=options.insecure_skip_verify,
+                            require_signatures=True, trust_dirs=options.trust_dirs, debug=options.debug)
+        render_dependencies(manifest, rootfs, deps, None)
+    return rootfs, manifest
+
+
+def app_of(manifest: m.ImageManifest, image: Path) -> m.App:
+    if manifest.app is None or not manifest.app.exec:
+        raise ImageError(f"{image}: {manifest.name} has no app to run (its manifest has no app exec)")
+    return manifest.app
+
+
+def app_spec(rootfs: Path, manifest: m.ImageManifest, app: m.App, options: LaunchOptions) -> SandboxSpec:
+    """Everything but argv: the same for handlers and the app."""
+    env = {"PATH": DEFAULT_PATH}
+    env.update({e.name: e.value for e in app.environment})
+    env["AC_APP_NAME"] = manifest.name.rsplit("/", 1)[-1]
+    env["container"] = "acbuild"
+    return SandboxSpec(
+        rootfs=rootfs,
+        argv=(),
+        env=tuple(env.items()),
+        cwd=app.working_directory or "/",
+        user=app.user or "0",
+        group=app.group or "0",
+        supplementary_gids=tuple(app.supplementary_gids),
+        hostname=env["AC_APP_NAME"][:63] or "acbuild",
+        network=options.network,
+        binds=volume_binds(app, options.volumes),
+    )
+
+
+def volume_binds(app: m.App, volumes: tuple[Volume, ...]) -> tuple[Bind, ...]:
+    """Host paths bound on the mount points they name; readOnly comes from the image.
+    Mount points no volume names keep what the image has at their path."""
+    points = {mp.name: mp for mp in app.mount_points}
+    binds = []
+    for v in volumes:
+        mp = points.get(v.name)
+        if mp is None:
+            known = ", ".join(f"{p.name} ({p.path})" for p in app.mount_points) or "none"
+            raise ImageError(f'--volume {v.name}: the image has no mount point "{v.name}" (mount points: {known})')
+        if not v.host_path.exists():
+            raise NotFoundError(f"--volume {v.name}:{v.host_path}: {v.host_path} does not exist")
+        binds.append(Bind(source=v.host_path.resolve(), target=mp.path, read_only=mp.read_only))
+    return tuple(binds)
+
+
+def run_handlers(event: str, app: m.App, spec: SandboxSpec, options: LaunchOptions, *, abort: bool) -> None:
+    """Run the app's `event` handler, if any. A failing pre-start stops the launch;
+    a failing post-stop is reported and the app's status kept."""
+    for handler in app.event_handlers:
+        if handler.name != event or not handler.exec:
+            continue
+        status = run_in_sandbox(replace(spec, argv=tuple(handler.exec)), f"{event} handler", options)
+        if status == 0:
+            continue
+        if abort:
+            raise BuildError(f"{event} handler {handler.exec[0]} exited with status {status}; the app was not started")
+        print(f"acbuild: warning: {event} handler {handler.exec[0]} exited with status {status}", file=sys.stderr)
+
+
+def run_in_sandbox(spec: SandboxSpec, what: str, options: LaunchOptions) -> int:
+    try:
+        return run_sandboxed(spec, debug=options.debug)
+    except BuildError as err:  # the sandbox speaks of RUN; here it ran the app
+        raise BuildError(f"{what}: {err.message.removeprefix('RUN: ')}") from err
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM outside a sandbox run unwinds like Ctrl-C, so the temp dir goes too."""
+
+    def interrupt(_sig, _frame):
+        raise KeyboardInterrupt
+
+    try:
+        old = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
