@@ -148,6 +148,8 @@ def test_setup_and_exec_failures_raise_with_the_reason(rootfs, tmp_path):
         run_sandboxed(SandboxSpec(rootfs, ("true",), (), cwd="/nowhere"))
     with pytest.raises(BuildError, match="user 'bob' is not in the image's /etc/passwd"):
         run_sandboxed(SandboxSpec(rootfs, ("true",), (), user="bob"))
+    with pytest.raises(BuildError, match="bad mount target '/proc/x'"):
+        run_sandboxed(SandboxSpec(rootfs, ("true",), (), binds=(Bind(tmp_path, "/proc/x"),)))
     assert listing(rootfs) == before  # and nothing was left behind by the failures
 
 
@@ -216,6 +218,10 @@ with open(sys.argv[2], "wb") as out:
     code = run_sandboxed(SandboxSpec(root, ("/bin/sh", "-c", "id -u; id -g; ls /sys/class/net; touch /made"), ()),
                          stdout=out)
 print("status", code)
+try:
+    run_sandboxed(SandboxSpec(root, ("/bin/sh",), (), user="5"))
+except Exception as e:
+    print(e)
 """
 
 
@@ -250,7 +256,9 @@ def test_rootless_runs_as_root_inside_and_files_belong_to_the_user(test_user):
              "/usr/bin/python3", str(top / "run.py"), str(root), str(work / "out")],
             capture_output=True, text=True, timeout=60)
         assert proc.returncode == 0, proc.stderr
-        assert proc.stdout.strip() == "status 0"
+        status, refusal = proc.stdout.strip().splitlines()
+        assert status == "status 0"
+        assert refusal.startswith("RUN: rootless builds can only run as user 0 (asked for 5:0)")
         assert (work / "out").read_text().split() == ["0", "0", "lo"]
         made = (root / "made").stat()
         assert (made.st_uid, made.st_gid) == (test_user.pw_uid, test_user.pw_gid)

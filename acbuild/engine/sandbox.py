@@ -27,7 +27,6 @@ import ctypes
 import errno
 import fcntl
 import os
-import platform
 import signal
 import socket
 import struct
@@ -85,9 +84,9 @@ def umount2(target: object, flags: int) -> None:
 
 
 def pivot_root(new_root: object, put_old: object) -> None:
-    nr = _SYS_PIVOT_ROOT.get(platform.machine())
+    nr = _SYS_PIVOT_ROOT.get(os.uname().machine)
     if nr is None:
-        raise OSError(errno.ENOSYS, f"pivot_root: unknown syscall number on {platform.machine()}")
+        raise OSError(errno.ENOSYS, f"pivot_root: unknown syscall number on {os.uname().machine}")
     _check(_libc.syscall(ctypes.c_long(nr), _b(new_root), _b(put_old)), new_root)
 
 
@@ -309,6 +308,7 @@ def plan_setup(spec: SandboxSpec, root: Path, rootless: bool) -> _Plan:
     plan = _Plan(root, [MakePrivate(), BindMount(root, root)], [], [])
     proc, dev, sys_, tmp, run = (plan.at(p) for p in _FRESH)
     plan.fresh.extend(in_image(root, p) for p in _FRESH)
+    kernel_fs = (plan.fresh[0], plan.fresh[2])  # /proc and /sys: no binds inside them
     pts_gid = "" if rootless else ",gid=5"  # gid 5 (tty) is not mapped in a user namespace
     plan.steps += [
         MountFs("proc", proc, MS_NOSUID | MS_NODEV | MS_NOEXEC),
@@ -331,7 +331,7 @@ def plan_setup(spec: SandboxSpec, root: Path, rootless: bool) -> _Plan:
                 plan.steps.append(BindMount(source, plan.at(inner, "file"), read_only=True))
     for b in spec.binds:
         inner = in_image(root, b.target) if b.target.startswith("/") else ""
-        if not inner or any(inner == p or inner.startswith(p + "/") for p in ("/proc", "/sys")):
+        if not inner or any(inner == k or inner.startswith(k + "/") for k in kernel_fs):
             raise BuildError(f"RUN: bad mount target {b.target!r} (need an absolute path outside /proc and /sys)")
         if not b.source.exists():
             raise BuildError(f"RUN: mount source {b.source}: No such file or directory")
