@@ -219,3 +219,117 @@ def test_bytes_identical_to_actool(tmp_path: Path, actool: str):
     pretty = subprocess.run([actool, "cat-manifest", "--pretty-print", str(tmp_path / "out.aci")],
                             check=True, capture_output=True).stdout
     assert ImageManifest.from_json(messy).to_json(pretty=True) == pretty.rstrip(b"\n")
+
+
+# ---------------------------------------------------------------- cat-manifest / patch-manifest (CLI)
+
+import sys  # noqa: E402
+
+from conftest import REPO  # noqa: E402
+
+
+def acbuild(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "acbuild", *args], capture_output=True, timeout=120, cwd=REPO)
+
+
+def _sample_aci(path: Path, manifest: dict | None = None) -> bytes:
+    m = manifest or {**BASE, "labels": [{"name": "os", "value": "linux"}, {"name": "arch", "value": "amd64"}],
+                     "app": {"exec": ["/bin/app"], "user": "0", "group": "0"}}
+    data = json.dumps(m, indent=1).encode()  # not canonical on purpose: cat-manifest must keep it as stored
+    with tarfile.open(path, "w:gz", format=tarfile.USTAR_FORMAT) as tar:
+        for name in ("rootfs", "rootfs/bin"):
+            d = tarfile.TarInfo(name)
+            d.type, d.mode = tarfile.DIRTYPE, 0o755
+            tar.addfile(d)
+        f = tarfile.TarInfo("rootfs/bin/app")
+        f.size, f.mode = 3, 0o755
+        tar.addfile(f, io.BytesIO(b"hi\n"))
+        info = tarfile.TarInfo("manifest")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    return data
+
+
+def _names(path: Path) -> list[str]:
+    with tarfile.open(path) as tar:
+        return sorted(m.name for m in tar if m.name != "manifest")
+
+
+def test_cat_manifest_as_stored_and_pretty(tmp_path: Path, actool: str):
+    aci = tmp_path / "app.aci"
+    stored = _sample_aci(aci)
+    res = acbuild("cat-manifest", str(aci))
+    assert res.returncode == 0 and res.stdout == stored + b"\n"
+    pretty = acbuild("cat-manifest", "--pretty", str(aci)).stdout
+    go = subprocess.run([actool, "cat-manifest", "--pretty-print", str(aci)], capture_output=True, check=True).stdout
+    assert pretty == go
+    layout = tmp_path / "layout"
+    (layout / "rootfs").mkdir(parents=True)
+    (layout / "manifest").write_bytes(stored)
+    assert acbuild("cat-manifest", str(layout)).stdout == stored + b"\n"
+    missing = acbuild("cat-manifest", str(tmp_path / "nope.aci"))
+    assert missing.returncode == 2 and b"Traceback" not in missing.stderr
+
+
+def test_patch_manifest_edits_and_keeps_rootfs(tmp_path: Path, actool: str):
+    src, out = tmp_path / "in.aci", tmp_path / "out.aci"
+    _sample_aci(src)
+    res = acbuild("patch-manifest", "--name", "example.com/patched", "--exec", "/bin/app --greeting 'hello world'",
+                  "--user", "1000", "--group", "1000", "--supplementary-gids", "10,20",
+                  "--capability", "CAP_NET_BIND_SERVICE,CAP_CHOWN", "--mounts", "data,path=/data,readOnly=true",
+                  "--ports", "http,protocol=tcp,port=8080:dns,protocol=udp,port=53,count=2",
+                  "--isolators", "resource/memory,limit=1Gi", "--seccomp-mode", "retain,errno=EPERM",
+                  "--seccomp-set", "read,write", str(src), str(out))
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.decode().startswith("sha512-")
+    assert subprocess.run([actool, "validate", str(out)], capture_output=True).returncode == 0
+    m = ImageManifest.from_json(acbuild("cat-manifest", str(out)).stdout)
+    assert m.name == "example.com/patched"
+    assert m.app.exec == ["/bin/app", "--greeting", "hello world"]
+    assert (m.app.user, m.app.group, m.app.supplementary_gids) == ("1000", "1000", [10, 20])
+    assert [(p.name, p.port, p.count) for p in m.app.ports] == [("http", 8080, 1), ("dns", 53, 2)]
+    assert m.app.mount_points == [MountPoint("data", "/data", True)]
+    isolators = {i.name: i.value for i in m.app.isolators}
+    assert isolators["os/linux/capabilities-retain-set"] == {"set": ["CAP_NET_BIND_SERVICE", "CAP_CHOWN"]}
+    assert isolators["resource/memory"] == {"limit": "1Gi"}
+    assert isolators["os/linux/seccomp-retain-set"] == {"set": ["read", "write"], "errno": "EPERM"}
+    assert _names(out) == _names(src)
+    # The same port again replaces it rather than adding a duplicate.
+    again = acbuild("patch-manifest", "--ports", "http,protocol=tcp,port=9090", "--replace", str(out))
+    assert again.returncode == 0, again.stderr
+    m2 = ImageManifest.from_json(acbuild("cat-manifest", str(out)).stdout)
+    assert [(p.name, p.port) for p in m2.app.ports] == [("http", 9090), ("dns", 53)]
+
+
+@pytest.mark.parametrize("args,message,code", [
+    (["--capability", "CAP_CHOWN", "--revoke-capability", "CAP_KILL"], b"cannot be used together", 3),
+    (["--name", "Not Valid"], b"nothing written", 1),
+    (["--ports", "http,protocol=tcp,port=70000"], b"1-65535", 1),
+    (["--isolators", "os/linux/cpu-shares,value=5"], b"not supported for patching", 3),
+    (["--manifest", "m.json", "--ports", "p,port=1"], b"cannot be combined", 3),
+    (["--mounts", "data,path"], b"key=value", 3),
+])
+def test_patch_manifest_refuses_and_writes_nothing(tmp_path: Path, args, message, code):
+    src = tmp_path / "in.aci"
+    _sample_aci(src)
+    before = src.read_bytes()
+    res = acbuild("patch-manifest", *args, "--replace", str(src))
+    assert res.returncode == code, res.stderr
+    assert message in res.stderr and b"Traceback" not in res.stderr
+    assert src.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.aci"]  # no temp file left
+
+
+def test_patch_manifest_output_rules(tmp_path: Path):
+    src, out = tmp_path / "in.aci", tmp_path / "out.aci"
+    _sample_aci(src)
+    out.write_bytes(b"keep")
+    assert acbuild("patch-manifest", "--user", "1", str(src), str(out)).returncode == 3
+    assert out.read_bytes() == b"keep"
+    assert acbuild("patch-manifest", "--user", "1", str(src), str(tmp_path / "out.tar")).returncode == 3
+    assert acbuild("patch-manifest", "--user", "1", "--overwrite", str(src), str(out)).returncode == 0
+    new = tmp_path / "new.json"
+    new.write_text(json.dumps({**BASE, "name": "example.com/other"}))
+    assert acbuild("patch-manifest", "--manifest", str(new), "--no-compression", "--replace", str(src)).returncode == 0
+    assert src.read_bytes()[257:262] == b"ustar"  # uncompressed now
+    assert json.loads(acbuild("cat-manifest", str(src)).stdout)["name"] == "example.com/other"
