@@ -16,11 +16,9 @@ from acbuild import plan as p
 from acbuild.engine.paths import resolve_in_root
 from acbuild.errors import BuildError
 
-DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-
 
 def run_step(session, i: p.Run) -> None:
-    from acbuild.engine.sandbox import Bind, SandboxSpec, run_sandboxed
+    from acbuild.engine.sandbox import DEFAULT_PATH, Bind, SandboxSpec, run_sandboxed
 
     app = session.manifest.app
     env = {"PATH": DEFAULT_PATH}

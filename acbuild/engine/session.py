@@ -27,7 +27,6 @@ from acbuild.engine.users import resolve_group, resolve_user
 from acbuild.errors import BuildError, ImageError, ManifestError, NotFoundError, PlanError
 
 UNNAMED = "acbuild-unnamed"
-DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 @dataclass(frozen=True)
