@@ -531,8 +531,3 @@ def app_problems(app: App, where: str, strict: bool) -> list[str]:
         seen_ports.add(p.name)
     return out
 
-
-__all__ = [
-    "AC_VERSION", "STRICTER", "Label", "Annotation", "EnvVar", "EventHandler", "MountPoint", "Port",
-    "Isolator", "App", "Dependency", "ImageManifest",
-]
