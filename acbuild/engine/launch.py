@@ -21,10 +21,8 @@ from pathlib import Path
 from typing import Iterator
 
 from acbuild.aci import manifest as m
-from acbuild.engine.sandbox import Bind, SandboxSpec, run_sandboxed
+from acbuild.engine.sandbox import DEFAULT_PATH, Bind, SandboxSpec, run_sandboxed
 from acbuild.errors import BuildError, ImageError, ManifestError, NotFoundError, SignatureError
-
-DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 @dataclass(frozen=True)
