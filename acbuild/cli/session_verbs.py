@@ -1,0 +1,511 @@
+"""Interactive verbs, as Go acbuild had them: begin, copy, run, set-*, write, end...
+
+Every mutating verb builds one plan instruction (acbuild.plan) and hands it to
+Session.apply, the executor `acbuild build` uses too; then it appends the
+instruction to the work path's history (acbuild.engine.history). State lives in
+`--work-path DIR` (default: the current directory), under DIR/.acbuild, locked
+for the duration of each verb (acbuild.engine.workpath).
+
+`--modify IMAGE.aci` (global, before the verb) applies one verb to an existing
+image instead and rewrites it atomically: manifest-only verbs copy the rootfs
+entries through unchanged; copy, run and set-working-directory extract the
+image to a temp dir first. The image's old .asc is removed (it no longer
+matches); re-sign with `acbuild sign`.
+
+Exit status: 0 ok, 1 failure, 2 not found (no build in progress, no such label,
+file or image), 3 usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from acbuild import plan as p
+from acbuild.errors import ARGV, AcbuildError, NotFoundError, SourcePos, UsageError
+
+EPILOG = """\
+exit status: 0 ok, 1 failure, 2 not found (no build in progress, no such label...),
+3 usage error. See 'acbuild begin --help' for the work path."""
+
+BEGIN_EPILOG = """\
+examples:
+  acbuild begin                     # an empty image (scratch)
+  acbuild begin ./base.aci          # start from a local image
+  acbuild begin ./rootfs            # start from a directory (a rootfs, or manifest + rootfs/)
+
+State lives in WORK-PATH/.acbuild (WORK-PATH: --work-path, default the current
+directory); every verb locks it while it runs. SOURCE_DATE_EPOCH is read here,
+once, and used for the whole session. `acbuild history` prints the session as
+an ACIfile that `acbuild build` turns into the same image ID."""
+
+
+# -- options every verb takes --------------------------------------------------
+
+
+def add_global_options(parser: argparse.ArgumentParser, *, sub: bool = False) -> None:
+    """--work-path and --modify, before the verb (top level) or after it (sub)."""
+    default = argparse.SUPPRESS if sub else None
+    parser.add_argument("--work-path", metavar="DIR", default=default,
+                        help="where the build state (.acbuild/) lives (default: the current directory)")
+    parser.add_argument("--modify", metavar="IMAGE.aci", default=default,
+                        help="apply this one verb to an existing image and rewrite it atomically")
+
+
+def verb_parser(sub, name: str, help: str, *, aliases: tuple[str, ...] = (), description: str | None = None,
+                epilog: str = EPILOG, verb_path: str | None = None) -> argparse.ArgumentParser:
+    parser = sub.add_parser(name, aliases=list(aliases), help=help, description=description or help,
+                            epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_global_options(parser, sub=True)
+    parser.set_defaults(verb_path=verb_path or name)
+    return parser
+
+
+def pos_of(args) -> SourcePos:
+    return getattr(args, "pos", ARGV)
+
+
+def work_path(args):
+    from acbuild.engine.workpath import WorkPath
+
+    return WorkPath(Path(getattr(args, "work_path", None) or "."))
+
+
+def refuse_modify(args, verb: str) -> None:
+    if getattr(args, "modify", None):
+        raise UsageError(f"--modify cannot be used with {verb}")
+
+
+# -- one step: an instruction and the directory its COPY sources are relative to --
+
+
+@dataclass(frozen=True)
+class Step:
+    instruction: p.Instruction
+    context: Path | None = None
+    sources: tuple[str, ...] = ()  # COPY: the sources as absolute host paths
+
+    @property
+    def touches_rootfs(self) -> bool:
+        return isinstance(self.instruction, p.Copy | p.Run | p.WorkDir)
+
+
+def mutating(make):
+    """A verb's run(args): make(args) -> [Step], then apply them to the session or --modify image."""
+
+    def run(args) -> int:
+        steps = make(args)
+        if getattr(args, "modify", None):
+            modify_image(Path(args.modify), steps, args)
+        else:
+            apply_to_session(steps, args)
+        return 0
+
+    return run
+
+
+def _options(args, source_date_epoch: int):
+    from acbuild.engine.session import BuildOptions
+
+    return BuildOptions(source_date_epoch=source_date_epoch, debug=bool(getattr(args, "debug", False)), quiet=True)
+
+
+def apply_to_session(steps: list[Step], args) -> None:
+    from acbuild.engine import history
+    from acbuild.engine.session import Session
+
+    wp = work_path(args)
+    with wp.locked():
+        state = wp.read_state()
+        session = Session.open(wp.currentaci, _options(args, state.source_date_epoch))
+        for step in steps:
+            context = step.context or Path(state.begin_cwd or ".")
+            session.options = replace(session.options, context=context, ignore=wp.skips_state(context))
+            session.apply(step.instruction)
+            session.save()
+            records = wp.read_history()
+            record = history.step_record(step.instruction, step.context, step.sources)
+            if not step.touches_rootfs and not history.compiles([*records, record]):
+                record = history.manifest_record(session.manifest.to_json(), step.instruction)
+            wp.append_history(record)
+        if state.record_annotations:
+            note = command_annotation(session.manifest, args)
+            session.apply(note)
+            session.save()
+            wp.append_history(history.step_record(note, None))
+
+
+def command_annotation(manifest, args) -> p.Annotation:
+    """Go acbuild's history annotation: appc.io/acbuild/command-N = the command."""
+    import json
+    import re
+
+    numbers = [int(m.group(1)) for a in manifest.annotations if (m := re.fullmatch(r"appc\.io/acbuild/command-(\d+)", a.name))]
+    words = getattr(args, "words", None) or sys.argv[1:]
+    path = args.verb_path.split()
+    rest = words[_verb_end(words, path):]
+    command = " ".join(["acbuild", *path, *(json.dumps(w) for w in rest)])
+    return p.Annotation(items=((f"appc.io/acbuild/command-{max(numbers, default=0) + 1}", command),), pos=pos_of(args))
+
+
+def _verb_end(words: list[str], path: list[str]) -> int:
+    """Index just past the verb's own names (aliases included) in the typed words."""
+    seen, i = 0, 0
+    while i < len(words) and seen < len(path):
+        if words[i] in ("--work-path", "--modify"):
+            i += 2
+            continue
+        if not words[i].startswith("-"):
+            seen += 1
+        i += 1
+    return i
+
+
+def modify_image(image: Path, steps: list[Step], args) -> None:
+    """Apply steps to an existing .aci and replace it atomically (with its stale .asc removed)."""
+    from acbuild.aci.manifest import ImageManifest
+    from acbuild.aci.writer import rewrite_aci, source_date_epoch_from_env
+    from acbuild.cli.manifest_cmds import read_manifest_bytes
+    from acbuild.engine.build import remove_tree
+    from acbuild.engine.session import Session
+    from acbuild.sign import replace_together, signature_path
+
+    if not image.is_file():
+        raise NotFoundError(f"--modify {image}: no such image")
+    options = _options(args, source_date_epoch_from_env())
+    work = Path(tempfile.mkdtemp(prefix="acbuild-modify-"))
+    fd, name = tempfile.mkstemp(prefix=f".{image.name}.", suffix=".aci", dir=image.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        if any(s.touches_rootfs for s in steps):
+            from acbuild.aci.archive import detect_file_compression, extract_rootfs
+
+            (work / "rootfs").mkdir()
+            manifest = ImageManifest.from_json(extract_rootfs(image, work / "rootfs").manifest_bytes)
+        else:
+            manifest = ImageManifest.from_json(read_manifest_bytes(str(image)))
+        session = Session(work, manifest, options)
+        for step in steps:
+            session.options = replace(options, context=step.context or Path("."))
+            session.apply(step.instruction)
+        session.check_manifest()
+        if any(s.touches_rootfs for s in steps):
+            session.write(tmp, compression=detect_file_compression(image), overwrite=True)
+        else:
+            rewrite_aci(image, tmp, session.manifest.to_json())
+        had_signature = signature_path(image).exists()
+        replace_together(tmp, None, image)
+        if had_signature:
+            print(f"acbuild: removed {signature_path(image)}: it signed the old image (re-sign with acbuild sign)",
+                  file=sys.stderr)
+    finally:
+        tmp.unlink(missing_ok=True)
+        remove_tree(work)
+
+
+# -- begin / write / end / history / cat-manifest ----------------------------------
+
+
+def run_begin(args) -> int:
+    from acbuild.aci.writer import source_date_epoch_from_env
+    from acbuild.engine import history
+    from acbuild.engine.build import remove_tree
+    from acbuild.engine.session import Session
+    from acbuild.engine.workpath import IN_PROGRESS, SessionState
+
+    refuse_modify(args, "begin")
+    start = args.start or "scratch"
+    base = start
+    if start != "scratch":
+        if os.path.exists(start):
+            base = os.path.abspath(start)
+        elif start.startswith((".", "/")) or start.endswith(".aci"):
+            raise NotFoundError(f"begin: {start}: no such file or directory")
+    wp = work_path(args)
+    sde = source_date_epoch_from_env()
+    with wp.locked(create=True):
+        if wp.in_progress():
+            raise AcbuildError(IN_PROGRESS)
+        try:
+            remove_tree(wp.currentaci)
+            wp.history_path.unlink(missing_ok=True)
+            state = SessionState(source_date_epoch=sde, begin_cwd=os.getcwd(), record_annotations=args.record_annotations)
+            wp.write_state(state)
+            options = replace(_options(args, sde), context=Path.cwd(), insecure_skip_verify=args.insecure_skip_verify)
+            Session.begin(wp.currentaci, p.From(base=base, pos=pos_of(args)), options)
+            wp.append_history(history.begin_record(base))
+        except BaseException:
+            remove_tree(wp.currentaci)
+            wp.history_path.unlink(missing_ok=True)
+            wp.state_path.unlink(missing_ok=True)
+            raise
+    return 0
+
+
+def run_write(args) -> int:
+    from acbuild.engine.session import Session
+    from acbuild.sign import SigningOptions, publish
+
+    refuse_modify(args, "write")
+    out = Path(args.out)
+    if out.suffix != ".aci":
+        raise UsageError(f"write: {out}: the output file name must end in .aci")
+    if (args.key or args.gpg_home or args.passphrase_file) and not args.sign:
+        raise UsageError("write: --key, --gpg-home and --passphrase-file go with --sign")
+    wp = work_path(args)
+    with wp.locked():
+        state = wp.read_state()
+        if out.exists() and not args.overwrite:
+            raise AcbuildError(f"write: {out} exists (use --overwrite)")
+        session = Session.open(wp.currentaci, _options(args, state.source_date_epoch))
+        session.options = replace(session.options, quiet=False)
+        signing = None
+        if args.sign:
+            from acbuild.cli.sign_cmds import read_passphrase
+
+            passphrase = read_passphrase(args.passphrase_file) if args.passphrase_file else None
+            signing = SigningOptions(key=args.key, gpg_home=args.gpg_home, passphrase=passphrase)
+        fd, name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".aci", dir=out.parent or Path("."))
+        os.close(fd)
+        tmp = Path(name)
+        try:
+            image_id = session.write(tmp, compression=args.compression, overwrite=True)
+            publish(tmp, out, signing)  # signs the temp file, then replaces .aci and .asc together
+        finally:
+            tmp.unlink(missing_ok=True)
+    print(image_id)
+    return 0
+
+
+def run_end(args) -> int:
+    from acbuild.engine.build import remove_tree
+    from acbuild.engine.workpath import NO_BUILD
+
+    refuse_modify(args, "end")
+    wp = work_path(args)
+    with wp.locked():
+        if not wp.in_progress():
+            raise NotFoundError(NO_BUILD)
+        remove_tree(wp.state_dir)
+    return 0
+
+
+def run_history(args) -> int:
+    from acbuild.engine import history
+    from acbuild.engine.workpath import NO_BUILD
+
+    refuse_modify(args, "history")
+    wp = work_path(args)
+    with wp.locked():
+        if not wp.in_progress():
+            raise NotFoundError(NO_BUILD)
+        state = wp.read_state()
+        text = history.render(wp.read_history(), state.begin_cwd or os.getcwd(), wp.root)
+    sys.stdout.write(text)
+    return 0
+
+
+def run_cat_current(args) -> int:
+    """`cat-manifest` without IMAGE: the build in progress (or the --modify image)."""
+    from acbuild.aci.manifest import ImageManifest
+    from acbuild.engine.workpath import NO_BUILD
+
+    if getattr(args, "modify", None):
+        from acbuild.cli.manifest_cmds import read_manifest_bytes
+
+        data = read_manifest_bytes(args.modify)
+    else:
+        wp = work_path(args)
+        with wp.locked():
+            if not wp.in_progress():
+                raise NotFoundError(NO_BUILD)
+            data = (wp.currentaci / "manifest").read_bytes()
+    if args.pretty:
+        data = ImageManifest.from_json(data).to_json(pretty=True)
+    sys.stdout.buffer.write(data if data.endswith(b"\n") else data + b"\n")
+    sys.stdout.flush()
+    return 0
+
+
+# -- rootfs verbs and the set-* verbs -------------------------------------------------
+
+
+def copy_steps(sources: list[str], dest: str, pos: SourcePos) -> list[Step]:
+    """Host paths -> one COPY whose context is the current directory when it holds
+    every source, else the deepest directory holding them all."""
+    absolute = tuple(os.path.abspath(s) for s in sources)
+    for given, path in zip(sources, absolute):
+        if not os.path.lexists(path):
+            raise NotFoundError(f"copy: {given}: no such file or directory")
+    cwd = os.getcwd()
+    if all(a == cwd or a.startswith(cwd.rstrip("/") + "/") for a in absolute):
+        context = cwd
+    else:
+        context = os.path.commonpath([os.path.dirname(a) for a in absolute])
+    relative = tuple(os.path.relpath(a, context) for a in absolute)
+    copy = p.Copy(sources=relative, dest=dest, pos=pos)
+    return [Step(copy, Path(context), absolute)]
+
+
+def make_copy(args) -> list[Step]:
+    if not args.dest:
+        raise UsageError("copy: empty destination")
+    return copy_steps([args.src], args.dest, pos_of(args))
+
+
+def make_copy_to_dir(args) -> list[Step]:
+    """Each source lands inside DIR under its own name (a directory too, as in Go acbuild)."""
+    if len(args.paths) < 2:
+        raise UsageError("copy-to-dir: give one or more sources and the directory: copy-to-dir SRC... DIR")
+    *sources, directory = args.paths
+    directory = directory.rstrip("/") + "/"
+    files = [s for s in sources if not os.path.isdir(s)]
+    dirs = [s for s in sources if os.path.isdir(s)]
+    steps = copy_steps(files, directory, pos_of(args)) if files else []
+    for d in dirs:  # COPY copies a directory's contents, so name the target
+        steps += copy_steps([d], directory + os.path.basename(os.path.abspath(d)), pos_of(args))
+    return steps
+
+
+def command_words(words: list[str], verb: str) -> tuple[str, ...]:
+    if words and words[0] == "--":
+        words = words[1:]
+    if not words:
+        raise UsageError(f"{verb}: missing command (usage: acbuild {verb} -- CMD [ARG...])")
+    return tuple(words)
+
+
+def make_run(args) -> list[Step]:
+    return [Step(p.Run(argv=command_words(args.command, "run"), network=args.network or "", pos=pos_of(args)))]
+
+
+def make_set_exec(args) -> list[Step]:
+    return [Step(p.Exec(argv=command_words(args.command, "set-exec"), pos=pos_of(args)))]
+
+
+def make_set_event_handler(args) -> list[Step]:
+    argv = command_words(args.command, f"set-event-handler {args.event}")
+    return [Step(p.EventHandler(event=args.event, argv=argv, pos=pos_of(args)))]
+
+
+def make_set_name(args) -> list[Step]:
+    from acbuild.aci.types import acidentifier_problem
+
+    problem = acidentifier_problem(args.name)
+    if problem:
+        raise UsageError(f"set-name: {problem}")
+    return [Step(p.SetName(name=args.name, pos=pos_of(args)))]
+
+
+def _nonempty(value: str, verb: str) -> str:
+    if not value:
+        raise UsageError(f"{verb}: empty value")
+    return value
+
+
+def make_set_user(args) -> list[Step]:
+    return [Step(p.User(user=_nonempty(args.user, "set-user"), pos=pos_of(args)))]
+
+
+def make_set_group(args) -> list[Step]:
+    return [Step(p.Group(group=_nonempty(args.group, "set-group"), pos=pos_of(args)))]
+
+
+def make_set_supp_groups(args) -> list[Step]:
+    bad = [g for g in args.gids if not g.isdigit() or int(g) >= 2**32]
+    if bad:
+        raise UsageError(f'set-supp-groups: "{bad[0]}" is not a group id (a whole number)')
+    return [Step(p.SupplementaryGroups(gids=tuple(int(g) for g in args.gids), pos=pos_of(args)))]
+
+
+def make_set_working_directory(args) -> list[Step]:
+    if not args.path.startswith("/"):
+        raise UsageError(f'set-working-directory: the path must be absolute, not "{args.path}"')
+    return [Step(p.WorkDir(path=args.path, pos=pos_of(args)))]
+
+
+def make_replace_manifest(args) -> list[Step]:
+    from acbuild.aci.manifest import ImageManifest
+
+    try:
+        data = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
+    except OSError as e:
+        raise NotFoundError(f"replace-manifest: read {args.file}: {e.strerror}") from e
+    manifest = ImageManifest.from_json(data)
+    problems = manifest.problems(strict=True)
+    if problems:
+        raise AcbuildError(f"replace-manifest: {args.file}: {problems[0]}")
+    return [Step(p.ReplaceManifest(manifest_json=manifest.to_json().decode(), pos=pos_of(args)))]
+
+
+# -- the parsers -------------------------------------------------------------------------
+
+
+def add_parser(sub) -> None:
+    b = verb_parser(sub, "begin", "start a new interactive build", epilog=BEGIN_EPILOG)
+    b.add_argument("start", nargs="?", metavar="scratch|IMAGE.aci|DIR", help="what to start from (default: scratch)")
+    b.add_argument("--record-annotations", action="store_true",
+                   help="also record each verb as an appc.io/acbuild/command-N annotation, as Go acbuild did "
+                        "(off by default: it changes the image ID)")
+    b.add_argument("--insecure-skip-verify", action="store_true", help="do not verify the base image's signature")
+    b.set_defaults(run=run_begin)
+
+    c = verb_parser(sub, "copy", "copy a host file or directory into the image")
+    c.add_argument("src", metavar="SRC", help="a host path (relative to the current directory, or absolute)")
+    c.add_argument("dest", metavar="DEST", help="the path in the image")
+    c.set_defaults(run=mutating(make_copy))
+
+    c = verb_parser(sub, "copy-to-dir", "copy host files or directories into a directory of the image")
+    c.add_argument("paths", nargs="+", metavar="SRC... DIR")
+    c.set_defaults(run=mutating(make_copy_to_dir))
+
+    r = verb_parser(sub, "run", "run a command in the image (acbuild run -- CMD [ARG...])")
+    r.add_argument("--network", choices=("none", "host"), help="network for the command (default: none, loopback only)")
+    r.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD...")
+    r.set_defaults(run=mutating(make_run))
+
+    e = verb_parser(sub, "set-exec", "set the command the image runs (acbuild set-exec -- CMD [ARG...])")
+    e.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD...")
+    e.set_defaults(run=mutating(make_set_exec))
+
+    h = verb_parser(sub, "set-event-handler", "set a pre-start or post-stop command")
+    h.add_argument("event", choices=("pre-start", "post-stop"))
+    h.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD...")
+    h.set_defaults(run=mutating(make_set_event_handler))
+
+    for name, dest, aliases, make, what in (
+        ("set-name", "name", (), make_set_name, "set the image name"),
+        ("set-user", "user", (), make_set_user, "set the user the app runs as (name or uid)"),
+        ("set-group", "group", (), make_set_group, "set the group the app runs as (name or gid)"),
+        ("set-working-directory", "path", ("set-wd", "set-working-dir"), make_set_working_directory,
+         "set the app's working directory (created in the image)"),
+    ):
+        s = verb_parser(sub, name, what, aliases=aliases)
+        s.add_argument(dest, metavar=dest.upper())
+        s.set_defaults(run=mutating(make))
+
+    g = verb_parser(sub, "set-supp-groups", "set the app's supplementary group ids", aliases=("set-supplementary-groups",))
+    g.add_argument("gids", nargs="+", metavar="GID")
+    g.set_defaults(run=mutating(make_set_supp_groups))
+
+    m = verb_parser(sub, "replace-manifest", "replace the whole manifest with a JSON file (- for stdin)")
+    m.add_argument("file", metavar="FILE")
+    m.set_defaults(run=mutating(make_replace_manifest))
+
+    w = verb_parser(sub, "write", "write the image being built to OUT.aci and print its image ID")
+    w.add_argument("out", metavar="OUT.aci")
+    w.add_argument("--overwrite", action="store_true", help="replace OUT.aci if it exists")
+    w.add_argument("--sign", action="store_true", help="also write OUT.aci.asc (a detached signature)")
+    w.add_argument("--key", help="signing key (default: gpg's)")
+    w.add_argument("--gpg-home", type=Path, metavar="DIR", help="GnuPG home (default: GNUPGHOME)")
+    w.add_argument("--passphrase-file", type=Path, metavar="FILE", help="read the key's passphrase from FILE")
+    w.add_argument("--compression", choices=("gzip", "xz", "bzip2", "none"), default="gzip", help="default: gzip")
+    w.set_defaults(run=run_write)
+
+    verb_parser(sub, "end", "end the build and remove its state").set_defaults(run=run_end)
+    verb_parser(sub, "history", "print the build so far as an ACIfile").set_defaults(run=run_history)
