@@ -28,6 +28,9 @@ COMMANDS = [
     "image_id",
     "sign_cmds",
     "launch",
+    "session_verbs",
+    "verbs_manifest",
+    "verbs_script",
 ]
 
 EPILOG = """\
@@ -56,6 +59,7 @@ def build_parser() -> ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"acbuild {__version__}")
     parser.add_argument("--debug", action="store_true", help="print tracebacks and what the sandbox does")
+    importlib.import_module("acbuild.cli.session_verbs").add_global_options(parser)  # --work-path, --modify
     sub = parser.add_subparsers(title="commands", metavar="COMMAND", parser_class=ArgumentParser)
     for name in COMMANDS:
         importlib.import_module(f"acbuild.cli.{name}").add_parser(sub)
