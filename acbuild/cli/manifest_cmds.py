@@ -57,7 +57,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     cat = sub.add_parser("cat-manifest", help="print the manifest of an ACI or image layout",
                          description=CAT_DESCRIPTION, epilog=CAT_EPILOG,
                          formatter_class=argparse.RawDescriptionHelpFormatter)
-    cat.add_argument("image", metavar="IMAGE", help="an .aci file or an image layout directory")
+    cat.add_argument("image", metavar="IMAGE", nargs="?",
+                     help="an .aci file or an image layout directory (default: the interactive build in progress)")
     cat.add_argument("--pretty", "--pretty-print", action="store_true",
                      help="decode and print indented (4 spaces), in canonical field order")
     cat.set_defaults(run=run_cat)
@@ -113,6 +114,10 @@ def read_manifest_bytes(image: str) -> bytes:
 
 
 def run_cat(args: argparse.Namespace) -> int:
+    if args.image is None:  # interactive form: the build in progress (acbuild.cli.session_verbs)
+        from acbuild.cli.session_verbs import run_cat_current
+
+        return run_cat_current(args)
     data = read_manifest_bytes(args.image)
     if args.pretty:
         from acbuild.aci.manifest import ImageManifest
