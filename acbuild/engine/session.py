@@ -297,6 +297,8 @@ def _start_from_directory(path: Path, rootfs: Path, base: p.From) -> m.ImageMani
     else:
         manifest = default_manifest()
         source = path
-    skip = {(path / ".acbuild").resolve()}
+    # Never copy a work path's state (DIR/.acbuild, or a deeper one holding the
+    # destination, as with `--work-path DIR/sub begin DIR`) nor the destination itself.
+    skip = {(path / ".acbuild").resolve(), rootfs.resolve(), *(d.resolve() for d in rootfs.parents if d.name == ".acbuild")}
     shutil.copytree(source, rootfs, symlinks=True, ignore=lambda d, names: [n for n in names if (Path(d) / n).resolve() in skip])
     return manifest
