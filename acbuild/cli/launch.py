@@ -29,17 +29,38 @@ def add_parser(sub) -> None:
         "launch",
         help="verify a signed image and run its app",
         description="Verify IMAGE's signature, then run its app in a namespace sandbox.",
+        usage="acbuild launch [options] IMAGE.aci [-- ARGS...]",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("image", type=Path, metavar="IMAGE.aci")
-    parser.add_argument("args", nargs="*", metavar="ARGS", help="appended to the app's exec (put them after --)")
     parser.add_argument("--volume", action="append", default=[], metavar="NAME:HOSTPATH",
                         help="bind HOSTPATH on the image's mount point NAME (repeatable)")
     parser.add_argument("--network", choices=("none", "host"), default="none",
                         help="none: loopback only (default); host: the host's network")
     add_trust_options(parser)
     parser.set_defaults(run=run)
+    _app_args_after_dashes(parser)
+
+
+def _app_args_after_dashes(parser) -> None:
+    """Everything after the first "--" is the app's (args.args), set aside before parsing.
+    A nargs="*" positional cannot do this: argparse uses it up, empty, at IMAGE, so
+    `launch IMAGE --volume V -- ARGS` would fail."""
+    parse = parser.parse_known_args
+
+    def parse_known_args(args=None, namespace=None):
+        ours, app_args = list(args or []), []
+        if "--" in ours:
+            dashes = ours.index("--")
+            ours, app_args = ours[:dashes], ours[dashes + 1:]
+        namespace, extras = parse(ours, namespace)
+        if extras:
+            raise UsageError(f"launch: unexpected {' '.join(extras)!r} (the app's arguments go after --)")
+        namespace.args = app_args
+        return namespace, extras
+
+    parser.parse_known_args = parse_known_args
 
 
 def parse_volume(value: str):
