@@ -21,12 +21,14 @@ from pathlib import Path
 CAT_DESCRIPTION = """\
 Print the manifest of IMAGE (an .aci or an image layout directory) exactly as
 stored, or with --pretty decoded and indented with 4 spaces (as
-`actool cat-manifest --pretty-print` does)."""
+`actool cat-manifest --pretty-print` does). Without IMAGE, print the manifest
+of the interactive build in progress (see `acbuild begin`)."""
 
 CAT_EPILOG = """\
 examples:
   acbuild cat-manifest app.aci
-  acbuild cat-manifest --pretty build/layout"""
+  acbuild cat-manifest --pretty build/layout
+  acbuild cat-manifest            # the interactive build in progress"""
 
 PATCH_DESCRIPTION = """\
 Copy INPUT.aci to OUTPUT.aci (or rewrite INPUT in place with --replace) with its
