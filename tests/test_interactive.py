@@ -404,3 +404,18 @@ def test_modify_an_image(work, tmp_path, actool):
     r = acbuild("--modify", "app.aci", "label", "rm", "nothere", cwd=work, check=False)
     assert r.returncode == 2 and not list(work.glob(".app.aci.*"))
     assert not (work / ".acbuild").exists()
+
+
+def test_write_sign_replaces_image_and_signature_together(work, tmp_path):
+    home = tmp_path / "gnupg"
+    home.mkdir(mode=0o700)
+    gpg = ["gpg", "--homedir", str(home), "--batch", "--quiet"]
+    subprocess.run([*gpg, "--passphrase", "", "--quick-gen-key", "Signer <s@example.com>", "ed25519", "sign", "1d"],
+                   check=True, capture_output=True)
+    session([["begin"], ["set-name", "example.com/signed"]], work)
+    acbuild("write", "--sign", "--gpg-home", home, "s.aci", cwd=work)
+    subprocess.run([*gpg, "--verify", work / "s.aci.asc", work / "s.aci"], check=True, capture_output=True)
+    acbuild("label", "add", "version", "2", cwd=work)
+    acbuild("write", "--overwrite", "s.aci", cwd=work)  # unsigned now: the old .asc must go
+    assert not (work / "s.aci.asc").exists()
+    assert sorted(p.name for p in work.iterdir() if p.name.startswith(".s.aci")) == []
