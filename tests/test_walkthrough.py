@@ -203,6 +203,37 @@ def test_walkthrough(user, signer):
     user.assert_nothing_left()
 
 
+def test_walkthrough_interactive(user, signer):
+    """The same story with Go acbuild's verbs: begin, copy, run, set-*, write --sign."""
+    work = user.root / "work"
+    work.mkdir()
+    shutil.copy(BUSYBOX, work / "busybox")
+    for verb in (["begin"], ["copy", "busybox", "/bin/busybox"], ["run", "--", "/bin/busybox", "--install", "-s", "/bin"],
+                 ["set-name", NAME], ["set-exec", "--", "/bin/sh", "-c", "echo Hello AppC"],
+                 ["write", *sign_flags(signer), "hello.aci"], ["end"]):
+        user.ok(*verb, cwd=work)
+    hello = work / "hello.aci"
+    gpg = subprocess.run(["gpg", "--homedir", str(signer.home), "--batch", "--verify", f"{hello}.asc", str(hello)],
+                         capture_output=True, text=True)
+    assert gpg.returncode == 0, gpg.stderr
+
+    # `begin IMAGE` verifies its base like FROM does.
+    (user.root / "next").mkdir()
+    assert "unknown signer" in user.refused("begin", hello, cwd=user.root / "next")
+    user.trust(signer)
+    out = user.ok("launch", hello)
+    assert f"signature verified: {signer.uid}" in out and "Hello AppC" in out
+    (user.root / "again").mkdir()
+    user.ok("begin", hello, cwd=user.root / "again")
+    user.ok("end", cwd=user.root / "again")
+    data = bytearray(hello.read_bytes())
+    data[-100] ^= 0x01
+    hello.write_bytes(bytes(data))
+    (user.root / "tampered").mkdir()
+    assert "bad signature" in user.refused("begin", hello, cwd=user.root / "tampered")
+    user.assert_nothing_left()
+
+
 def test_launch_refuses_unsigned_unless_told(user):
     hello = build(user, HELLO, "hello.aci")
     assert not hello.with_name("hello.aci.asc").exists()
