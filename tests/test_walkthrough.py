@@ -356,6 +356,20 @@ def test_image_without_exec_is_refused(user):
     assert "has no app to run" in out
 
 
+def test_network_none_or_host(user):
+    image = build(user, HELLO.replace("echo Hello AppC", "cut -d: -f1 -s /proc/net/dev | tr -d ' '"), "net.aci")
+    host = [line.split(":")[0].strip() for line in Path("/proc/net/dev").read_text().splitlines() if ":" in line]
+    assert host != ["lo"], "the host needs an interface besides lo for this test"
+
+    def interfaces(*flags: str) -> list[str]:
+        r = user.acbuild("launch", image, "--insecure-skip-verify", *flags)
+        assert r.returncode == 0, r.stdout
+        return [line for line in r.stdout.splitlines() if not line.startswith("acbuild: WARNING")]
+
+    assert interfaces() == ["lo"]
+    assert interfaces("--network", "host") == host
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_interrupted_launch_cleans_up(user, sig):
     image = build(user, HELLO.replace("echo Hello AppC", "echo ready; sleep 60"), "sleepy.aci")
