@@ -24,7 +24,7 @@ import pytest
 BUSYBOX = Path("/bin/busybox")
 NAME = "example.com/hello"
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="launch as a non-root user runs only as uid 0")
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="a rootless sandbox runs only as uid 0")
 
 
 # ---------------------------------------------------------------- gpg, as a user would drive it
@@ -294,6 +294,7 @@ def launcher(user: User, app_image) -> Path:
     return image
 
 
+@needs_root
 def test_launch_runs_the_app_as_the_manifest_says(user, app_image):
     image = launcher(user, app_image)
     data, config = user.root / "data", user.root / "config"
@@ -333,6 +334,7 @@ def test_read_only_mount_point_stays_read_only(user):
     user.assert_nothing_left()
 
 
+@needs_root
 def test_unknown_volume_lists_mount_points(user, app_image):
     image = launcher(user, app_image)
     out = user.refused("launch", image, "--volume", f"logs:{user.root}")
