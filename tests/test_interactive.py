@@ -202,11 +202,13 @@ def test_parity(name, work, tmp_path):
 def test_manifest_after_each_kind_of_verb(work, tmp_path):
     isolator = tmp_path / "mem.json"
     isolator.write_text('{"limit": "1G"}')
-    session([["begin"], ["set-name", "example.com/m"], ["isolator", "add", "resource/memory", isolator],
+    # WORKDIR touches the rootfs, so it comes before the dependency (which a rootfs step would render).
+    session([["begin"], ["set-name", "example.com/m"], ["set-working-directory", "/app"],
+             ["isolator", "add", "resource/memory", isolator],
              ["port", "add", "dns", "udp", "53"], ["mount", "add", "tmp", "/tmp"],
              ["annotation", "add", "homepage", "https://example.com"],
              ["dependency", "add", "example.com/dep", "--image-id", "sha512-" + "a" * 128],
-             ["set-event-handler", "post-stop", "--", "/bin/cleanup"], ["set-working-directory", "/app"]], work)
+             ["set-event-handler", "post-stop", "--", "/bin/cleanup"]], work)
     acbuild("isolator", "add", "resource/cpu", "-", cwd=work, stdin='{"request": "250m"}')
     m = manifest(work)
     app = m["app"]

@@ -166,46 +166,13 @@ def _verb_end(words: list[str], path: list[str]) -> int:
 
 
 def modify_image(image: Path, steps: list[Step], args) -> None:
-    """Apply steps to an existing .aci and replace it atomically (with its stale .asc removed)."""
-    from acbuild.aci.manifest import ImageManifest
-    from acbuild.aci.writer import rewrite_aci, source_date_epoch_from_env
-    from acbuild.cli.manifest_cmds import read_manifest_bytes
-    from acbuild.engine.build import remove_tree
-    from acbuild.engine.session import Session
-    from acbuild.sign import replace_together, signature_path
+    from acbuild.aci.writer import source_date_epoch_from_env
+    from acbuild.engine.modify import modify_image as modify
+    from acbuild.sign import signature_path
 
-    if not image.is_file():
-        raise NotFoundError(f"--modify {image}: no such image")
-    options = _options(args, source_date_epoch_from_env())
-    work = Path(tempfile.mkdtemp(prefix="acbuild-modify-"))
-    fd, name = tempfile.mkstemp(prefix=f".{image.name}.", suffix=".aci", dir=image.parent)
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        if any(s.touches_rootfs for s in steps):
-            from acbuild.aci.archive import detect_file_compression, extract_rootfs
-
-            (work / "rootfs").mkdir()
-            manifest = ImageManifest.from_json(extract_rootfs(image, work / "rootfs").manifest_bytes)
-        else:
-            manifest = ImageManifest.from_json(read_manifest_bytes(str(image)))
-        session = Session(work, manifest, options)
-        for step in steps:
-            session.options = replace(options, context=step.context or Path("."))
-            session.apply(step.instruction)
-        session.check_manifest()
-        if any(s.touches_rootfs for s in steps):
-            session.write(tmp, compression=detect_file_compression(image), overwrite=True)
-        else:
-            rewrite_aci(image, tmp, session.manifest.to_json())
-        had_signature = signature_path(image).exists()
-        replace_together(tmp, None, image)
-        if had_signature:
-            print(f"acbuild: removed {signature_path(image)}: it signed the old image (re-sign with acbuild sign)",
-                  file=sys.stderr)
-    finally:
-        tmp.unlink(missing_ok=True)
-        remove_tree(work)
+    if modify(image, [(s.instruction, s.context) for s in steps], _options(args, source_date_epoch_from_env())):
+        print(f"acbuild: removed {signature_path(image)}: it signed the old image (re-sign with acbuild sign)",
+              file=sys.stderr)
 
 
 # -- begin / write / end / history / cat-manifest ----------------------------------
