@@ -32,6 +32,7 @@ def add_parser(sub) -> None:
     parser.add_argument("--target", metavar="STAGE", help="build this stage (FROM ... AS STAGE) instead of the last")
     parser.add_argument("--network", choices=("none", "host"), default="none", help="network for RUN steps (default: none, loopback only)")
     parser.add_argument("-q", "--quiet", action="store_true", help="print only the image ID")
+    parser.add_argument("--image-dir", action="append", default=[], type=Path, metavar="DIR", help="look for dependency .aci files here (repeatable; default: the context, then $XDG_DATA_HOME/acbuild/images)")
     add_signing_options(parser)
     add_trust_options(parser)
     parser.set_defaults(run=run)
@@ -119,6 +120,7 @@ def run(args) -> int:
         network=args.network,
         debug=args.debug,
         quiet=args.quiet,
+        image_dirs=tuple(d.resolve() for d in args.image_dir),
         **trust_settings(args, config),
     )
     signing = signing_from_args(args, config)

@@ -18,6 +18,7 @@ from acbuild.errors import BuildError
 
 
 def run_step(session, i: p.Run) -> None:
+    from acbuild.engine.layers import overlay_work, prepare
     from acbuild.engine.sandbox import DEFAULT_PATH, Bind, SandboxSpec, run_sandboxed
 
     app = session.manifest.app
@@ -26,6 +27,7 @@ def run_step(session, i: p.Run) -> None:
     if app is not None:
         env.update({e.name: e.value for e in app.environment})
     network = i.network or session.options.network
+    lower = prepare(session, i.pos)  # DEPENDENCY: their files below the rootfs (engine.layers)
     spec = SandboxSpec(
         rootfs=session.rootfs,
         argv=tuple(i.argv),
@@ -36,6 +38,8 @@ def run_step(session, i: p.Run) -> None:
         supplementary_gids=tuple(app.supplementary_gids) if app else (),
         network=network,
         binds=tuple(_bind(session, mount, i, Bind) for mount in i.mounts),
+        lower_layers=lower,
+        overlay_work=overlay_work(session) if lower else None,
     )
     try:
         status = run_sandboxed(spec, debug=session.options.debug)

@@ -123,6 +123,11 @@ class SandboxSpec:
     network: str = "none"  # "none": new netns, only lo up; "host": the host's network
     binds: tuple[Bind, ...] = ()
     resolv_conf: Path | None = None  # network="host": bound read-only at /etc/resolv.conf
+    # Dependencies (engine.layers): read-only layers below the rootfs, highest first, merged
+    # with overlayfs so the command sees them while its changes (and whiteouts) land in the
+    # rootfs, the upper dir. overlay_work: an empty dir on the rootfs's filesystem.
+    lower_layers: tuple[Path, ...] = ()
+    overlay_work: Path | None = None
 
 
 # --- set-up steps: each can say what it does, then do it (debug prints the list) ----------
@@ -192,6 +197,29 @@ class MountFs:
     def execute(self) -> None:
         _ensure(self.target, "dir")
         mount(self.fstype, self.target, self.fstype, self.flags, self.data or None)
+
+
+@dataclass(frozen=True)
+class MountOverlay:
+    """overlayfs over the rootfs: `lower` read-only below, the rootfs itself as the upper dir.
+    redirect_dir and metacopy stay off so every change is a whole file in the upper dir;
+    userxattr (rootless) keeps opaque markers in user.overlay.* (trusted.* needs root)."""
+
+    lower: tuple[Path, ...]
+    upper: Path
+    work: Path
+    userxattr: bool
+
+    def options(self) -> str:
+        lower = ":".join(str(p) for p in self.lower)
+        opts = f"lowerdir={lower},upperdir={self.upper},workdir={self.work}"
+        return opts + (",userxattr" if self.userxattr else ",redirect_dir=off,metacopy=off,index=off")
+
+    def describe(self) -> str:
+        return f"mount overlay on {self.upper} ({self.options()})"
+
+    def execute(self) -> None:
+        mount("overlay", self.upper, "overlay", 0, self.options())
 
 
 @dataclass(frozen=True)
@@ -305,7 +333,10 @@ class _Plan:
 
 
 def plan_setup(spec: SandboxSpec, root: Path, rootless: bool) -> _Plan:
-    plan = _Plan(root, [MakePrivate(), BindMount(root, root)], [], [])
+    # root must be a mount point for pivot_root: a bind onto itself, or the overlay (which
+    # needs its upper and work dirs on one mount, so it cannot sit on that bind)
+    top = overlay_step(spec, root, rootless) if spec.lower_layers else BindMount(root, root)
+    plan = _Plan(root, [MakePrivate(), top], [], [])
     proc, dev, sys_, tmp, run = (plan.at(p) for p in _FRESH)
     plan.fresh.extend(in_image(root, p) for p in _FRESH)
     kernel_fs = (plan.fresh[0], plan.fresh[2])  # /proc and /sys: no binds inside them
@@ -343,6 +374,18 @@ def plan_setup(spec: SandboxSpec, root: Path, rootless: bool) -> _Plan:
     if spec.network == "none":
         plan.steps.append(LoopbackUp())
     return plan
+
+
+def overlay_step(spec: SandboxSpec, root: Path, rootless: bool) -> MountOverlay:
+    """The overlay mount; overlayfs options cannot quote "," or ":" in paths, so refuse them."""
+    if spec.overlay_work is None:
+        raise BuildError("RUN: lower layers need an overlay work dir")
+    paths = (*spec.lower_layers, root, spec.overlay_work)
+    bad = [str(p) for p in paths if set(str(p)) & set(",:")]
+    if bad:
+        raise BuildError(f"RUN: overlayfs cannot use a path with ',' or ':' in it: {bad[0]}")
+    return MountOverlay(tuple(Path(p).resolve() for p in spec.lower_layers), root,
+                        Path(spec.overlay_work).resolve(), rootless)
 
 
 # --- running ---------------------------------------------------------------------------------
@@ -545,7 +588,9 @@ def run_sandboxed(spec: SandboxSpec, *, stdin: Stream = None, stdout: Stream = N
     if not root.is_dir():
         raise BuildError(f"RUN: rootfs {root} is not a directory")
     rootless = os.geteuid() != 0
-    ids = _resolve_ids(spec, root, rootless)
+    # users and groups come from the image's /etc/passwd, which may be in a lower layer
+    layers = [r for r in (root, *map(Path, spec.lower_layers)) if os.path.lexists(r / "etc/passwd")]
+    ids = _resolve_ids(spec, layers[0] if layers else root, rootless)
     try:
         plan = plan_setup(spec, root, rootless)
     except OSError as e:  # a symlink loop on the way to a mount point

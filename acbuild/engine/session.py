@@ -22,6 +22,7 @@ from acbuild import plan as p
 from acbuild.aci import manifest as m
 from acbuild.aci.types import host_os_arch
 from acbuild.engine.copy import CopyAttrs, copy_into_rootfs, make_dirs
+from acbuild.engine.layers import copy_up
 from acbuild.engine.paths import resolve_in_root
 from acbuild.engine.users import resolve_group, resolve_user
 from acbuild.errors import BuildError, ImageError, ManifestError, NotFoundError, PlanError
@@ -44,6 +45,7 @@ class BuildOptions:
     ignore: object = None  # callable(relpath) -> bool for COPY from the context
     stage_rootfs: dict = field(default_factory=dict)  # stage name -> rootfs Path (COPY --from)
     quiet: bool = False
+    image_dirs: tuple[Path, ...] = ()  # dependency .aci search path (engine.render); () = its default
 
 
 def default_manifest() -> m.ImageManifest:
@@ -127,7 +129,7 @@ class Session:
         # As in a Dockerfile, WORKDIR creates the directory for later steps.
         self._app().working_directory = i.path
         attrs = CopyAttrs(mtime=self.options.source_date_epoch, chown_allowed=not self.rootless)
-        make_dirs(self.rootfs, resolve_in_root(self.rootfs, i.path), attrs)
+        make_dirs(self.rootfs, resolve_in_root(self.rootfs, copy_up(self, i.path, i.pos)), attrs)
 
     def _user(self, i: p.User) -> None:
         self._app().user = i.user
@@ -189,6 +191,7 @@ class Session:
         if not dest.startswith("/"):
             base = (self.manifest.app.working_directory if self.manifest.app else "") or "/"
             dest = base.rstrip("/") + "/" + dest
+        dest = copy_up(self, dest, i.pos)  # into dependency paths (engine.layers)
         if i.from_stage:
             source_root = self.options.stage_rootfs.get(i.from_stage)
             if source_root is None:
@@ -230,6 +233,7 @@ class Session:
         replace the old ones together (acbuild.sign.publish): never a fresh .aci
         beside a stale .asc, never a partial file."""
         from acbuild.aci.writer import write_aci
+        from acbuild.engine.layers import output_tree
         from acbuild.sign import publish
 
         self.check_manifest()
@@ -241,14 +245,15 @@ class Session:
             print("acbuild: warning: the image has no exec; it can only be a dependency", file=sys.stderr)
         id_map = {os.geteuid(): 0, os.getegid(): 0} if self.rootless else None
         tmp = out.with_name(f".{out.name}.{os.getpid()}.aci")
-        image_id = write_aci(
-            tmp,
-            self.manifest.to_json(),
-            self.rootfs,
-            compression=compression,
-            source_date_epoch=self.options.source_date_epoch,
-            id_map=id_map,
-        )
+        with output_tree(self) as (rootfs, manifest_json):  # only what this build added
+            image_id = write_aci(
+                tmp,
+                manifest_json,
+                rootfs,
+                compression=compression,
+                source_date_epoch=self.options.source_date_epoch,
+                id_map=id_map,
+            )
         publish(tmp, out, signing)
         return image_id
 
