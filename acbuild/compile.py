@@ -21,8 +21,10 @@ from acbuild.parse import Statement, Word, parse_acifile
 _VAR = re.compile(r"\$(?:\{(?P<braced>[A-Za-z_][A-Za-z0-9_]*)(?::(?P<op>[-+])(?P<arg>[^}]*))?\}|(?P<plain>[A-Za-z_][A-Za-z0-9_]*))")
 _ARG_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _STAGE_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
-# Manifest entries an ACIfile may give only once per stage.
-_ONCE = {"NAME", "EXEC", "WORKDIR", "USER", "GROUP", "SUPPLEMENTARY-GROUPS"}
+# Manifest entries an ACIfile may give only once per stage (a second one is
+# almost always a mistake). WORKDIR, USER and GROUP may repeat, as in a Dockerfile:
+# each applies to the RUN steps after it.
+_ONCE = {"NAME", "EXEC"}
 
 
 def compile_file(path, build_args: dict[str, str] | None = None) -> p.Plan:
@@ -113,7 +115,7 @@ class Compiler:
         instruction = builder(st)
         if isinstance(instruction, p.Env):
             state.env.update(instruction.items)
-        if isinstance(instruction, p.Remove) and instruction.what in {"EXEC", "WORKDIR"}:
+        if isinstance(instruction, p.Remove) and instruction.what == "EXEC":
             state.once.pop(instruction.what, None)
         state.steps.append(instruction)
 

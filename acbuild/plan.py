@@ -19,10 +19,12 @@ from acbuild.errors import ARGV, SourcePos
 
 
 def _q(word: str) -> str:
-    """Quote a word for an ACIfile line, only when it needs it."""
-    if word and all(c.isalnum() or c in "-_./:=@%+,~*?[]{}" for c in word) and "$" not in word:
+    """Quote a word for an ACIfile line, only when it needs it. Inside double
+    quotes the compiler takes \\, \" and \$ as escapes, so "$HOME" stays literal."""
+    if word and all(c.isascii() and (c.isalnum() or c in "-_./:=@%+,~*?[]{}") for c in word):
         return word
-    return json.dumps(word)
+    escaped = word.replace("\\", "\\\\").replace('"', '\\"').replace("$", "\\$")
+    return f'"{escaped}"'
 
 
 def _argv(argv: tuple[str, ...]) -> str:
