@@ -1,0 +1,403 @@
+"""Write .aci archives: one streaming pass that emits the tar, hashes it (the
+image ID) and compresses it, into a temp file renamed over the output.
+
+Contract: `write_aci` and `rewrite_aci` are atomic (temp file in the output's
+directory, fsync, rename; the temp file is removed on any exception, Ctrl-C
+included) and deterministic: the same inputs give the same bytes. Memory is
+flat in image size (file content streams in chunks).
+
+Archive layout (actool's): `rootfs` first, then the tree in a depth-first
+walk with each directory's names sorted by their bytes (never readdir order),
+then `manifest` last. Names carry no `./` prefix and no trailing slash. Tar
+dialect: POSIX ustar; a name longer than 100 bytes is split into the 155-byte
+prefix field when it can be, otherwise a PAX `x` record carries it (also for
+long link targets, ids above 2097151 and sizes of 8 GiB and more). The stream
+ends with two zero blocks, no record padding.
+
+Normalisation, entry by entry:
+- mtime = min(int(st_mtime), source_date_epoch), and never below 0.
+  source_date_epoch is $SOURCE_DATE_EPOCH, or DEFAULT_SOURCE_DATE_EPOCH (0,
+  1970-01-01T00:00:00Z) when unset.
+- uid/gid: the numbers on disk, passed through `id_map` when given (one map
+  for both uids and gids; rootless builds map the invoking user to 0).
+  uname/gname are empty: no host user database leaks into the image.
+- mode: the permission bits as on disk, setuid/setgid/sticky included.
+- hardlinks: a second path to an inode seen before becomes a link entry
+  (typeflag 1) whose linkname is the first path, `rootfs/...`.
+- symlink targets are stored verbatim.
+- char/block devices (with major/minor) and fifos are kept; sockets are skipped.
+- xattrs and ACLs are dropped.
+- manifest: mode 0644, uid/gid 0, mtime = source_date_epoch.
+- compression: gzip at level 6 (Go's default) with a header holding no name
+  and MTIME 0 (XFL 0, OS 255, as Go writes it), compressed on all CPUs in
+  fixed 1 MiB pieces (acbuild.aci.pgzip: the bytes do not depend on the CPU
+  count); or xz (preset 6), bzip2 (level 9) or none.
+"""
+
+from __future__ import annotations
+
+import bz2
+import hashlib
+import lzma
+import os
+import stat
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+from acbuild.aci.pgzip import ParallelGzipWriter
+from acbuild.errors import ImageError, UsageError
+
+DEFAULT_SOURCE_DATE_EPOCH = 0
+COMPRESSIONS = ("gzip", "xz", "bzip2", "none")
+GZIP_LEVEL = 6
+
+BLOCK = 512
+CHUNK = 1 << 20  # read and flush granularity
+_ZERO_BLOCK = bytes(BLOCK)
+_MAX_ID = 0o7777777  # largest uid/gid a 7-digit ustar field holds
+_MAX_SIZE = 0o77777777777
+_PAX_NAME = b"././@PaxHeader"
+
+
+def source_date_epoch_from_env() -> int:
+    """$SOURCE_DATE_EPOCH as an int, or DEFAULT_SOURCE_DATE_EPOCH when unset."""
+    raw = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
+    if not raw:
+        return DEFAULT_SOURCE_DATE_EPOCH
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise UsageError(f"SOURCE_DATE_EPOCH={raw!r} is not a non-negative integer (seconds since 1970)")
+    return value
+
+
+# --- tar headers -----------------------------------------------------------
+
+
+def _octal(value: int, size: int) -> bytes:
+    return b"%0*o\0" % (size - 1, value)
+
+
+def _pad(value: bytes, size: int) -> bytes:
+    return value + b"\0" * (size - len(value))
+
+
+def _split_ustar(name: bytes) -> tuple[bytes, bytes] | None:
+    """(prefix, name) for the ustar fields, or None when the name needs PAX."""
+    if len(name) <= 100:
+        return b"", name
+    i = name.rfind(b"/", 0, min(len(name), 156))
+    if i <= 0 or len(name) - i - 1 > 100 or i == len(name) - 1:
+        return None
+    return name[:i], name[i + 1 :]
+
+
+def _pax_record(key: bytes, value: bytes) -> bytes:
+    body = b" " + key + b"=" + value + b"\n"
+    n = len(body) + 1
+    while len(b"%d" % n) + len(body) != n:
+        n = len(b"%d" % n) + len(body)
+    return b"%d" % n + body
+
+
+def _block(
+    name: bytes,
+    prefix: bytes,
+    mode: int,
+    uid: int,
+    gid: int,
+    size: int,
+    mtime: int,
+    typeflag: bytes,
+    linkname: bytes = b"",
+    devmajor: int = 0,
+    devminor: int = 0,
+) -> bytes:
+    head = b"".join(
+        (
+            _pad(name, 100),
+            _octal(mode, 8),
+            _octal(uid, 8),
+            _octal(gid, 8),
+            _octal(size, 12),
+            _octal(mtime, 12),
+            b"        ",
+            typeflag,
+            _pad(linkname, 100),
+            b"ustar\x0000",
+            bytes(64),  # uname, gname: empty
+            _octal(devmajor, 8),
+            _octal(devminor, 8),
+            _pad(prefix, 155),
+            bytes(12),
+        )
+    )
+    chksum = b"%06o\0 " % sum(head)
+    return head[:148] + chksum + head[156:]
+
+
+def tar_header(
+    name: bytes,
+    typeflag: bytes,
+    *,
+    mode: int,
+    uid: int = 0,
+    gid: int = 0,
+    size: int = 0,
+    mtime: int = 0,
+    linkname: bytes = b"",
+    devmajor: int = 0,
+    devminor: int = 0,
+) -> bytes:
+    """The header block(s) for one entry: ustar, with a PAX record first when a
+    field does not fit. Deterministic: the same fields give the same bytes."""
+    pax: list[bytes] = []
+    split = _split_ustar(name)
+    if split is None:
+        pax.append(_pax_record(b"path", name))
+        split = b"", name[:100]
+    if len(linkname) > 100:
+        pax.append(_pax_record(b"linkpath", linkname))
+        linkname = linkname[:100]
+    if uid > _MAX_ID:
+        pax.append(_pax_record(b"uid", b"%d" % uid))
+        uid = 0
+    if gid > _MAX_ID:
+        pax.append(_pax_record(b"gid", b"%d" % gid))
+        gid = 0
+    if size > _MAX_SIZE:
+        pax.append(_pax_record(b"size", b"%d" % size))
+    block = _block(split[1], split[0], mode & 0o7777, uid, gid, size if size <= _MAX_SIZE else 0,
+                   min(mtime, 0o77777777777), typeflag, linkname, devmajor, devminor)
+    if not pax:
+        return block
+    records = b"".join(pax)
+    pad = -len(records) % BLOCK
+    return _block(_PAX_NAME, b"", 0o644, 0, 0, len(records), 0, b"x") + records + bytes(pad) + block
+
+
+# --- the output stream -----------------------------------------------------
+
+
+class AciSink:
+    """A tar byte stream that is hashed (image ID) and compressed into a temp
+    file beside `out`. `commit()` finishes the tar, fsyncs and renames over
+    `out`; `abort()` (or leaving the `with` block by an exception) removes the
+    temp file. Small writes are gathered into CHUNK-sized updates."""
+
+    def __init__(self, out: Path, compression: str = "gzip"):
+        if compression not in COMPRESSIONS:
+            raise UsageError(f"unknown compression {compression!r} (choose {', '.join(COMPRESSIONS)})")
+        self.out = Path(out)
+        self._hash = hashlib.sha512()
+        self._buf = bytearray()
+        self._tmp: Path | None = None
+        fd = -1
+        try:
+            fd, tmp = _mkstemp(self.out)
+            self._tmp = Path(tmp)
+            self._raw: BinaryIO = os.fdopen(fd, "wb", buffering=CHUNK)
+        except OSError as e:
+            if fd >= 0:
+                os.close(fd)
+            raise ImageError(f"write {self.out}: {e}") from e
+        self._stream: BinaryIO = _compressor(self._raw, compression)
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        buf = self._buf
+        if len(buf) + len(data) < CHUNK:
+            buf += data
+            return
+        if buf:
+            self._flush()
+        self._hash.update(data)
+        self._stream.write(data)
+
+    def _flush(self) -> None:
+        self._hash.update(self._buf)
+        self._stream.write(self._buf)
+        self._buf = bytearray()
+
+    def commit(self) -> str:
+        """End the archive, make the file durable and visible; return the image ID."""
+        assert self._tmp is not None
+        self.write(_ZERO_BLOCK * 2)
+        self._flush()
+        try:
+            if self._stream is not self._raw:
+                self._stream.close()  # writes the trailer; leaves _raw open
+            self._raw.flush()
+            os.fchmod(self._raw.fileno(), 0o666 & ~_umask())
+            os.fsync(self._raw.fileno())
+            self._raw.close()
+            os.replace(self._tmp, self.out)
+            self._tmp = None
+            _fsync_dir(self.out.parent)
+        except OSError as e:
+            raise ImageError(f"write {self.out}: {e}") from e
+        return "sha512-" + self._hash.hexdigest()
+
+    def abort(self) -> None:
+        for f in (self._stream, self._raw):
+            try:
+                getattr(f, "abort", f.close)()
+            except (OSError, ValueError, EOFError):
+                pass
+        if self._tmp is not None:
+            try:
+                self._tmp.unlink()
+            except FileNotFoundError:
+                pass
+            self._tmp = None
+
+    def __enter__(self) -> AciSink:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self._tmp is not None:
+            self.abort()
+
+
+def _mkstemp(out: Path) -> tuple[int, str]:
+    import tempfile
+
+    return tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent or ".")
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _compressor(raw: BinaryIO, compression: str) -> BinaryIO:
+    if compression == "gzip":
+        return ParallelGzipWriter(raw, level=GZIP_LEVEL)  # type: ignore[return-value]
+    if compression == "xz":
+        return lzma.LZMAFile(raw, "wb", format=lzma.FORMAT_XZ, preset=6)  # type: ignore[return-value]
+    if compression == "bzip2":
+        return bz2.BZ2File(raw, "wb", compresslevel=9)  # type: ignore[return-value]
+    return raw
+
+
+# --- walking a rootfs --------------------------------------------------------
+
+
+def _walk(top: str, rel: bytes) -> Iterator[tuple[str, bytes, os.stat_result]]:
+    """Depth-first, each directory's names sorted by bytes: (path, archive name, lstat)."""
+    with os.scandir(top) as it:
+        entries = sorted(it, key=lambda e: os.fsencode(e.name))
+    for entry in entries:
+        name = rel + b"/" + os.fsencode(entry.name)
+        st = entry.stat(follow_symlinks=False)
+        yield entry.path, name, st
+        if stat.S_ISDIR(st.st_mode):
+            yield from _walk(entry.path, name)
+
+
+def _copy_file(sink: AciSink, path: str, size: int) -> None:
+    """Stream exactly `size` bytes of `path` and the block padding."""
+    with open(path, "rb", buffering=0) as f:
+        left = size
+        while left:
+            data = f.read(min(left, CHUNK))
+            if not data:
+                raise ImageError(f"{path} shrank while being written (file changed during build?)")
+            sink.write(data)
+            left -= len(data)
+    pad = -size % BLOCK
+    if pad:
+        sink.write(_ZERO_BLOCK[:pad])
+
+
+def write_tree(sink: AciSink, rootfs: Path, source_date_epoch: int, id_map: dict[int, int] | None) -> None:
+    """The `rootfs` entry and everything under it, in archive order."""
+    root = os.fspath(rootfs)
+    st = os.lstat(root)
+    if not stat.S_ISDIR(st.st_mode):
+        raise ImageError(f"{rootfs}: rootfs is not a directory")
+    ids = id_map or {}
+    links: dict[tuple[int, int], bytes] = {}
+
+    def entry(name: bytes, typeflag: bytes, st: os.stat_result, **kw) -> bytes:
+        return tar_header(name, typeflag, mode=st.st_mode, uid=ids.get(st.st_uid, st.st_uid),
+                          gid=ids.get(st.st_gid, st.st_gid),
+                          mtime=max(0, min(int(st.st_mtime), source_date_epoch)), **kw)
+
+    sink.write(entry(b"rootfs", tarfile.DIRTYPE, st))
+    for path, name, st in _walk(root, b"rootfs"):
+        mode = st.st_mode
+        if stat.S_ISDIR(mode):
+            sink.write(entry(name, tarfile.DIRTYPE, st))
+            continue
+        if stat.S_ISSOCK(mode):
+            continue
+        if st.st_nlink > 1:
+            key = (st.st_dev, st.st_ino)
+            first = links.get(key)
+            if first is not None:
+                sink.write(entry(name, tarfile.LNKTYPE, st, linkname=first))
+                continue
+            links[key] = name
+        if stat.S_ISREG(mode):
+            sink.write(entry(name, tarfile.REGTYPE, st, size=st.st_size))
+            _copy_file(sink, path, st.st_size)
+        elif stat.S_ISLNK(mode):
+            sink.write(entry(name, tarfile.SYMTYPE, st, linkname=os.fsencode(os.readlink(path))))
+        elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+            kind = tarfile.CHRTYPE if stat.S_ISCHR(mode) else tarfile.BLKTYPE
+            sink.write(entry(name, kind, st, devmajor=os.major(st.st_rdev), devminor=os.minor(st.st_rdev)))
+        elif stat.S_ISFIFO(mode):
+            sink.write(entry(name, tarfile.FIFOTYPE, st))
+
+
+def write_manifest(sink: AciSink, manifest_json: bytes, mtime: int) -> None:
+    sink.write(tar_header(b"manifest", tarfile.REGTYPE, mode=0o644, size=len(manifest_json), mtime=mtime))
+    sink.write(manifest_json)
+    pad = -len(manifest_json) % BLOCK
+    if pad:
+        sink.write(_ZERO_BLOCK[:pad])
+
+
+def write_aci(
+    out: Path,
+    manifest_json: bytes,
+    rootfs: Path,
+    *,
+    compression: str = "gzip",
+    source_date_epoch: int = DEFAULT_SOURCE_DATE_EPOCH,
+    id_map: dict[int, int] | None = None,
+) -> str:
+    """Write `rootfs` and the manifest bytes (verbatim) as the .aci `out`; return its image ID."""
+    with AciSink(Path(out), compression) as sink:
+        try:
+            write_tree(sink, Path(rootfs), source_date_epoch, id_map)
+            write_manifest(sink, manifest_json, source_date_epoch)
+        except OSError as e:
+            raise ImageError(f"write {out}: {e}") from e
+        return sink.commit()
+
+
+def rewrite_aci(src: Path, out: Path, manifest_json: bytes, compression: str | None = None) -> str:
+    """Copy the rootfs entries of `src` (in their order, headers re-emitted in
+    this module's dialect) into a new .aci `out` with `manifest_json` as its
+    manifest; `compression` defaults to src's. `out` may be `src`. Returns the image ID."""
+    from acbuild.aci.archive import copy_rootfs_entries, detect_file_compression
+
+    comp = compression or detect_file_compression(Path(src))
+    with AciSink(Path(out), comp) as sink:
+        mtime = copy_rootfs_entries(Path(src), sink)
+        write_manifest(sink, manifest_json, mtime)
+        return sink.commit()
