@@ -113,12 +113,15 @@ def _overlay_works(session) -> bool:
     if os.environ.get(NO_OVERLAY_ENV, "") not in ("", "0"):
         return False
     from acbuild.engine.build import remove_tree
+    from acbuild.engine.sandbox import release_overlay_work
+
     probe = session.workdir / "ovl-probe"
     try:
         for d in ("lower", "upper", "work"):
             (probe / d).mkdir(parents=True, exist_ok=True)
         code = probe_overlay(probe / "lower", probe / "upper", probe / "work")
     finally:
+        release_overlay_work(probe / "work")
         remove_tree(probe)
     if code in (0, errno.EPERM, errno.ENODEV, errno.EINVAL, errno.EACCES, errno.ENOTSUP):
         return code == 0

@@ -376,6 +376,14 @@ def plan_setup(spec: SandboxSpec, root: Path, rootless: bool) -> _Plan:
     return plan
 
 
+def release_overlay_work(work: Path) -> None:
+    """overlayfs leaves work/work at mode 0; let its owner (rootless: the user) remove it."""
+    try:
+        os.chmod(work / "work", 0o700)
+    except OSError:
+        pass
+
+
 def overlay_step(spec: SandboxSpec, root: Path, rootless: bool) -> MountOverlay:
     """The overlay mount; overlayfs options cannot quote "," or ":" in paths, so refuse them."""
     if spec.overlay_work is None:
@@ -600,6 +608,8 @@ def run_sandboxed(spec: SandboxSpec, *, stdin: Stream = None, stdout: Stream = N
         return _fork_and_wait(spec, plan, ids, (stdin, stdout, stderr), debug, rootless)
     finally:
         _remove_placeholders(made, debug)
+        if spec.overlay_work is not None:
+            release_overlay_work(Path(spec.overlay_work))
 
 
 def _fork_and_wait(spec, plan, ids, stdio, debug, rootless) -> int:

@@ -1,0 +1,160 @@
+"""Rootless builds through the CLI: `acbuild build` run as an unprivileged user (runuser),
+with Debian's /usr/bin/python3 and a world-readable copy of the package and its
+dependencies. The images must pass actool, be owned 0:0 throughout, and have the same
+image ID as the same build done as root. Nothing mocked: real user namespaces."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+BUSYBOX = Path("/bin/busybox")
+PYTHON = Path("/usr/bin/python3")
+TEST_USER = "acbuild-test"
+# what the CLI imports, copied from the project's venv (same interpreter: Debian's 3.11)
+PACKAGES = ("lark", "yaml", "_yaml", "gnupg.py", "pyroute2")
+
+pytestmark = [
+    pytest.mark.skipif(os.geteuid() != 0, reason="sets up an unprivileged user (CI is root)"),
+    pytest.mark.skipif(not BUSYBOX.exists() or not PYTHON.exists(), reason="needs busybox-static and Debian's python3"),
+]
+
+
+@pytest.fixture(scope="module")
+def user() -> pwd.struct_passwd:
+    try:
+        return pwd.getpwnam(TEST_USER)
+    except KeyError:
+        subprocess.run(["useradd", "-m", TEST_USER], check=True)
+        return pwd.getpwnam(TEST_USER)
+
+
+@pytest.fixture(scope="module")
+def pythonpath(tmp_path_factory) -> str:
+    """A world-readable PYTHONPATH: this checkout's acbuild and the venv's dependencies."""
+    import yaml
+
+    site = Path(yaml.__file__).resolve().parent.parent
+    top = tmp_path_factory.mktemp("rootless-py")
+    for d in (top, *top.parents):
+        if d == Path("/"):
+            break
+        d.chmod(d.stat().st_mode | 0o755)
+    for part in ("acbuild", "grammar"):  # a checkout's layout: parse.py finds grammar/ beside it
+        shutil.copytree(REPO / part, top / part, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in PACKAGES:
+        src = site / name
+        if src.is_dir():
+            shutil.copytree(src, top / name, ignore=shutil.ignore_patterns("__pycache__"))
+        elif src.exists():
+            shutil.copy2(src, top / name)
+    for p in [top, *top.rglob("*")]:
+        p.chmod(p.stat().st_mode | (0o755 if p.is_dir() else 0o644))
+    return str(top)
+
+
+def owned_tree(base: Path, user: pwd.struct_passwd) -> Path:
+    """A world-traversable dir owned by the test user."""
+    base.mkdir(parents=True, exist_ok=True)
+    for d in (base, *base.parents):
+        if d == Path("/"):
+            break
+        d.chmod(d.stat().st_mode | 0o711)
+    os.chown(base, user.pw_uid, user.pw_gid)
+    return base
+
+
+def example_context(top: Path, user: pwd.struct_passwd) -> Path:
+    ctx = top / "ctx"
+    ctx.mkdir()
+    shutil.copy2(REPO / "ACIfile.example", ctx / "ACIfile")
+    shutil.copytree(REPO / "examples/static-site", ctx / "examples/static-site")
+    shutil.copy2(BUSYBOX, ctx / "busybox")
+    for p in [ctx, *ctx.rglob("*")]:
+        os.lchown(p, user.pw_uid, user.pw_gid)
+    return ctx
+
+
+def acbuild(args: list[str], pythonpath: str, user: pwd.struct_passwd | None, extra_env: dict | None = None):
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "PYTHONPATH": pythonpath, "LANG": "C.UTF-8", **(extra_env or {})}
+    if user is not None:
+        env["HOME"] = user.pw_dir
+        cmd = ["runuser", "-u", user.pw_name, "--", "/usr/bin/env", "-i", *(f"{k}={v}" for k, v in env.items())]
+    else:
+        env["HOME"] = os.environ.get("HOME", "/root")
+        cmd = ["/usr/bin/env", "-i", *(f"{k}={v}" for k, v in env.items())]
+    proc = subprocess.run([*cmd, str(PYTHON), "-m", "acbuild", *args], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.strip()
+
+
+def validate(actool: str, aci: Path) -> None:
+    proc = subprocess.run([actool, "validate", str(aci)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def owners(aci: Path) -> set[tuple[int, int]]:
+    with tarfile.open(aci) as t:
+        return {(i.uid, i.gid) for i in t.getmembers()}
+
+
+def test_acifile_example_builds_rootless_with_root_owned_files_and_the_root_image_id(
+        user, pythonpath, tmp_path, actool):
+    top = owned_tree(tmp_path / "rootless", user)
+    ctx = example_context(top, user)
+    out = top / "out"
+    owned_tree(out, user)
+    rootless_id = acbuild(["build", "-q", "-f", str(ctx / "ACIfile"), "-o", str(out / "example.aci")], pythonpath, user)
+    root_id = acbuild(["build", "-q", "-f", str(ctx / "ACIfile"), "-o", str(tmp_path / "root.aci")], pythonpath, None)
+    validate(actool, out / "example.aci")
+    validate(actool, tmp_path / "root.aci")
+    assert owners(out / "example.aci") == {(0, 0)}
+    assert rootless_id == root_id
+    assert (out / "example.aci").read_bytes() == (tmp_path / "root.aci").read_bytes()
+
+
+DEP_BASE = """FROM scratch
+NAME example.com/busybox
+COPY --chmod=0755 busybox /bin/busybox
+RUN ["/bin/busybox", "--install", "-s", "/bin"]
+"""
+DEP_APP = """FROM scratch
+NAME example.com/app
+DEPENDENCY example.com/busybox
+RUN mkdir -p /etc && echo hello > /etc/motd && rm /bin/vi
+EXEC ["/bin/sh"]
+"""
+
+
+def test_dependency_with_overlayfs_in_a_user_namespace(user, pythonpath, tmp_path, actool):
+    """DEPENDENCY + RUN deleting a dependency file, rootless (overlayfs in the user
+    namespace, user.overlay.* xattrs) and as root: the same image."""
+    ids = {}
+    for who in ("rootless", "root"):
+        top = owned_tree(tmp_path / who, user)
+        ctx = top / "ctx"
+        ctx.mkdir()
+        shutil.copy2(BUSYBOX, ctx / "busybox")
+        (ctx / "ACIfile").write_text(DEP_BASE)
+        (top / "app").mkdir()
+        (top / "app/ACIfile").write_text(DEP_APP)
+        for p in [top, *top.rglob("*")]:
+            os.lchown(p, user.pw_uid, user.pw_gid)
+        runner = user if who == "rootless" else None
+        acbuild(["build", "-q", "-f", str(ctx / "ACIfile"), "-o", str(top / "busybox.aci")], pythonpath, runner)
+        ids[who] = acbuild(["build", "-q", "-f", str(top / "app/ACIfile"), "-o", str(top / "app.aci"),
+                            "--image-dir", str(top)], pythonpath, runner)
+        validate(actool, top / "app.aci")
+        with tarfile.open(top / "app.aci") as t:
+            names = sorted(i.name for i in t.getmembers())
+            assert not any(i.ischr() for i in t.getmembers())
+        assert names == ["manifest", "rootfs", "rootfs/etc", "rootfs/etc/motd"]
+        assert owners(top / "app.aci") == {(0, 0)}
+    assert ids["rootless"] == ids["root"]
