@@ -38,8 +38,10 @@ from acbuild.errors import ImageError
 MAX_MANIFEST = 16 << 20
 CHUNK = 1 << 20
 
-# Decides whether an entry is extracted: (path inside the image, "/usr/bin/x",
-# is_directory) -> keep. Dependency rendering passes pathWhitelist filters here.
+# Decides whether an entry is extracted: (cleaned archive name, "rootfs" or
+# "rootfs/usr/bin/x", is_directory) -> keep. Dependency rendering
+# (acbuild.engine.render) passes its first-provider-wins and pathWhitelist
+# filter here.
 PathFilter = Callable[[str, bool], bool]
 
 
@@ -242,6 +244,9 @@ def image_id_of(path: Path) -> str:
         raise ImageError(f"read {path}: {e}") from e
 
 
+image_id = image_id_of  # the name acbuild.engine.render uses
+
+
 # --- copying entries into a new archive (rewrite_aci) ------------------------
 
 
@@ -375,7 +380,7 @@ def extract_rootfs(
                 if not parts or parts[0] != "rootfs":
                     continue
                 rel = parts[1:]
-                if path_filter is not None and not path_filter("/" + "/".join(rel), m.isdir()):
+                if path_filter is not None and not path_filter(name, m.isdir()):
                     continue
                 try:
                     if not rel:
