@@ -99,13 +99,36 @@ class _HashingReader:
         return "sha512-" + self.hash.hexdigest()
 
 
+def _decompressor(raw: BinaryIO, compression: str) -> BinaryIO:
+    """A reader of the uncompressed tar; closing it leaves `raw` open."""
+    if compression == "gzip":
+        return gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[return-value]
+    if compression == "bzip2":
+        return bz2.BZ2File(raw, "rb")  # type: ignore[return-value]
+    if compression == "xz":
+        return lzma.LZMAFile(raw, "rb")  # type: ignore[return-value]
+    return _Unclosed(raw)
+
+
+class _Unclosed:
+    """`raw` itself, as a context manager that does not close it."""
+
+    def __init__(self, raw: BinaryIO):
+        self.read = raw.read
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+
 @contextmanager
 def _open_tar(path: Path) -> Iterator[tuple[tarfile.TarFile, _HashingReader, str]]:
     compression = detect_file_compression(path)
     with ExitStack() as stack:
         raw = stack.enter_context(open(path, "rb"))
-        opener = {"gzip": gzip.GzipFile, "bzip2": bz2.BZ2File, "xz": lzma.LZMAFile}.get(compression)
-        plain = stack.enter_context(opener(fileobj=raw, mode="rb")) if opener else raw  # type: ignore[call-arg]
+        plain = stack.enter_context(_decompressor(raw, compression))
         reader = _HashingReader(plain)
         tf = stack.enter_context(tarfile.open(fileobj=reader, mode="r|", errorlevel=2))  # type: ignore[arg-type]
         yield tf, reader, compression
@@ -235,11 +258,9 @@ def image_id_of(path: Path) -> str:
     """sha512- + hex of the uncompressed tar stream of the .aci at `path`."""
     path = Path(path)
     compression = detect_file_compression(path)
-    opener = {"gzip": gzip.GzipFile, "bzip2": bz2.BZ2File, "xz": lzma.LZMAFile}.get(compression)
     try:
-        with open(path, "rb") as raw:
-            plain = opener(fileobj=raw, mode="rb") if opener else raw  # type: ignore[call-arg]
-            return _HashingReader(plain).drain()  # type: ignore[arg-type]
+        with open(path, "rb") as raw, _decompressor(raw, compression) as plain:
+            return _HashingReader(plain).drain()
     except (OSError, EOFError, lzma.LZMAError, zlib.error) as e:
         raise ImageError(f"read {path}: {e}") from e
 

@@ -201,11 +201,16 @@ class AciSink:
             fd, tmp = _mkstemp(self.out)
             self._tmp = Path(tmp)
             self._raw: BinaryIO = os.fdopen(fd, "wb", buffering=CHUNK)
-        except OSError as e:
+            fd = -1
+            self._stream: BinaryIO = _compressor(self._raw, compression)
+        except BaseException as e:  # Ctrl-C included: no temp file left behind
             if fd >= 0:
                 os.close(fd)
-            raise ImageError(f"write {self.out}: {e}") from e
-        self._stream: BinaryIO = _compressor(self._raw, compression)
+            if self._tmp is not None:
+                self._tmp.unlink(missing_ok=True)
+            if isinstance(e, OSError):
+                raise ImageError(f"write {self.out}: {e}") from e
+            raise
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         buf = self._buf
