@@ -48,7 +48,10 @@ def gen_key(home: Path, keydir: Path, passphrase: str | None) -> Signer:
         "Name-Real: Example Signer\nName-Email: signer@example.com\n"
         f"Expire-Date: 0\n{protection}\n%commit\n")
     gpg = ["gpg", "--homedir", str(home), "--batch"]
-    subprocess.run([*gpg, "--gen-key", str(batch)], check=True, capture_output=True)
+    # Loopback: gpg takes the passphrase from us, no pinentry (and no tty) needed.
+    loopback = ["--pinentry-mode", "loopback", "--passphrase", passphrase or ""]
+    made = subprocess.run([*gpg, *loopback, "--gen-key", str(batch)], capture_output=True, text=True)
+    assert made.returncode == 0, made.stderr
     colons = subprocess.run([*gpg, "--with-colons", "--list-secret-keys"], check=True, capture_output=True, text=True)
     fpr = next(line.split(":")[9] for line in colons.stdout.splitlines() if line.startswith("fpr:")).lower()
     pubkey = keydir / "pubkeys.gpg"
