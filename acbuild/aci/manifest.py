@@ -507,17 +507,18 @@ def app_problems(app: App, where: str, strict: bool) -> list[str]:
         seen_env.add(e.name)
     out += isolators_problems(app.isolators, f"{where}.isolators", strict)
     seen_mounts: set[str] = set()
-    for m in app.mount_points:
+    for i, m in enumerate(app.mount_points):
+        mw = f"{where}.mountPoints[{i}]"
         if (m.name or strict) and (p := t.acname_problem(m.name)):
-            out.append(f"{where}.mountPoints: {p}" + ("" if m.name else S))
+            out.append(f"{mw}: {p}" + ("" if m.name else S))
         if strict and m.name in seen_mounts:
-            out.append(f'{where}.mountPoints: duplicate mountPoint name "{m.name}"' + S)
+            out.append(f'{mw}: duplicate mountPoint name "{m.name}"' + S)
         if strict and not m.path.startswith("/"):
-            out.append(f'{where}.mountPoints: path "{m.path}" of "{m.name}" must be absolute' + S)
+            out.append(f'{mw}: path "{m.path}" of "{m.name}" must be absolute' + S)
         seen_mounts.add(m.name)
     seen_ports: set[str] = set()
-    for p in app.ports:
-        pw = f"{where}.ports"
+    for i, p in enumerate(app.ports):
+        pw = f"{where}.ports[{i}]"
         if (p.name or strict) and (msg := t.acname_problem(p.name)):
             out.append(f"{pw}: {msg}" + ("" if p.name else S))
         if not 1 <= p.port <= 65535:
