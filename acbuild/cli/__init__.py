@@ -27,6 +27,7 @@ COMMANDS = [
     "manifest_cmds",
     "image_id",
     "sign_cmds",
+    "cache_cmds",
     "launch",
     "session_verbs",
     "verbs_manifest",

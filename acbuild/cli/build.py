@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from acbuild.errors import UsageError
@@ -32,10 +33,20 @@ def add_parser(sub) -> None:
     parser.add_argument("--target", metavar="STAGE", help="build this stage (FROM ... AS STAGE) instead of the last")
     parser.add_argument("--network", choices=("none", "host"), default="none", help="network for RUN steps (default: none, loopback only)")
     parser.add_argument("-q", "--quiet", action="store_true", help="print only the image ID")
+    add_cache_options(parser)
     parser.add_argument("--image-dir", action="append", default=[], type=Path, metavar="DIR", help="look for dependency .aci files here (repeatable; default: the context, then $XDG_DATA_HOME/acbuild/images)")
     add_signing_options(parser)
     add_trust_options(parser)
     parser.set_defaults(run=run)
+
+
+def add_cache_options(parser) -> None:
+    group = parser.add_argument_group("step cache and build records")
+    group.add_argument("--no-cache", action="store_true", help="run every step (results still replace the cached ones)")
+    group.add_argument("--cache-dir", type=Path, metavar="DIR", help="step cache location (default: $ACBUILD_CACHE_DIR, else $XDG_CACHE_HOME/acbuild)")
+    group.add_argument("--progress", choices=("auto", "plain", "tty", "json"), default="auto", help="step lines (plain), with step times (tty; default on a terminal) or JSON events on stderr (json)")
+    group.add_argument("--metadata-file", type=Path, metavar="FILE", help="write the image ID, digest, size, labels and per-step cache hits and times as JSON")
+    group.add_argument("--iidfile", type=Path, metavar="FILE", help="write the image ID to FILE")
 
 
 def add_signing_options(parser) -> None:
@@ -101,21 +112,29 @@ def compile_from_args(args):
 
 
 def run(args) -> int:
+    import json
     import os
     import sys
 
     from acbuild.aci.writer import source_date_epoch_from_env
     from acbuild.config import load_config
     from acbuild.engine.build import build_plan
+    from acbuild.engine.cache import StepCache
+    from acbuild.engine.ignore import load_ignore
+    from acbuild.engine.progress import Progress
     from acbuild.engine.session import BuildOptions
+    from acbuild.engine.store import cache_root
 
     config = load_config(args.config)
     acifile, plan = compile_from_args(args)
     context = (args.context or acifile.parent).resolve()
     if not context.is_dir():
         raise UsageError(f"--context {context}: not a directory")
+    cache_dir = (args.cache_dir or cache_root()).absolute()
     options = BuildOptions(
         context=context,
+        ignore=load_ignore(context),
+        cache_dir=cache_dir,
         source_date_epoch=source_date_epoch_from_env(),
         network=args.network,
         debug=args.debug,
@@ -124,8 +143,57 @@ def run(args) -> int:
         **trust_settings(args, config),
     )
     signing = signing_from_args(args, config)
-    image_id = build_plan(plan, args.output, options, target=args.target, compression=args.compression, signing=signing)
-    if not args.quiet:
+    progress = Progress("quiet" if args.quiet else args.progress)
+    result = build_plan(plan, args.output, options, target=args.target, compression=args.compression, signing=signing,
+                        cache=StepCache(cache_dir), use_cache=not args.no_cache, progress=progress)
+    if args.metadata_file is not None:
+        write_atomic(args.metadata_file, json.dumps(build_metadata(result, args.output, options), indent=2, sort_keys=True) + "\n")
+    if args.iidfile is not None:
+        write_atomic(args.iidfile, result.image_id)
+    if not args.quiet and progress.mode != "json":
         print(f"wrote {args.output} ({os.path.getsize(args.output)} bytes)", file=sys.stderr)
-    print(image_id)
+    print(result.image_id)
     return 0
+
+
+def build_metadata(result, output: Path, options) -> dict:
+    """--metadata-file: what was built, from what, and which steps the cache served."""
+    import hashlib
+
+    with open(output, "rb") as f:
+        digest = hashlib.file_digest(f, "sha256").hexdigest()
+    return {
+        "image-id": result.image_id,
+        "name": result.name,
+        "labels": result.labels,
+        "file": str(output),
+        "file-sha256": digest,
+        "size": os.path.getsize(output),
+        "cached-image": result.cached_image,
+        "source-date-epoch": options.source_date_epoch,
+        "steps": [
+            {"number": r.number, "stage": r.stage, "instruction": r.instruction, "position": r.position,
+             "cache": "hit" if r.cached else "miss", "seconds": round(r.seconds, 3), "key": r.key}
+            for r in result.steps
+        ],
+    }
+
+
+def write_atomic(path: Path, text: str) -> None:
+    import tempfile
+
+    directory = path.parent if str(path.parent) else Path(".")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=directory)
+    except OSError as err:
+        raise UsageError(f"write {path}: {err.strerror}") from err
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,7 +1,16 @@
-"""Run a Plan: one Session per needed stage, then write the output stage.
+"""Run a Plan: one Session per needed stage, then write the output stage, with the
+step cache (engine.cache) in between.
 
-Reads like the recipe it is. Contract: the output appears atomically or not at
-all; every temporary work dir is removed, on success, failure or Ctrl-C.
+    compute_keys      every step's key (engine.stepkeys), before anything runs
+    publish_cached    the final key's image is cached: link it to the output, done
+    choose_stages     the target, plus the stages its missed COPY --from steps need
+    build_stage       restore the last cached step, run the rest, store each result
+    write_image       write the target stage, keep the image for the next build
+
+Contract: the output appears atomically or not at all; every temporary work dir is
+removed, on success, failure or Ctrl-C. A damaged cache entry is dropped and its
+step runs again. The cache is read under a shared lock (`acbuild cache prune`
+takes it exclusively).
 """
 
 from __future__ import annotations
@@ -9,14 +18,38 @@ from __future__ import annotations
 import os
 import shutil
 import stat
-import sys
 import tempfile
-from dataclasses import replace
+import time
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from acbuild import plan as p
+from acbuild.engine.progress import Progress
 from acbuild.engine.session import BuildOptions, Session
-from acbuild.errors import UsageError
+from acbuild.errors import ImageError, UsageError
+
+# Steps that change the work dir's files; the others change only the manifest.
+_TREE_STEPS = (p.From, p.Copy, p.Run, p.WorkDir)
+
+
+@dataclass
+class StepRecord:
+    number: int
+    stage: str
+    instruction: str
+    position: str
+    cached: bool
+    seconds: float = 0.0
+    key: str = ""
+
+
+@dataclass
+class BuildResult:
+    image_id: str
+    name: str
+    labels: dict[str, str]
+    steps: list[StepRecord] = field(default_factory=list)
+    cached_image: bool = False
 
 
 def needed_stages(plan: p.Plan, target: str | None) -> list[p.Stage]:
@@ -43,38 +76,220 @@ def build_plan(
     target: str | None = None,
     compression: str = "gzip",
     signing=None,
-) -> str:
-    """Build the plan into `output`; returns the image ID."""
-    stages = needed_stages(plan, target)
-    total = sum(len(s.steps) + 1 for s in stages)
-    work_root = Path(tempfile.mkdtemp(prefix="acbuild-build-"))
-    stage_rootfs: dict[str, Path] = {}
-    step_no = 0
-    try:
-        session = None
+    cache=None,
+    use_cache: bool = True,
+    progress: Progress | None = None,
+) -> BuildResult:
+    """Build the plan into `output`. `cache` (engine.cache.StepCache) enables the step
+    cache; with use_cache=False nothing is looked up, and results replace old entries."""
+    if output.suffix != ".aci":
+        raise ImageError(f"{output}: the output file name must end in .aci")
+    progress = progress or Progress("quiet" if options.quiet else "auto")
+    build = _Build(plan, needed_stages(plan, target), output, options, compression, signing, cache, use_cache, progress)
+    if cache is None:
+        return build.run()
+    with cache.locked():
+        return build.run()
+
+
+class _Build:
+    def __init__(self, plan, stages, output, options, compression, signing, cache, use_cache, progress):
+        self.plan, self.stages, self.output, self.options = plan, stages, output, options
+        self.compression, self.signing, self.cache, self.use_cache = compression, signing, cache, use_cache
+        self.progress = progress
+        self.total = sum(len(s.steps) + 1 for s in stages)
+        self.first_number: dict[str, int] = {}
+        number = 1
         for stage in stages:
-            stage_options = replace(options, stage_rootfs=dict(stage_rootfs))
-            step_no += 1
-            progress(options, step_no, total, stage.base)
-            session = Session.begin(work_root / f"stage-{stage.index}", stage.base, stage_options)
-            for step in stage.steps:
-                step_no += 1
-                progress(options, step_no, total, step)
+            self.first_number[stage.name] = number
+            number += len(stage.steps) + 1
+        self.keys: dict[str, list[str]] = {}
+        self.sessions: dict[str, Session] = {}
+        self.shared: set[str] = set()  # stages whose rootfs shares inodes with the cache
+        self.records: dict[int, StepRecord] = {}
+        self.work_root: Path | None = None
+
+    def run(self) -> BuildResult:
+        final = self.stages[-1]
+        if self.cache is not None:
+            self.compute_keys()
+            cached = self.publish_cached(final) if self.use_cache else None
+            if cached is not None:
+                return cached
+        self.work_root = Path(tempfile.mkdtemp(prefix="acbuild-build-"))
+        try:
+            for stage in self.stages:
+                if stage.name in self.choose_stages():
+                    self.build_stage(stage)
+                elif stage.name not in self.sessions:
+                    for idx in range(len(stage.steps) + 1):
+                        self.report(stage, idx, cached=True)
+            return self.write_image(final)
+        finally:
+            remove_tree(self.work_root)
+
+    # -- keys and full hits ------------------------------------------------------------
+
+    def compute_keys(self) -> None:
+        from acbuild.engine.statcache import StatCache
+        from acbuild.engine.stepkeys import KeyMaker
+
+        stat_cache = StatCache.for_context(self.cache.root, self.options.context)
+        maker = KeyMaker(self.options, stat_cache)
+        finals: dict[str, str] = {}
+        for stage in self.stages:
+            self.keys[stage.name] = maker.stage_keys(stage, finals)
+            finals[stage.name] = self.keys[stage.name][-1]
+        try:
+            stat_cache.save()
+        except OSError:
+            pass  # only a speed-up
+
+    def publish_cached(self, final: p.Stage) -> BuildResult | None:
+        from acbuild.engine.cache import link_or_copy
+        from acbuild.sign import publish
+
+        hit = self.cache.image(self.keys[final.name][-1], self.compression)
+        if hit is None:
+            return None
+        aci, image_id, about = hit
+        for stage in self.stages:
+            for idx in range(len(stage.steps) + 1):
+                self.report(stage, idx, cached=True)
+        tmp = self.output.with_name(f".{self.output.name}.{os.getpid()}.aci")
+        try:
+            link_or_copy(aci, tmp)
+        except OSError as err:
+            raise ImageError(f"write {self.output}: {err.strerror}") from err
+        try:
+            publish(tmp, self.output, self.signing)
+        finally:
+            tmp.unlink(missing_ok=True)  # renaming onto the same inode leaves it in place
+        self.cache.touch(self.keys[final.name][-1])
+        self.progress.image(image_id, str(self.output), True)
+        return BuildResult(image_id, about["name"], about["labels"], self.step_records(), cached_image=True)
+
+    def last_hit(self, stage: p.Stage, below: int | None = None) -> int:
+        """Index (0 = FROM) of the last step with a usable cache entry, or -1."""
+        if self.cache is None or not self.use_cache:
+            return -1
+        keys = self.keys[stage.name]
+        for idx in reversed(range(len(keys) if below is None else below)):
+            if self.cache.has(keys[idx]):
+                return idx
+        return -1
+
+    def choose_stages(self) -> set[str]:
+        """The target, and stages copied from by steps that will run."""
+        wanted = {self.stages[-1].name}
+        for stage in reversed(self.stages):
+            if stage.name in wanted and stage.name not in self.sessions:
+                start = self.last_hit(stage)
+                wanted |= {s.from_stage for s in stage.steps[max(start, 0):] if isinstance(s, p.Copy) and s.from_stage}
+        return wanted
+
+    # -- stages --------------------------------------------------------------------------
+
+    def build_stage(self, stage: p.Stage) -> Session:
+        from acbuild.aci.manifest import ImageManifest
+        from acbuild.engine.cache import Damaged
+
+        if stage.name in self.sessions:
+            return self.sessions[stage.name]
+        workdir = self.work_root / f"stage-{stage.index}"
+        keys = self.keys.get(stage.name, [])
+        start, manifest = self.last_hit(stage), None
+        while start >= 0:
+            try:
+                manifest = ImageManifest.from_json(self.cache.restore(keys[start], workdir))
+                break
+            except Damaged:
+                self.progress.note(f"cache entry for step {self.first_number[stage.name] + start} was damaged; dropped it")
+                start = self.last_hit(stage, below=start)
+        for step in stage.steps[max(start, 0):]:  # sources of the steps that will run
+            if isinstance(step, p.Copy) and step.from_stage and step.from_stage not in self.sessions:
+                self.build_stage(self.plan.stage(step.from_stage))
+        options = replace(self.options, stage_rootfs={n: s.rootfs for n, s in self.sessions.items()})
+        for idx in range(start + 1):
+            self.report(stage, idx, cached=True)
+        session = None
+        tree = None
+        if manifest is not None:
+            session = Session(workdir, manifest, options)
+            self.shared.add(stage.name)
+            tree = self.cache.meta(keys[start])["tree"]
+        for idx in range(start + 1, len(stage.steps) + 1):
+            step = stage.base if idx == 0 else stage.steps[idx - 1]
+            record = self.report(stage, idx, cached=False)
+            began = time.monotonic()
+            if idx == 0:
+                session = Session.begin(workdir, stage.base, options)
+            else:
+                if isinstance(step, p.Run) and stage.name in self.shared:
+                    from acbuild.engine.cache import unshare_files
+
+                    unshare_files(session.rootfs)
+                    self.shared.discard(stage.name)
                 session.apply(step)
-            stage_rootfs[stage.name] = session.rootfs
-        assert session is not None
-        return session.write(output, compression=compression, signing=signing)
-    finally:
-        remove_tree(work_root)
+            record.seconds = time.monotonic() - began
+            self.progress.step_done(record.number, self.total, record.seconds)
+            if self.cache is not None:
+                tree = self.store(stage, session, keys[idx], step, tree)
+        self.sessions[stage.name] = session
+        return session
+
+    def store(self, stage: p.Stage, session: Session, key: str, step: p.Instruction, tree: str | None) -> str | None:
+        """Save the step's result; returns the key of the entry holding the current tree."""
+        manifest = session.manifest.to_json()
+        if not isinstance(step, _TREE_STEPS) and tree is not None and self.cache.has(tree):
+            self.cache.store(key, session.workdir, manifest, tree, replace=not self.use_cache)
+            return tree
+        self.cache.store(key, session.workdir, manifest, None, replace=not self.use_cache)
+        self.shared.add(stage.name)
+        return key if self.cache.has(key) else None
+
+    def write_image(self, final: p.Stage) -> BuildResult:
+        session = self.sessions[final.name]
+        image_id = session.write(self.output, compression=self.compression, signing=self.signing)
+        about = {"name": session.manifest.name, "labels": {label.name: label.value for label in session.manifest.labels}}
+        if self.cache is not None:
+            self.cache.store_image(self.keys[final.name][-1], self.compression, self.output, image_id, about)
+        self.progress.image(image_id, str(self.output), False)
+        return BuildResult(image_id, about["name"], about["labels"], self.step_records())
+
+    # -- reporting --------------------------------------------------------------------------
+
+    def report(self, stage: p.Stage, idx: int, *, cached: bool) -> StepRecord:
+        step = stage.base if idx == 0 else stage.steps[idx - 1]
+        number = self.first_number[stage.name] + idx
+        if cached and idx == 0:
+            self.verify_cached_base(stage.base)
+        keys = self.keys.get(stage.name)
+        record = StepRecord(number, stage.name, step.describe(), str(step.pos), cached, 0.0, keys[idx] if keys else "")
+        self.records[number] = record
+        self.progress.step(number, self.total, stage.name, record.instruction, record.position, cached)
+        return record
+
+    def verify_cached_base(self, base: p.From) -> None:
+        """A cached FROM IMAGE.aci still passes the signature policy of this build."""
+        from acbuild.engine.verify_base import verify_base
+
+        if base.base == "scratch" or base.base.startswith("docker://"):
+            return
+        path = Path(base.base)
+        if not path.is_absolute():
+            path = self.options.context / path
+        if path.is_file():
+            verify_base(path, base, self.options)
+
+    def step_records(self) -> list[StepRecord]:
+        return [self.records[n] for n in sorted(self.records)]
 
 
-def progress(options: BuildOptions, number: int, total: int, step: p.Instruction) -> None:
-    if not options.quiet:
-        print(f"[{number}/{total}] {step.describe()}", file=sys.stderr, flush=True)
-
-
-def remove_tree(path: Path) -> None:
+def remove_tree(path: Path | None) -> None:
     """rmtree that also removes what RUN left read-only (chmod 0555 dirs)."""
+    if path is None:
+        return
 
     def make_writable_and_retry(func, failed, _exc):
         parent = os.path.dirname(failed)

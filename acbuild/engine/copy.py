@@ -55,6 +55,8 @@ def copy_into_rootfs(
     matches: list[tuple[str, Path]] = []
     for src in sources:
         found = _expand(source_root, src, source_in_rootfs)
+        if ignore is not None:  # .acbuildignore hides top-level sources and glob matches too
+            found = [(rel, host) for rel, host in found if rel == "." or not ignore(rel)]
         if not found:
             where = "the source stage" if source_in_rootfs else "the build context"
             raise BuildError(f'COPY: "{src}" not found in {where}', pos)
@@ -150,10 +152,10 @@ def _copy_entry(src: Path, target: Path, attrs: CopyAttrs, st: os.stat_result) -
         return
     if not stat.S_ISREG(st.st_mode):
         return  # sockets, fifos, devices in a build context are not copied
-    if target.is_dir() and not target.is_symlink():
+    # Always a new inode: never write into an existing file, which may be a hard
+    # link shared with a step-cache snapshot (engine.cache).
+    if target.is_symlink() or target.exists():
         _remove_existing(target)
-    elif target.is_symlink():
-        target.unlink()
     shutil.copyfile(src, target, follow_symlinks=False)
     _set_attrs(target, _mode_for(st, attrs), attrs)
 

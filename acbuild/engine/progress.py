@@ -1,0 +1,59 @@
+"""Build progress on stderr: one line per step, or one JSON event per line.
+
+- plain: `[3/7] COPY . /app` when a step starts, `[3/7] COPY . /app  (cached)` for a
+  cache hit. A RUN's own output follows its line.
+- tty: the same lines, and for each step that ran, its time when it ends
+  (`[3/7] done in 1.25s`); the default when stderr is a terminal.
+- json: `{"event": "step", "number": 3, "total": 7, "stage": "0", "instruction": "...",
+  "position": "ACIfile:7:1", "cached": false}` at the start of a step, `{"event":
+  "step-done", "number": 3, "seconds": 1.25, ...}` when it ends, `{"event": "image",
+  "id": ..., "output": ...}` at the end. One object per line, keys sorted.
+- quiet: nothing.
+
+Contract: writes only to the given stream, flushes every line.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import TextIO
+
+MODES = ("auto", "plain", "tty", "json", "quiet")
+
+
+class Progress:
+    def __init__(self, mode: str = "auto", stream: TextIO | None = None):
+        self.stream = stream or sys.stderr
+        if mode == "auto":
+            mode = "tty" if self.stream.isatty() else "plain"
+        self.mode = mode
+
+    def _emit(self, text: str) -> None:
+        print(text, file=self.stream, flush=True)
+
+    def _event(self, **fields) -> None:
+        self._emit(json.dumps(fields, sort_keys=True))
+
+    def step(self, number: int, total: int, stage: str, instruction: str, position: str, cached: bool) -> None:
+        if self.mode == "json":
+            self._event(event="step", number=number, total=total, stage=stage, instruction=instruction,
+                        position=position, cached=cached)
+        elif self.mode in ("plain", "tty"):
+            self._emit(f"[{number}/{total}] {instruction}" + ("  (cached)" if cached else ""))
+
+    def step_done(self, number: int, total: int, seconds: float) -> None:
+        if self.mode == "json":
+            self._event(event="step-done", number=number, total=total, seconds=round(seconds, 3))
+        elif self.mode == "tty":
+            self._emit(f"[{number}/{total}] done in {seconds:.2f}s")
+
+    def image(self, image_id: str, output: str, cached: bool) -> None:
+        if self.mode == "json":
+            self._event(event="image", id=image_id, output=output, cached=cached)
+
+    def note(self, text: str) -> None:
+        if self.mode == "json":
+            self._event(event="note", message=text)
+        elif self.mode != "quiet":
+            self._emit(f"acbuild: {text}")

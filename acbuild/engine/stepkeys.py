@@ -1,0 +1,164 @@
+"""Step cache keys: what a step's result depends on, hashed, chained from FROM.
+
+    key(FROM)   = sha256(VERSION, settings, FROM without its alias, base digest)
+    key(step k) = sha256(key(k-1), the instruction without its position, inputs)
+
+- settings: what changes the bytes of every step: SOURCE_DATE_EPOCH, the effective
+  uid (rootless builds own their files), the default RUN network, overlay on/off,
+  the dependency search path.
+- the instruction: `as_dict()` minus the position; ARG values are already
+  substituted and a RUN's ARG environment (arg_env) is part of it.
+- inputs: COPY from the context: every copied entry's name, type, content sha256
+  (through the stat cache), exec bit (no mode at all with --chmod) and link target,
+  after .acbuildignore; never mtimes or owners (COPY sets both). COPY --from: the
+  source stage's final key. RUN --mount=type=bind: the bound path's content with full
+  modes. RUN --mount=type=cache: not keyed (as in BuildKit). FROM IMAGE.aci: the file's
+  sha256; FROM DIR: its content with full modes; FROM scratch: nothing more.
+
+A source that cannot be read is keyed as such; the step then misses and runs, and
+reports the real error. Contract: pure apart from reading files; the same inputs give
+the same keys on any machine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import posixpath
+import stat
+from pathlib import Path
+
+from acbuild import plan as p
+from acbuild.engine.copy import _expand
+from acbuild.engine.paths import resolve_in_root
+from acbuild.engine.statcache import StatCache
+from acbuild.errors import AcbuildError
+
+VERSION = "acbuild-step-cache-1"
+
+
+def settings_text(options) -> str:
+    from acbuild.engine.layers import NO_OVERLAY_ENV
+
+    return json.dumps({
+        "source_date_epoch": options.source_date_epoch,
+        "euid": os.geteuid(),
+        "network": options.network,
+        "no_overlay": os.environ.get(NO_OVERLAY_ENV, "") not in ("", "0"),
+        "image_dirs": [str(d) for d in options.image_dirs],
+    }, sort_keys=True)
+
+
+def _h(*parts: str) -> str:
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(part.encode("utf-8", "surrogateescape"))
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def canonical(i: p.Instruction) -> str:
+    data = i.as_dict()
+    data.pop("at", None)
+    data.pop("alias", None)  # renaming a stage does not change what it holds
+    data.pop("from_stage", None)  # replaced by the source stage's key
+    return json.dumps(data, sort_keys=True, separators=(",", ":"))
+
+
+class KeyMaker:
+    def __init__(self, options, stat_cache: StatCache):
+        self.options = options
+        self.stat = stat_cache
+        self.settings = settings_text(options)
+        ignore = options.ignore
+        self.ignore_text = ignore.digest_text() if hasattr(ignore, "digest_text") else ""
+
+    def stage_keys(self, stage: p.Stage, final_keys: dict[str, str]) -> list[str]:
+        """Keys for the FROM and each step; `final_keys` maps earlier stage names to their last key."""
+        key = _h(VERSION, self.settings, canonical(stage.base), self.base_digest(stage.base))
+        keys = [key]
+        for step in stage.steps:
+            key = _h(key, canonical(step), self.inputs(step, final_keys))
+            keys.append(key)
+        return keys
+
+    def base_digest(self, base: p.From) -> str:
+        if base.base == "scratch" or base.base.startswith("docker://"):
+            return ""
+        path = Path(base.base)
+        if not path.is_absolute():
+            path = self.options.context / path
+        try:
+            st = os.stat(path)
+            if stat.S_ISDIR(st.st_mode):
+                return "dir " + self.tree_digest(path, full_modes=True)
+            return "file " + self.stat.digest(os.fspath(path), st)
+        except OSError as err:
+            return f"unreadable {err.errno}"
+
+    def inputs(self, step: p.Instruction, final_keys: dict[str, str]) -> str:
+        if isinstance(step, p.Copy):
+            if step.from_stage:
+                return "stage " + final_keys.get(step.from_stage, "?")
+            return "context " + self.copy_digest(step)
+        if isinstance(step, p.Run):
+            parts = []
+            for mount in step.mounts:
+                if mount.type == "bind":
+                    try:
+                        source = resolve_in_root(self.options.context, mount.source)
+                        parts.append(self.tree_digest(source, full_modes=True))
+                    except (OSError, AcbuildError) as err:
+                        parts.append(f"unreadable {err}")
+            return " ".join(parts)
+        return ""
+
+    def copy_digest(self, step: p.Copy) -> str:
+        """The context files a COPY takes, as copy.copy_into_rootfs selects them."""
+        h = hashlib.sha256(self.ignore_text.encode())
+        exec_bit = step.chmod is None
+        context = self.options.context
+        ignore = self.options.ignore
+        for src in step.sources:
+            try:
+                matches = _expand(context, src, False)
+            except (OSError, AcbuildError) as err:
+                h.update(f"E {src} {err}\n".encode())
+                continue
+            for rel, host in matches:
+                if ignore is not None and rel != "." and ignore(rel):
+                    continue
+                h.update(f"S {rel}\n".encode("utf-8", "surrogateescape"))
+                try:
+                    if os.path.islink(host):  # a top-level symlink source is followed
+                        host = resolve_in_root(context, rel)
+                    self._walk(h, host, rel, os.stat(host), exec_bit, False, ignore)
+                except (OSError, AcbuildError) as err:
+                    h.update(f"E {rel} {err}\n".encode())
+        return h.hexdigest()
+
+    def tree_digest(self, top: Path, *, full_modes: bool) -> str:
+        h = hashlib.sha256()
+        self._walk(h, top, ".", os.lstat(top), True, full_modes, None)
+        return h.hexdigest()
+
+    def _walk(self, h, path, rel: str, st: os.stat_result, exec_bit: bool, full_modes: bool, ignore) -> None:
+        mode = stat.S_IMODE(st.st_mode) if full_modes else (0o111 if exec_bit and st.st_mode & 0o111 else 0)
+        name = rel.encode("utf-8", "surrogateescape")
+        if stat.S_ISDIR(st.st_mode):
+            h.update(b"D %s %o\n" % (name, mode if full_modes else 0))
+            with os.scandir(path) as it:
+                entries = sorted(it, key=lambda e: e.name)
+            for entry in entries:
+                child = posixpath.join(rel, entry.name) if rel != "." else entry.name
+                if ignore is not None and ignore(child):
+                    continue
+                self._walk(h, entry.path, child, entry.stat(follow_symlinks=False), exec_bit, full_modes, ignore)
+        elif stat.S_ISREG(st.st_mode):
+            digest = self.stat.digest(os.fspath(path), st)
+            h.update(b"F %s %o %s\n" % (name, mode, digest.encode()))
+        elif stat.S_ISLNK(st.st_mode):
+            h.update(b"L %s %s\n" % (name, os.fsencode(os.readlink(path))))
+        elif full_modes:
+            h.update(b"O %s %o %d\n" % (name, st.st_mode, st.st_rdev))
