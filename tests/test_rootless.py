@@ -10,6 +10,7 @@ import pwd
 import shutil
 import subprocess
 import tarfile
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -36,17 +37,21 @@ def user() -> pwd.struct_passwd:
         return pwd.getpwnam(TEST_USER)
 
 
+def shared_dir(prefix: str) -> Path:
+    """A dir in /tmp the test user can reach (pytest's basetemp is 0700, re-tightened by
+    every pytest run that starts, so it cannot hold the user's files)."""
+    top = Path(tempfile.mkdtemp(prefix=prefix))
+    top.chmod(0o755)
+    return top
+
+
 @pytest.fixture(scope="module")
-def pythonpath(tmp_path_factory) -> str:
+def pythonpath():
     """A world-readable PYTHONPATH: this checkout's acbuild and the venv's dependencies."""
     import yaml
 
     site = Path(yaml.__file__).resolve().parent.parent
-    top = tmp_path_factory.mktemp("rootless-py")
-    for d in (top, *top.parents):
-        if d == Path("/"):
-            break
-        d.chmod(d.stat().st_mode | 0o755)
+    top = shared_dir("acbuild-rootless-py-")
     for part in ("acbuild", "grammar"):  # a checkout's layout: parse.py finds grammar/ beside it
         shutil.copytree(REPO / part, top / part, ignore=shutil.ignore_patterns("__pycache__"))
     for name in PACKAGES:
@@ -57,16 +62,21 @@ def pythonpath(tmp_path_factory) -> str:
             shutil.copy2(src, top / name)
     for p in [top, *top.rglob("*")]:
         p.chmod(p.stat().st_mode | (0o755 if p.is_dir() else 0o644))
-    return str(top)
+    yield str(top)
+    shutil.rmtree(top)
+
+
+@pytest.fixture
+def tmp_path():
+    """Shadows pytest's tmp_path: see shared_dir."""
+    top = shared_dir("acbuild-rootless-")
+    yield top
+    shutil.rmtree(top, ignore_errors=True)
 
 
 def owned_tree(base: Path, user: pwd.struct_passwd) -> Path:
     """A world-traversable dir owned by the test user."""
     base.mkdir(parents=True, exist_ok=True)
-    for d in (base, *base.parents):
-        if d == Path("/"):
-            break
-        d.chmod(d.stat().st_mode | 0o711)
     os.chown(base, user.pw_uid, user.pw_gid)
     return base
 

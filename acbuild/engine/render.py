@@ -105,9 +105,9 @@ def _has_labels(manifest: m.ImageManifest, wanted: list[m.Label]) -> bool:
 
 def image_id_of(aci: Path) -> str:
     """sha512- + hex of the uncompressed tar stream of `aci`."""
-    from acbuild.aci.archive import image_id
+    from acbuild.aci.archive import image_id_of as archive_image_id
 
-    return image_id(aci)
+    return archive_image_id(aci)
 
 
 # --- the flattened list ------------------------------------------------------------------------
