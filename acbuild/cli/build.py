@@ -170,6 +170,7 @@ def build_metadata(result, output: Path, options) -> dict:
         "file-sha256": digest,
         "size": os.path.getsize(output),
         "cached-image": result.cached_image,
+        "context-files-hashed": result.files_hashed,
         "source-date-epoch": options.source_date_epoch,
         "steps": [
             {"number": r.number, "stage": r.stage, "instruction": r.instruction, "position": r.position,

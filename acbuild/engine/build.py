@@ -50,6 +50,7 @@ class BuildResult:
     labels: dict[str, str]
     steps: list[StepRecord] = field(default_factory=list)
     cached_image: bool = False
+    files_hashed: int = 0  # context files read to compute keys (the stat cache spares the rest)
 
 
 def needed_stages(plan: p.Plan, target: str | None) -> list[p.Stage]:
@@ -108,6 +109,7 @@ class _Build:
         self.shared: set[str] = set()  # stages whose rootfs shares inodes with the cache
         self.records: dict[int, StepRecord] = {}
         self.work_root: Path | None = None
+        self.files_hashed = 0
 
     def run(self) -> BuildResult:
         final = self.stages[-1]
@@ -140,6 +142,7 @@ class _Build:
         for stage in self.stages:
             self.keys[stage.name] = maker.stage_keys(stage, finals)
             finals[stage.name] = self.keys[stage.name][-1]
+        self.files_hashed = stat_cache.hashed
         try:
             stat_cache.save()
         except OSError:
@@ -167,7 +170,8 @@ class _Build:
             tmp.unlink(missing_ok=True)  # renaming onto the same inode leaves it in place
         self.cache.touch(self.keys[final.name][-1])
         self.progress.image(image_id, str(self.output), True)
-        return BuildResult(image_id, about["name"], about["labels"], self.step_records(), cached_image=True)
+        return BuildResult(image_id, about["name"], about["labels"], self.step_records(), cached_image=True,
+                           files_hashed=self.files_hashed)
 
     def last_hit(self, stage: p.Stage, below: int | None = None) -> int:
         """Index (0 = FROM) of the last step with a usable cache entry, or -1."""
@@ -255,7 +259,7 @@ class _Build:
         if self.cache is not None:
             self.cache.store_image(self.keys[final.name][-1], self.compression, self.output, image_id, about)
         self.progress.image(image_id, str(self.output), False)
-        return BuildResult(image_id, about["name"], about["labels"], self.step_records())
+        return BuildResult(image_id, about["name"], about["labels"], self.step_records(), files_hashed=self.files_hashed)
 
     # -- reporting --------------------------------------------------------------------------
 

@@ -179,35 +179,44 @@ class StepCache:
         base = self.images / f"{key}-{compression}"
         return base.with_suffix(".aci"), base.with_suffix(".json")
 
+    @contextmanager
+    def _images_locked(self, exclusive: bool) -> Iterator[None]:
+        """The image and its .json change together under this lock."""
+        self.images.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.images / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+            yield
+        finally:
+            os.close(fd)
+
     def image(self, key: str, compression: str) -> tuple[Path, str, dict] | None:
         """(cached .aci, image ID, {name, labels}) when present and unchanged since stored."""
         aci, info = self._image_paths(key, compression)
-        try:
-            data = json.loads(info.read_bytes())
-            st = os.stat(aci)
-        except (OSError, ValueError):
+        if not info.exists():
             return None
+        with self._images_locked(exclusive=False):
+            try:
+                data = json.loads(info.read_bytes())
+                st = os.stat(aci)
+            except (OSError, ValueError):
+                return None
         if not isinstance(data, dict) or "about" not in data or "image_id" not in data:
             return None
         if [st.st_size, st.st_mtime_ns, st.st_ino] != data.get("stat"):
-            self.drop_image(key, compression)
-            return None
+            return None  # altered since: the build writes (and stores) it again
         return aci, data["image_id"], data["about"]
 
     def store_image(self, key: str, compression: str, written: Path, image_id: str, about: dict) -> None:
         """Keep the written image (a hard link, else a copy) for the next unchanged build."""
         aci, info = self._image_paths(key, compression)
-        self.images.mkdir(parents=True, exist_ok=True)
         tmp = self.images / f".new-{os.getpid()}-{time.monotonic_ns()}.aci"
         try:
-            link_or_copy(written, tmp)
-            try:
-                os.link(tmp, aci)
-            except FileExistsError:
-                self.drop_image(key, compression)  # a stale or concurrent one: replace it
-                os.link(tmp, aci)
-            st = os.stat(aci)
-            _write_json(info, {"image_id": image_id, "about": about, "stat": [st.st_size, st.st_mtime_ns, st.st_ino]})
+            with self._images_locked(exclusive=True):
+                link_or_copy(written, tmp)
+                os.replace(tmp, aci)
+                st = os.stat(aci)
+                _write_json(info, {"image_id": image_id, "about": about, "stat": [st.st_size, st.st_mtime_ns, st.st_ino]})
         except OSError:
             pass
         finally:

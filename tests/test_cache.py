@@ -1,0 +1,268 @@
+"""The step cache through the real CLI: hits on identical and touched rebuilds, a miss
+exactly from the first changed step, damaged entries rebuilt (never used), two
+builds at once, .acbuildignore, the stat cache, cache list/prune."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import pytest
+
+BUSYBOX = Path("/bin/busybox")
+
+ACIFILE = """FROM scratch
+NAME example.com/cached
+COPY --chmod=0755 busybox /bin/busybox
+COPY a.txt /a.txt
+COPY tree/ /tree/
+RUN ["/bin/busybox", "sh", "-c", "/bin/busybox cat /a.txt /tree/one > /joined"]
+LABEL stage=last
+"""
+
+
+def acbuild(*args, cache: Path, check: bool = True, **kw) -> subprocess.CompletedProcess:
+    env = dict(os.environ, ACBUILD_CACHE_DIR=str(cache))
+    result = subprocess.run([sys.executable, "-m", "acbuild", *map(str, args)], capture_output=True, text=True, env=env, **kw)
+    assert "Traceback" not in result.stderr, result.stderr
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
+def context(tmp_path: Path, acifile: str = ACIFILE) -> Path:
+    ctx = tmp_path / "ctx"
+    (ctx / "tree/sub").mkdir(parents=True)
+    shutil.copy(BUSYBOX, ctx / "busybox")
+    (ctx / "a.txt").write_text("a\n")
+    (ctx / "tree/one").write_text("one\n")
+    (ctx / "tree/sub/two").write_text("two\n")
+    (ctx / "ACIfile").write_text(acifile)
+    time.sleep(0.2)  # older than the stat cache's racy window, as a checkout normally is
+    return ctx
+
+
+def build(ctx: Path, out: Path, cache: Path, *extra) -> dict:
+    meta = out.with_suffix(".json")
+    acbuild("build", "-f", ctx / "ACIfile", "-o", out, "--metadata-file", meta, *extra, cache=cache)
+    return json.loads(meta.read_text())
+
+
+def hits(meta: dict) -> list[str]:
+    return [s["cache"] for s in meta["steps"]]
+
+
+def test_identical_rebuild_is_all_hits_and_the_same_bytes(tmp_path):
+    ctx = context(tmp_path)
+    cache = tmp_path / "cache"
+    first = build(ctx, tmp_path / "a.aci", cache)
+    assert hits(first) == ["miss"] * 7 and not first["cached-image"]
+    second = acbuild("build", "-f", ctx / "ACIfile", "-o", tmp_path / "b.aci", "--metadata-file", tmp_path / "b.json", cache=cache)
+    assert second.stderr.count("  (cached)") == 7 and "[4/7] COPY a.txt /a.txt  (cached)" in second.stderr
+    meta = json.loads((tmp_path / "b.json").read_text())
+    assert meta["cached-image"] and meta["image-id"] == first["image-id"] == second.stdout.strip()
+    assert meta["context-files-hashed"] == 0  # the stat cache: nothing read again
+    assert (tmp_path / "a.aci").read_bytes() == (tmp_path / "b.aci").read_bytes()
+    assert meta["file-sha256"] == first["file-sha256"] and meta["labels"]["stage"] == "last"
+    assert (tmp_path / "b.json").exists() and meta["name"] == "example.com/cached"
+
+
+def test_touching_every_mtime_still_hits(tmp_path):
+    ctx = context(tmp_path)
+    cache = tmp_path / "cache"
+    first = build(ctx, tmp_path / "a.aci", cache)
+    for n, path in enumerate(sorted(ctx.rglob("*"))):
+        os.utime(path, (1_000_000_000 + n, 1_000_000_000 + n))
+    os.chmod(ctx / "a.txt", 0o600)  # group/other bits do not matter, only the exec bit
+    again = build(ctx, tmp_path / "b.aci", cache)
+    assert hits(again) == ["hit"] * 7 and again["image-id"] == first["image-id"]
+    assert again["context-files-hashed"] == 4  # changed stat: read again, same content
+
+
+def test_a_change_misses_from_that_step_on(tmp_path):
+    ctx = context(tmp_path)
+    cache = tmp_path / "cache"
+    build(ctx, tmp_path / "a.aci", cache)
+    (ctx / "tree/sub/two").write_text("TWO\n")  # used by the 3rd COPY (step 5)
+    meta = build(ctx, tmp_path / "b.aci", cache)
+    assert hits(meta) == ["hit"] * 4 + ["miss"] * 3
+    with tarfile.open(tmp_path / "b.aci") as tar:
+        assert tar.extractfile("rootfs/tree/sub/two").read() == b"TWO\n"
+    # a clean build of the changed context gives the same bytes
+    clean = build(ctx, tmp_path / "clean.aci", tmp_path / "other-cache")
+    assert clean["image-id"] == meta["image-id"]
+    assert (tmp_path / "clean.aci").read_bytes() == (tmp_path / "b.aci").read_bytes()
+    # the exec bit is content: making a.txt executable misses from step 4
+    os.chmod(ctx / "a.txt", 0o755)
+    assert hits(build(ctx, tmp_path / "c.aci", cache)) == ["hit"] * 3 + ["miss"] * 4
+
+
+def entries(cache: Path) -> dict[str, dict]:
+    out = {}
+    for meta in (cache / "steps").glob("*/meta.json"):
+        out[meta.parent.name] = json.loads(meta.read_text())
+    return out
+
+
+def test_damaged_entries_are_rebuilt_never_used(tmp_path):
+    ctx = context(tmp_path)
+    cache = tmp_path / "cache"
+    good = build(ctx, tmp_path / "good.aci", cache)
+    good_bytes = (tmp_path / "good.aci").read_bytes()
+    keys = [s["key"] for s in good["steps"]]
+
+    # 1. the cached image altered in place: not linked, written again from the snapshot
+    cached_aci = next((cache / "images").glob("*.aci"))
+    os.unlink(tmp_path / "good.aci")  # (the output was a hard link to it)
+    with open(cached_aci, "r+b") as f:
+        f.seek(100)
+        f.write(b"garbage")
+    meta = build(ctx, tmp_path / "b.aci", cache)
+    assert not meta["cached-image"] and hits(meta) == ["hit"] * 7
+    assert (tmp_path / "b.aci").read_bytes() == good_bytes
+
+    # 2. a file truncated inside the last tree snapshot (the RUN's): that entry and the
+    # manifest-only entry after it are dropped, the build restores the COPY before it
+    os.unlink(next((cache / "images").glob("*.aci")))
+    run_state = cache / "steps" / keys[5] / "state/rootfs/joined"
+    os.truncate(run_state, 1)
+    meta = build(ctx, tmp_path / "c.aci", cache)
+    assert hits(meta) == ["hit"] * 5 + ["miss"] * 2
+    assert (tmp_path / "c.aci").read_bytes() == good_bytes
+
+    # 3. a meta.json deleted: the entry is not there; the step runs again
+    os.unlink(next((cache / "images").glob("*.aci")))
+    (cache / "steps" / keys[4] / "meta.json").unlink()
+    (cache / "steps" / keys[5] / "meta.json").unlink()
+    meta = build(ctx, tmp_path / "d.aci", cache)
+    assert hits(meta) == ["hit"] * 4 + ["miss"] * 3
+    assert (tmp_path / "d.aci").read_bytes() == good_bytes
+
+
+def snapshot_files(cache: Path) -> dict[tuple[str, str], tuple[bytes, int]]:
+    out = {}
+    for key, meta in entries(cache).items():
+        state = cache / "steps" / key / "state/rootfs"
+        for name in ("a.txt", "tree/one"):
+            if meta["tree"] == key and (state / name).exists():
+                out[key, name] = ((state / name).read_bytes(), (state / name).stat().st_mode)
+    return out
+
+
+def test_a_run_never_writes_into_the_cache(tmp_path):
+    body = ACIFILE + 'RUN ["/bin/busybox", "sh", "-c", "echo changed >> /a.txt; chmod 600 /tree/one"]\n'
+    ctx = context(tmp_path, body)
+    cache = tmp_path / "cache"
+    build(ctx, tmp_path / "a.aci", cache)
+    before = snapshot_files(cache)
+    assert before[next(k for k in before if k[1] == "a.txt")][0] == b"a\n"
+    # a second build restores the step before the last RUN (hard links) and runs another RUN
+    (ctx / "ACIfile").write_text(body.replace("echo changed", "echo CHANGED"))
+    assert hits(build(ctx, tmp_path / "b.aci", cache)) == ["hit"] * 7 + ["miss"]
+    after = snapshot_files(cache)
+    assert {k: after[k] for k in before} == before
+    (ctx / "ACIfile").write_text(body)
+    again = build(ctx, tmp_path / "c.aci", cache)
+    assert again["cached-image"]
+    assert (tmp_path / "c.aci").read_bytes() == (tmp_path / "a.aci").read_bytes()
+
+
+def test_two_builds_at_once_share_the_cache(tmp_path):
+    ctx = context(tmp_path)
+    cache = tmp_path / "cache"
+    env = dict(os.environ, ACBUILD_CACHE_DIR=str(cache))
+    procs = [
+        subprocess.Popen([sys.executable, "-m", "acbuild", "build", "-f", str(ctx / "ACIfile"), "-o", str(tmp_path / f"{n}.aci")],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        for n in range(3)
+    ]
+    results = [p.communicate(timeout=300) + (p.returncode,) for p in procs]
+    for out, err, code in results:
+        assert code == 0 and "Traceback" not in err, err
+    assert len({out for out, _, _ in results}) == 1
+    assert len({(tmp_path / f"{n}.aci").read_bytes() for n in range(3)}) == 1
+    assert not list((cache / "steps").glob(".*"))  # no temp entries left behind
+    meta = build(ctx, tmp_path / "after.aci", cache)
+    assert meta["cached-image"] and meta["image-id"] == results[0][0].strip()
+
+
+def test_acbuildignore(tmp_path):
+    ctx = context(tmp_path, "FROM scratch\nNAME example.com/ignore\nCOPY . /app/\n")
+    (ctx / "notes.md").write_text("n")
+    (ctx / "README.md").write_text("r")
+    (ctx / "tree/sub/skip.log").write_text("log")
+    (ctx / "build").mkdir()
+    (ctx / "build/junk").write_text("j")
+    (ctx / "build/keep.txt").write_text("k")
+    (ctx / ".acbuildignore").write_text(
+        "# comments and blank lines are skipped\n\n*.md\n!README.md\n**/*.log\n/build\n!build/keep.txt\nbusybox\nACIfile\n.acbuildignore\n"
+    )
+    cache = tmp_path / "cache"
+    first = build(ctx, tmp_path / "a.aci", cache)
+    with tarfile.open(tmp_path / "a.aci") as tar:
+        names = {n.removeprefix("rootfs/app/") for n in tar.getnames() if n.startswith("rootfs/app/")}
+    assert names == {"README.md", "a.txt", "tree", "tree/one", "tree/sub", "tree/sub/two", "build", "build/keep.txt"}
+    # changing an ignored file does not change the key
+    (ctx / "notes.md").write_text("changed")
+    (ctx / "build/junk").write_text("changed")
+    assert hits(build(ctx, tmp_path / "b.aci", cache)) == ["hit"] * 3
+    # an ignored top-level source is not found, as with .dockerignore
+    (ctx / "ACIfile").write_text("FROM scratch\nNAME example.com/ignore\nCOPY notes.md /\n")
+    bad = acbuild("build", "-f", ctx / "ACIfile", "-o", tmp_path / "c.aci", cache=cache, check=False)
+    assert bad.returncode == 1 and 'COPY: "notes.md" not found in the build context' in bad.stderr
+    assert first["image-id"]
+
+
+def test_no_cache_runs_every_step(tmp_path):
+    ctx = context(tmp_path)
+    cache = tmp_path / "cache"
+    first = build(ctx, tmp_path / "a.aci", cache)
+    again = build(ctx, tmp_path / "b.aci", cache, "--no-cache")
+    assert hits(again) == ["miss"] * 7 and again["image-id"] == first["image-id"]
+
+
+def test_progress_json_and_iidfile(tmp_path):
+    ctx = context(tmp_path)
+    cache = tmp_path / "cache"
+    result = acbuild("build", "-f", ctx / "ACIfile", "-o", tmp_path / "a.aci", "--progress", "json", "--iidfile", tmp_path / "iid",
+                     cache=cache)
+    events = [json.loads(line) for line in result.stderr.splitlines()]
+    assert [e["number"] for e in events if e["event"] == "step"] == list(range(1, 8))
+    assert all(e["total"] == 7 for e in events if e["event"] == "step")
+    assert events[-1] == {"event": "image", "id": result.stdout.strip(), "output": str(tmp_path / "a.aci"), "cached": False}
+    assert (tmp_path / "iid").read_text() == result.stdout.strip()
+
+
+def test_cache_list_and_prune(tmp_path):
+    ctx = context(tmp_path)
+    cache = tmp_path / "cache"
+    build(ctx, tmp_path / "a.aci", cache)
+    (ctx / "a.txt").write_text("other\n")
+    build(ctx, tmp_path / "b.aci", cache)
+    listing = acbuild("cache", "list", cache=cache).stdout
+    assert "11 entries" in listing  # 7 + 4 new from the changed COPY on
+    assert "tree" in listing and "manifest" in listing
+    # keep only what fits in a few bytes: the oldest go first, nothing half-removed
+    acbuild("cache", "prune", "--keep-bytes", "1M", cache=cache)
+    left = entries(cache)
+    assert 0 < len(left) < 11
+    acbuild("cache", "prune", "--all", cache=cache)
+    assert entries(cache) == {} and not list((cache / "images").glob("*")) if (cache / "images").exists() else True
+    assert "0 entries" in acbuild("cache", "list", cache=cache).stdout
+    meta = build(ctx, tmp_path / "c.aci", cache)
+    assert hits(meta) == ["miss"] * 7
+    bad = acbuild("cache", "prune", cache=cache, check=False)
+    assert bad.returncode == 3
+
+
+@pytest.mark.parametrize("size, expected", [("10", 10), ("1K", 1024), ("1.5M", 1572864), ("2GiB", 2 << 30)])
+def test_prune_sizes(size, expected):
+    from acbuild.cli.cache_cmds import parse_size
+
+    assert parse_size(size) == expected
