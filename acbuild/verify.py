@@ -14,7 +14,6 @@ For the engine (`FROM`, `begin`, `launch`): `check_image()` applies the policy
 from __future__ import annotations
 
 import json
-import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,23 +37,30 @@ class Signer:
 
 def image_name_of(aci: Path) -> str:
     """The `name` in the image's manifest."""
-    # TODO(lead): switch to acbuild.aci.archive.read_aci(aci).manifest_bytes when it lands.
+    from acbuild.aci.archive import read_aci
+
     try:
-        with tarfile.open(aci, "r:*") as tar:
-            for member in tar:
-                if member.name.lstrip("./") == "manifest" and member.isfile():
-                    f = tar.extractfile(member)
-                    assert f is not None
-                    manifest = json.loads(f.read())
-                    break
-            else:
-                raise ImageError(f"{aci}: no manifest in the image")
-    except (OSError, tarfile.TarError, json.JSONDecodeError) as e:
-        raise ImageError(f"read {aci}: {e}") from e
+        manifest = json.loads(read_aci(aci).manifest_bytes or b"null")
+    except ValueError as e:
+        raise ImageError(f"{aci}: the manifest is not JSON ({e})") from e
     name = manifest.get("name") if isinstance(manifest, dict) else None
     if not isinstance(name, str) or not name:
-        raise ImageError(f"{aci}: manifest has no image name")
+        raise ImageError(f"{aci}: no image name in the manifest")
     return name
+
+
+def name_for_verification(aci: Path, signature: Path | None, store: TrustStore) -> str:
+    """The image name, or, for an image that cannot be read but has a signature,
+    the verdict on its bytes: a damaged or tampered image is a bad signature,
+    which is the reason to report, not the unreadable manifest it causes."""
+    try:
+        return image_name_of(aci)
+    except ImageError:
+        sig = signature or signature_path(aci)
+        if sig.is_file() and _gpg_verify(aci, sig, store.list()).status == "signature bad":
+            raise SignatureError(
+                f"{aci}: bad signature: the image does not match its signature (modified after signing?)") from None
+        raise
 
 
 def verify_image(aci: Path, signature: Path | None, image_name: str, store: TrustStore) -> Signer:
@@ -66,17 +72,21 @@ def verify_image(aci: Path, signature: Path | None, image_name: str, store: Trus
         raise SignatureError(
             f"{aci}: no signature ({sig} does not exist): sign it with 'acbuild sign', or pass --signature FILE")
     trusted = store.trusted_for(image_name)
+    return _judge(_gpg_verify(aci, sig, trusted), aci, image_name, store, trusted)
+
+
+def _gpg_verify(aci: Path, sig: Path, keys: list[TrustedKey]):
+    """gpg's verdict on `sig` over `aci`, knowing only `keys` (a throwaway home)."""
     with scratch_home() as home:
         gpg = open_gpg(home)
-        for key in trusted:
+        for key in keys:
             result = gpg.import_keys(key.path.read_bytes())
             got = [f.lower() for f in result.fingerprints]
             if got != [key.fingerprint]:
                 raise SignatureError(
                     f"trust store: {key.path} holds key {', '.join(got) or 'none'}, not {key.fingerprint}; remove it")
         with open(sig, "rb") as f:
-            result = gpg.verify_file(f, data_filename=str(aci))
-    return _judge(result, aci, image_name, store, trusted)
+            return gpg.verify_file(f, data_filename=str(aci))
 
 
 def _judge(result, aci: Path, name: str, store: TrustStore, trusted: list[TrustedKey]) -> Signer:
@@ -132,4 +142,4 @@ def check_image(aci: Path, store: TrustStore, *, require_signature: bool = False
         return None
     if not signature_path(aci).is_file() and not require_signature:
         return None
-    return verify_image(aci, None, image_name or image_name_of(aci), store)
+    return verify_image(aci, None, image_name or name_for_verification(aci, None, store), store)

@@ -167,11 +167,11 @@ def _list(store, args) -> int:
 
 
 def run_verify(args) -> int:
-    from acbuild.verify import image_name_of, verify_image
+    from acbuild.verify import name_for_verification, verify_image
 
     _config, store = _store(args)
     if not args.image.is_file():
         raise NotFoundError(f"{args.image}: no such image")
-    signer = verify_image(args.image, args.signature, image_name_of(args.image), store)
+    signer = verify_image(args.image, args.signature, name_for_verification(args.image, args.signature, store), store)
     print(f"signature verified: {signer}")
     return 0

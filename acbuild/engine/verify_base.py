@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from acbuild import plan as p
-from acbuild.errors import SignatureError
+from acbuild.errors import ImageError, SignatureError
 
 
 def verify_base(path: Path, base: p.From, options) -> None:
@@ -26,5 +26,7 @@ def verify_base(path: Path, base: p.From, options) -> None:
         signer = check_image(path, store, require_signature=options.require_signatures)
     except SignatureError as err:
         raise SignatureError(f"FROM {base.base}: {err.message} (--insecure-skip-verify skips this check)", base.pos) from err
+    except ImageError as err:
+        raise ImageError(f"FROM {base.base}: {err.message}", base.pos) from err
     if signer is not None and not options.quiet:
         print(f"signature verified: {signer.uid} ({signer.fingerprint})", file=sys.stderr)
