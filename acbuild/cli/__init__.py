@@ -48,7 +48,9 @@ class ArgumentParser(argparse.ArgumentParser):
     """argparse, but a usage error raises UsageError (exit 3) instead of exiting 2."""
 
     def error(self, message: str):  # type: ignore[override]
-        raise UsageError(f"{self.prog}: {message}")
+        # "acbuild: build: unrecognized arguments: x" - the program name is added once, by main().
+        command = self.prog.removeprefix("acbuild").strip()
+        raise UsageError(f"{command}: {message}" if command else message)
 
 
 def build_parser() -> ArgumentParser:
@@ -69,6 +71,9 @@ def build_parser() -> ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv == ["--version"]:  # the fast path: no command modules to import
+        print(f"acbuild {__version__}")
+        return 0
     debug = "--debug" in argv or bool(os.environ.get("ACBUILD_DEBUG"))
     try:
         parser = build_parser()
