@@ -30,6 +30,7 @@ from acbuild.errors import ImageError, UsageError
 
 # Steps that change the work dir's files; the others change only the manifest.
 _TREE_STEPS = (p.From, p.Copy, p.Run, p.WorkDir)
+BUILD_UMASK = 0o022
 
 
 @dataclass
@@ -120,12 +121,18 @@ class _Build:
                 return cached
         self.work_root = Path(tempfile.mkdtemp(prefix="acbuild-build-"))
         try:
-            for stage in self.stages:
-                if stage.name in self.choose_stages():
-                    self.build_stage(stage)
-                elif stage.name not in self.sessions:
-                    for idx in range(len(stage.steps) + 1):
-                        self.report(stage, idx, cached=True)
+            # Steps see umask 022 whatever the caller's (RUN inherits it; so do the dirs
+            # FROM makes): the image must not depend on it. The output file keeps the caller's.
+            caller_umask = os.umask(BUILD_UMASK)
+            try:
+                for stage in self.stages:
+                    if stage.name in self.choose_stages():
+                        self.build_stage(stage)
+                    elif stage.name not in self.sessions:
+                        for idx in range(len(stage.steps) + 1):
+                            self.report(stage, idx, cached=True)
+            finally:
+                os.umask(caller_umask)
             return self.write_image(final)
         finally:
             remove_tree(self.work_root)
