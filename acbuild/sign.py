@@ -14,10 +14,10 @@ is left as it was.
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from acbuild.atomic import fsync_dir, temp_beside
 from acbuild.errors import NotFoundError, SignatureError
 from acbuild.gpg import last_gpg_message, open_gpg
 
@@ -87,7 +87,7 @@ def sign_file(path: Path, *, key: str | None = None, gpg_home: Path | None = Non
     except OSError as e:
         tmp.unlink(missing_ok=True)
         raise SignatureError(f"write {out}: {e.strerror}") from e
-    _fsync_dir(out.parent)
+    fsync_dir(out.parent)
     return out
 
 
@@ -124,31 +124,12 @@ def replace_together(new_aci_tmp: Path, new_asc_tmp: Path | None, out: Path) -> 
             os.replace(new_asc_tmp, old_asc)
     except OSError as e:
         raise SignatureError(f"write {out}: {e.strerror}") from e
-    _fsync_dir(out.parent)
+    fsync_dir(out.parent)
 
 
 def _write_temp(final: Path, data: bytes) -> Path:
     """`data` in a fsynced temp file beside `final`."""
     try:
-        fd, name = tempfile.mkstemp(prefix=f".{final.name}.", dir=final.parent)
+        return temp_beside(final, data)
     except OSError as e:
         raise SignatureError(f"write {final}: {e.strerror}") from e
-    tmp = Path(name)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise SignatureError(f"write {final}: {e.strerror}") from e
-    return tmp
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

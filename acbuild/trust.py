@@ -30,11 +30,11 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from acbuild.atomic import write_atomic
 from acbuild.errors import NotFoundError, SignatureError, UsageError
 from acbuild.gpg import FINGERPRINT_RE, KeyInfo, export_armored, scan_keys
 
@@ -199,18 +199,6 @@ def _scan_root(root: Path) -> Iterator[tuple[Path, str | None]]:
 def _write_atomic(path: Path, data: bytes) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        write_atomic(path, data)
     except OSError as e:
         raise SignatureError(f"write {path}: {e.strerror} (use --trust-dir or ACBUILD_TRUST_DIR for another store)") from e
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException as e:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(e, OSError):
-            raise SignatureError(f"write {path}: {e.strerror}") from e
-        raise

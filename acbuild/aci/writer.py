@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from acbuild.aci.pgzip import ParallelGzipWriter
+from acbuild.atomic import fsync_dir
 from acbuild.errors import ImageError, UsageError
 
 DEFAULT_SOURCE_DATE_EPOCH = 0
@@ -241,7 +242,7 @@ class AciSink:
             self._raw.close()
             os.replace(self._tmp, self.out)
             self._tmp = None
-            _fsync_dir(self.out.parent)
+            fsync_dir(self.out.parent)
         except OSError as e:
             raise ImageError(f"write {self.out}: {e}") from e
         return "sha512-" + self._hash.hexdigest()
@@ -277,14 +278,6 @@ def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _compressor(raw: BinaryIO, compression: str) -> BinaryIO:

@@ -21,6 +21,7 @@ from pathlib import Path
 from acbuild import plan as p
 from acbuild.aci import manifest as m
 from acbuild.aci.types import host_os_arch
+from acbuild.atomic import write_atomic
 from acbuild.engine.copy import CopyAttrs, copy_into_rootfs, make_dirs
 from acbuild.engine.layers import copy_up
 from acbuild.engine.paths import resolve_in_root
@@ -88,13 +89,7 @@ class Session:
 
     def save(self) -> None:
         """Write the manifest state atomically (temp + fsync + rename)."""
-        target = self.workdir / "manifest"
-        tmp = target.with_name(".manifest.tmp")
-        with open(tmp, "wb") as f:
-            f.write(self.manifest.to_json())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
+        write_atomic(self.workdir / "manifest", self.manifest.to_json())
 
     # -- instructions -------------------------------------------------------------
 

@@ -33,6 +33,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from acbuild.atomic import write_atomic
 from acbuild.errors import AcbuildError, NotFoundError
 
 STATE_DIR = ".acbuild"
@@ -132,13 +133,7 @@ class WorkPath:
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
     try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        write_atomic(path, data)
     except OSError as e:
-        tmp.unlink(missing_ok=True)
         raise AcbuildError(f"write {path}: {e.strerror}") from e
