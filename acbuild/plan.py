@@ -20,7 +20,8 @@ from acbuild.errors import ARGV, SourcePos
 
 def _q(word: str) -> str:
     """Quote a word for an ACIfile line, only when it needs it. Inside double
-    quotes the compiler takes \\, \" and \$ as escapes, so "$HOME" stays literal."""
+    quotes the compiler reads a backslash before a backslash, a quote or a dollar
+    sign as an escape, so a value like "$HOME/x" stays literal."""
     if word and all(c.isascii() and (c.isalnum() or c in "-_./:=@%+,~*?[]{}") for c in word):
         return word
     escaped = word.replace("\\", "\\\\").replace('"', '\\"').replace("$", "\\$")
