@@ -181,20 +181,9 @@ def build_metadata(result, output: Path, options) -> dict:
 
 
 def write_atomic(path: Path, text: str) -> None:
-    import tempfile
+    from acbuild import atomic
 
-    directory = path.parent if str(path.parent) else Path(".")
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=directory)
+        atomic.write_atomic(path, text.encode())
     except OSError as err:
         raise UsageError(f"write {path}: {err.strerror}") from err
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

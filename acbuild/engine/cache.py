@@ -390,16 +390,9 @@ def _image_size(path: Path) -> int:
 
 
 def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w") as f:
-            json.dump(data, f, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    from acbuild.atomic import write_atomic
+
+    write_atomic(path, json.dumps(data, sort_keys=True).encode())
 
 
 def _rmtree(path: Path) -> None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -65,17 +64,10 @@ class StatCache:
     def save(self) -> None:
         if self.path is None or not self.dirty:
             return
+        from acbuild.atomic import write_atomic
+
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".stat.", dir=self.path.parent)
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump({"version": _VERSION, "entries": self.entries}, f, separators=(",", ":"))
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomic(self.path, json.dumps({"version": _VERSION, "entries": self.entries}, separators=(",", ":")).encode())
         self.dirty = False
 
 
