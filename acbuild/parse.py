@@ -76,8 +76,23 @@ class Statement:
 def _parser():
     from lark import Lark
 
-    grammar = _grammar_text()
-    return Lark(grammar, parser="lalr", lexer="contextual", propagate_positions=True, maybe_placeholders=False)
+    options = dict(parser="lalr", lexer="contextual", propagate_positions=True, maybe_placeholders=False)
+    try:
+        return Lark(_grammar_text(), cache=_grammar_cache_file(), **options)
+    except OSError:  # an unwritable cache dir only costs the ~30 ms of building the tables
+        return Lark(_grammar_text(), **options)
+
+
+def _grammar_cache_file() -> str:
+    """Lark's compiled tables, in the user's own cache dir. (Lark's default is a
+    predictable name in the shared /tmp, which it unpickles: not for a tool run as root.)"""
+    from acbuild.dirs import cache_root
+
+    directory = cache_root()
+    directory.mkdir(parents=True, exist_ok=True)
+    from lark import __version__ as lark_version
+
+    return str(directory / f"acifile-grammar-{lark_version}.lark-cache")
 
 
 def _grammar_text() -> str:

@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "acbuild"
 
 # Lowest first. A module's layer is the first prefix that matches its name.
 LAYERS = [
-    ("errors", ["acbuild.errors", "acbuild.atomic", "acbuild.__init__", "acbuild"]),
+    ("errors", ["acbuild.errors", "acbuild.atomic", "acbuild.dirs", "acbuild.__init__", "acbuild"]),
     ("values", ["acbuild.aci.types"]),
     ("plan", ["acbuild.plan"]),
     ("parse", ["acbuild.parse", "acbuild.compile"]),

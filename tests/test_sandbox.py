@@ -120,7 +120,7 @@ def test_exit_status_propagates(rootfs, tmp_path):
 
 
 def test_background_processes_die_with_the_command(rootfs, tmp_path):
-    assert sh(rootfs, "sleep 4242 & (setsid sleep 4242 &) ; exit 0", tmp_path)[0] == 0
+    assert sh(rootfs, f"sleep {SLEEP} & (setsid sleep {SLEEP} &) ; exit 0", tmp_path)[0] == 0
     assert sleepers() == []  # PID 1 left, so the kernel killed the rest of the namespace
 
 
@@ -273,9 +273,9 @@ DRIVER = """
 import sys
 from pathlib import Path
 from acbuild.engine.sandbox import Bind, SandboxSpec, run_sandboxed
-root, mark = Path(sys.argv[1]), Path(sys.argv[2])
+root, mark, seconds = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
 try:
-    run_sandboxed(SandboxSpec(root, ("/bin/sh", "-c", "touch /mark/started; sleep 4242; echo no"), (),
+    run_sandboxed(SandboxSpec(root, ("/bin/sh", "-c", f"touch /mark/started; sleep {seconds}; echo no"), (),
                               binds=(Bind(mark, "/mark", read_only=False),)))
     print("finished")
 except KeyboardInterrupt:
@@ -284,12 +284,16 @@ except KeyboardInterrupt:
 """
 
 
+# Unique to this test run, so another run on the machine (CI beside a developer) never counts.
+SLEEP = 4000 + os.getpid() % 5000
+
+
 def sleepers() -> list[int]:
     found = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                if b"4242" in (entry / "cmdline").read_bytes():
+                if f"sleep\0{SLEEP}".encode() in (entry / "cmdline").read_bytes():
                     found.append(int(entry.name))
             except OSError:
                 pass
@@ -303,7 +307,7 @@ def test_interrupt_kills_the_tree_and_cleans_up(rootfs, tmp_path, sig):
     (tmp_path / "driver.py").write_text(textwrap.dedent(DRIVER))
     before = listing(rootfs)
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    driver = subprocess.Popen([sys.executable, str(tmp_path / "driver.py"), str(rootfs), str(mark)],
+    driver = subprocess.Popen([sys.executable, str(tmp_path / "driver.py"), str(rootfs), str(mark), str(SLEEP)],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         deadline = time.monotonic() + 30

@@ -123,7 +123,7 @@ def run(args) -> int:
     from acbuild.engine.ignore import load_ignore
     from acbuild.engine.progress import Progress
     from acbuild.engine.session import BuildOptions
-    from acbuild.engine.store import cache_root
+    from acbuild.dirs import cache_root
 
     config = load_config(args.config)
     acifile, plan = compile_from_args(args)

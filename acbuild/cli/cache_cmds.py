@@ -63,7 +63,7 @@ def run(args) -> int:
 
     from acbuild.engine.build import remove_tree
     from acbuild.engine.cache import StepCache
-    from acbuild.engine.store import cache_root
+    from acbuild.dirs import cache_root
 
     cache = StepCache((args.cache_dir or cache_root()).absolute())
     if args.action == "list":

@@ -60,7 +60,7 @@ def _bind(session, mount: p.BindMount, i: p.Run, bind_type):
 
 def cache_mount_dir(session, mount: p.BindMount) -> Path:
     """A persistent directory for RUN --mount=type=cache, keyed by id (or target)."""
-    from acbuild.engine.store import cache_root
+    from acbuild.dirs import cache_root
 
     key = hashlib.sha256((mount.id or mount.target).encode()).hexdigest()[:32]
     path = (session.options.cache_dir or cache_root()) / "run-mounts" / key

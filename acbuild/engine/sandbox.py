@@ -470,6 +470,7 @@ def _exec_command(spec: SandboxSpec, ids: tuple[int, int, tuple[int, ...]] | Non
             os.setgroups(list(groups))
             os.setgid(gid)
             os.setuid(uid)
+        os.umask(0o022)  # as in a container: the caller's umask must not shape the image
         what = f"chdir {spec.cwd}"
         os.chdir(spec.cwd)
         env = dict(spec.env)

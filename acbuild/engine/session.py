@@ -71,7 +71,8 @@ class Session:
         workdir.mkdir(parents=True, exist_ok=True)
         rootfs = workdir / "rootfs"
         if base.base == "scratch":
-            rootfs.mkdir(mode=0o755)
+            rootfs.mkdir()
+            os.chmod(rootfs, 0o755)  # not the caller's umask: the image must not depend on it
             manifest = default_manifest()
         else:
             manifest = _start_from_base(base, rootfs, options)

@@ -1,4 +1,4 @@
-"""Where acbuild keeps data that lasts between builds (XDG cache directory)."""
+"""Where acbuild keeps data that lasts between runs (XDG base directories)."""
 
 from __future__ import annotations
 
