@@ -130,8 +130,7 @@ def test_damaged_entries_are_rebuilt_never_used(tmp_path):
     # 2. a file truncated inside the last tree snapshot (the RUN's): that entry and the
     # manifest-only entry after it are dropped, the build restores the COPY before it
     os.unlink(next((cache / "images").glob("*.aci")))
-    run_state = cache / "steps" / keys[5] / "state/rootfs/joined"
-    os.truncate(run_state, 1)
+    os.truncate(snapshot_file(cache, keys[5], "/rootfs/joined"), 1)
     meta = build(ctx, tmp_path / "c.aci", cache)
     assert hits(meta) == ["hit"] * 5 + ["miss"] * 2
     assert (tmp_path / "c.aci").read_bytes() == good_bytes
@@ -145,13 +144,20 @@ def test_damaged_entries_are_rebuilt_never_used(tmp_path):
     assert (tmp_path / "d.aci").read_bytes() == good_bytes
 
 
+def snapshot_file(cache: Path, key: str, path: str) -> Path | None:
+    """The hard link a tree snapshot keeps for `path` (e.g. "/rootfs/a.txt"), per its tree.json."""
+    records = json.loads((cache / "steps" / key / "tree.json").read_bytes())
+    number = next((r[7] for r in records if r[0] == path and r[1] == "f"), None)
+    return None if number is None else cache / "steps" / key / "files" / str(number)
+
+
 def snapshot_files(cache: Path) -> dict[tuple[str, str], tuple[bytes, int]]:
     out = {}
     for key, meta in entries(cache).items():
-        state = cache / "steps" / key / "state/rootfs"
         for name in ("a.txt", "tree/one"):
-            if meta["tree"] == key and (state / name).exists():
-                out[key, name] = ((state / name).read_bytes(), (state / name).stat().st_mode)
+            kept = snapshot_file(cache, key, f"/rootfs/{name}") if meta["tree"] == key else None
+            if kept is not None:
+                out[key, name] = (kept.read_bytes(), kept.stat().st_mode)
     return out
 
 
