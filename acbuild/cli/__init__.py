@@ -34,6 +34,25 @@ COMMANDS = [
     "verbs_script",
 ]
 
+# Which module defines each command: `acbuild CMD ...` imports and builds only that
+# module's parsers (start-up matters for interactive verbs); --help builds all.
+# tests/test_cli.py checks this table against what the modules register.
+COMMAND_MODULES = {
+    "build": "build", "plan": "plan", "pack": "pack", "validate": "validate",
+    "cat-manifest": "manifest_cmds", "patch-manifest": "manifest_cmds", "image-id": "image_id",
+    "sign": "sign_cmds", "trust": "sign_cmds", "verify": "sign_cmds", "cache": "cache_cmds",
+    "launch": "launch", "script": "verbs_script",
+    **dict.fromkeys(
+        ["begin", "copy", "copy-to-dir", "run", "set-exec", "set-event-handler", "set-name", "set-user",
+         "set-group", "set-working-directory", "set-wd", "set-working-dir", "set-supp-groups",
+         "set-supplementary-groups", "replace-manifest", "write", "end", "history"],
+        "session_verbs",
+    ),
+    **dict.fromkeys(["label", "annotation", "environment", "env", "isolator", "mount", "port", "dependency", "dep"],
+                    "verbs_manifest"),
+}
+GLOBAL_OPTIONS_WITH_VALUE = {"--work-path", "--modify"}
+
 EPILOG = """\
 exit status:
   0  success
@@ -53,7 +72,8 @@ class ArgumentParser(argparse.ArgumentParser):
         raise UsageError(f"{command}: {message}" if command else message)
 
 
-def build_parser() -> ArgumentParser:
+def build_parser(command: str | None = None) -> ArgumentParser:
+    """The parser; with a known `command`, only the module that defines it is loaded."""
     parser = ArgumentParser(
         prog="acbuild",
         description="Build, sign, verify and ship App Container Images (appc .aci).",
@@ -64,9 +84,20 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="print tracebacks and what the sandbox does")
     importlib.import_module("acbuild.cli.session_verbs").add_global_options(parser)  # --work-path, --modify
     sub = parser.add_subparsers(title="commands", metavar="COMMAND", parser_class=ArgumentParser)
-    for name in COMMANDS:
+    for name in [COMMAND_MODULES[command]] if command in COMMAND_MODULES else COMMANDS:
         importlib.import_module(f"acbuild.cli.{name}").add_parser(sub)
     return parser
+
+
+def command_of(argv: list[str]) -> str | None:
+    """The command word in argv, skipping global options (and their values)."""
+    words = iter(argv)
+    for word in words:
+        if word in GLOBAL_OPTIONS_WITH_VALUE:
+            next(words, None)
+        elif word == "--" or not word.startswith("-"):
+            return None if word == "--" else word
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -76,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     debug = "--debug" in argv or bool(os.environ.get("ACBUILD_DEBUG"))
     try:
-        parser = build_parser()
+        parser = build_parser(command_of(argv))
         args = parser.parse_args(argv)
         if not hasattr(args, "run"):
             parser.print_help(sys.stderr)

@@ -1,0 +1,48 @@
+"""The command line as a whole: the command table, help, exit codes."""
+
+from __future__ import annotations
+
+import importlib
+import subprocess
+import sys
+
+import pytest
+
+from acbuild.cli import COMMAND_MODULES, COMMANDS, ArgumentParser, build_parser, command_of
+
+
+def registered_by(module: str) -> set[str]:
+    parser = ArgumentParser(prog="acbuild")
+    sub = parser.add_subparsers()
+    importlib.import_module(f"acbuild.cli.{module}").add_parser(sub)
+    return set(sub.choices)
+
+
+def test_command_table_matches_what_the_modules_register():
+    for module in COMMANDS:
+        assert registered_by(module) == {c for c, m in COMMAND_MODULES.items() if m == module}, module
+
+
+@pytest.mark.parametrize(
+    "argv, command",
+    [(["run", "--", "true"], "run"), (["--work-path", "/x", "label", "add"], "label"),
+     (["--modify", "a.aci", "env", "add"], "env"), (["--debug", "build"], "build"), (["--help"], None)],
+)
+def test_command_of(argv, command):
+    assert command_of(argv) == command
+
+
+def test_every_command_has_help_with_a_description():
+    parser = build_parser()
+    sub = next(a for a in parser._actions if getattr(a, "choices", None))
+    assert set(sub.choices) == set(COMMAND_MODULES)
+    for name, command in sub.choices.items():
+        assert command.description, f"acbuild {name} --help has no description"
+        assert command.format_help().startswith("usage: acbuild"), name
+
+
+@pytest.mark.parametrize("argv, code", [(["nosuchverb"], 3), (["build"], 3), ([], 3), (["--version"], 0)])
+def test_exit_codes_and_no_traceback(argv, code):
+    result = subprocess.run([sys.executable, "-m", "acbuild", *argv], capture_output=True, text=True)
+    assert result.returncode == code
+    assert "Traceback" not in result.stderr
