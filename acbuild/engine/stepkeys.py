@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import operator
 import os
 import stat
 from pathlib import Path
@@ -63,6 +64,9 @@ def canonical(i: p.Instruction) -> str:
     data.pop("alias", None)  # renaming a stage does not change what it holds
     data.pop("from_stage", None)  # replaced by the source stage's key
     return json.dumps(data, sort_keys=True, separators=(",", ":"))
+
+
+_by_name = operator.attrgetter("name")
 
 
 class KeyMaker:
@@ -143,24 +147,38 @@ class KeyMaker:
         return h.hexdigest()
 
     def _walk(self, h, path, rel: str, st: os.stat_result, exec_bit: bool, full_modes: bool, ignore) -> None:
-        """Feed one entry (and a directory's entries, sorted) to h. Hot on no-op rebuilds:
-        one lstat per entry, no reads when the stat cache knows the file."""
-        mode = stat.S_IMODE(st.st_mode) if full_modes else (0o111 if exec_bit and st.st_mode & 0o111 else 0)
-        name = rel.encode("utf-8", "surrogateescape")
-        if stat.S_ISDIR(st.st_mode):
-            h.update(b"D %s %o\n" % (name, mode if full_modes else 0))
-            with os.scandir(path) as it:
-                entries = sorted(it, key=lambda e: e.name)
-            prefix = "" if rel == "." else rel + "/"
-            for entry in entries:
-                child = prefix + entry.name
-                if ignore is not None and ignore(child):
-                    continue
-                self._walk(h, entry.path, child, entry.stat(follow_symlinks=False), exec_bit, full_modes, ignore)
-        elif stat.S_ISREG(st.st_mode):
-            digest = self.stat.digest(path if isinstance(path, str) else os.fspath(path), st)
-            h.update(b"F %s %o %s\n" % (name, mode, digest.encode()))
-        elif stat.S_ISLNK(st.st_mode):
-            h.update(b"L %s %s\n" % (name, os.fsencode(os.readlink(path))))
-        elif full_modes:
-            h.update(b"O %s %o %d\n" % (name, st.st_mode, st.st_rdev))
+        """Feed one entry (and a directory's entries, sorted) to h. Hot on no-op rebuilds
+        (20,000 files: one lstat each, no reads when the stat cache knows the file), so
+        a directory's regular files are handled inline rather than by recursion."""
+        update, digest = h.update, self.stat.digest
+
+        def mode_of(st_mode: int) -> int:
+            if full_modes:
+                return stat.S_IMODE(st_mode)
+            return 0o111 if exec_bit and st_mode & 0o111 else 0
+
+        def visit(path, rel: str, st: os.stat_result) -> None:
+            name = rel.encode("utf-8", "surrogateescape")
+            if stat.S_ISDIR(st.st_mode):
+                update(b"D %s %o\n" % (name, stat.S_IMODE(st.st_mode) if full_modes else 0))
+                with os.scandir(path) as it:
+                    entries = sorted(it, key=_by_name)
+                prefix = "" if rel == "." else rel + "/"
+                for entry in entries:
+                    child = prefix + entry.name
+                    if ignore is not None and ignore(child):
+                        continue
+                    child_st = entry.stat(follow_symlinks=False)
+                    if stat.S_ISREG(child_st.st_mode):  # the common case, inline
+                        update(b"F %s %o %s\n" % (child.encode("utf-8", "surrogateescape"), mode_of(child_st.st_mode),
+                                                   digest(entry.path, child_st).encode()))
+                    else:
+                        visit(entry.path, child, child_st)
+            elif stat.S_ISREG(st.st_mode):
+                update(b"F %s %o %s\n" % (name, mode_of(st.st_mode), digest(os.fspath(path), st).encode()))
+            elif stat.S_ISLNK(st.st_mode):
+                update(b"L %s %s\n" % (name, os.fsencode(os.readlink(path))))
+            elif full_modes:
+                update(b"O %s %o %d\n" % (name, st.st_mode, st.st_rdev))
+
+        visit(path, rel, st)
