@@ -268,3 +268,46 @@ def test_interrupted_build_leaves_nothing_behind(tmp_path, sig):
     ctx2 = busybox_context(tmp_path / "again", "RUN true\n")
     acbuild("build", "-f", ctx2 / "ACIfile", "-o", out)
     assert out.exists()
+
+
+def test_copy_never_reaches_outside_the_context_through_symlinks(tmp_path):
+    """A build context is untrusted: its symlinks resolve inside it, as in a chroot,
+    and nothing COPY does to the image may touch the host (a reviewer's exploit:
+    COPY --chown --chmod through a link used to chown/chmod the link's host target)."""
+    victim = tmp_path / "victim"
+    victim.write_text("host file")
+    os.chmod(victim, 0o600)
+    before = victim.stat()
+    outside = tmp_path / "outdir"
+    outside.mkdir()
+    (outside / "secret").write_text("secret")
+    ctx = tmp_path / "ctx"
+    (ctx / "sub").mkdir(parents=True)
+    (ctx / "inside.txt").write_text("inside")
+    (ctx / "abs-link").symlink_to(victim)            # absolute: resolves to ctx/<victim path>
+    (ctx / "rel-link").symlink_to("../victim")       # relative: .. stops at the context root
+    (ctx / "inner-link").symlink_to("inside.txt")    # stays inside: followed
+    (ctx / "dir-link").symlink_to(outside)
+    (ctx / "sub/deep").symlink_to("../../outdir")
+    for line, message in [
+        ("COPY --chown=1234:5678 --chmod=4777 abs-link /x", 'COPY: "abs-link" not found in the build context'),
+        ("COPY rel-link /x", 'COPY: "rel-link" not found'),
+        ("COPY dir-link /d/", 'COPY: "dir-link" not found'),
+        ("COPY dir-link/* /g/", 'COPY: "dir-link/*" not found'),
+        ("COPY sub/deep/secret /s", 'COPY: "sub/deep/secret" not found'),
+    ]:
+        (ctx / "ACIfile").write_text(f"FROM scratch\nNAME example.com/t\n{line}\n")
+        result = acbuild("build", "--no-cache", "-f", ctx / "ACIfile", "-o", tmp_path / "t.aci", check=False)
+        assert result.returncode == 1 and message in result.stderr, (line, result.stderr)
+    after = victim.stat()
+    assert (after.st_mode, after.st_uid, after.st_gid, after.st_mtime_ns) == (
+        before.st_mode, before.st_uid, before.st_gid, before.st_mtime_ns)
+    # A link that stays inside is followed; links inside copied trees stay links.
+    (ctx / "ACIfile").write_text("FROM scratch\nNAME example.com/t\nCOPY --chmod=640 inner-link /x\nCOPY sub /sub\n")
+    acbuild("build", "--no-cache", "-f", ctx / "ACIfile", "-o", tmp_path / "t.aci")
+    with tarfile.open(tmp_path / "t.aci") as tar:
+        x = tar.getmember("rootfs/x")
+        assert x.isfile() and x.mode == 0o640 and tar.extractfile(x).read() == b"inside"
+        deep = tar.getmember("rootfs/sub/deep")
+        assert deep.issym() and deep.linkname == "../../outdir"
+    assert victim.stat().st_mode & 0o7777 == 0o600

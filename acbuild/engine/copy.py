@@ -16,6 +16,7 @@ and the work dir is thrown away), idempotent for the same inputs.
 
 from __future__ import annotations
 
+import errno
 import glob
 import os
 import posixpath
@@ -52,56 +53,64 @@ def copy_into_rootfs(
 ) -> list[str]:
     """Copy sources (relative to source_root) to dest inside rootfs. Returns the
     image paths written. `ignore(relpath) -> bool` filters context files."""
-    matches: list[tuple[str, Path]] = []
-    for src in sources:
-        found = _expand(source_root, src, source_in_rootfs)
-        if ignore is not None:  # .acbuildignore hides top-level sources and glob matches too
-            found = [(rel, host) for rel, host in found if rel == "." or not ignore(rel)]
-        if not found:
-            where = "the source stage" if source_in_rootfs else "the build context"
-            raise BuildError(f'COPY: "{src}" not found in {where}', pos)
-        matches.extend(found)
+    matches = select_sources(source_root, sources, pos, source_in_rootfs=source_in_rootfs, ignore=ignore)
     dest_is_dir = dest.endswith("/") or len(matches) > 1
     if len(matches) > 1 and not dest.endswith("/"):
         raise BuildError(f'COPY: with several sources the destination must be a directory ending in "/" (got "{dest}")', pos)
-    dest_host = resolve_in_root(rootfs, dest)
-    if dest_host.is_dir():
-        dest_is_dir = True
-    written: list[str] = []
-    for rel, host in matches:
-        st = os.stat(host) if not source_in_rootfs else os.lstat(host)
-        if stat.S_ISLNK(st.st_mode):
-            st = os.stat(resolve_in_root(source_root, rel))
-            host = resolve_in_root(source_root, rel)
-        if stat.S_ISDIR(st.st_mode):
-            target = dest_host
-            make_dirs(rootfs, target, attrs)
-            _copy_tree(host, target, rootfs, attrs, rel, ignore, written)
-        else:
-            target = dest_host / posixpath.basename(rel) if dest_is_dir else dest_host
-            make_dirs(rootfs, target.parent, attrs)
-            _copy_entry(host, target, attrs, st)
-            written.append(_image_path(rootfs, target))
+    try:
+        dest_host = resolve_in_root(rootfs, dest)
+        if dest_host.is_dir():
+            dest_is_dir = True
+        written: list[str] = []
+        for rel, host, st in matches:
+            if stat.S_ISDIR(st.st_mode):
+                make_dirs(rootfs, dest_host, attrs)
+                _copy_tree(host, dest_host, rootfs, attrs, rel, ignore, written)
+            else:
+                target = dest_host / posixpath.basename(rel) if dest_is_dir else dest_host
+                make_dirs(rootfs, target.parent, attrs)
+                _copy_entry(host, target, attrs, st)
+                written.append(_image_path(rootfs, target))
+    except OSError as err:
+        raise BuildError(f"COPY: {err.filename or dest}: {err.strerror}", pos) from err
     return written
 
 
-def _expand(root: Path, src: str, in_rootfs: bool) -> list[tuple[str, Path]]:
-    rel = posixpath.normpath(src.lstrip("/")) if in_rootfs else posixpath.normpath(src)
-    if rel in ("", "."):
-        return [(".", root)]
-    if _GLOB_CHARS & set(rel):
-        names = sorted(glob.glob(rel, root_dir=root))
-        return [(name, _resolve(root, name, in_rootfs)) for name in names]
-    host = _resolve(root, rel, in_rootfs)
-    return [(rel, host)] if os.path.lexists(host) else []
-
-
-def _resolve(root: Path, rel: str, in_rootfs: bool) -> Path:
-    if in_rootfs:
-        return resolve_in_root(root, rel, follow_last=False)
-    # A context path through a symlink that leads outside the context is refused
-    # by resolving within it, as in the rootfs.
-    return resolve_in_root(root, rel, follow_last=False)
+def select_sources(
+    source_root: Path, sources: tuple[str, ...], pos: SourcePos, *, source_in_rootfs: bool = False, ignore=None
+) -> list[tuple[str, Path, os.stat_result]]:
+    """What a COPY takes: (relative name, host path, lstat) per source or glob match,
+    every path resolved inside source_root as a chroot would, so a symlink (at the
+    top or in a glob's directories) can never reach outside it. The cache key
+    (engine.stepkeys) hashes exactly this selection."""
+    where = "the source stage" if source_in_rootfs else "the build context"
+    selected = []
+    for src in sources:
+        rel = posixpath.normpath(src.lstrip("/")) if source_in_rootfs else posixpath.normpath(src)
+        if rel in ("", "."):
+            names = ["."]
+        elif _GLOB_CHARS & set(rel):
+            # glob walks the host's view; each match is then resolved inside the root, and
+            # a match that only exists through a link leading outside is dropped.
+            names = sorted(glob.glob(rel, root_dir=source_root, include_hidden=True))
+        else:
+            names = [rel]
+        found = []
+        for name in names:
+            if ignore is not None and name != "." and ignore(name):
+                continue  # .acbuildignore hides top-level sources and glob matches too
+            try:
+                host = resolve_in_root(source_root, name)  # a top-level symlink is followed, inside the root
+                st = os.lstat(host)
+            except OSError as err:
+                if err.errno == 40:  # ELOOP
+                    raise BuildError(f'COPY: "{src}": too many levels of symbolic links', pos) from err
+                continue
+            found.append((name, host, st))
+        if not found:
+            raise BuildError(f'COPY: "{src}" not found in {where}', pos)
+        selected.extend(found)
+    return selected
 
 
 def _image_path(rootfs: Path, host: Path) -> str:
@@ -121,11 +130,15 @@ def make_dirs(rootfs: Path, path: Path, attrs: CopyAttrs) -> None:
 
 
 def _set_attrs(path: Path, mode: int, attrs: CopyAttrs, *, link: bool = False) -> None:
+    """Owner, mode and mtime of a path in the rootfs, never following a symlink:
+    a link in an image may point anywhere on the host."""
     if attrs.chown_allowed:
-        os.chown(path, attrs.uid, attrs.gid, follow_symlinks=not link)
+        os.chown(path, attrs.uid, attrs.gid, follow_symlinks=False)
     if not link:
+        if stat.S_ISLNK(os.lstat(path).st_mode):  # Linux chmod cannot refuse to follow
+            raise OSError(errno.ELOOP, "refusing to change a mode through a symlink", str(path))
         os.chmod(path, mode)
-    os.utime(path, (attrs.mtime, attrs.mtime), follow_symlinks=not link)
+    os.utime(path, (attrs.mtime, attrs.mtime), follow_symlinks=False)
 
 
 def _mode_for(st: os.stat_result, attrs: CopyAttrs) -> int:

@@ -30,7 +30,7 @@ import stat
 from pathlib import Path
 
 from acbuild import plan as p
-from acbuild.engine.copy import _expand
+from acbuild.engine.copy import select_sources
 from acbuild.engine.paths import resolve_in_root
 from acbuild.engine.statcache import StatCache
 from acbuild.errors import AcbuildError
@@ -123,22 +123,16 @@ class KeyMaker:
         exec_bit = step.chmod is None
         context = self.options.context
         ignore = self.options.ignore
-        for src in step.sources:
+        try:
+            matches = select_sources(context, step.sources, step.pos, ignore=ignore)
+        except AcbuildError as err:  # the COPY itself will fail with this message
+            return f"error {err.message}"
+        for rel, host, st in matches:
+            h.update(f"S {rel}\n".encode("utf-8", "surrogateescape"))
             try:
-                matches = _expand(context, src, False)
-            except (OSError, AcbuildError) as err:
-                h.update(f"E {src} {err}\n".encode())
-                continue
-            for rel, host in matches:
-                if ignore is not None and rel != "." and ignore(rel):
-                    continue
-                h.update(f"S {rel}\n".encode("utf-8", "surrogateescape"))
-                try:
-                    if os.path.islink(host):  # a top-level symlink source is followed
-                        host = resolve_in_root(context, rel)
-                    self._walk(h, host, rel, os.stat(host), exec_bit, False, ignore)
-                except (OSError, AcbuildError) as err:
-                    h.update(f"E {rel} {err}\n".encode())
+                self._walk(h, host, rel, st, exec_bit, False, ignore)
+            except OSError as err:
+                h.update(f"E {rel} {err}\n".encode())
         return h.hexdigest()
 
     def tree_digest(self, top: Path, *, full_modes: bool) -> str:
