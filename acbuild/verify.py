@@ -13,7 +13,6 @@ For the engine (`FROM`, `begin`, `launch`): `check_image()` applies the policy
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,17 +35,18 @@ class Signer:
 
 
 def image_name_of(aci: Path) -> str:
-    """The `name` in the image's manifest."""
+    """The `name` in the image's manifest, decoded exactly as everything else in
+    acbuild (and Go) decodes it: keys match case-insensitively and the last one
+    wins. A reader of its own could be shown {"name": A, "NAME": B} and check the
+    keys for A while the image is used as B."""
     from acbuild.aci.archive import read_aci
+    from acbuild.aci.manifest import ImageManifest
+    from acbuild.errors import ManifestError
 
     try:
-        manifest = json.loads(read_aci(aci).manifest_bytes or b"null")
-    except ValueError as e:
-        raise ImageError(f"{aci}: the manifest is not JSON ({e})") from e
-    name = manifest.get("name") if isinstance(manifest, dict) else None
-    if not isinstance(name, str) or not name:
-        raise ImageError(f"{aci}: no image name in the manifest")
-    return name
+        return ImageManifest.from_json(read_aci(aci).manifest_bytes or b"null").name
+    except ManifestError as e:
+        raise ImageError(f"{aci}: {e.message}") from e
 
 
 def name_for_verification(aci: Path, signature: Path | None, store: TrustStore) -> str:
@@ -114,7 +114,7 @@ def _judge(result, aci: Path, name: str, store: TrustStore, trusted: list[Truste
         raise SignatureError(f"{aci}: signature not valid: {reason}")
     match = [k for k in trusted if k.fingerprint == primary]
     if not match:  # cannot happen: gpg only knew the trusted keys; stay safe anyway
-        raise SignatureError(f"{aci}: unknown signer: key {primary} is not trusted for {name}")
+        raise SignatureError(f"{aci}: internal error: gpg accepted key {primary}, which is not in the trust set for {name}")
     scopes = sorted(match, key=lambda k: k.prefix is not None)
     ts = getattr(result, "sig_timestamp", None)
     return Signer(
