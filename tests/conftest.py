@@ -1,11 +1,17 @@
 """Shared fixtures. actool (the reference validator) comes from .tools/ (make test
 puts it there) or $ACTOOL. It is a real part of the suite: a missing actool fails
-the tests that need it rather than skipping them."""
+the tests that need it rather than skipping them. Also: `require` (skip locally,
+fail in CI), the unprivileged user of the rootless tests, and GnuPG homes whose
+agents are stopped when their tests end."""
 
 from __future__ import annotations
 
 import os
+import pwd
 import shutil
+import subprocess
+import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -26,3 +32,98 @@ def actool() -> str:
     if not tool:
         pytest.fail("actool not found (run `make system-deps` or set ACTOOL)")
     return tool
+
+
+# ---------------------------------------------------------------- prerequisites
+
+
+def require(condition: bool, reason: str) -> None:
+    """Skip a test whose prerequisite (root, busybox, unshare, Debian's python3) is
+    missing on a developer's machine, but fail it under CI (CI=true): CI installs them
+    all, so a skip there would hide a broken CI machine."""
+    if condition:
+        return
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"CI is missing a prerequisite: {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+# ---------------------------------------------------------------- an unprivileged user
+
+TEST_USER = "acbuild-test"
+
+
+@pytest.fixture(scope="session")
+def unprivileged_user() -> Iterator[pwd.struct_passwd]:
+    """The user rootless tests run as. Created if missing, and then deleted (with its
+    home) when the session ends; a user that was already there is left alone."""
+    require(os.geteuid() == 0, "creating an unprivileged user needs root (CI is root)")
+    try:
+        pwd.getpwnam(TEST_USER)
+        created = False
+    except KeyError:
+        subprocess.run(["useradd", "-m", TEST_USER], check=True, capture_output=True)
+        created = True
+    yield pwd.getpwnam(TEST_USER)
+    if created:
+        gone = subprocess.run(["userdel", "-r", TEST_USER], capture_output=True, text=True)
+        assert gone.returncode == 0, f"userdel -r {TEST_USER}: {gone.stderr}"
+
+
+# ---------------------------------------------------------------- GnuPG homes
+
+
+class GpgHome:
+    """A throwaway GNUPGHOME. Made under /tmp, not pytest's deep basetemp, because
+    gpg-agent's socket path must stay short. No passphrase caching: a passphrase
+    (right or wrong) must really be checked on every signing."""
+
+    def __init__(self) -> None:
+        self.path = Path(tempfile.mkdtemp(prefix="acb-gpg.", dir="/tmp"))
+        os.chmod(self.path, 0o700)
+        (self.path / "gpg-agent.conf").write_text("default-cache-ttl 0\nmax-cache-ttl 0\n")
+
+    def gpg(self, *args: str | Path, check: bool = True, input: bytes | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run(["gpg", "--homedir", str(self.path), "--batch", *map(str, args)],
+                              input=input, capture_output=True, check=check)
+
+    def make_key(self, uid: str, *, passphrase: str | None = None, expire: str = "0",
+                 faked_time: str | None = None) -> str:
+        """A new ed25519 signing key for `uid`; returns its fingerprint (lowercase)."""
+        args = ["--pinentry-mode", "loopback", "--passphrase", passphrase or ""]
+        if faked_time:
+            args += ["--faked-system-time", faked_time]
+        self.gpg(*args, "--quick-gen-key", uid, "ed25519", "sign", expire)
+        return self.fingerprint(uid)
+
+    def fingerprint(self, who: str) -> str:
+        out = self.gpg("--with-colons", "--list-keys", who).stdout.decode()
+        return next(line.split(":")[9] for line in out.splitlines() if line.startswith("fpr:")).lower()
+
+    def export(self, fingerprint: str) -> bytes:
+        """The armored public key, what a signer hands out."""
+        return self.gpg("--armor", "--export", fingerprint).stdout
+
+    def close(self) -> None:
+        """Stop the agent gpg (or acbuild, through gpg) started here, then remove the home."""
+        subprocess.run(["gpgconf", "--homedir", str(self.path), "--kill", "gpg-agent"], capture_output=True)
+        shutil.rmtree(self.path, ignore_errors=True)
+
+
+def _gpg_homes() -> Iterator[Callable[[], GpgHome]]:
+    """Call it for each GNUPGHOME wanted; all are stopped and removed at teardown."""
+    made: list[GpgHome] = []
+
+    def make() -> GpgHome:
+        made.append(GpgHome())
+        return made[-1]
+
+    yield make
+    for home in made:
+        home.close()
+
+
+# Every test that runs gpg makes its homes here, so no gpg-agent outlives its test
+# (or, for module-scoped keys, its module). Call the fixture for each home wanted.
+gpg_homes = pytest.fixture(_gpg_homes, name="gpg_homes")
+module_gpg_homes = pytest.fixture(_gpg_homes, scope="module", name="module_gpg_homes")

@@ -5,11 +5,9 @@ from __future__ import annotations
 import io
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tarfile
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +18,7 @@ from acbuild.errors import NotFoundError, SignatureError, UsageError
 from acbuild.sign import publish, sign_file, SigningOptions
 from acbuild.trust import TrustStore
 from acbuild.verify import check_image, image_name_of, verify_image
+from conftest import GpgHome
 
 REPO = Path(__file__).resolve().parent.parent
 NAME = "example.com/hello"
@@ -37,51 +36,38 @@ class Key:
 
 
 class Keyring:
-    """A fresh GNUPGHOME (short path, for the agent socket) that makes keys."""
+    """A fresh GNUPGHOME (conftest's GpgHome) that makes keys and exports them to files."""
 
-    def __init__(self, home: Path, keydir: Path):
-        self.home, self.keydir = home, keydir
+    def __init__(self, gpg_home: GpgHome, keydir: Path):
+        self.gpg_home, self.home, self.keydir = gpg_home, gpg_home.path, keydir
 
     def gpg(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-        return subprocess.run(["gpg", "--homedir", str(self.home), "--batch", *args],
-                              capture_output=True, check=check)
+        return self.gpg_home.gpg(*args, check=check)
 
     def make(self, name: str, *, passphrase: str | None = None, expire: str = "0",
              faked_time: str | None = None) -> Key:
         uid = f"{name.title()} <{name}@example.com>"
-        args = ["--pinentry-mode", "loopback", "--passphrase", passphrase or ""]
-        if faked_time:
-            args += ["--faked-system-time", faked_time]
-        self.gpg(*args, "--quick-gen-key", uid, "ed25519", "sign", expire)
-        out = self.gpg("--with-colons", "--list-keys", uid).stdout.decode()
-        fpr = next(line.split(":")[9] for line in out.splitlines() if line.startswith("fpr:")).lower()
+        fpr = self.gpg_home.make_key(uid, passphrase=passphrase, expire=expire, faked_time=faked_time)
         return Key(fpr, uid, self.export(fpr, name), passphrase)
 
     def export(self, fpr: str, name: str) -> Path:
         pub = self.keydir / f"{name}.pub.asc"
-        pub.write_bytes(self.gpg("--armor", "--export", fpr).stdout)
+        pub.write_bytes(self.gpg_home.export(fpr))
         return pub
 
     def revoke(self, key: Key) -> Path:
         """Import the revocation certificate gpg made at key generation; export the revoked key."""
         cert = self.home / "openpgp-revocs.d" / f"{key.fingerprint.upper()}.rev"
         text = cert.read_text().replace(":-----BEGIN", "-----BEGIN")  # gpg guards it with a ':'
-        subprocess.run(["gpg", "--homedir", str(self.home), "--batch", "--import"],
-                       input=text.encode(), capture_output=True, check=True)
+        self.gpg_home.gpg("--import", input=text.encode())
         return self.export(key.fingerprint, "revoked")
 
 
 @pytest.fixture
-def keyring(tmp_path):
-    home = Path(tempfile.mkdtemp(prefix="acb-gpg.", dir="/tmp"))
-    os.chmod(home, 0o700)
-    # No passphrase caching: a wrong passphrase must really be checked each time.
-    (home / "gpg-agent.conf").write_text("default-cache-ttl 0\nmax-cache-ttl 0\n")
+def keyring(gpg_homes, tmp_path):
     keydir = tmp_path / "keys"
     keydir.mkdir()
-    yield Keyring(home, keydir)
-    subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "gpg-agent"], capture_output=True)
-    shutil.rmtree(home, ignore_errors=True)
+    return Keyring(gpg_homes(), keydir)
 
 
 @pytest.fixture
@@ -130,27 +116,19 @@ def signed(aci: Path, keyring: Keyring, key: Key) -> Path:
 # ---------------------------------------------------------------- signing
 
 
-def test_signature_checks_with_plain_gpg(keyring, aci):
+def test_signature_checks_with_plain_gpg(keyring, aci, gpg_homes):
     alice = keyring.make("alice")
     asc = signed(aci, keyring, alice)
     assert asc == aci.with_name("hello.aci.asc")
     assert asc.read_text().startswith("-----BEGIN PGP SIGNATURE-----")
     # An independent party: plain gpg with the public key alone.
-    other = Path(tempfile.mkdtemp(prefix="acb-ind.", dir="/tmp"))
-    try:
-        subprocess.run(["gpg", "--homedir", str(other), "--batch", "--import", str(alice.pub)],
-                       check=True, capture_output=True)
-        ok = subprocess.run(["gpg", "--homedir", str(other), "--batch", "--status-fd", "1",
-                             "--verify", str(asc), str(aci)], capture_output=True, text=True)
-        assert ok.returncode == 0, ok.stderr
-        assert f"VALIDSIG {alice.fingerprint.upper()}" in ok.stdout
-        aci.write_bytes(aci.read_bytes() + b"\0")
-        bad = subprocess.run(["gpg", "--homedir", str(other), "--batch", "--verify", str(asc), str(aci)],
-                             capture_output=True)
-        assert bad.returncode != 0
-    finally:
-        subprocess.run(["gpgconf", "--homedir", str(other), "--kill", "gpg-agent"], capture_output=True)
-        shutil.rmtree(other, ignore_errors=True)
+    other = gpg_homes()
+    other.gpg("--import", alice.pub)
+    ok = other.gpg("--status-fd", "1", "--verify", asc, aci, check=False)
+    assert ok.returncode == 0, ok.stderr
+    assert f"VALIDSIG {alice.fingerprint.upper()}" in ok.stdout.decode()
+    aci.write_bytes(aci.read_bytes() + b"\0")
+    assert other.gpg("--verify", asc, aci, check=False).returncode != 0
 
 
 def test_passphrase_key(keyring, aci, store):
@@ -326,11 +304,21 @@ def test_revoked_key(keyring, aci, store):
         store.add(revoked.read_bytes(), "example.org")
 
 
-def test_users_keyring_does_not_decide(keyring, aci, store, tmp_path, monkeypatch):
+def test_users_keyring_does_not_decide(keyring, aci, store, monkeypatch):
+    """Only the trust store's view counts. Alice's key sits in the user's keyring
+    (GNUPGHOME, ultimately trusted there), and the store trusts it for example.org only:
+    the refusal must name that prefix, which only a verifier that knew nothing but the
+    store's keys for the image name can say (one using the user's keyring would find
+    a good signature by a key outside the trusted set)."""
     alice = keyring.make("alice")
     signed(aci, keyring, alice)
-    monkeypatch.setenv("GNUPGHOME", str(keyring.home))  # Alice's key is right there, ultimately trusted
-    with pytest.raises(SignatureError, match="unknown signer"):
+    monkeypatch.setenv("GNUPGHOME", str(keyring.home))
+    assert keyring.gpg("--verify", str(aci) + ".asc", str(aci), check=False).returncode == 0  # good to gpg
+    store.add(alice.pub.read_bytes(), "example.org")
+    with pytest.raises(SignatureError, match=f"is trusted for prefix example.org, not for {NAME}$"):
+        verify_image(aci, None, NAME, store)
+    assert store.remove(alice.fingerprint) == 1
+    with pytest.raises(SignatureError, match=f"unknown signer: key {alice.fingerprint} is not trusted for {NAME} "):
         verify_image(aci, None, NAME, store)
 
 
