@@ -311,3 +311,48 @@ def test_copy_never_reaches_outside_the_context_through_symlinks(tmp_path):
         deep = tar.getmember("rootfs/sub/deep")
         assert deep.issym() and deep.linkname == "../../outdir"
     assert victim.stat().st_mode & 0o7777 == 0o600
+
+
+def test_extraction_does_not_depend_on_the_umask(tmp_path):
+    """Parents an archive does not list (rootfs/usr for rootfs/usr/bin/x) are made
+    0755, not by the caller's umask: begin/--modify output would differ otherwise."""
+    import io
+
+    from acbuild.aci.archive import extract_rootfs
+
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for name, data in (("manifest", b'{"acKind":"ImageManifest","acVersion":"0.8.11","name":"a/b"}'),):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        root = tarfile.TarInfo("rootfs")
+        root.type, root.mode = tarfile.DIRTYPE, 0o755
+        tar.addfile(root)
+        x = tarfile.TarInfo("rootfs/usr/bin/x")
+        tar.addfile(x, io.BytesIO(b""))
+    image = tmp_path / "nested.aci"
+    image.write_bytes(raw.getvalue())
+    old = os.umask(0o077)
+    try:
+        dest = tmp_path / "rootfs"
+        dest.mkdir()
+        extract_rootfs(image, dest)
+    finally:
+        os.umask(old)
+    assert (dest / "usr").stat().st_mode & 0o777 == 0o755
+    assert (dest / "usr/bin").stat().st_mode & 0o777 == 0o755
+
+
+def test_damaged_base_image_is_an_error_at_the_from_line(tmp_path):
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "f").write_text("x")
+    (ctx / "ACIfile").write_text("FROM scratch\nNAME example.com/base\nCOPY f /f\n")
+    acbuild("build", "-f", ctx / "ACIfile", "-o", ctx / "base.aci")
+    with open(ctx / "base.aci", "ab") as f:
+        f.write(b"junk")
+    (ctx / "ACIfile").write_text("FROM base.aci\nNAME example.com/t\n")
+    result = acbuild("build", "--no-cache", "-f", ctx / "ACIfile", "-o", tmp_path / "t.aci", check=False)
+    assert result.returncode == 1
+    assert f"\n{ctx / 'ACIfile'}:1:1: FROM base.aci: read " in result.stderr and "Traceback" not in result.stderr

@@ -127,10 +127,15 @@ class _Unclosed:
 def _open_tar(path: Path) -> Iterator[tuple[tarfile.TarFile, _HashingReader, str]]:
     compression = detect_file_compression(path)
     with ExitStack() as stack:
-        raw = stack.enter_context(open(path, "rb"))
-        plain = stack.enter_context(_decompressor(raw, compression))
-        reader = _HashingReader(plain)
-        tf = stack.enter_context(tarfile.open(fileobj=reader, mode="r|", errorlevel=2))  # type: ignore[arg-type]
+        try:
+            raw = stack.enter_context(open(path, "rb"))
+            plain = stack.enter_context(_decompressor(raw, compression))
+            reader = _HashingReader(plain)
+            # Names are UTF-8 whatever the locale, so a rewrite never alters them.
+            tf = stack.enter_context(tarfile.open(fileobj=reader, mode="r|", errorlevel=2,  # type: ignore[arg-type]
+                                                  encoding="utf-8", errors="surrogateescape"))
+        except (tarfile.TarError, OSError, EOFError, lzma.LZMAError, zlib.error) as e:
+            raise ImageError(f"read {path}: {e}") from e  # a damaged stream is the image's fault
         yield tf, reader, compression
 
 
@@ -347,6 +352,7 @@ class _Tree:
                 if create:
                     try:
                         os.mkdir(comp, 0o755, dir_fd=fd)
+                        os.chmod(comp, 0o755, dir_fd=fd)  # not the caller's umask: the image must not depend on it
                     except FileExistsError:
                         pass
                 nfd = os.open(comp, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
