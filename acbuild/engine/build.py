@@ -298,15 +298,20 @@ class _Build:
 
 
 def remove_tree(path: Path | None) -> None:
-    """rmtree that also removes what RUN left read-only (chmod 0555 dirs)."""
+    """rmtree that also removes what RUN or overlayfs left unwritable or unreadable
+    (chmod 0555 dirs, overlayfs work dirs of mode 000)."""
     if path is None:
         return
 
     def make_writable_and_retry(func, failed, _exc):
-        parent = os.path.dirname(failed)
         try:
-            os.chmod(parent, os.stat(parent).st_mode | stat.S_IWUSR | stat.S_IXUSR)
-            func(failed)
+            parent = os.path.dirname(failed)
+            os.chmod(parent, os.stat(parent).st_mode | stat.S_IRWXU)
+            if os.path.isdir(failed) and not os.path.islink(failed):
+                os.chmod(failed, stat.S_IRWXU)
+                shutil.rmtree(failed, onerror=make_writable_and_retry)
+            else:
+                func(failed)
         except OSError:
             pass
 
