@@ -272,3 +272,22 @@ def test_prune_sizes(size, expected):
     from acbuild.cli.cache_cmds import parse_size
 
     assert parse_size(size) == expected
+
+
+def test_two_outputs_of_one_build_never_share_a_file(tmp_path):
+    """The cached image may be linked to the output it was written to, but a second
+    output gets its own copy: editing one output must not change another."""
+    ctx = context(tmp_path)
+    cache = tmp_path / "cache"
+    build(ctx, tmp_path / "a.aci", cache)
+    meta = build(ctx, tmp_path / "b.aci", cache)
+    assert meta["cached-image"]
+    a, b = (tmp_path / "a.aci").stat(), (tmp_path / "b.aci").stat()
+    assert a.st_ino != b.st_ino
+    good = (tmp_path / "b.aci").read_bytes()
+    with open(tmp_path / "a.aci", "ab") as f:
+        f.write(b"edited")
+    assert (tmp_path / "b.aci").read_bytes() == good
+    # the edited output is no longer trusted as the cached image either
+    meta = build(ctx, tmp_path / "c.aci", cache)
+    assert (tmp_path / "c.aci").read_bytes() == good

@@ -168,7 +168,10 @@ class _Build:
                 self.report(stage, idx, cached=True)
         tmp = self.output.with_name(f".{self.output.name}.{os.getpid()}.aci")
         try:
-            link_or_copy(aci, tmp)
+            if shares_with_output(aci, self.output):
+                link_or_copy(aci, tmp)
+            else:
+                shutil.copyfile(aci, tmp)
         except OSError as err:
             raise ImageError(f"write {self.output}: {err.strerror}") from err
         try:
@@ -295,6 +298,18 @@ class _Build:
 
     def step_records(self) -> list[StepRecord]:
         return [self.records[n] for n in sorted(self.records)]
+
+
+def shares_with_output(cached: Path, output: Path) -> bool:
+    """May the cached image be hard-linked to `output`? Only when no other file
+    shares it yet, or `output` already is it: two outputs must never be one inode
+    (an edit of one would change the other). The cache itself notices edits by stat."""
+    st = os.stat(cached)
+    try:
+        out = os.stat(output)
+    except FileNotFoundError:
+        return st.st_nlink == 1
+    return (out.st_dev, out.st_ino) == (st.st_dev, st.st_ino) or st.st_nlink == 1
 
 
 def remove_tree(path: Path | None) -> None:
