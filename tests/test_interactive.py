@@ -408,15 +408,12 @@ def test_modify_an_image(work, tmp_path, actool):
     assert not (work / ".acbuild").exists()
 
 
-def test_write_sign_replaces_image_and_signature_together(work, tmp_path):
-    home = tmp_path / "gnupg"
-    home.mkdir(mode=0o700)
-    gpg = ["gpg", "--homedir", str(home), "--batch", "--quiet"]
-    subprocess.run([*gpg, "--passphrase", "", "--quick-gen-key", "Signer <s@example.com>", "ed25519", "sign", "1d"],
-                   check=True, capture_output=True)
+def test_write_sign_replaces_image_and_signature_together(work, gpg_homes):
+    home = gpg_homes()  # its gpg-agent is stopped when the test ends
+    home.make_key("Signer <s@example.com>", expire="1d")
     session([["begin"], ["set-name", "example.com/signed"]], work)
-    acbuild("write", "--sign", "--gpg-home", home, "s.aci", cwd=work)
-    subprocess.run([*gpg, "--verify", work / "s.aci.asc", work / "s.aci"], check=True, capture_output=True)
+    acbuild("write", "--sign", "--gpg-home", home.path, "s.aci", cwd=work)
+    home.gpg("--verify", work / "s.aci.asc", work / "s.aci")
     acbuild("label", "add", "version", "2", cwd=work)
     acbuild("write", "--overwrite", "s.aci", cwd=work)  # unsigned now: the old .asc must go
     assert not (work / "s.aci.asc").exists()

@@ -15,16 +15,22 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from conftest import require
 
 BUSYBOX = Path("/bin/busybox")
 NAME = "example.com/hello"
 
-needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="a rootless sandbox runs only as uid 0")
+
+@pytest.fixture
+def as_root() -> None:
+    require(os.geteuid() == 0, "a rootless sandbox runs only as uid 0")
+
+
+needs_root = pytest.mark.usefixtures("as_root")
 
 
 # ---------------------------------------------------------------- gpg, as a user would drive it
@@ -63,34 +69,14 @@ def gen_key(home: Path, keydir: Path, passphrase: str | None) -> Signer:
     return Signer(home, "Example Signer <signer@example.com>", fpr, pubkey, pass_file)
 
 
-@pytest.fixture(scope="module")
-def gnupg_homes():
-    """Makes GNUPGHOMEs under /tmp (gpg-agent's socket path must stay short); stops their
-    agents and removes them at the end."""
-    made: list[Path] = []
-
-    def make() -> Path:
-        home = Path(tempfile.mkdtemp(prefix="acb-wt.", dir="/tmp"))
-        os.chmod(home, 0o700)
-        # No passphrase caching: the passphrase file must really be used on each signing.
-        (home / "gpg-agent.conf").write_text("default-cache-ttl 0\nmax-cache-ttl 0\n")
-        made.append(home)
-        return home
-
-    yield make
-    for home in made:
-        subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "gpg-agent"], capture_output=True)
-        shutil.rmtree(home, ignore_errors=True)
-
-
 @pytest.fixture(scope="module", params=[None, "correct horse battery staple"], ids=["no-passphrase", "passphrase"])
-def signer(request, gnupg_homes, tmp_path_factory) -> Signer:
-    return gen_key(gnupg_homes(), tmp_path_factory.mktemp("keys"), request.param)
+def signer(request, module_gpg_homes, tmp_path_factory) -> Signer:
+    return gen_key(module_gpg_homes().path, tmp_path_factory.mktemp("keys"), request.param)
 
 
 @pytest.fixture(scope="module")
-def plain_signer(gnupg_homes, tmp_path_factory) -> Signer:
-    return gen_key(gnupg_homes(), tmp_path_factory.mktemp("keys"), None)
+def plain_signer(module_gpg_homes, tmp_path_factory) -> Signer:
+    return gen_key(module_gpg_homes().path, tmp_path_factory.mktemp("keys"), None)
 
 
 # ---------------------------------------------------------------- acbuild, as a user runs it
