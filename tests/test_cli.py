@@ -46,3 +46,28 @@ def test_exit_codes_and_no_traceback(argv, code):
     result = subprocess.run([sys.executable, "-m", "acbuild", *argv], capture_output=True, text=True)
     assert result.returncode == code
     assert "Traceback" not in result.stderr
+
+
+def test_begin_follows_the_configured_signature_policy(tmp_path):
+    """acbuild.toml's require-signatures holds for `begin` as for `build` (a reviewer
+    found begin ignored the configuration)."""
+    import shutil as sh
+
+    (tmp_path / "cfg/acbuild").mkdir(parents=True)
+    (tmp_path / "cfg/acbuild/acbuild.toml").write_text("require-signatures = true\n")
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    sh.copy("/bin/busybox", ctx / "busybox")
+    (ctx / "ACIfile").write_text("FROM scratch\nNAME example.com/base\nCOPY busybox /bin/busybox\n")
+    env = dict(__import__("os").environ, XDG_CONFIG_HOME=str(tmp_path / "cfg"), ACBUILD_CACHE_DIR=str(tmp_path / "c"))
+
+    def acbuild(*args):
+        return subprocess.run([sys.executable, "-m", "acbuild", "--work-path", str(tmp_path), *args],
+                              capture_output=True, text=True, env=env)
+
+    assert acbuild("build", "-f", str(ctx / "ACIfile"), "-o", str(tmp_path / "base.aci")).returncode == 0
+    refused = acbuild("begin", str(tmp_path / "base.aci"))
+    assert refused.returncode == 1 and "no signature" in refused.stderr
+    allowed = acbuild("begin", str(tmp_path / "base.aci"), "--insecure-skip-verify")
+    assert allowed.returncode == 0 and "NOT verifying" in allowed.stderr
+    assert acbuild("end").returncode == 0

@@ -81,12 +81,17 @@ def signing_from_args(args, config):
 
 
 def trust_settings(args, config) -> dict:
-    """BuildOptions fields for base verification, from flags and acbuild.toml."""
+    """BuildOptions fields for base verification, from flags (for commands that
+    have them: build, launch, begin) and acbuild.toml."""
     from acbuild.trust import default_trust_dirs
 
-    require = args.require_signatures if args.require_signatures is not None else config.require_signatures
-    dirs = default_trust_dirs(args.trust_dir, config.trust_dirs)
-    return {"insecure_skip_verify": args.insecure_skip_verify, "require_signatures": require, "trust_dirs": tuple(dirs)}
+    require = getattr(args, "require_signatures", None)
+    dirs = default_trust_dirs(getattr(args, "trust_dir", None), config.trust_dirs)
+    return {
+        "insecure_skip_verify": getattr(args, "insecure_skip_verify", False),
+        "require_signatures": config.require_signatures if require is None else require,
+        "trust_dirs": tuple(dirs),
+    }
 
 
 def add_acifile_options(parser) -> None:

@@ -109,9 +109,15 @@ def mutating(make):
 
 
 def _options(args, source_date_epoch: int):
+    """The engine's options for a verb; base and dependency verification follow
+    acbuild.toml and the trust flags, as in `acbuild build`."""
+    from acbuild.cli.build import trust_settings
+    from acbuild.config import load_config
     from acbuild.engine.session import BuildOptions
 
-    return BuildOptions(source_date_epoch=source_date_epoch, debug=bool(getattr(args, "debug", False)), quiet=True)
+    trust = trust_settings(args, load_config(getattr(args, "config", None)))
+    return BuildOptions(source_date_epoch=source_date_epoch, debug=bool(getattr(args, "debug", False)), quiet=True,
+                        **trust)
 
 
 def apply_to_session(steps: list[Step], args) -> None:
@@ -203,7 +209,7 @@ def run_begin(args) -> int:
             wp.history_path.unlink(missing_ok=True)
             state = SessionState(source_date_epoch=sde, begin_cwd=os.getcwd(), record_annotations=args.record_annotations)
             wp.write_state(state)
-            options = replace(_options(args, sde), context=Path.cwd(), insecure_skip_verify=args.insecure_skip_verify)
+            options = replace(_options(args, sde), context=Path.cwd())
             Session.begin(wp.currentaci, p.From(base=base, pos=pos_of(args)), options)
             wp.append_history(history.begin_record(base))
         except BaseException:
@@ -414,12 +420,14 @@ def make_replace_manifest(args) -> list[Step]:
 
 
 def add_parser(sub) -> None:
+    from acbuild.cli.build import add_trust_options
+
     b = verb_parser(sub, "begin", "start a new interactive build", epilog=BEGIN_EPILOG)
     b.add_argument("start", nargs="?", metavar="scratch|IMAGE.aci|DIR", help="what to start from (default: scratch)")
     b.add_argument("--record-annotations", action="store_true",
                    help="also record each verb as an appc.io/acbuild/command-N annotation, as Go acbuild did "
                         "(off by default: it changes the image ID)")
-    b.add_argument("--insecure-skip-verify", action="store_true", help="do not verify the base image's signature")
+    add_trust_options(b)
     b.set_defaults(run=run_begin)
 
     c = verb_parser(sub, "copy", "copy a host file or directory into the image")
