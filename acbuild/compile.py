@@ -479,7 +479,9 @@ class Compiler:
     def _manifest(self, st: Statement) -> p.ReplaceManifest:
         assert st.command is not None
         try:
-            json.loads(st.command.text)
+            value = json.loads(st.command.text)
         except ValueError as err:
             raise PlanError(f"MANIFEST: not JSON ({err.msg})", st.command.pos) from None
+        if not isinstance(value, dict):
+            raise PlanError("MANIFEST: the manifest must be a JSON object", st.command.pos)
         return p.ReplaceManifest(manifest_json=st.command.text, pos=st.pos)

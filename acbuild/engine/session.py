@@ -156,7 +156,10 @@ class Session:
         self.manifest.path_whitelist = sorted(set(self.manifest.path_whitelist) | set(i.paths))
 
     def _replacemanifest(self, i: p.ReplaceManifest) -> None:
-        self.manifest = m.ImageManifest.from_json(i.manifest_json)
+        try:
+            self.manifest = m.ImageManifest.from_json(i.manifest_json)
+        except ManifestError as err:
+            raise ManifestError(f"MANIFEST: {err.message}", err.problems, i.pos) from err
 
     def _remove(self, i: p.Remove) -> None:
         app = self.manifest.app
