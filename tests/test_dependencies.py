@@ -11,13 +11,16 @@ import tarfile
 from pathlib import Path
 
 import pytest
+from conftest import require
 
 BUSYBOX = Path("/bin/busybox")
 
-pytestmark = [
-    pytest.mark.skipif(os.geteuid() != 0, reason="builds with RUN set up as root here (rootless: test_rootless.py)"),
-    pytest.mark.skipif(not BUSYBOX.exists(), reason="needs busybox-static (make system-deps)"),
-]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def prerequisites() -> None:
+    require(os.geteuid() == 0, "builds with RUN set up as root here (rootless: test_rootless.py)")
+    require(BUSYBOX.exists(), "needs busybox-static (make system-deps)")
 
 
 def build(ctx: Path, acifile: str, out: Path, *flags: str, env: dict | None = None, ok: bool = True,

@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import require
 from test_rootless import PYTHON, owned_tree, pythonpath, shared_dir, user  # noqa: F401  (fixtures)
 
 REPO = Path(__file__).resolve().parent.parent
@@ -108,8 +109,8 @@ def test_time_timezone_and_locale(baseline, tmp_path):
 
 
 def test_hostname(baseline, tmp_path):
-    if shutil.which("unshare") is None or subprocess.run(["unshare", "--uts", "true"]).returncode != 0:
-        pytest.skip("unshare --uts is not possible here")
+    require(shutil.which("unshare") is not None and subprocess.run(["unshare", "--uts", "true"]).returncode == 0,
+            "unshare --uts is not possible here")
     ctx = make_context(baseline[0], tmp_path / "ctx")
     out = tmp_path / "out.aci"
     wrap = ["unshare", "--uts", "sh", "-c", 'hostname acbuild-other-host && exec "$@"', "sh"]
@@ -139,8 +140,7 @@ def test_directory_enumeration_order(baseline, tmp_path, request):
 
 
 def test_rootless(baseline, user, pythonpath, request):  # noqa: F811  (fixtures from test_rootless)
-    if os.geteuid() != 0 or not PYTHON.exists():
-        pytest.skip("needs root (to switch to an unprivileged user) and Debian's python3")
+    require(PYTHON.exists(), "needs Debian's python3")  # root: the user fixture requires it
     shared = shared_dir("acbuild-repro-")  # pytest's basetemp is 0700: the user cannot reach it
     request.addfinalizer(lambda: shutil.rmtree(shared, ignore_errors=True))
     top = owned_tree(shared / "rootless", user)

@@ -14,27 +14,26 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from conftest import require
 
 REPO = Path(__file__).resolve().parent.parent
 BUSYBOX = Path("/bin/busybox")
 PYTHON = Path("/usr/bin/python3")
-TEST_USER = "acbuild-test"
 # what the CLI imports, copied from the project's venv (same interpreter: Debian's 3.11)
 PACKAGES = ("lark", "yaml", "_yaml", "gnupg.py", "pyroute2")
 
-pytestmark = [
-    pytest.mark.skipif(os.geteuid() != 0, reason="sets up an unprivileged user (CI is root)"),
-    pytest.mark.skipif(not BUSYBOX.exists() or not PYTHON.exists(), reason="needs busybox-static and Debian's python3"),
-]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def prerequisites() -> None:
+    require(os.geteuid() == 0, "sets up an unprivileged user (CI is root)")
+    require(BUSYBOX.exists() and PYTHON.exists(), "needs busybox-static and Debian's python3")
 
 
 @pytest.fixture(scope="module")
-def user() -> pwd.struct_passwd:
-    try:
-        return pwd.getpwnam(TEST_USER)
-    except KeyError:
-        subprocess.run(["useradd", "-m", TEST_USER], check=True)
-        return pwd.getpwnam(TEST_USER)
+def user(unprivileged_user) -> pwd.struct_passwd:
+    """conftest's session-wide acbuild-test user (deleted at the end if the session made it)."""
+    return unprivileged_user
 
 
 def shared_dir(prefix: str) -> Path:
@@ -145,10 +144,14 @@ EXEC ["/bin/sh"]
 
 def test_dependency_with_overlayfs_in_a_user_namespace(user, pythonpath, tmp_path, actool):
     """DEPENDENCY + RUN deleting a dependency file, rootless (overlayfs in the user
-    namespace, user.overlay.* xattrs) and as root: the same image."""
+    namespace, user.overlay.* xattrs) and as root: the same image, and no build dir
+    left behind (overlayfs leaves its work dir mode 000 inside the user namespace)."""
     ids = {}
     for who in ("rootless", "root"):
         top = owned_tree(tmp_path / who, user)
+        # The build's own TMPDIR: where its acbuild-build-* dirs go, and where a leftover
+        # shows, whatever other builds on the machine do meanwhile in /tmp.
+        tmp = owned_tree(top / "tmp", user)
         ctx = top / "ctx"
         ctx.mkdir()
         shutil.copy2(BUSYBOX, ctx / "busybox")
@@ -158,9 +161,14 @@ def test_dependency_with_overlayfs_in_a_user_namespace(user, pythonpath, tmp_pat
         for p in [top, *top.rglob("*")]:
             os.lchown(p, user.pw_uid, user.pw_gid)
         runner = user if who == "rootless" else None
-        acbuild(["build", "-q", "-f", str(ctx / "ACIfile"), "-o", str(top / "busybox.aci")], pythonpath, runner)
-        ids[who] = acbuild(["build", "-q", "-f", str(top / "app/ACIfile"), "-o", str(top / "app.aci"),
-                            "--image-dir", str(top)], pythonpath, runner)
+        env = {"TMPDIR": str(tmp)}
+        # --no-cache: a cached step would skip the RUN, and the overlay with it
+        fresh = ["--no-cache", "--cache-dir", str(top / "cache")]
+        acbuild(["build", "-q", *fresh, "-f", str(ctx / "ACIfile"), "-o", str(top / "busybox.aci")],
+                pythonpath, runner, env)
+        ids[who] = acbuild(["build", "-q", *fresh, "-f", str(top / "app/ACIfile"), "-o", str(top / "app.aci"),
+                            "--image-dir", str(top)], pythonpath, runner, env)
+        assert sorted(p.name for p in tmp.iterdir()) == [], f"{who} build left these in its TMPDIR"
         validate(actool, top / "app.aci")
         with tarfile.open(top / "app.aci") as t:
             names = sorted(i.name for i in t.getmembers())

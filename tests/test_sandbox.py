@@ -7,7 +7,6 @@ children with their own mount namespace."""
 from __future__ import annotations
 
 import os
-import pwd
 import shutil
 import signal
 import subprocess
@@ -18,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import require
 
 from acbuild.engine.sandbox import DEFAULT_PATH, Bind, SandboxSpec, run_sandboxed
 from acbuild.engine.users import in_image
@@ -25,12 +25,12 @@ from acbuild.errors import BuildError
 
 REPO = Path(__file__).resolve().parent.parent
 BUSYBOX = Path("/bin/busybox")
-TEST_USER = "acbuild-test"
 
-pytestmark = [
-    pytest.mark.skipif(os.geteuid() != 0, reason="the sandbox tests set up as root (CI is root)"),
-    pytest.mark.skipif(not BUSYBOX.exists(), reason="needs busybox-static (make system-deps)"),
-]
+
+@pytest.fixture(scope="module", autouse=True)
+def prerequisites() -> None:
+    require(os.geteuid() == 0, "the sandbox tests set up as root (CI is root)")
+    require(BUSYBOX.exists(), "needs busybox-static (make system-deps)")
 
 
 def listing(root: Path) -> list[str]:
@@ -225,18 +225,9 @@ except Exception as e:
 """
 
 
-@pytest.fixture(scope="module")
-def test_user() -> pwd.struct_passwd:
-    try:
-        return pwd.getpwnam(TEST_USER)
-    except KeyError:
-        subprocess.run(["useradd", "-m", TEST_USER], check=True)
-        return pwd.getpwnam(TEST_USER)
-
-
-def test_rootless_runs_as_root_inside_and_files_belong_to_the_user(test_user):
-    if not Path("/usr/bin/python3").exists():
-        pytest.skip("needs Debian's /usr/bin/python3")
+def test_rootless_runs_as_root_inside_and_files_belong_to_the_user(unprivileged_user):
+    test_user = unprivileged_user
+    require(Path("/usr/bin/python3").exists(), "needs Debian's /usr/bin/python3")
     top = Path(tempfile.mkdtemp(prefix="acbuild-rootless-"))
     try:
         top.chmod(0o755)
@@ -252,7 +243,7 @@ def test_rootless_runs_as_root_inside_and_files_belong_to_the_user(test_user):
         for p in [root, *root.rglob("*"), work]:
             os.lchown(p, test_user.pw_uid, test_user.pw_gid)
         proc = subprocess.run(
-            ["runuser", "-u", TEST_USER, "--", "/usr/bin/env", f"PYTHONPATH={top / 'pkg'}",
+            ["runuser", "-u", test_user.pw_name, "--", "/usr/bin/env", f"PYTHONPATH={top / 'pkg'}",
              "/usr/bin/python3", str(top / "run.py"), str(root), str(work / "out")],
             capture_output=True, text=True, timeout=60)
         assert proc.returncode == 0, proc.stderr

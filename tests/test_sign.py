@@ -12,13 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from conftest import GpgHome
 
 from acbuild.config import Config, load_config
 from acbuild.errors import NotFoundError, SignatureError, UsageError
-from acbuild.sign import publish, sign_file, SigningOptions
+from acbuild.sign import SigningOptions, publish, sign_file
 from acbuild.trust import TrustStore
 from acbuild.verify import check_image, image_name_of, verify_image
-from conftest import GpgHome
 
 REPO = Path(__file__).resolve().parent.parent
 NAME = "example.com/hello"
