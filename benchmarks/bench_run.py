@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from acbuild.engine.sandbox import SandboxSpec, preload_network, run_sandboxed
+from acbuild.engine.sandbox import SandboxSpec, run_sandboxed
 
 
 def make_rootfs(top: Path) -> Path:
@@ -57,7 +57,6 @@ def main() -> None:
     calls = int(sys.argv[1]) if len(sys.argv) > 1 else 20
     with tempfile.TemporaryDirectory(prefix="acbuild-bench-") as top:
         root = make_rootfs(Path(top))
-        preload_network()
         rows = [
             ("sandbox, network none", lambda: run_sandboxed(SandboxSpec(root, ("/bin/true",), ()))),
             ("sandbox, network host", lambda: run_sandboxed(SandboxSpec(root, ("/bin/true",), (), network="host"))),

@@ -270,7 +270,6 @@ def image_id_of(path: Path) -> str:
         raise ImageError(f"read {path}: {e}") from e
 
 
-image_id = image_id_of  # the name acbuild.engine.render uses
 
 
 # --- copying entries into a new archive (rewrite_aci) ------------------------

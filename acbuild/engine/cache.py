@@ -224,10 +224,6 @@ class StepCache:
         finally:
             tmp.unlink(missing_ok=True)
 
-    def drop_image(self, key: str, compression: str) -> None:
-        for path in self._image_paths(key, compression):
-            path.unlink(missing_ok=True)
-
     # -- listing and pruning -----------------------------------------------------------
 
     def entries(self) -> list[EntryInfo]:

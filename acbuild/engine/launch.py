@@ -62,25 +62,16 @@ def launch(image: Path, options: LaunchOptions) -> int:
 
 def verify_for_launch(image: Path, options: LaunchOptions) -> None:
     """The FROM policy, except that an unsigned image is refused too (as rkt did)."""
+    from acbuild.engine.verify_base import check_policy
     from acbuild.sign import signature_path
-    from acbuild.trust import TrustStore, default_trust_dirs
-    from acbuild.verify import check_image
 
-    if options.insecure_skip_verify:
-        print(f"acbuild: WARNING: NOT verifying the signature of {image} (--insecure-skip-verify)", file=sys.stderr)
-        return
-    if not signature_path(image).is_file():
+    if not options.insecure_skip_verify and not signature_path(image).is_file():
         raise SignatureError(
             f"{image}: not signed ({signature_path(image)} does not exist); launch runs only images signed "
             "by a trusted key: sign it with 'acbuild sign' and trust the key with 'acbuild trust' "
             "(--insecure-skip-verify skips this check)")
-    store = TrustStore(list(options.trust_dirs) or default_trust_dirs())
-    try:
-        signer = check_image(image, store, require_signature=True)
-    except SignatureError as err:
-        raise SignatureError(f"{err.message} (--insecure-skip-verify skips this check)") from err
-    assert signer is not None
-    print(f"signature verified: {signer}", file=sys.stderr, flush=True)
+    check_policy(image, str(image), insecure=options.insecure_skip_verify, require=True,
+                 trust_dirs=options.trust_dirs, quiet=False)
 
 
 @contextlib.contextmanager

@@ -4,7 +4,6 @@ within the rootfs, and `..` or an absolute link target never leads out of it."""
 from __future__ import annotations
 
 import os
-import posixpath
 import stat
 from pathlib import Path
 
@@ -43,8 +42,3 @@ def resolve_in_root(root: Path, path: str, *, follow_last: bool = True) -> Path:
             continue
         resolved.append(part)
     return root.joinpath(*resolved)
-
-
-def inside(root: Path, path: str) -> str:
-    """Normalise an image path to absolute form ("/a/b"), for messages and joins."""
-    return posixpath.normpath("/" + path)

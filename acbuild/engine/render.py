@@ -30,12 +30,11 @@ docker2aci's squash does.
 from __future__ import annotations
 
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from acbuild.aci import manifest as m
-from acbuild.errors import AcbuildError, BuildError, SignatureError, SourcePos
+from acbuild.errors import AcbuildError, BuildError, SourcePos
 
 _MAX_DEPTH = 64  # deeper than any real image; stops a dependency cycle
 
@@ -84,6 +83,8 @@ class ImageIndex:
 
     def image_id(self, aci: Path) -> str:
         if aci not in self._ids:
+            from acbuild.aci.archive import image_id_of
+
             self._ids[aci] = image_id_of(aci)
         return self._ids[aci]
 
@@ -101,13 +102,6 @@ class ImageIndex:
 
 def _has_labels(manifest: m.ImageManifest, wanted: list[m.Label]) -> bool:
     return all(manifest.label(label.name) == label.value for label in wanted)
-
-
-def image_id_of(aci: Path) -> str:
-    """sha512- + hex of the uncompressed tar stream of `aci`."""
-    from acbuild.aci.archive import image_id_of as archive_image_id
-
-    return archive_image_id(aci)
 
 
 # --- the flattened list ------------------------------------------------------------------------
@@ -234,21 +228,11 @@ def render_layers(layers: list[Layer], rootfs: Path, provided: Provided, options
 
 
 def verify_dependency(layer: Layer, options, pos: SourcePos | None) -> None:
-    """The FROM signature policy (engine.verify_base), applied to a dependency."""
-    from acbuild.trust import TrustStore, default_trust_dirs
-    from acbuild.verify import check_image
+    """The FROM signature policy, applied to a dependency (Go acbuild never checked them)."""
+    from acbuild.engine.verify_base import check_policy
 
-    what = f"dependency {layer.manifest.name} ({layer.aci})"
-    if options.insecure_skip_verify:
-        print(f"acbuild: WARNING: NOT verifying the signature of {what} (--insecure-skip-verify)", file=sys.stderr)
-        return
-    store = TrustStore(list(options.trust_dirs) or default_trust_dirs())
-    try:
-        signer = check_image(layer.aci, store, require_signature=options.require_signatures)
-    except SignatureError as err:
-        raise SignatureError(f"{what}: {err.message} (--insecure-skip-verify skips this check)", pos) from err
-    if signer is not None and not options.quiet:
-        print(f"signature of {what} verified: {signer.uid} ({signer.fingerprint})", file=sys.stderr)
+    check_policy(layer.aci, f"dependency {layer.manifest.name} ({layer.aci})", insecure=options.insecure_skip_verify,
+                 require=options.require_signatures, trust_dirs=options.trust_dirs, quiet=options.quiet, pos=pos)
 
 
 def render_dependencies(manifest: m.ImageManifest, rootfs: Path, options, pos: SourcePos | None) -> None:

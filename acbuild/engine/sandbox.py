@@ -301,11 +301,6 @@ class LoopbackUp:
             fcntl.ioctl(s, SIOCSIFFLAGS, struct.pack("16sH14x", b"lo", flags | IFF_UP))
 
 
-def preload_network() -> None:
-    """Kept for the engine's once-per-build call: loopback set-up needs no import (see
-    LoopbackUp), so there is nothing to load; calling it is cheap and harmless."""
-
-
 # --- planning (parent side, no side effects) -----------------------------------------------
 
 _FRESH = ("/proc", "/dev", "/sys", "/tmp", "/run")  # get a new mount every run

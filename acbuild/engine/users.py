@@ -52,13 +52,3 @@ def resolve_group(rootfs: Path, group: str) -> int:
         if len(fields) >= 3 and fields[0] == group and fields[2].isdigit():
             return int(fields[2])
     raise BuildError(f"group {group!r} is not in the image's /etc/group")
-
-
-def member_gids(rootfs: Path, user: str) -> tuple[int, ...]:
-    """The gids of the groups that list `user` (a name) as a member, sorted."""
-    gids = {
-        int(fields[2])
-        for fields in _entries(rootfs, "group")
-        if len(fields) >= 4 and fields[2].isdigit() and user in fields[3].split(",")
-    }
-    return tuple(sorted(gids))

@@ -1,7 +1,8 @@
-"""The signature policy for images a build starts from (FROM, begin).
+"""The signature policy for every image acbuild uses: a base (FROM, begin), a
+dependency, an image to launch.
 
-A base with a signature beside it (IMAGE.aci.asc) must verify against the keys
-trusted for its name; with require-signatures every base must. The only way
+An image with a signature beside it (IMAGE.aci.asc) must verify against the keys
+trusted for its name; with require-signatures every image must. The only way
 past is --insecure-skip-verify, and it is printed loudly every time.
 """
 
@@ -11,22 +12,32 @@ import sys
 from pathlib import Path
 
 from acbuild import plan as p
-from acbuild.errors import ImageError, SignatureError
+from acbuild.errors import ImageError, SignatureError, SourcePos
 
 
-def verify_base(path: Path, base: p.From, options) -> None:
+def check_policy(path: Path, what: str, *, insecure: bool, require: bool, trust_dirs, quiet: bool,
+                 pos: SourcePos | None = None):
+    """Verify `path` (called `what` in messages) as the policy says; returns the
+    Signer, or None when nothing was verified."""
     from acbuild.trust import TrustStore, default_trust_dirs
     from acbuild.verify import check_image
 
-    if options.insecure_skip_verify or base.insecure_skip_verify:
-        print(f"acbuild: WARNING: NOT verifying the signature of {path} (--insecure-skip-verify)", file=sys.stderr)
-        return
-    store = TrustStore(list(options.trust_dirs) or default_trust_dirs())
+    if insecure:
+        print(f"acbuild: WARNING: NOT verifying the signature of {what} (--insecure-skip-verify)", file=sys.stderr)
+        return None
+    store = TrustStore(list(trust_dirs) or default_trust_dirs())
+    prefix = "" if what == str(path) else f"{what}: "  # verify's messages already name the file
     try:
-        signer = check_image(path, store, require_signature=options.require_signatures)
+        signer = check_image(path, store, require_signature=require)
     except SignatureError as err:
-        raise SignatureError(f"FROM {base.base}: {err.message} (--insecure-skip-verify skips this check)", base.pos) from err
+        raise SignatureError(f"{prefix}{err.message} (--insecure-skip-verify skips this check)", pos) from err
     except ImageError as err:
-        raise ImageError(f"FROM {base.base}: {err.message}", base.pos) from err
-    if signer is not None and not options.quiet:
-        print(f"signature verified: {signer.uid} ({signer.fingerprint})", file=sys.stderr)
+        raise ImageError(f"{prefix}{err.message}", pos) from err
+    if signer is not None and not quiet:
+        print(f"signature verified: {signer.uid} ({signer.fingerprint})", file=sys.stderr, flush=True)
+    return signer
+
+
+def verify_base(path: Path, base: p.From, options) -> None:
+    check_policy(path, f"FROM {base.base}", insecure=options.insecure_skip_verify or base.insecure_skip_verify,
+                 require=options.require_signatures, trust_dirs=options.trust_dirs, quiet=options.quiet, pos=base.pos)
