@@ -16,7 +16,6 @@ never decide pass/fail.
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import statistics
@@ -26,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from common import arguments, generate  # noqa: E402  (benchmarks/ is on sys.path)
 ACBUILD = [sys.executable, "-m", "acbuild"]
 
 
@@ -37,11 +36,6 @@ def timed(cmd: list[str], env: dict | None = None) -> float:
     if proc.returncode != 0:
         sys.exit(f"failed: {' '.join(cmd)}\n{proc.stderr}")
     return wall
-
-
-def generate(script: str, profile: str, dest: Path) -> None:
-    print(f"generating {profile} tree in {dest} ...", flush=True)
-    subprocess.run([sys.executable, script, profile, str(dest), "--no-digest"], check=True, stdout=subprocess.DEVNULL)
 
 
 def bench_acbuild(ctx: Path, work: Path, runs: int) -> dict[str, float]:
@@ -74,13 +68,7 @@ def bench_buildah(ctx: Path, work: Path, runs: int) -> dict[str, float] | None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--profile", default="medium", help="make_rootfs.py profile (default: medium)")
-    ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--rootfs-script", default=str(REPO.parent / "shared/bench/make_rootfs.py"),
-                    help="the generator (default: ../shared/bench/make_rootfs.py beside the repo)")
-    ap.add_argument("--keep", metavar="DIR", help="work in DIR and keep it (default: a temp dir)")
-    a = ap.parse_args()
+    a = arguments(__doc__.split("\n")[0])
     work = Path(a.keep) if a.keep else Path(tempfile.mkdtemp(prefix="acbuild-bench-cache-"))
     ctx = work / "ctx"
     try:

@@ -14,17 +14,15 @@ never decide pass/fail.
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from common import REPO, arguments, generate  # noqa: E402  (benchmarks/ is on sys.path)
 
 
 def find_actool() -> str:
@@ -48,13 +46,7 @@ def timed(cmd: list[str]) -> tuple[float, int]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--profile", default="medium", help="make_rootfs.py profile (default: medium)")
-    ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--rootfs-script", default=str(REPO.parent / "shared/bench/make_rootfs.py"),
-                    help="the generator (default: ../shared/bench/make_rootfs.py beside the repo)")
-    ap.add_argument("--keep", metavar="DIR", help="work in DIR and keep it (default: a temp dir)")
-    a = ap.parse_args()
+    a = arguments(__doc__.split("\n")[0])
 
     actool = find_actool()
     acbuild = [sys.executable, "-m", "acbuild"]
@@ -63,10 +55,7 @@ def main() -> None:
     layout = work / "layout"
     try:
         if not layout.exists():
-            print(f"generating {a.profile} rootfs in {layout} ...", flush=True)
-            subprocess.run([sys.executable, a.rootfs_script, a.profile, str(layout),
-                            "--aci-layout", "example.com/bench", "--no-digest"], check=True,
-                           stdout=subprocess.DEVNULL)
+            generate(a.rootfs_script, a.profile, layout, "--aci-layout", "example.com/bench")
         results: dict[str, list[float]] = {"actool": [], "acbuild": []}
         rss: list[int] = []
         for i in range(a.runs):

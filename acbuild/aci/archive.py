@@ -345,21 +345,7 @@ class _Tree:
         if self._cached and self._cached[0] == key:
             return self._cached[1]
         self.forget()
-        fd = os.dup(self.root_fd)
-        try:
-            for comp in key:
-                if create:
-                    try:
-                        os.mkdir(comp, 0o755, dir_fd=fd)
-                        os.chmod(comp, 0o755, dir_fd=fd)  # not the caller's umask: the image must not depend on it
-                    except FileExistsError:
-                        pass
-                nfd = os.open(comp, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
-                os.close(fd)
-                fd = nfd
-        except BaseException:
-            os.close(fd)
-            raise
+        fd = _open_dir(self.root_fd, list(key), create=create)
         self._cached = (key, fd)
         return fd
 
@@ -484,10 +470,18 @@ def _extract_one(tf: tarfile.TarFile, tree: _Tree, rel: list[str], m: tarfile.Ta
     return False
 
 
-def _open_dir(root_fd: int, parts: list[str]) -> int:
+def _open_dir(root_fd: int, parts: list[str], *, create: bool = False) -> int:
+    """An fd for root/parts, never through a symlink (O_NOFOLLOW at every step);
+    with create, missing directories are made 0755 (not by the caller's umask)."""
     fd = os.dup(root_fd)
     try:
         for comp in parts:
+            if create:
+                try:
+                    os.mkdir(comp, 0o755, dir_fd=fd)
+                    os.chmod(comp, 0o755, dir_fd=fd)
+                except FileExistsError:
+                    pass
             nfd = os.open(comp, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
             os.close(fd)
             fd = nfd
