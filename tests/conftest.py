@@ -26,6 +26,30 @@ def find_actool() -> str | None:
     return shutil.which("actool", path=path)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_user_dirs() -> Iterator[None]:
+    """The suite never reads or fills the invoking user's own acbuild state: the step
+    cache, acbuild.toml, image dirs and trust store point into a temp dir (world-
+    readable, so tests that run acbuild as another user can point there too)."""
+    base = Path(tempfile.mkdtemp(prefix="acbuild-test-home-", dir="/tmp"))
+    os.chmod(base, 0o755)
+    names = ("XDG_CACHE_HOME", "XDG_CONFIG_HOME", "XDG_DATA_HOME", "ACBUILD_CACHE_DIR", "ACBUILD_TRUST_DIR")
+    saved = {name: os.environ.get(name) for name in names}
+    for name in names[:3]:
+        os.environ[name] = str(base / name.lower())
+    for name in names[3:]:
+        os.environ.pop(name, None)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        shutil.rmtree(base, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def actool() -> str:
     tool = find_actool()

@@ -45,7 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 SCRATCH = {"ovl-work", "ovl-probe", "out-stage", "manifest"}  # never part of a snapshot
-_VERSION = 1
+_VERSION = 2  # 2: snapshots as tree.json + files/
 
 
 class Damaged(Exception):
