@@ -70,15 +70,9 @@ class StepCache:
 
     # -- locking ------------------------------------------------------------------
 
-    @contextmanager
-    def locked(self, exclusive: bool = False) -> Iterator[None]:
-        self.root.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.root / "lock", os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
-            yield
-        finally:
-            os.close(fd)
+    def locked(self, exclusive: bool = False):
+        """Shared while a build runs, exclusive for prune."""
+        return _flock(self.root / "lock", exclusive)
 
     # -- lookup and restore ----------------------------------------------------------
 
@@ -181,16 +175,9 @@ class StepCache:
         base = self.images / f"{key}-{compression}"
         return base.with_suffix(".aci"), base.with_suffix(".json")
 
-    @contextmanager
-    def _images_locked(self, exclusive: bool) -> Iterator[None]:
+    def _images_locked(self, exclusive: bool):
         """The image and its .json change together under this lock."""
-        self.images.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.images / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
-            yield
-        finally:
-            os.close(fd)
+        return _flock(self.images / ".lock", exclusive)
 
     def image(self, key: str, compression: str) -> tuple[Path, str, dict] | None:
         """(cached .aci, image ID, {name, labels}) when present and unchanged since stored."""
@@ -267,6 +254,18 @@ class StepCache:
         for leftover in (self.steps.glob(".*") if self.steps.exists() else ()):  # interrupted builds
             _rmtree(leftover)
         return removed, freed
+
+
+@contextmanager
+def _flock(path: Path, exclusive: bool) -> Iterator[None]:
+    """Hold flock on `path` (created, with its directory) for the with-block."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        yield
+    finally:
+        os.close(fd)
 
 
 # -- snapshots ---------------------------------------------------------------------
