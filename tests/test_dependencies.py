@@ -203,3 +203,23 @@ def test_without_overlayfs_the_copy_fallback_gives_the_same_image(images, tmp_pa
     assert p2.stderr.count("overlayfs is unavailable") == 1
     assert p1.stdout == p2.stdout  # the image ID
     assert overlay.read_bytes() == copied.read_bytes()
+
+
+def test_a_replaced_dependency_is_not_a_cache_hit(tmp_path):
+    """A dependency found by name is keyed by its content: rebuilding it must rebuild
+    the images that depend on it (the cache used to key only its name)."""
+    store = tmp_path / "images"
+    store.mkdir()
+    data = context(tmp_path, "data", {"value.txt": "one\n"})
+    (data / "busybox").write_bytes(BUSYBOX.read_bytes())
+    data_acifile = "FROM scratch\nNAME example.com/data\nCOPY --chmod=0755 busybox /bin/busybox\nCOPY value.txt /value.txt\n"
+    build(data, data_acifile, store / "data.aci")
+    app = context(tmp_path, "app", {})
+    app_acifile = 'FROM scratch\nNAME example.com/app\nDEPENDENCY example.com/data\nRUN ["/bin/busybox", "cp", "/value.txt", "/copied"]\n'
+    cache = ["--cache-dir", str(tmp_path / "cache")]
+    build(app, app_acifile, tmp_path / "app1.aci", *cache, images=store)
+    assert read(tmp_path / "app1.aci", "rootfs/copied") == "one\n"
+    (data / "value.txt").write_text("two\n")
+    build(data, data_acifile, store / "data.aci")
+    build(app, app_acifile, tmp_path / "app2.aci", *cache, images=store)
+    assert read(tmp_path / "app2.aci", "rootfs/copied") == "two\n"

@@ -115,7 +115,23 @@ class KeyMaker:
                     except (OSError, AcbuildError) as err:
                         parts.append(f"unreadable {err}")
             return " ".join(parts)
+        if isinstance(step, p.Dependency):
+            return "dependency " + self.dependency_digest(step)
         return ""
+
+    def dependency_digest(self, step: p.Dependency) -> str:
+        """The .aci files a dependency resolves to (with its own dependencies), by
+        content: a dependency found by name that is replaced must not hit the cache."""
+        from acbuild.aci import manifest as m
+        from acbuild.engine.render import ImageIndex, flatten, image_dirs
+
+        dep = m.Dependency(step.image_name, step.image_id, [m.Label(k, v) for k, v in step.labels], step.size)
+        try:
+            layers = flatten(m.ImageManifest(name="acbuild-dependencies", dependencies=[dep]),
+                             ImageIndex(image_dirs(self.options)), step.pos)
+            return " ".join(self.stat.digest(os.fspath(layer.aci), os.stat(layer.aci)) for layer in layers[1:])
+        except (OSError, AcbuildError) as err:  # the step itself will fail and say why
+            return f"unresolved {err}"
 
     def copy_digest(self, step: p.Copy) -> str:
         """The context files a COPY takes, as copy.copy_into_rootfs selects them."""
