@@ -47,9 +47,8 @@ def launch(image: Path, options: LaunchOptions) -> int:
     """Verify, render and run `image`'s app; returns the app's exit status."""
     if not image.is_file():
         raise NotFoundError(f"{image}: no such image")
-    verify_for_launch(image, options)
-    with _sigterm_as_interrupt(), temp_dir() as work:
-        rootfs, manifest = render_image(image, work, options)
+    with verified_for_launch(image, options) as source, _sigterm_as_interrupt(), temp_dir() as work:
+        rootfs, manifest = render_image(image, work, options, source=source)
         app = app_of(manifest, image)
         spec = app_spec(rootfs, manifest, app, options)
         run_handlers("pre-start", app, spec, options, abort=True)
@@ -60,9 +59,10 @@ def launch(image: Path, options: LaunchOptions) -> int:
 
 # --- the steps -----------------------------------------------------------------------------
 
-def verify_for_launch(image: Path, options: LaunchOptions) -> None:
-    """The FROM policy, except that an unsigned image is refused too (as rkt did)."""
-    from acbuild.engine.verify_base import check_policy
+def verified_for_launch(image: Path, options: LaunchOptions):
+    """The FROM policy, except that an unsigned image is refused too (as rkt did): a
+    context manager giving the file to run, the very bytes that were verified."""
+    from acbuild.engine.verify_base import verified
     from acbuild.sign import signature_path
 
     if not options.insecure_skip_verify and not signature_path(image).is_file():
@@ -70,8 +70,8 @@ def verify_for_launch(image: Path, options: LaunchOptions) -> None:
             f"{image}: not signed ({signature_path(image)} does not exist); launch runs only images signed "
             "by a trusted key: sign it with 'acbuild sign' and trust the key with 'acbuild trust' "
             "(--insecure-skip-verify skips this check)")
-    check_policy(image, str(image), insecure=options.insecure_skip_verify, require=True,
-                 trust_dirs=options.trust_dirs, quiet=False)
+    return verified(image, str(image), insecure=options.insecure_skip_verify, require=True,
+                    trust_dirs=options.trust_dirs, quiet=False)
 
 
 @contextlib.contextmanager
@@ -86,13 +86,16 @@ def temp_dir() -> Iterator[Path]:
         remove_tree(work)
 
 
-def render_image(image: Path, work: Path, options: LaunchOptions) -> tuple[Path, m.ImageManifest]:
-    """The image's rootfs (dependencies rendered below it) in `work`/rootfs, and its manifest."""
+def render_image(image: Path, work: Path, options: LaunchOptions, *, source: Path | None = None
+                 ) -> tuple[Path, m.ImageManifest]:
+    """The image's rootfs (dependencies rendered below it) in `work`/rootfs, and its
+    manifest. `source` is the file to read (the verified copy); dependencies are
+    looked for beside `image`."""
     from acbuild.aci.archive import extract_rootfs
 
     rootfs = work / "rootfs"
     rootfs.mkdir(mode=0o755)
-    contents = extract_rootfs(image, rootfs)
+    contents = extract_rootfs(source or image, rootfs)
     try:
         manifest = m.ImageManifest.from_json(contents.manifest_bytes)
     except ManifestError as e:

@@ -211,28 +211,30 @@ def render_layers(layers: list[Layer], rootfs: Path, provided: Provided, options
         if i == 0 and layer.aci is None:
             continue
         assert layer.aci is not None
-        verify_dependency(layer, options, pos)
         own = {"rootfs" + path for path in layer.manifest.path_whitelist} if layer.manifest.path_whitelist else None
         upper = upper_whitelist(layers, i)
 
         def keep(name: str, is_dir: bool, own=own, upper=upper) -> bool:
             return provided.take(name, is_dir, own, upper)
 
-        try:
-            got = extract_rootfs(layer.aci, rootfs, path_filter=keep)
-        except AcbuildError as err:
-            raise BuildError(f"dependency {layer.manifest.name} ({layer.aci}): {err.message}", pos) from err
+        with verified_dependency(layer, options, pos) as source:  # the very bytes that were verified
+            try:
+                got = extract_rootfs(source, rootfs, path_filter=keep)
+            except AcbuildError as err:
+                message = err.message.replace(str(source), str(layer.aci))
+                raise BuildError(f"dependency {layer.manifest.name} ({layer.aci}): {message}", pos) from err
         if got.image_id != layer.image_id:
             raise BuildError(f"dependency {layer.manifest.name} ({layer.aci}): image ID {got.image_id} "
                              f"does not match the pinned {layer.image_id}", pos)
 
 
-def verify_dependency(layer: Layer, options, pos: SourcePos | None) -> None:
-    """The FROM signature policy, applied to a dependency (Go acbuild never checked them)."""
-    from acbuild.engine.verify_base import check_policy
+def verified_dependency(layer: Layer, options, pos: SourcePos | None):
+    """The FROM signature policy, applied to a dependency (Go acbuild never checked
+    them): a context manager giving the file to extract, as engine.verify_base.verified."""
+    from acbuild.engine.verify_base import verified
 
-    check_policy(layer.aci, f"dependency {layer.manifest.name} ({layer.aci})", insecure=options.insecure_skip_verify,
-                 require=options.require_signatures, trust_dirs=options.trust_dirs, quiet=options.quiet, pos=pos)
+    return verified(layer.aci, f"dependency {layer.manifest.name} ({layer.aci})", insecure=options.insecure_skip_verify,
+                    require=options.require_signatures, trust_dirs=options.trust_dirs, quiet=options.quiet, pos=pos)
 
 
 def render_dependencies(manifest: m.ImageManifest, rootfs: Path, options, pos: SourcePos | None) -> None:

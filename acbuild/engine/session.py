@@ -273,14 +273,14 @@ def _start_from_base(base: p.From, rootfs: Path, options: BuildOptions) -> m.Ima
         if not path.exists():
             raise BuildError(f'FROM {name}: no such file', base.pos)
         from acbuild.aci.archive import extract_rootfs
-        from acbuild.engine.verify_base import verify_base
+        from acbuild.engine.verify_base import verified_base
 
-        verify_base(path, base, options)
         rootfs.mkdir(mode=0o755)
-        try:
-            contents = extract_rootfs(path, rootfs)
-        except ImageError as err:
-            raise BuildError(f"FROM {name}: {err.message}", base.pos) from err
+        with verified_base(path, base, options) as source:  # the very bytes that were verified
+            try:
+                contents = extract_rootfs(source, rootfs)
+            except ImageError as err:
+                raise BuildError(f"FROM {name}: {err.message.replace(str(source), str(path))}", base.pos) from err
         manifest = m.ImageManifest.from_json(contents.manifest_bytes)
         if manifest.dependencies:
             from acbuild.engine.render import render_dependencies

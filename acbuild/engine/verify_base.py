@@ -8,7 +8,11 @@ past is --insecure-skip-verify, and it is printed loudly every time.
 
 from __future__ import annotations
 
+import shutil
 import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from acbuild import plan as p
@@ -16,9 +20,9 @@ from acbuild.errors import ImageError, SignatureError, SourcePos
 
 
 def check_policy(path: Path, what: str, *, insecure: bool, require: bool, trust_dirs, quiet: bool,
-                 pos: SourcePos | None = None):
-    """Verify `path` (called `what` in messages) as the policy says; returns the
-    Signer, or None when nothing was verified."""
+                 pos: SourcePos | None = None, shown_as: Path | None = None):
+    """Verify `path` (called `what` in messages, and `shown_as` where they name the
+    file) as the policy says; returns the Signer, or None when nothing was verified."""
     from acbuild.trust import TrustStore, default_trust_dirs
     from acbuild.verify import check_image
 
@@ -26,18 +30,54 @@ def check_policy(path: Path, what: str, *, insecure: bool, require: bool, trust_
         print(f"acbuild: WARNING: NOT verifying the signature of {what} (--insecure-skip-verify)", file=sys.stderr)
         return None
     store = TrustStore(list(trust_dirs) or default_trust_dirs())
-    prefix = "" if what == str(path) else f"{what}: "  # verify's messages already name the file
+    shown = str(shown_as or path)
+    prefix = "" if what == shown else f"{what}: "  # verify's messages already name the file
     try:
         signer = check_image(path, store, require_signature=require)
     except SignatureError as err:
-        raise SignatureError(f"{prefix}{err.message} (--insecure-skip-verify skips this check)", pos) from err
+        message = err.message.replace(str(path), shown)
+        raise SignatureError(f"{prefix}{message} (--insecure-skip-verify skips this check)", pos) from err
     except ImageError as err:
-        raise ImageError(f"{prefix}{err.message}", pos) from err
+        raise ImageError(f"{prefix}{err.message.replace(str(path), shown)}", pos) from err
     if signer is not None and not quiet:
         print(f"signature verified: {signer.uid} ({signer.fingerprint})", file=sys.stderr, flush=True)
     return signer
 
 
+@contextmanager
+def verified(path: Path, what: str, *, insecure: bool, require: bool, trust_dirs, quiet: bool,
+             pos: SourcePos | None = None) -> Iterator[Path]:
+    """check_policy, then yield the file to read the image from. When a signature is
+    checked, that is a private copy of exactly the bytes that were verified (the
+    .aci and its .asc copied once into a temp dir, removed afterwards), so nobody
+    can swap the image between its check and its use."""
+    from acbuild.sign import signature_path
+
+    if insecure or (not require and not signature_path(path).is_file()):
+        check_policy(path, what, insecure=insecure, require=require, trust_dirs=trust_dirs, quiet=quiet, pos=pos)
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="acbuild-verified-") as tmp:
+        copy = Path(tmp) / path.name
+        try:
+            shutil.copyfile(path, copy)
+            if signature_path(path).is_file():
+                shutil.copyfile(signature_path(path), signature_path(copy))
+        except OSError as err:
+            raise ImageError(f"{what}: read {path}: {err.strerror}", pos) from err
+        check_policy(copy, what, insecure=False, require=require, trust_dirs=trust_dirs, quiet=quiet, pos=pos,
+                     shown_as=path)
+        yield copy
+
+
 def verify_base(path: Path, base: p.From, options) -> None:
-    check_policy(path, f"FROM {base.base}", insecure=options.insecure_skip_verify or base.insecure_skip_verify,
-                 require=options.require_signatures, trust_dirs=options.trust_dirs, quiet=options.quiet, pos=base.pos)
+    """The policy for a FROM base whose bytes are not read here (a cached step)."""
+    with verified_base(path, base, options):
+        pass
+
+
+def verified_base(path: Path, base: p.From, options):
+    """`verified` for a FROM base: the file to extract the base from."""
+    return verified(path, f"FROM {base.base}", insecure=options.insecure_skip_verify or base.insecure_skip_verify,
+                    require=options.require_signatures, trust_dirs=options.trust_dirs, quiet=options.quiet,
+                    pos=base.pos)
