@@ -69,14 +69,10 @@ def signing_from_args(args, config):
     """SigningOptions for --sign (None without it), with acbuild.toml defaults."""
     if not getattr(args, "sign", False):
         return None
+    from acbuild.cli.sign_cmds import read_passphrase
     from acbuild.sign import SigningOptions
 
-    passphrase = None
-    if args.passphrase_file is not None:
-        try:
-            passphrase = args.passphrase_file.read_text().rstrip("\n")
-        except OSError as err:
-            raise UsageError(f"--passphrase-file {args.passphrase_file}: {err.strerror}") from err
+    passphrase = read_passphrase(args.passphrase_file) if args.passphrase_file else None
     return SigningOptions(key=args.key or config.signing_key, gpg_home=args.gpg_home or config.gpg_home, passphrase=passphrase)
 
 
