@@ -1,7 +1,7 @@
 """The instruction model: one frozen dataclass per instruction, and the Plan.
 
-Both front ends produce these: the ACIfile compiler (acbuild.compile) and the
-interactive verbs (acbuild.cli.session_verbs). The engine's Session.apply is the
+Both front ends produce these: the ACIfile compiler (acbuild.frontend.compile) and the
+interactive verbs (acbuild.cli.session). The engine's Session.apply is the
 only thing that executes them. Every instruction carries its source position.
 Arguments here are final values: ARG substitution has already happened.
 

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from acbuild.engine.sandbox import SandboxSpec, run_sandboxed
+from acbuild.engine.execute.sandbox import SandboxSpec, run_sandboxed
 
 
 def make_rootfs(top: Path) -> Path:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from acbuild import plan as p
-from acbuild.compile import compile_file, compile_text
+from acbuild.frontend.compile import compile_file, compile_text
 from acbuild.errors import AcbuildError
 
 REPO = Path(__file__).resolve().parent.parent

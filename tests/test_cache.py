@@ -269,7 +269,7 @@ def test_cache_list_and_prune(tmp_path):
 
 @pytest.mark.parametrize("size, expected", [("10", 10), ("1K", 1024), ("1.5M", 1572864), ("2GiB", 2 << 30)])
 def test_prune_sizes(size, expected):
-    from acbuild.cli.cache_cmds import parse_size
+    from acbuild.cli.cache import parse_size
 
     assert parse_size(size) == expected
 

@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 from conftest import require
 
-from acbuild.engine.sandbox import DEFAULT_PATH, Bind, SandboxSpec, run_sandboxed
-from acbuild.engine.users import in_image
+from acbuild.engine.execute.sandbox import DEFAULT_PATH, Bind, SandboxSpec, run_sandboxed
+from acbuild.engine.execute.users import in_image
 from acbuild.errors import BuildError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -212,7 +212,7 @@ def test_debug_prints_each_step(rootfs, tmp_path, capfd):
 ROOTLESS_SCRIPT = """
 import os, sys
 from pathlib import Path
-from acbuild.engine.sandbox import SandboxSpec, run_sandboxed
+from acbuild.engine.execute.sandbox import SandboxSpec, run_sandboxed
 root = Path(sys.argv[1])
 with open(sys.argv[2], "wb") as out:
     code = run_sandboxed(SandboxSpec(root, ("/bin/sh", "-c", "id -u; id -g; ls /sys/class/net; touch /made"), ()),
@@ -263,7 +263,7 @@ def test_rootless_runs_as_root_inside_and_files_belong_to_the_user(unprivileged_
 DRIVER = """
 import sys
 from pathlib import Path
-from acbuild.engine.sandbox import Bind, SandboxSpec, run_sandboxed
+from acbuild.engine.execute.sandbox import Bind, SandboxSpec, run_sandboxed
 root, mark, seconds = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
 try:
     run_sandboxed(SandboxSpec(root, ("/bin/sh", "-c", f"touch /mark/started; sleep {seconds}; echo no"), (),

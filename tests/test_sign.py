@@ -16,9 +16,9 @@ from conftest import GpgHome
 
 from acbuild.config import Config, load_config
 from acbuild.errors import NotFoundError, SignatureError, UsageError
-from acbuild.sign import SigningOptions, publish, sign_file
-from acbuild.trust import TrustStore
-from acbuild.verify import check_image, image_name_of, verify_image
+from acbuild.trust.sign import SigningOptions, publish, sign_file
+from acbuild.trust.store import TrustStore
+from acbuild.trust.verify import check_image, image_name_of, verify_image
 
 REPO = Path(__file__).resolve().parent.parent
 NAME = "example.com/hello"
@@ -435,7 +435,7 @@ def test_config_signing_key_used_by_cli(keyring, aci, tmp_path):
 
 
 def test_trust_dir_resolution(tmp_path, monkeypatch):
-    from acbuild.trust import SYSTEM_TRUST_DIR, default_trust_dirs
+    from acbuild.trust.store import SYSTEM_TRUST_DIR, default_trust_dirs
 
     monkeypatch.delenv("ACBUILD_TRUST_DIR", raising=False)
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))

@@ -33,14 +33,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from acbuild.errors import ImageError
+from acbuild.errors import ImageError, NotFoundError
 
 MAX_MANIFEST = 16 << 20
 CHUNK = 1 << 20
 
 # Decides whether an entry is extracted: (cleaned archive name, "rootfs" or
 # "rootfs/usr/bin/x", is_directory) -> keep. Dependency rendering
-# (acbuild.engine.render) passes its first-provider-wins and pathWhitelist
+# (acbuild.engine.deps.render) passes its first-provider-wins and pathWhitelist
 # filter here.
 PathFilter = Callable[[str, bool], bool]
 
@@ -252,6 +252,22 @@ def read_aci(path: Path) -> AciContents:
     return AciContents(manifest, image_id, compression, checker.finish(), checker.entries)
 
 
+def read_manifest_bytes(image: str | Path) -> bytes:
+    """The manifest of an .aci or of an image layout directory, as stored."""
+    path = Path(image)
+    if not path.exists():
+        raise NotFoundError(f"{image}: no such file or directory")
+    if path.is_dir():
+        try:
+            return (path / "manifest").read_bytes()
+        except OSError as e:
+            raise ImageError(f"read {path / 'manifest'}: {e.strerror}") from e
+    aci = read_aci(path)
+    if not aci.manifest_bytes:
+        raise ImageError(f"{image}: no manifest in the archive")
+    return aci.manifest_bytes
+
+
 def _drain(path: Path, reader: _HashingReader) -> str:
     try:
         return reader.drain()
@@ -278,7 +294,7 @@ def image_id_of(path: Path) -> str:
 def copy_rootfs_entries(src: Path, sink) -> int:
     """Feed the rootfs entries of `src` to a writer.AciSink, in order, refusing
     an unsafe or invalid layout. Returns the old manifest's mtime (for the new one)."""
-    from acbuild.aci.writer import BLOCK, tar_header
+    from acbuild.aci.tarformat import BLOCK, tar_header
 
     checker = _Checker()
     mtime = 0

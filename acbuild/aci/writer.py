@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from acbuild.aci.pgzip import ParallelGzipWriter
+from acbuild.aci.tarformat import BLOCK, ZERO_BLOCK, tar_header
 from acbuild.atomic import fsync_dir
 from acbuild.errors import ImageError, UsageError
 
@@ -54,12 +55,7 @@ DEFAULT_SOURCE_DATE_EPOCH = 0
 COMPRESSIONS = ("gzip", "xz", "bzip2", "none")
 GZIP_LEVEL = 6
 
-BLOCK = 512
 CHUNK = 1 << 20  # read and flush granularity
-_ZERO_BLOCK = bytes(BLOCK)
-_MAX_ID = 0o7777777  # largest uid/gid a 7-digit ustar field holds
-_MAX_SIZE = 0o77777777777
-_PAX_NAME = b"././@PaxHeader"
 
 
 def source_date_epoch_from_env() -> int:
@@ -74,111 +70,6 @@ def source_date_epoch_from_env() -> int:
     if value < 0:
         raise UsageError(f"SOURCE_DATE_EPOCH={raw!r} is not a non-negative integer (seconds since 1970)")
     return value
-
-
-# --- tar headers -----------------------------------------------------------
-
-
-def _octal(value: int, size: int) -> bytes:
-    return b"%0*o\0" % (size - 1, value)
-
-
-def _pad(value: bytes, size: int) -> bytes:
-    return value + b"\0" * (size - len(value))
-
-
-def _split_ustar(name: bytes) -> tuple[bytes, bytes] | None:
-    """(prefix, name) for the ustar fields, or None when the name needs PAX."""
-    if len(name) <= 100:
-        return b"", name
-    i = name.rfind(b"/", 0, min(len(name), 156))
-    if i <= 0 or len(name) - i - 1 > 100 or i == len(name) - 1:
-        return None
-    return name[:i], name[i + 1 :]
-
-
-def _pax_record(key: bytes, value: bytes) -> bytes:
-    body = b" " + key + b"=" + value + b"\n"
-    n = len(body) + 1
-    while len(b"%d" % n) + len(body) != n:
-        n = len(b"%d" % n) + len(body)
-    return b"%d" % n + body
-
-
-def _block(
-    name: bytes,
-    prefix: bytes,
-    mode: int,
-    uid: int,
-    gid: int,
-    size: int,
-    mtime: int,
-    typeflag: bytes,
-    linkname: bytes = b"",
-    devmajor: int = 0,
-    devminor: int = 0,
-) -> bytes:
-    head = b"".join(
-        (
-            _pad(name, 100),
-            _octal(mode, 8),
-            _octal(uid, 8),
-            _octal(gid, 8),
-            _octal(size, 12),
-            _octal(mtime, 12),
-            b"        ",
-            typeflag,
-            _pad(linkname, 100),
-            b"ustar\x0000",
-            bytes(64),  # uname, gname: empty
-            _octal(devmajor, 8),
-            _octal(devminor, 8),
-            _pad(prefix, 155),
-            bytes(12),
-        )
-    )
-    chksum = b"%06o\0 " % sum(head)
-    return head[:148] + chksum + head[156:]
-
-
-def tar_header(
-    name: bytes,
-    typeflag: bytes,
-    *,
-    mode: int,
-    uid: int = 0,
-    gid: int = 0,
-    size: int = 0,
-    mtime: int = 0,
-    linkname: bytes = b"",
-    devmajor: int = 0,
-    devminor: int = 0,
-) -> bytes:
-    """The header block(s) for one entry: ustar, with a PAX record first when a
-    field does not fit. Deterministic: the same fields give the same bytes."""
-    pax: list[bytes] = []
-    split = _split_ustar(name)
-    if split is None:
-        pax.append(_pax_record(b"path", name))
-        split = b"", name[:100]
-    if len(linkname) > 100:
-        pax.append(_pax_record(b"linkpath", linkname))
-        linkname = linkname[:100]
-    if uid > _MAX_ID:
-        pax.append(_pax_record(b"uid", b"%d" % uid))
-        uid = 0
-    if gid > _MAX_ID:
-        pax.append(_pax_record(b"gid", b"%d" % gid))
-        gid = 0
-    if size > _MAX_SIZE:
-        pax.append(_pax_record(b"size", b"%d" % size))
-    block = _block(split[1], split[0], mode & 0o7777, uid, gid, size if size <= _MAX_SIZE else 0,
-                   min(mtime, 0o77777777777), typeflag, linkname, devmajor, devminor)
-    if not pax:
-        return block
-    records = b"".join(pax)
-    pad = -len(records) % BLOCK
-    return _block(_PAX_NAME, b"", 0o644, 0, 0, len(records), 0, b"x") + records + bytes(pad) + block
 
 
 # --- the output stream -----------------------------------------------------
@@ -231,7 +122,7 @@ class AciSink:
     def commit(self) -> str:
         """End the archive, make the file durable and visible; return the image ID."""
         assert self._tmp is not None
-        self.write(_ZERO_BLOCK * 2)
+        self.write(ZERO_BLOCK * 2)
         self._flush()
         try:
             if self._stream is not self._raw:
@@ -317,7 +208,7 @@ def _copy_file(sink: AciSink, path: str, size: int) -> None:
             left -= len(data)
     pad = -size % BLOCK
     if pad:
-        sink.write(_ZERO_BLOCK[:pad])
+        sink.write(ZERO_BLOCK[:pad])
 
 
 def write_tree(sink: AciSink, rootfs: Path, source_date_epoch: int, id_map: dict[int, int] | None) -> None:
@@ -366,7 +257,7 @@ def write_manifest(sink: AciSink, manifest_json: bytes, mtime: int) -> None:
     sink.write(manifest_json)
     pad = -len(manifest_json) % BLOCK
     if pad:
-        sink.write(_ZERO_BLOCK[:pad])
+        sink.write(ZERO_BLOCK[:pad])
 
 
 def write_aci(

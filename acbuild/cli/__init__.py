@@ -24,14 +24,14 @@ COMMANDS = [
     "plan",
     "pack",
     "validate",
-    "manifest_cmds",
+    "manifest",
     "image_id",
-    "sign_cmds",
-    "cache_cmds",
+    "signing",
+    "cache",
     "launch",
-    "session_verbs",
-    "verbs_manifest",
-    "verbs_script",
+    "session",
+    "metadata",
+    "script",
 ]
 
 # Which module defines each command: `acbuild CMD ...` imports and builds only that
@@ -39,17 +39,17 @@ COMMANDS = [
 # tests/test_cli.py checks this table against what the modules register.
 COMMAND_MODULES = {
     "build": "build", "plan": "plan", "pack": "pack", "validate": "validate",
-    "cat-manifest": "manifest_cmds", "patch-manifest": "manifest_cmds", "image-id": "image_id",
-    "sign": "sign_cmds", "trust": "sign_cmds", "verify": "sign_cmds", "cache": "cache_cmds",
-    "launch": "launch", "script": "verbs_script",
+    "cat-manifest": "manifest", "patch-manifest": "manifest", "image-id": "image_id",
+    "sign": "signing", "trust": "signing", "verify": "signing", "cache": "cache",
+    "launch": "launch", "script": "script",
     **dict.fromkeys(
         ["begin", "copy", "copy-to-dir", "run", "set-exec", "set-event-handler", "set-name", "set-user",
          "set-group", "set-working-directory", "set-wd", "set-working-dir", "set-supp-groups",
          "set-supplementary-groups", "replace-manifest", "write", "end", "history"],
-        "session_verbs",
+        "session",
     ),
     **dict.fromkeys(["label", "annotation", "environment", "env", "isolator", "mount", "port", "dependency", "dep"],
-                    "verbs_manifest"),
+                    "metadata"),
 }
 GLOBAL_OPTIONS_WITH_VALUE = {"--work-path", "--modify"}
 
@@ -82,7 +82,7 @@ def build_parser(command: str | None = None) -> ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"acbuild {__version__}")
     parser.add_argument("--debug", action="store_true", help="print tracebacks and what the sandbox does")
-    importlib.import_module("acbuild.cli.session_verbs").add_global_options(parser)  # --work-path, --modify
+    importlib.import_module("acbuild.cli.session").add_global_options(parser)  # --work-path, --modify
     sub = parser.add_subparsers(title="commands", metavar="COMMAND", parser_class=ArgumentParser)
     for name in [COMMAND_MODULES[command]] if command in COMMAND_MODULES else COMMANDS:
         importlib.import_module(f"acbuild.cli.{name}").add_parser(sub)

@@ -6,6 +6,14 @@ import argparse
 import os
 from pathlib import Path
 
+from acbuild.cli.options import (
+    add_acifile_options,
+    add_signing_options,
+    add_trust_options,
+    compile_from_args,
+    signing_from_args,
+    trust_settings,
+)
 from acbuild.errors import UsageError
 
 EPILOG = """\
@@ -49,69 +57,6 @@ def add_cache_options(parser) -> None:
     group.add_argument("--iidfile", type=Path, metavar="FILE", help="write the image ID to FILE")
 
 
-def add_signing_options(parser) -> None:
-    group = parser.add_argument_group("signing")
-    group.add_argument("--sign", action="store_true", help="write OUT.aci.asc, a detached armored signature over OUT.aci")
-    group.add_argument("--key", metavar="KEYID", help="signing key (default: acbuild.toml signing-key, else gpg's default)")
-    group.add_argument("--gpg-home", type=Path, metavar="DIR", help="GnuPG home (default: acbuild.toml gpg-home, else $GNUPGHOME)")
-    group.add_argument("--passphrase-file", type=Path, metavar="FILE", help="read the key's passphrase from FILE")
-
-
-def add_trust_options(parser) -> None:
-    group = parser.add_argument_group("verification of base images")
-    group.add_argument("--insecure-skip-verify", action="store_true", help="do not verify base image signatures (printed loudly)")
-    group.add_argument("--require-signatures", action="store_true", default=None, help="refuse any base without a trusted signature")
-    group.add_argument("--trust-dir", type=Path, metavar="DIR", help="trust store root (default: $ACBUILD_TRUST_DIR, else system + user)")
-    group.add_argument("--config", type=Path, metavar="FILE", help="acbuild.toml to read (default: $XDG_CONFIG_HOME/acbuild/acbuild.toml)")
-
-
-def signing_from_args(args, config):
-    """SigningOptions for --sign (None without it), with acbuild.toml defaults."""
-    if not getattr(args, "sign", False):
-        return None
-    from acbuild.cli.sign_cmds import read_passphrase
-    from acbuild.sign import SigningOptions
-
-    passphrase = read_passphrase(args.passphrase_file) if args.passphrase_file else None
-    return SigningOptions(key=args.key or config.signing_key, gpg_home=args.gpg_home or config.gpg_home, passphrase=passphrase)
-
-
-def trust_settings(args, config) -> dict:
-    """BuildOptions fields for base verification, from flags (for commands that
-    have them: build, launch, begin) and acbuild.toml."""
-    from acbuild.trust import default_trust_dirs
-
-    require = getattr(args, "require_signatures", None)
-    dirs = default_trust_dirs(getattr(args, "trust_dir", None), config.trust_dirs)
-    return {
-        "insecure_skip_verify": getattr(args, "insecure_skip_verify", False),
-        "require_signatures": config.require_signatures if require is None else require,
-        "trust_dirs": tuple(dirs),
-    }
-
-
-def add_acifile_options(parser) -> None:
-    parser.add_argument("-f", "--file", type=Path, default=None, metavar="ACIfile", help="the ACIfile (default: ./ACIfile)")
-    parser.add_argument("--build-arg", action="append", default=[], metavar="NAME=VALUE", help="set an ARG (repeatable)")
-
-
-def build_args(values: list[str]) -> dict[str, str]:
-    args = {}
-    for value in values:
-        name, eq, val = value.partition("=")
-        if not eq or not name:
-            raise UsageError(f'--build-arg "{value}": expected NAME=VALUE')
-        args[name] = val
-    return args
-
-
-def compile_from_args(args):
-    from acbuild.compile import compile_file
-
-    acifile = args.file or Path("ACIfile")
-    return acifile, compile_file(acifile, build_args(args.build_arg))
-
-
 def run(args) -> int:
     import json
     import os
@@ -119,9 +64,9 @@ def run(args) -> int:
 
     from acbuild.aci.writer import source_date_epoch_from_env
     from acbuild.config import load_config
-    from acbuild.engine.build import build_plan
-    from acbuild.engine.cache import StepCache
-    from acbuild.engine.ignore import load_ignore
+    from acbuild.engine.driver import build_plan
+    from acbuild.engine.cache.stepcache import StepCache
+    from acbuild.engine.execute.ignore import load_ignore
     from acbuild.engine.progress import Progress
     from acbuild.engine.session import BuildOptions
     from acbuild.dirs import cache_root

@@ -23,7 +23,7 @@ is thrown away afterwards: nothing the app writes outside its volumes is kept.""
 
 
 def add_parser(sub) -> None:
-    from acbuild.cli.build import add_trust_options
+    from acbuild.cli.options import add_trust_options
 
     parser = sub.add_parser(
         "launch",
@@ -73,7 +73,7 @@ def parse_volume(value: str):
 
 
 def run(args) -> int:
-    from acbuild.cli.build import trust_settings
+    from acbuild.cli.options import trust_settings
     from acbuild.config import load_config
     from acbuild.engine.launch import LaunchOptions, launch
 

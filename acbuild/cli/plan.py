@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from acbuild.cli.build import add_acifile_options, compile_from_args
+from acbuild.cli.options import add_acifile_options, compile_from_args
 
 
 def add_parser(sub) -> None:

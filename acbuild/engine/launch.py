@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Iterator
 
 from acbuild.aci import manifest as m
-from acbuild.engine.sandbox import DEFAULT_PATH, Bind, SandboxSpec, run_sandboxed
+from acbuild.engine.execute.sandbox import DEFAULT_PATH, Bind, SandboxSpec, run_sandboxed
 from acbuild.errors import BuildError, ImageError, ManifestError, NotFoundError, SignatureError
 
 
@@ -62,8 +62,8 @@ def launch(image: Path, options: LaunchOptions) -> int:
 def verified_for_launch(image: Path, options: LaunchOptions):
     """The FROM policy, except that an unsigned image is refused too (as rkt did): a
     context manager giving the file to run, the very bytes that were verified."""
-    from acbuild.engine.verify_base import verified
-    from acbuild.sign import signature_path
+    from acbuild.trust.policy import verified
+    from acbuild.trust.sign import signature_path
 
     if not options.insecure_skip_verify and not signature_path(image).is_file():
         raise SignatureError(
@@ -77,7 +77,7 @@ def verified_for_launch(image: Path, options: LaunchOptions):
 @contextlib.contextmanager
 def temp_dir() -> Iterator[Path]:
     """A private work dir, removed afterwards whatever happens (RUN may leave 0555 dirs)."""
-    from acbuild.engine.build import remove_tree
+    from acbuild.files import remove_tree
 
     work = Path(tempfile.mkdtemp(prefix="acbuild-launch-"))
     try:
@@ -101,7 +101,7 @@ def render_image(image: Path, work: Path, options: LaunchOptions, *, source: Pat
     except ManifestError as e:
         raise ImageError(f"{image}: {e.message}") from e
     if manifest.dependencies:
-        from acbuild.engine.render import render_dependencies
+        from acbuild.engine.deps.render import render_dependencies
         from acbuild.engine.session import BuildOptions
 
         deps = BuildOptions(context=image.parent.resolve(), network=options.network, quiet=True,

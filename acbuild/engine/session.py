@@ -22,10 +22,10 @@ from acbuild import plan as p
 from acbuild.aci import manifest as m
 from acbuild.aci.types import host_os_arch
 from acbuild.atomic import write_atomic
-from acbuild.engine.copy import CopyAttrs, copy_into_rootfs, make_dirs
-from acbuild.engine.layers import copy_up
-from acbuild.engine.paths import resolve_in_root
-from acbuild.engine.users import resolve_group, resolve_user
+from acbuild.engine.execute.copy import CopyAttrs, copy_into_rootfs, make_dirs
+from acbuild.engine.deps.overlay import copy_up
+from acbuild.engine.execute.paths import resolve_in_root
+from acbuild.engine.execute.users import resolve_group, resolve_user
 from acbuild.errors import BuildError, ImageError, ManifestError, NotFoundError, PlanError
 
 UNNAMED = "acbuild-unnamed"
@@ -211,7 +211,7 @@ class Session:
         return uid, gid
 
     def _run(self, i: p.Run) -> None:
-        from acbuild.engine.run_step import run_step
+        from acbuild.engine.execute.run_step import run_step
 
         run_step(self, i)
 
@@ -228,12 +228,12 @@ class Session:
         """Validate the manifest and write the .aci; returns the image ID.
 
         The image is written to a temp file beside `out`, signed when `signing`
-        (acbuild.sign.SigningOptions) is given, then the image and its signature
-        replace the old ones together (acbuild.sign.publish): never a fresh .aci
+        (acbuild.trust.sign.SigningOptions) is given, then the image and its signature
+        replace the old ones together (acbuild.trust.sign.publish): never a fresh .aci
         beside a stale .asc, never a partial file."""
         from acbuild.aci.writer import write_aci
-        from acbuild.engine.layers import output_tree
-        from acbuild.sign import publish
+        from acbuild.engine.deps.overlay import output_tree
+        from acbuild.trust.sign import publish
 
         self.check_manifest()
         if out.suffix != ".aci":
@@ -273,7 +273,7 @@ def _start_from_base(base: p.From, rootfs: Path, options: BuildOptions) -> m.Ima
         if not path.exists():
             raise BuildError(f'FROM {name}: no such file', base.pos)
         from acbuild.aci.archive import extract_rootfs
-        from acbuild.engine.verify_base import verified_base
+        from acbuild.trust.policy import verified_base
 
         rootfs.mkdir(mode=0o755)
         with verified_base(path, base, options) as source:  # the very bytes that were verified
@@ -283,7 +283,7 @@ def _start_from_base(base: p.From, rootfs: Path, options: BuildOptions) -> m.Ima
                 raise BuildError(f"FROM {name}: {err.message.replace(str(source), str(path))}", base.pos) from err
         manifest = m.ImageManifest.from_json(contents.manifest_bytes)
         if manifest.dependencies:
-            from acbuild.engine.render import render_dependencies
+            from acbuild.engine.deps.render import render_dependencies
 
             render_dependencies(manifest, rootfs, options, base.pos)
         return manifest

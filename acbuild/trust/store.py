@@ -36,7 +36,7 @@ from pathlib import Path
 
 from acbuild.atomic import write_atomic
 from acbuild.errors import NotFoundError, SignatureError, UsageError
-from acbuild.gpg import FINGERPRINT_RE, KeyInfo, export_armored, scan_keys
+from acbuild.trust.gpg import FINGERPRINT_RE, KeyInfo, export_armored, scan_keys
 
 SYSTEM_TRUST_DIR = Path("/etc/acbuild/trustedkeys")
 ENV_TRUST_DIR = "ACBUILD_TRUST_DIR"

@@ -77,28 +77,19 @@ def _common(p: argparse.ArgumentParser, trust_dir: bool = True) -> None:
 
 def _store(args):
     from acbuild.config import load_config
-    from acbuild.trust import TrustStore, default_trust_dirs
+    from acbuild.trust.store import TrustStore, default_trust_dirs
 
     config = load_config(args.config)
     return config, TrustStore(default_trust_dirs(args.trust_dir, config.trust_dirs))
 
 
-def read_passphrase(path: Path) -> str:
-    """The first line of `path`, without its line ending."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError as e:
-        raise NotFoundError(f"passphrase file {path} does not exist") from e
-    except (OSError, UnicodeDecodeError) as e:
-        raise UsageError(f"read passphrase file {path}: {e}") from e
-    return text.splitlines()[0] if text else ""
-
-
 def run_sign(args) -> int:
     from acbuild.config import load_config
-    from acbuild.sign import sign_file
+    from acbuild.trust.sign import sign_file
 
     config = load_config(args.config)
+    from acbuild.cli.options import read_passphrase
+
     passphrase = read_passphrase(args.passphrase_file) if args.passphrase_file else None
     out = sign_file(args.image, key=args.key or config.signing_key,
                     gpg_home=args.gpg_home or config.gpg_home, passphrase=passphrase)
@@ -120,8 +111,8 @@ def run_trust(args) -> int:
         raise UsageError("trust: give KEYFILE... (or --list, --remove FINGERPRINT)")
     if args.prefix is None and not args.root:
         raise UsageError("trust: say what the key may sign: --prefix PREFIX or --root (every image)")
-    from acbuild.gpg import scan_keys
-    from acbuild.trust import check_prefix
+    from acbuild.trust.gpg import scan_keys
+    from acbuild.trust.store import check_prefix
 
     prefix = check_prefix(args.prefix) if args.prefix is not None else None
     scope = "every image (root)" if prefix is None else f"prefix {prefix}"
@@ -167,7 +158,7 @@ def _list(store, args) -> int:
 
 
 def run_verify(args) -> int:
-    from acbuild.verify import name_for_verification, verify_image
+    from acbuild.trust.verify import name_for_verification, verify_image
 
     _config, store = _store(args)
     if not args.image.is_file():

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from acbuild import plan as p
 from acbuild.aci import types as t
 from acbuild.errors import PlanError
-from acbuild.parse import Statement, Word, parse_acifile
+from acbuild.frontend.parse import Statement, Word, parse_acifile
 
 _VAR = re.compile(r"\$(?:\{(?P<braced>[A-Za-z_][A-Za-z0-9_]*)(?::(?P<op>[-+])(?P<arg>[^}]*))?\}|(?P<plain>[A-Za-z_][A-Za-z0-9_]*))")
 _ARG_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")

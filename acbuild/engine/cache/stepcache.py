@@ -44,6 +44,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from acbuild.atomic import write_atomic
+from acbuild.files import link_or_copy, remove_tree
+
 SCRATCH = {"ovl-work", "ovl-probe", "out-stage", "manifest"}  # never part of a snapshot
 _VERSION = 2  # 2: snapshots as tree.json + files/
 
@@ -414,15 +417,6 @@ def unshare_files(rootfs: Path) -> int:
     return copied
 
 
-def link_or_copy(src: Path, dst: Path) -> None:
-    try:
-        os.link(src, dst)
-    except OSError as err:
-        if err.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
-            raise
-        shutil.copyfile(src, dst)
-
-
 def _image_size(path: Path) -> int:
     try:
         return os.stat(path).st_size
@@ -431,13 +425,9 @@ def _image_size(path: Path) -> int:
 
 
 def _write_json(path: Path, data: dict) -> None:
-    from acbuild.atomic import write_atomic
-
     write_atomic(path, json.dumps(data, sort_keys=True).encode())
 
 
 def _rmtree(path: Path) -> None:
-    from acbuild.engine.build import remove_tree
-
     if os.path.lexists(path):
         remove_tree(path)

@@ -61,8 +61,8 @@ def ago(seconds: float) -> str:
 def run(args) -> int:
     import shutil
 
-    from acbuild.engine.build import remove_tree
-    from acbuild.engine.cache import StepCache
+    from acbuild.files import remove_tree
+    from acbuild.engine.cache.stepcache import StepCache
     from acbuild.dirs import cache_root
 
     cache = StepCache((args.cache_dir or cache_root()).absolute())

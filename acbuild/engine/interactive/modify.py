@@ -26,9 +26,9 @@ def modify_image(image: Path, steps: list[tuple[p.Instruction, Path | None]], op
     from acbuild.aci.archive import detect_file_compression, extract_rootfs, read_aci
     from acbuild.aci.manifest import ImageManifest
     from acbuild.aci.writer import rewrite_aci
-    from acbuild.engine.build import remove_tree
+    from acbuild.files import remove_tree
     from acbuild.engine.session import Session
-    from acbuild.sign import replace_together, signature_path
+    from acbuild.trust.sign import replace_together, signature_path
 
     if not image.is_file():
         raise NotFoundError(f"--modify {image}: no such image")

@@ -13,13 +13,13 @@ import os
 from pathlib import Path
 
 from acbuild import plan as p
-from acbuild.engine.paths import resolve_in_root
+from acbuild.engine.execute.paths import resolve_in_root
 from acbuild.errors import BuildError
 
 
 def run_step(session, i: p.Run) -> None:
-    from acbuild.engine.layers import overlay_work, prepare
-    from acbuild.engine.sandbox import DEFAULT_PATH, Bind, SandboxSpec, run_sandboxed
+    from acbuild.engine.deps.overlay import overlay_work, prepare
+    from acbuild.engine.execute.sandbox import DEFAULT_PATH, Bind, SandboxSpec, run_sandboxed
 
     app = session.manifest.app
     env = {"PATH": DEFAULT_PATH}

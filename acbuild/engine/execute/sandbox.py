@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Callable, Protocol, Union
 
-from acbuild.engine.users import in_image, resolve_group, resolve_user
+from acbuild.engine.execute.users import in_image, resolve_group, resolve_user
 from acbuild.errors import BuildError
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from acbuild.engine.paths import resolve_in_root
+from acbuild.engine.execute.paths import resolve_in_root
 from acbuild.errors import BuildError
 
 

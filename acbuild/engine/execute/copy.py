@@ -25,7 +25,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from acbuild.engine.paths import resolve_in_root
+from acbuild.engine.execute.paths import resolve_in_root
 from acbuild.errors import BuildError, SourcePos
 
 _GLOB_CHARS = set("*?[")

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from acbuild.errors import ImageError, NotFoundError, SignatureError
-from acbuild.gpg import KeyInfo, last_gpg_message, open_gpg, scan_keys, scratch_home
-from acbuild.sign import signature_path
-from acbuild.trust import TrustedKey, TrustStore
+from acbuild.trust.gpg import KeyInfo, last_gpg_message, open_gpg, scan_keys, scratch_home
+from acbuild.trust.sign import signature_path
+from acbuild.trust.store import TrustedKey, TrustStore
 
 
 @dataclass(frozen=True)

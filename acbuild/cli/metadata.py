@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from acbuild import plan as p
-from acbuild.cli.session_verbs import Step, mutating, pos_of, verb_parser
+from acbuild.cli.session import Step, mutating, pos_of, verb_parser
 from acbuild.errors import NotFoundError, UsageError
 
 

@@ -41,7 +41,7 @@ def manifest_record(manifest_json: bytes, instead_of: p.Instruction) -> dict:
 
 def compiles(records: list[dict]) -> bool:
     """Would these records, as an ACIfile, pass the compiler?"""
-    from acbuild.compile import compile_text
+    from acbuild.frontend.compile import compile_text
 
     text = "\n".join(["FROM scratch", *(r["line"] for r in records if "line" in r)]) + "\n"
     try:

@@ -30,16 +30,16 @@ import stat
 from pathlib import Path
 
 from acbuild import plan as p
-from acbuild.engine.copy import select_sources
-from acbuild.engine.paths import resolve_in_root
-from acbuild.engine.statcache import StatCache
+from acbuild.engine.execute.copy import select_sources
+from acbuild.engine.execute.paths import resolve_in_root
+from acbuild.engine.cache.statcache import StatCache
 from acbuild.errors import AcbuildError
 
 VERSION = "acbuild-step-cache-1"
 
 
 def settings_text(options) -> str:
-    from acbuild.engine.layers import NO_OVERLAY_ENV
+    from acbuild.engine.deps.overlay import NO_OVERLAY_ENV
 
     return json.dumps({
         "source_date_epoch": options.source_date_epoch,
@@ -123,7 +123,7 @@ class KeyMaker:
         """The .aci files a dependency resolves to (with its own dependencies), by
         content: a dependency found by name that is replaced must not hit the cache."""
         from acbuild.aci import manifest as m
-        from acbuild.engine.render import ImageIndex, flatten, image_dirs
+        from acbuild.engine.deps.render import ImageIndex, flatten, image_dirs
 
         dep = m.Dependency(step.image_name, step.image_id, [m.Label(k, v) for k, v in step.labels], step.size)
         try:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import stat
 import tempfile
 import time
 from dataclasses import dataclass, field, replace
@@ -27,6 +26,7 @@ from acbuild import plan as p
 from acbuild.engine.progress import Progress
 from acbuild.engine.session import BuildOptions, Session
 from acbuild.errors import ImageError, UsageError
+from acbuild.files import link_or_copy, remove_tree
 
 # Steps that change the work dir's files; the others change only the manifest.
 _TREE_STEPS = (p.From, p.Copy, p.Run, p.WorkDir)
@@ -140,8 +140,8 @@ class _Build:
     # -- keys and full hits ------------------------------------------------------------
 
     def compute_keys(self) -> None:
-        from acbuild.engine.statcache import StatCache
-        from acbuild.engine.stepkeys import KeyMaker
+        from acbuild.engine.cache.statcache import StatCache
+        from acbuild.engine.cache.keys import KeyMaker
 
         stat_cache = StatCache.for_context(self.cache.root, self.options.context)
         maker = KeyMaker(self.options, stat_cache)
@@ -156,8 +156,7 @@ class _Build:
             pass  # only a speed-up
 
     def publish_cached(self, final: p.Stage) -> BuildResult | None:
-        from acbuild.engine.cache import link_or_copy
-        from acbuild.sign import publish
+        from acbuild.trust.sign import publish
 
         hit = self.cache.image(self.keys[final.name][-1], self.compression)
         if hit is None:
@@ -206,7 +205,7 @@ class _Build:
 
     def build_stage(self, stage: p.Stage) -> Session:
         from acbuild.aci.manifest import ImageManifest
-        from acbuild.engine.cache import Damaged
+        from acbuild.engine.cache.stepcache import Damaged
 
         if stage.name in self.sessions:
             return self.sessions[stage.name]
@@ -240,7 +239,7 @@ class _Build:
                 session = Session.begin(workdir, stage.base, options)
             else:
                 if isinstance(step, p.Run) and stage.name in self.shared:
-                    from acbuild.engine.cache import unshare_files
+                    from acbuild.engine.cache.stepcache import unshare_files
 
                     unshare_files(session.rootfs)
                     self.shared.discard(stage.name)
@@ -286,7 +285,7 @@ class _Build:
 
     def verify_cached_base(self, base: p.From) -> None:
         """A cached FROM IMAGE.aci still passes the signature policy of this build."""
-        from acbuild.engine.verify_base import verify_base
+        from acbuild.trust.policy import verify_base
 
         if base.base == "scratch" or base.base.startswith("docker://"):
             return
@@ -310,24 +309,3 @@ def shares_with_output(cached: Path, output: Path) -> bool:
     except FileNotFoundError:
         return st.st_nlink == 1
     return (out.st_dev, out.st_ino) == (st.st_dev, st.st_ino) or st.st_nlink == 1
-
-
-def remove_tree(path: Path | None) -> None:
-    """rmtree that also removes what RUN or overlayfs left unwritable or unreadable
-    (chmod 0555 dirs, overlayfs work dirs of mode 000)."""
-    if path is None:
-        return
-
-    def make_writable_and_retry(func, failed, _exc):
-        try:
-            parent = os.path.dirname(failed)
-            os.chmod(parent, os.stat(parent).st_mode | stat.S_IRWXU)
-            if os.path.isdir(failed) and not os.path.islink(failed):
-                os.chmod(failed, stat.S_IRWXU)
-                shutil.rmtree(failed, onerror=make_writable_and_retry)
-            else:
-                func(failed)
-        except OSError:
-            pass
-
-    shutil.rmtree(path, onerror=make_writable_and_retry)

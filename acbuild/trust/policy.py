@@ -23,8 +23,8 @@ def check_policy(path: Path, what: str, *, insecure: bool, require: bool, trust_
                  pos: SourcePos | None = None, shown_as: Path | None = None):
     """Verify `path` (called `what` in messages, and `shown_as` where they name the
     file) as the policy says; returns the Signer, or None when nothing was verified."""
-    from acbuild.trust import TrustStore, default_trust_dirs
-    from acbuild.verify import check_image
+    from acbuild.trust.store import TrustStore, default_trust_dirs
+    from acbuild.trust.verify import check_image
 
     if insecure:
         print(f"acbuild: WARNING: NOT verifying the signature of {what} (--insecure-skip-verify)", file=sys.stderr)
@@ -51,7 +51,7 @@ def verified(path: Path, what: str, *, insecure: bool, require: bool, trust_dirs
     checked, that is a private copy of exactly the bytes that were verified (the
     .aci and its .asc copied once into a temp dir, removed afterwards), so nobody
     can swap the image between its check and its use."""
-    from acbuild.sign import signature_path
+    from acbuild.trust.sign import signature_path
 
     if insecure or (not require and not signature_path(path).is_file()):
         check_policy(path, what, insecure=insecure, require=require, trust_dirs=trust_dirs, quiet=quiet, pos=pos)

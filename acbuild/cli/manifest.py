@@ -95,31 +95,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run_patch)
 
 
-def read_manifest_bytes(image: str) -> bytes:
-    """The manifest of an .aci or layout directory, as stored."""
-    from acbuild.errors import ImageError, NotFoundError
-
-    path = Path(image)
-    if not path.exists():
-        raise NotFoundError(f"{image}: no such file or directory")
-    if path.is_dir():
-        try:
-            return (path / "manifest").read_bytes()
-        except OSError as e:
-            raise ImageError(f"read {path / 'manifest'}: {e.strerror}") from e
-    from acbuild.aci.archive import read_aci
-
-    aci = read_aci(path)
-    if not aci.manifest_bytes:
-        raise ImageError(f"{image}: no manifest in the archive")
-    return aci.manifest_bytes
-
-
 def run_cat(args: argparse.Namespace) -> int:
-    if args.image is None:  # interactive form: the build in progress (acbuild.cli.session_verbs)
-        from acbuild.cli.session_verbs import run_cat_current
+    if args.image is None:  # interactive form: the build in progress (acbuild.cli.session)
+        from acbuild.cli.session import run_cat_current
 
         return run_cat_current(args)
+    from acbuild.aci.archive import read_manifest_bytes
+
     data = read_manifest_bytes(args.image)
     if args.pretty:
         from acbuild.aci.manifest import ImageManifest
@@ -293,6 +275,8 @@ def run_patch(args: argparse.Namespace) -> int:
         except OSError as e:
             raise NotFoundError(f"read {args.manifest}: {e.strerror}") from e
     else:
+        from acbuild.aci.archive import read_manifest_bytes
+
         new = ImageManifest.from_json(read_manifest_bytes(args.input))
         patch(new, args)
     problems = new.problems(strict=True)

@@ -68,8 +68,8 @@ def overlay_work(session) -> Path:
 def prepare(session, pos: SourcePos | None) -> tuple[Path, ...]:
     """Make the manifest's dependencies visible to the next step; return the lower layers a
     RUN must mount (overlay mode) or () (copy mode, or no dependencies)."""
-    from acbuild.engine.build import remove_tree
-    from acbuild.engine.render import render_into
+    from acbuild.files import remove_tree
+    from acbuild.engine.deps.render import render_into
 
     wanted = [_encode(d) for d in session.manifest.dependencies]
     state = _load_state(session)
@@ -112,8 +112,8 @@ def _notice() -> None:
 def _overlay_works(session) -> bool:
     if os.environ.get(NO_OVERLAY_ENV, "") not in ("", "0"):
         return False
-    from acbuild.engine.build import remove_tree
-    from acbuild.engine.sandbox import release_overlay_work
+    from acbuild.files import remove_tree
+    from acbuild.engine.execute.sandbox import release_overlay_work
 
     probe = session.workdir / "ovl-probe"
     try:
@@ -131,7 +131,7 @@ def _overlay_works(session) -> bool:
 def probe_overlay(lower: Path, upper: Path, work: Path) -> int:
     """Try the overlay mount RUN would make, in a throw-away mount (and, rootless, user)
     namespace; return 0 when it works, else the errno (EPERM, ENODEV, EINVAL...)."""
-    from acbuild.engine.sandbox import CLONE_NEWNS, CLONE_NEWUSER, MakePrivate, MountOverlay, unshare
+    from acbuild.engine.execute.sandbox import CLONE_NEWNS, CLONE_NEWUSER, MakePrivate, MountOverlay, unshare
 
     rootless = os.geteuid() != 0
     step = MountOverlay((lower,), upper, work, rootless)
@@ -377,7 +377,7 @@ def output_tree(session) -> Iterator[tuple[Path, bytes]]:
     if state is None:
         yield session.rootfs, session.manifest.to_json()
         return
-    from acbuild.engine.build import remove_tree
+    from acbuild.files import remove_tree
 
     manifest = m.ImageManifest.from_json(session.manifest.to_json())
     whitelist = _whitelist(session, state)

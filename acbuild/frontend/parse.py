@@ -1,7 +1,7 @@
 """ACIfile text -> list of Statements, with Lark.
 
 A Statement is the instruction's shape as written (keyword, flags, raw words or
-command, positions); acbuild.compile gives it meaning. Syntax errors become
+command, positions); acbuild.frontend.compile gives it meaning. Syntax errors become
 ParseError with the file, line, column and a caret excerpt.
 """
 
@@ -100,7 +100,7 @@ def _grammar_text() -> str:
     try:
         return resources.files("acbuild.grammar").joinpath("acifile.lark").read_text()
     except (ModuleNotFoundError, FileNotFoundError):
-        return (Path(__file__).resolve().parent.parent / "grammar" / "acifile.lark").read_text()
+        return (Path(__file__).resolve().parents[2] / "grammar" / "acifile.lark").read_text()
 
 
 def parse_acifile(text: str, filename: str = "ACIfile") -> list[Statement]:

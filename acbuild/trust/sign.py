@@ -19,7 +19,7 @@ from pathlib import Path
 
 from acbuild.atomic import fsync_dir, temp_beside
 from acbuild.errors import NotFoundError, SignatureError
-from acbuild.gpg import last_gpg_message, open_gpg
+from acbuild.trust.gpg import last_gpg_message, open_gpg
 
 
 @dataclass(frozen=True)

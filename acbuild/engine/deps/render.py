@@ -231,7 +231,7 @@ def render_layers(layers: list[Layer], rootfs: Path, provided: Provided, options
 def verified_dependency(layer: Layer, options, pos: SourcePos | None):
     """The FROM signature policy, applied to a dependency (Go acbuild never checked
     them): a context manager giving the file to extract, as engine.verify_base.verified."""
-    from acbuild.engine.verify_base import verified
+    from acbuild.trust.policy import verified
 
     return verified(layer.aci, f"dependency {layer.manifest.name} ({layer.aci})", insecure=options.insecure_skip_verify,
                     require=options.require_signatures, trust_dirs=options.trust_dirs, quiet=options.quiet, pos=pos)

@@ -23,7 +23,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from acbuild.cli.session_verbs import refuse_modify, verb_parser
+from acbuild.cli.session import refuse_modify, verb_parser
 from acbuild.errors import AcbuildError, NotFoundError, SourcePos, UsageError
 
 MAX_NESTING = 8
@@ -56,7 +56,7 @@ def logical_lines(text: str) -> list[tuple[int, str]]:
 
 def run_script(args) -> int:
     from acbuild.cli import build_parser
-    from acbuild.engine.build import remove_tree
+    from acbuild.files import remove_tree
 
     refuse_modify(args, "script")
     path = Path(args.file)

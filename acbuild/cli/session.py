@@ -2,9 +2,9 @@
 
 Every mutating verb builds one plan instruction (acbuild.plan) and hands it to
 Session.apply, the executor `acbuild build` uses too; then it appends the
-instruction to the work path's history (acbuild.engine.history). State lives in
+instruction to the work path's history (acbuild.engine.interactive.history). State lives in
 `--work-path DIR` (default: the current directory), under DIR/.acbuild, locked
-for the duration of each verb (acbuild.engine.workpath).
+for the duration of each verb (acbuild.engine.interactive.workpath).
 
 `--modify IMAGE.aci` (global, before the verb) applies one verb to an existing
 image instead and rewrites it atomically: manifest-only verbs copy the rootfs
@@ -70,7 +70,7 @@ def pos_of(args) -> SourcePos:
 
 
 def work_path(args):
-    from acbuild.engine.workpath import WorkPath
+    from acbuild.engine.interactive.workpath import WorkPath
 
     return WorkPath(Path(getattr(args, "work_path", None) or "."))
 
@@ -111,7 +111,7 @@ def mutating(make):
 def _options(args, source_date_epoch: int):
     """The engine's options for a verb; base and dependency verification follow
     acbuild.toml and the trust flags, as in `acbuild build`."""
-    from acbuild.cli.build import trust_settings
+    from acbuild.cli.options import trust_settings
     from acbuild.config import load_config
     from acbuild.engine.session import BuildOptions
 
@@ -121,7 +121,7 @@ def _options(args, source_date_epoch: int):
 
 
 def apply_to_session(steps: list[Step], args) -> None:
-    from acbuild.engine import history
+    from acbuild.engine.interactive import history
     from acbuild.engine.session import Session
 
     wp = work_path(args)
@@ -173,8 +173,8 @@ def _verb_end(words: list[str], path: list[str]) -> int:
 
 def modify_image(image: Path, steps: list[Step], args) -> None:
     from acbuild.aci.writer import source_date_epoch_from_env
-    from acbuild.engine.modify import modify_image as modify
-    from acbuild.sign import signature_path
+    from acbuild.engine.interactive.modify import modify_image as modify
+    from acbuild.trust.sign import signature_path
 
     if modify(image, [(s.instruction, s.context) for s in steps], _options(args, source_date_epoch_from_env())):
         print(f"acbuild: removed {signature_path(image)}: it signed the old image (re-sign with acbuild sign)",
@@ -186,10 +186,10 @@ def modify_image(image: Path, steps: list[Step], args) -> None:
 
 def run_begin(args) -> int:
     from acbuild.aci.writer import source_date_epoch_from_env
-    from acbuild.engine import history
-    from acbuild.engine.build import remove_tree
+    from acbuild.engine.interactive import history
+    from acbuild.files import remove_tree
     from acbuild.engine.session import Session
-    from acbuild.engine.workpath import IN_PROGRESS, SessionState
+    from acbuild.engine.interactive.workpath import IN_PROGRESS, SessionState
 
     refuse_modify(args, "begin")
     start = args.start or "scratch"
@@ -222,7 +222,7 @@ def run_begin(args) -> int:
 
 def run_write(args) -> int:
     from acbuild.engine.session import Session
-    from acbuild.sign import SigningOptions, publish
+    from acbuild.trust.sign import SigningOptions, publish
 
     refuse_modify(args, "write")
     out = Path(args.out)
@@ -239,7 +239,7 @@ def run_write(args) -> int:
         session.options = replace(session.options, quiet=False)
         signing = None
         if args.sign:
-            from acbuild.cli.sign_cmds import read_passphrase
+            from acbuild.cli.options import read_passphrase
 
             passphrase = read_passphrase(args.passphrase_file) if args.passphrase_file else None
             signing = SigningOptions(key=args.key, gpg_home=args.gpg_home, passphrase=passphrase)
@@ -256,8 +256,8 @@ def run_write(args) -> int:
 
 
 def run_end(args) -> int:
-    from acbuild.engine.build import remove_tree
-    from acbuild.engine.workpath import NO_BUILD
+    from acbuild.files import remove_tree
+    from acbuild.engine.interactive.workpath import NO_BUILD
 
     refuse_modify(args, "end")
     wp = work_path(args)
@@ -269,8 +269,8 @@ def run_end(args) -> int:
 
 
 def run_history(args) -> int:
-    from acbuild.engine import history
-    from acbuild.engine.workpath import NO_BUILD
+    from acbuild.engine.interactive import history
+    from acbuild.engine.interactive.workpath import NO_BUILD
 
     refuse_modify(args, "history")
     wp = work_path(args)
@@ -286,10 +286,10 @@ def run_history(args) -> int:
 def run_cat_current(args) -> int:
     """`cat-manifest` without IMAGE: the build in progress (or the --modify image)."""
     from acbuild.aci.manifest import ImageManifest
-    from acbuild.engine.workpath import NO_BUILD
+    from acbuild.engine.interactive.workpath import NO_BUILD
 
     if getattr(args, "modify", None):
-        from acbuild.cli.manifest_cmds import read_manifest_bytes
+        from acbuild.aci.archive import read_manifest_bytes
 
         data = read_manifest_bytes(args.modify)
     else:
@@ -420,7 +420,7 @@ def make_replace_manifest(args) -> list[Step]:
 
 
 def add_parser(sub) -> None:
-    from acbuild.cli.build import add_trust_options
+    from acbuild.cli.options import add_trust_options
 
     b = verb_parser(sub, "begin", "start a new interactive build", epilog=BEGIN_EPILOG)
     b.add_argument("start", nargs="?", metavar="scratch|IMAGE.aci|DIR", help="what to start from (default: scratch)")

@@ -1,0 +1,82 @@
+"""Options that several commands share, each defined once: the ACIfile and its
+build args (build, plan), signing (build, write), and verification of images
+that are used (build, begin, launch), with acbuild.toml's defaults."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from acbuild.errors import NotFoundError, UsageError
+
+
+def add_acifile_options(parser) -> None:
+    parser.add_argument("-f", "--file", type=Path, default=None, metavar="ACIfile", help="the ACIfile (default: ./ACIfile)")
+    parser.add_argument("--build-arg", action="append", default=[], metavar="NAME=VALUE", help="set an ARG (repeatable)")
+
+
+def parse_build_args(values: list[str]) -> dict[str, str]:
+    args = {}
+    for value in values:
+        name, eq, val = value.partition("=")
+        if not eq or not name:
+            raise UsageError(f'--build-arg "{value}": expected NAME=VALUE')
+        args[name] = val
+    return args
+
+
+def compile_from_args(args):
+    from acbuild.frontend.compile import compile_file
+
+    acifile = args.file or Path("ACIfile")
+    return acifile, compile_file(acifile, parse_build_args(args.build_arg))
+
+
+def add_signing_options(parser) -> None:
+    group = parser.add_argument_group("signing")
+    group.add_argument("--sign", action="store_true", help="write OUT.aci.asc, a detached armored signature over OUT.aci")
+    group.add_argument("--key", metavar="KEYID", help="signing key (default: acbuild.toml signing-key, else gpg's default)")
+    group.add_argument("--gpg-home", type=Path, metavar="DIR", help="GnuPG home (default: acbuild.toml gpg-home, else $GNUPGHOME)")
+    group.add_argument("--passphrase-file", type=Path, metavar="FILE", help="read the key's passphrase from FILE")
+
+
+def add_trust_options(parser) -> None:
+    group = parser.add_argument_group("verification of base images")
+    group.add_argument("--insecure-skip-verify", action="store_true", help="do not verify base image signatures (printed loudly)")
+    group.add_argument("--require-signatures", action="store_true", default=None, help="refuse any base without a trusted signature")
+    group.add_argument("--trust-dir", type=Path, metavar="DIR", help="trust store root (default: $ACBUILD_TRUST_DIR, else system + user)")
+    group.add_argument("--config", type=Path, metavar="FILE", help="acbuild.toml to read (default: $XDG_CONFIG_HOME/acbuild/acbuild.toml)")
+
+
+def signing_from_args(args, config):
+    """SigningOptions for --sign (None without it), with acbuild.toml defaults."""
+    if not getattr(args, "sign", False):
+        return None
+    from acbuild.trust.sign import SigningOptions
+
+    passphrase = read_passphrase(args.passphrase_file) if args.passphrase_file else None
+    return SigningOptions(key=args.key or config.signing_key, gpg_home=args.gpg_home or config.gpg_home, passphrase=passphrase)
+
+
+def trust_settings(args, config) -> dict:
+    """BuildOptions fields for base verification, from flags (for commands that
+    have them: build, launch, begin) and acbuild.toml."""
+    from acbuild.trust.store import default_trust_dirs
+
+    require = getattr(args, "require_signatures", None)
+    dirs = default_trust_dirs(getattr(args, "trust_dir", None), config.trust_dirs)
+    return {
+        "insecure_skip_verify": getattr(args, "insecure_skip_verify", False),
+        "require_signatures": config.require_signatures if require is None else require,
+        "trust_dirs": tuple(dirs),
+    }
+
+
+def read_passphrase(path: Path) -> str:
+    """The first line of `path`, without its line ending."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as e:
+        raise NotFoundError(f"passphrase file {path} does not exist") from e
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"read passphrase file {path}: {e}") from e
+    return text.splitlines()[0] if text else ""
