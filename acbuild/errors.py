@@ -4,6 +4,8 @@ of acbuild."""
 
 from __future__ import annotations
 
+import copy
+import os
 from dataclasses import dataclass
 
 
@@ -44,10 +46,22 @@ class AcbuildError(Exception):
 
     exit_code = EXIT_FAILURE
 
-    def __init__(self, message: str, pos: SourcePos | None = None):
-        super().__init__(message)
-        self.message = message
+    def __init__(self, message: str, pos: SourcePos | None = None, *, path: str | os.PathLike | None = None):
+        # With `path`, the message reads "PATH: message"; `detail` is the message alone,
+        # so a caller that worked on a private copy can name the user's file instead.
+        self.detail = message
+        self.path = None if path is None else str(path)
+        self.message = message if path is None else f"{self.path}: {message}"
         self.pos = pos
+        super().__init__(self.message)
+
+    def at_path(self, path: str | os.PathLike) -> AcbuildError:
+        """The same error, naming `path` as the file it is about."""
+        if self.path is None:
+            return self
+        clone = copy.copy(self)
+        AcbuildError.__init__(clone, self.detail, self.pos, path=path)
+        return clone
 
     def __str__(self) -> str:
         if self.pos is not None and (self.pos.line or self.pos.file != "<argv>"):
@@ -84,8 +98,9 @@ class PlanError(AcbuildError):
 class ManifestError(AcbuildError):
     """An image or pod manifest breaks the appc schema. `problems` lists each one."""
 
-    def __init__(self, message: str, problems: list[str] | None = None, pos: SourcePos | None = None):
-        super().__init__(message, pos)
+    def __init__(self, message: str, problems: list[str] | None = None, pos: SourcePos | None = None, *,
+                 path: str | os.PathLike | None = None):
+        super().__init__(message, pos, path=path)
         self.problems = problems or [message]
 
 
@@ -99,3 +114,10 @@ class BuildError(AcbuildError):
 
 class SignatureError(AcbuildError):
     """Signing or verification failed, or a signer is not trusted."""
+
+
+class OutputExistsError(AcbuildError):
+    """The output file is there already and --overwrite was not given."""
+
+    def __init__(self, path: str | os.PathLike, pos: SourcePos | None = None):
+        super().__init__("exists (use --overwrite)", pos, path=path)

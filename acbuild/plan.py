@@ -64,7 +64,7 @@ class Instruction:
 
 
 def _plain(value):
-    if isinstance(value, Instruction | BindMount):
+    if isinstance(value, Instruction | RunMount):
         return {k: _plain(v) for k, v in value.__dict__.items() if k != "pos"}
     return value
 
@@ -101,7 +101,7 @@ class Copy(Instruction):
 
 
 @dataclass(frozen=True)
-class BindMount:
+class RunMount:
     """RUN --mount: a context path (type=bind) or a persistent cache dir (type=cache)."""
 
     type: str  # "bind" | "cache"
@@ -127,7 +127,7 @@ class Run(Instruction):
     keyword = "RUN"
     argv: tuple[str, ...]
     network: str = ""  # "" = the build's default, "none" or "host"
-    mounts: tuple[BindMount, ...] = ()
+    mounts: tuple[RunMount, ...] = ()
     shell_form: bool = False
     # ARG values in scope: exported to the command, never written to the image.
     arg_env: tuple[tuple[str, str], ...] = ()

@@ -219,7 +219,7 @@ def test_output_must_end_in_aci(tmp_path):
     ctx.mkdir()
     (ctx / "ACIfile").write_text("FROM scratch\nNAME example.com/t\n")
     result = acbuild("build", "-f", ctx / "ACIfile", "-o", tmp_path / "t.tar", check=False)
-    assert result.returncode == 1 and "must end in .aci" in result.stderr
+    assert result.returncode == 3 and "must end in .aci" in result.stderr
 
 
 def build_mounts() -> list[str]:
@@ -355,4 +355,4 @@ def test_damaged_base_image_is_an_error_at_the_from_line(tmp_path):
     (ctx / "ACIfile").write_text("FROM base.aci\nNAME example.com/t\n")
     result = acbuild("build", "--no-cache", "-f", ctx / "ACIfile", "-o", tmp_path / "t.aci", check=False)
     assert result.returncode == 1
-    assert f"\n{ctx / 'ACIfile'}:1:1: FROM base.aci: read " in result.stderr and "Traceback" not in result.stderr
+    assert f"\n{ctx / 'ACIfile'}:1:1: FROM base.aci: {ctx / 'base.aci'}: cannot read: " in result.stderr and "Traceback" not in result.stderr

@@ -71,3 +71,49 @@ def test_begin_follows_the_configured_signature_policy(tmp_path):
     allowed = acbuild("begin", str(tmp_path / "base.aci"), "--insecure-skip-verify")
     assert allowed.returncode == 0 and "NOT verifying" in allowed.stderr
     assert acbuild("end").returncode == 0
+
+
+def test_an_unexpected_exception_is_one_internal_error_line(tmp_path, monkeypatch, capsys):
+    """A bug (here: the compiler raising ValueError) is reported in one line and exit 1;
+    --debug adds the traceback. Nothing else may reach the user."""
+    from acbuild import cli
+    from acbuild.frontend import compile as compiler
+
+    acifile = tmp_path / "ACIfile"
+    acifile.write_text("FROM scratch\nNAME example.com/x\n")
+
+    def broken(*_args, **_kwargs):
+        raise ValueError("boom")
+
+    monkeypatch.setattr(compiler, "compile_file", broken)
+    assert cli.main(["plan", "-f", str(acifile)]) == 1
+    err = capsys.readouterr().err
+    assert err == "acbuild: internal error: ValueError: boom (run with --debug for the traceback)\n"
+    assert cli.main(["--debug", "plan", "-f", str(acifile)]) == 1
+    assert "Traceback" in capsys.readouterr().err
+
+
+def test_an_existing_output_is_one_error_everywhere(tmp_path):
+    """pack, patch-manifest and write refuse to replace an output without --overwrite
+    with the same message and the same exit status."""
+    def acbuild(*args, cwd=tmp_path):
+        return subprocess.run([sys.executable, "-m", "acbuild", "--work-path", str(tmp_path), *map(str, args)],
+                              capture_output=True, text=True, cwd=cwd)
+
+    layout = tmp_path / "layout"
+    (layout / "rootfs").mkdir(parents=True)
+    (layout / "manifest").write_text('{"acKind":"ImageManifest","acVersion":"0.8.11","name":"example.com/x"}')
+    taken = tmp_path / "taken.aci"
+    assert acbuild("pack", layout, tmp_path / "a.aci").returncode == 0
+    taken.write_bytes(b"")
+    assert acbuild("begin").returncode == 0
+    assert acbuild("set-name", "example.com/x").returncode == 0
+    results = {
+        "pack": acbuild("pack", layout, taken),
+        "patch-manifest": acbuild("patch-manifest", "--user", "1", tmp_path / "a.aci", taken),
+        "write": acbuild("write", taken),
+    }
+    for command, result in results.items():
+        assert (result.returncode, result.stderr) == (1, f"acbuild: {taken}: exists (use --overwrite)\n"), command
+    assert taken.read_bytes() == b""
+    acbuild("end")

@@ -74,11 +74,11 @@ def detect_file_compression(path: Path) -> str:
         with open(path, "rb") as f:
             head = f.read(512)
     except OSError as e:
-        raise ImageError(f"read {path}: {e}") from e
+        raise ImageError(f"cannot read: {e}", path=path) from e
     try:
         return detect_compression(head)
     except ImageError as e:
-        raise ImageError(f"{path}: {e}") from None
+        raise ImageError(str(e), path=path) from None
 
 
 class _HashingReader:
@@ -135,7 +135,7 @@ def _open_tar(path: Path) -> Iterator[tuple[tarfile.TarFile, _HashingReader, str
             tf = stack.enter_context(tarfile.open(fileobj=reader, mode="r|", errorlevel=2,  # type: ignore[arg-type]
                                                   encoding="utf-8", errors="surrogateescape"))
         except (tarfile.TarError, OSError, EOFError, lzma.LZMAError, zlib.error) as e:
-            raise ImageError(f"read {path}: {e}") from e  # a damaged stream is the image's fault
+            raise ImageError(f"cannot read: {e}", path=path) from e  # a damaged stream is the image's fault
         yield tf, reader, compression
 
 
@@ -143,7 +143,7 @@ def _members(path: Path, tf: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
     try:
         yield from tf
     except (tarfile.TarError, OSError, EOFError, lzma.LZMAError, zlib.error) as e:
-        raise ImageError(f"read {path}: {e}") from e
+        raise ImageError(f"cannot read: {e}", path=path) from e
 
 
 def _clean(name: str) -> tuple[str, list[str]]:
@@ -233,7 +233,7 @@ class _Checker:
 
 def _read_manifest(path: Path, tf: tarfile.TarFile, m: tarfile.TarInfo) -> bytes:
     if m.size > MAX_MANIFEST:
-        raise ImageError(f"{path}: manifest is {m.size} bytes (more than {MAX_MANIFEST})")
+        raise ImageError(f"manifest is {m.size} bytes (more than {MAX_MANIFEST})", path=path)
     f = tf.extractfile(m)
     return f.read() if f else b""
 
@@ -272,7 +272,7 @@ def _drain(path: Path, reader: _HashingReader) -> str:
     try:
         return reader.drain()
     except (OSError, EOFError, lzma.LZMAError, zlib.error) as e:
-        raise ImageError(f"read {path}: {e}") from e
+        raise ImageError(f"cannot read: {e}", path=path) from e
 
 
 def image_id_of(path: Path) -> str:
@@ -283,7 +283,7 @@ def image_id_of(path: Path) -> str:
         with open(path, "rb") as raw, _decompressor(raw, compression) as plain:
             return _HashingReader(plain).drain()
     except (OSError, EOFError, lzma.LZMAError, zlib.error) as e:
-        raise ImageError(f"read {path}: {e}") from e
+        raise ImageError(f"cannot read: {e}", path=path) from e
 
 
 
@@ -302,7 +302,7 @@ def copy_rootfs_entries(src: Path, sink) -> int:
         for m in _members(src, tf):
             checked = checker.check(m)
             if checker.problems:
-                raise ImageError(f"{src}: {checker.problems[0]}")
+                raise ImageError(checker.problems[0], path=src)
             if checked is None or not checked[1]:
                 continue
             name, parts = checked
@@ -325,7 +325,7 @@ def copy_rootfs_entries(src: Path, sink) -> int:
                     sink.write(bytes(-size % BLOCK))
         problems = checker.finish()
         if problems:
-            raise ImageError(f"{src}: {problems[0]}")
+            raise ImageError(problems[0], path=src)
         _drain(src, reader)
     return mtime
 
@@ -401,7 +401,7 @@ def extract_rootfs(
             for m in _members(path, tf):
                 checked = checker.check(m)
                 if checked is None or checker.unsafe:
-                    raise ImageError(f"{path}: refusing unsafe entry: {checker.unsafe}")
+                    raise ImageError(f"refusing unsafe entry: {checker.unsafe}", path=path)
                 name, parts = checked
                 if name == "manifest" and m.isreg():
                     manifest += _read_manifest(path, tf, m)
@@ -416,14 +416,14 @@ def extract_rootfs(
                     elif _extract_one(tf, tree, rel, m, owners, skipped):
                         dirs.append((rel, m))
                 except OSError as e:
-                    raise ImageError(f"{path}: extract {name}: {e}") from e
+                    raise ImageError(f"extract {name}: {e}", path=path) from e
             image_id = _drain(path, reader)
         # Directory modes and times last, deepest first: children changed them.
         for rel, m in sorted(dirs, key=lambda d: -len(d[0])):
             try:
                 _set_dir_meta(tree, rel, m, owners)
             except OSError as e:
-                raise ImageError(f"{path}: extract {'/'.join(['rootfs', *rel])}: {e}") from e
+                raise ImageError(f"extract {'/'.join(['rootfs', *rel])}: {e}", path=path) from e
     finally:
         tree.close()
     return AciContents(manifest, image_id, compression, checker.finish(), checker.entries, skipped)

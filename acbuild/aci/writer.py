@@ -72,6 +72,12 @@ def source_date_epoch_from_env() -> int:
     return value
 
 
+def check_output_path(out: Path) -> None:
+    """The one rule for where an image may be written: a name ending in .aci."""
+    if Path(out).suffix != ".aci":
+        raise UsageError(f"{out}: the output file name must end in .aci")
+
+
 # --- the output stream -----------------------------------------------------
 
 

@@ -125,6 +125,14 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return EXIT_FAILURE
+    except Exception as err:  # a bug, not the user's mistake: one line, the traceback on request
+        if debug:
+            import traceback
+
+            traceback.print_exc()
+        print(f"acbuild: internal error: {type(err).__name__}: {err} (run with --debug for the traceback)",
+              file=sys.stderr)
+        return EXIT_FAILURE
 
 
 def _format(err: AcbuildError) -> str:

@@ -77,6 +77,7 @@ def run(args) -> int:
     if not context.is_dir():
         raise UsageError(f"--context {context}: not a directory")
     cache_dir = (args.cache_dir or cache_root()).absolute()
+    progress = Progress("quiet" if args.quiet else args.progress)
     options = BuildOptions(
         context=context,
         ignore=load_ignore(context),
@@ -84,12 +85,11 @@ def run(args) -> int:
         source_date_epoch=source_date_epoch_from_env(),
         network=args.network,
         debug=args.debug,
-        quiet=args.quiet,
+        reporter=progress,
         image_dirs=tuple(d.resolve() for d in args.image_dir),
         **trust_settings(args, config),
     )
     signing = signing_from_args(args, config)
-    progress = Progress("quiet" if args.quiet else args.progress)
     result = build_plan(plan, args.output, options, target=args.target, compression=args.compression, signing=signing,
                         cache=StepCache(cache_dir), use_cache=not args.no_cache, progress=progress)
     if args.metadata_file is not None:

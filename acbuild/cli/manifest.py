@@ -121,8 +121,10 @@ def _check_args(args: argparse.Namespace) -> None:
         raise UsageError("patch-manifest: --replace takes one file and no --overwrite")
     if not args.replace and not args.output:
         raise UsageError("patch-manifest: give INPUT.aci and OUTPUT.aci (or use --replace)")
-    if args.output and not args.output.endswith(".aci"):
-        raise UsageError(f"patch-manifest: the output must end in .aci (given {args.output})")
+    if args.output:
+        from acbuild.aci.writer import check_output_path
+
+        check_output_path(Path(args.output))
     if args.manifest and edits:
         raise UsageError("patch-manifest: --manifest cannot be combined with --" + edits[0].replace("_", "-"))
     if not args.manifest and not edits:
@@ -260,7 +262,7 @@ def patch(m, args: argparse.Namespace) -> None:
 def run_patch(args: argparse.Namespace) -> int:
     from acbuild.aci.manifest import ImageManifest
     from acbuild.aci.writer import rewrite_aci
-    from acbuild.errors import ImageError, ManifestError, NotFoundError, UsageError
+    from acbuild.errors import ImageError, ManifestError, NotFoundError, OutputExistsError
 
     _check_args(args)
     src = Path(args.input)
@@ -268,7 +270,7 @@ def run_patch(args: argparse.Namespace) -> int:
         raise NotFoundError(f"{args.input}: no such file")
     out = src if args.replace else Path(args.output)
     if not args.replace and out.exists() and not args.overwrite:
-        raise UsageError(f"patch-manifest: {out} exists (use --overwrite)")
+        raise OutputExistsError(out)
     if args.manifest:
         try:
             new = ImageManifest.from_json(Path(args.manifest).read_bytes())

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from acbuild import plan as p
-from acbuild.cli.session import Step, mutating, pos_of, verb_parser
+from acbuild.cli.session import Edit, mutating, pos_of, verb_parser
 from acbuild.errors import NotFoundError, UsageError
 
 
@@ -25,22 +25,22 @@ def _check(problem: str | None, verb: str) -> None:
 
 
 def _remove(what: str):
-    def make(args) -> list[Step]:
-        return [Step(p.Remove(what=what, name=args.name, pos=pos_of(args)))]
+    def make(args) -> list[Edit]:
+        return [Edit(p.Remove(what=what, name=args.name, pos=pos_of(args)))]
 
     return make
 
 
-def make_label(args) -> list[Step]:
+def make_label(args) -> list[Edit]:
     from acbuild.aci.types import acidentifier_problem
 
     _check(acidentifier_problem(args.name), f'label add "{args.name}"')
     if args.name == "name":
         raise UsageError('label add: a label cannot be called "name" (use set-name)')
-    return [Step(p.Label(items=((args.name, args.value),), pos=pos_of(args)))]
+    return [Edit(p.Label(items=((args.name, args.value),), pos=pos_of(args)))]
 
 
-def make_annotation(args) -> list[Step]:
+def make_annotation(args) -> list[Edit]:
     from acbuild.aci import types as t
 
     verb = f'annotation add "{args.name}"'
@@ -49,17 +49,17 @@ def make_annotation(args) -> list[Step]:
         _check(t.date_problem(args.value), verb)
     if args.name in ("homepage", "documentation"):
         _check(t.url_problem(args.value), verb)
-    return [Step(p.Annotation(items=((args.name, args.value),), pos=pos_of(args)))]
+    return [Edit(p.Annotation(items=((args.name, args.value),), pos=pos_of(args)))]
 
 
-def make_env(args) -> list[Step]:
+def make_env(args) -> list[Edit]:
     from acbuild.aci.types import env_name_problem
 
     _check(env_name_problem(args.name), f'environment add "{args.name}"')
-    return [Step(p.Env(items=((args.name, args.value),), pos=pos_of(args)))]
+    return [Edit(p.Env(items=((args.name, args.value),), pos=pos_of(args)))]
 
 
-def make_isolator(args) -> list[Step]:
+def make_isolator(args) -> list[Edit]:
     from acbuild.aci import types as t
 
     verb = f'isolator add "{args.name}"'
@@ -74,19 +74,19 @@ def make_isolator(args) -> list[Step]:
         raise UsageError(f"{verb}: {args.file} is not JSON ({e})") from None
     _check(t.isolator_problem(args.name, value), verb)
     value_json = json.dumps(value, sort_keys=True, separators=(",", ":"))
-    return [Step(p.Isolator(name=args.name, value_json=value_json, pos=pos_of(args)))]
+    return [Edit(p.Isolator(name=args.name, value_json=value_json, pos=pos_of(args)))]
 
 
-def make_mount(args) -> list[Step]:
+def make_mount(args) -> list[Edit]:
     from acbuild.aci.types import acname_problem
 
     _check(acname_problem(args.name), f'mount add "{args.name}"')
     if not args.path.startswith("/"):
         raise UsageError(f'mount add: the path must be absolute, not "{args.path}"')
-    return [Step(p.MountPoint(name=args.name, path=args.path, read_only=args.read_only, pos=pos_of(args)))]
+    return [Edit(p.MountPoint(name=args.name, path=args.path, read_only=args.read_only, pos=pos_of(args)))]
 
 
-def make_port(args) -> list[Step]:
+def make_port(args) -> list[Edit]:
     from acbuild.aci.types import acname_problem
 
     _check(acname_problem(args.name), f'port add "{args.name}"')
@@ -97,11 +97,11 @@ def make_port(args) -> list[Step]:
     port = int(args.port)
     if not 1 <= args.count or port + args.count > 65536:
         raise UsageError(f"port add: --count {args.count} does not fit: ports {port} to {port + args.count - 1}")
-    return [Step(p.Port(name=args.name, protocol=args.protocol, port=port, count=args.count,
+    return [Edit(p.Port(name=args.name, protocol=args.protocol, port=port, count=args.count,
                         socket_activated=args.socket_activated, pos=pos_of(args)))]
 
 
-def make_dependency(args) -> list[Step]:
+def make_dependency(args) -> list[Edit]:
     from acbuild.aci import types as t
 
     verb = f'dependency add "{args.name}"'
@@ -117,7 +117,7 @@ def make_dependency(args) -> list[Step]:
         labels.append((name, value))
     if args.size < 0:
         raise UsageError(f"{verb}: --size must not be negative")
-    return [Step(p.Dependency(image_name=args.name, image_id=args.image_id or "", labels=tuple(labels),
+    return [Edit(p.Dependency(image_name=args.name, image_id=args.image_id or "", labels=tuple(labels),
                               size=args.size, pos=pos_of(args)))]
 
 

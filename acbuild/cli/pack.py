@@ -43,16 +43,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from acbuild.aci.manifest import ImageManifest
     from acbuild.aci.validate import validate_layout
-    from acbuild.aci.writer import source_date_epoch_from_env, write_aci
-    from acbuild.errors import ImageError, ManifestError, NotFoundError, UsageError
+    from acbuild.aci.writer import check_output_path, source_date_epoch_from_env, write_aci
+    from acbuild.errors import ManifestError, NotFoundError, OutputExistsError
 
     layout, out = Path(args.layout), Path(args.out)
-    if out.suffix != ".aci":
-        raise UsageError(f"pack: {out}: the output file name must end in .aci")
+    check_output_path(out)
     if not layout.is_dir():
         raise NotFoundError(f"pack: {layout}: no such directory")
     if out.exists() and not args.overwrite:
-        raise ImageError(f"pack: {out} exists (use --overwrite)")
+        raise OutputExistsError(out)
     epoch = source_date_epoch_from_env()
     problems = validate_layout(layout)
     if problems:

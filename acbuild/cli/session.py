@@ -21,12 +21,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from acbuild import plan as p
 from acbuild.errors import ARGV, AcbuildError, NotFoundError, SourcePos, UsageError
+from acbuild.report import QUIET, Reporter
 
 EPILOG = """\
 exit status: 0 ok, 1 failure, 2 not found (no build in progress, no such label...),
@@ -84,7 +84,7 @@ def refuse_modify(args, verb: str) -> None:
 
 
 @dataclass(frozen=True)
-class Step:
+class Edit:
     instruction: p.Instruction
     context: Path | None = None
     sources: tuple[str, ...] = ()  # COPY: the sources as absolute host paths
@@ -95,14 +95,14 @@ class Step:
 
 
 def mutating(make):
-    """A verb's run(args): make(args) -> [Step], then apply them to the session or --modify image."""
+    """A verb's run(args): make(args) -> [Edit], then apply them to the session or --modify image."""
 
     def run(args) -> int:
-        steps = make(args)
+        edits = make(args)
         if getattr(args, "modify", None):
-            modify_image(Path(args.modify), steps, args)
+            modify_image(Path(args.modify), edits, args)
         else:
-            apply_to_session(steps, args)
+            apply_to_session(edits, args)
         return 0
 
     return run
@@ -116,11 +116,11 @@ def _options(args, source_date_epoch: int):
     from acbuild.engine.session import BuildOptions
 
     trust = trust_settings(args, load_config(getattr(args, "config", None)))
-    return BuildOptions(source_date_epoch=source_date_epoch, debug=bool(getattr(args, "debug", False)), quiet=True,
+    return BuildOptions(source_date_epoch=source_date_epoch, debug=bool(getattr(args, "debug", False)), reporter=QUIET,
                         **trust)
 
 
-def apply_to_session(steps: list[Step], args) -> None:
+def apply_to_session(edits: list[Edit], args) -> None:
     from acbuild.engine.interactive import history
     from acbuild.engine.session import Session
 
@@ -128,7 +128,7 @@ def apply_to_session(steps: list[Step], args) -> None:
     with wp.locked():
         state = wp.read_state()
         session = Session.open(wp.currentaci, _options(args, state.source_date_epoch))
-        for step in steps:
+        for step in edits:
             context = step.context or Path(state.begin_cwd or ".")
             session.options = replace(session.options, context=context, ignore=wp.skips_state(context))
             session.apply(step.instruction)
@@ -171,12 +171,12 @@ def _verb_end(words: list[str], path: list[str]) -> int:
     return i
 
 
-def modify_image(image: Path, steps: list[Step], args) -> None:
+def modify_image(image: Path, edits: list[Edit], args) -> None:
     from acbuild.aci.writer import source_date_epoch_from_env
     from acbuild.engine.interactive.modify import modify_image as modify
     from acbuild.trust.sign import signature_path
 
-    if modify(image, [(s.instruction, s.context) for s in steps], _options(args, source_date_epoch_from_env())):
+    if modify(image, [(s.instruction, s.context) for s in edits], _options(args, source_date_epoch_from_env())):
         print(f"acbuild: removed {signature_path(image)}: it signed the old image (re-sign with acbuild sign)",
               file=sys.stderr)
 
@@ -222,35 +222,24 @@ def run_begin(args) -> int:
 
 def run_write(args) -> int:
     from acbuild.engine.session import Session
-    from acbuild.trust.sign import SigningOptions, publish
+    from acbuild.trust.sign import SigningOptions
 
     refuse_modify(args, "write")
-    out = Path(args.out)
-    if out.suffix != ".aci":
-        raise UsageError(f"write: {out}: the output file name must end in .aci")
     if (args.key or args.gpg_home or args.passphrase_file) and not args.sign:
         raise UsageError("write: --key, --gpg-home and --passphrase-file go with --sign")
+    signing = None
+    if args.sign:
+        from acbuild.cli.options import read_passphrase
+
+        passphrase = read_passphrase(args.passphrase_file) if args.passphrase_file else None
+        signing = SigningOptions(key=args.key, gpg_home=args.gpg_home, passphrase=passphrase)
     wp = work_path(args)
     with wp.locked():
         state = wp.read_state()
-        if out.exists() and not args.overwrite:
-            raise AcbuildError(f"write: {out} exists (use --overwrite)")
         session = Session.open(wp.currentaci, _options(args, state.source_date_epoch))
-        session.options = replace(session.options, quiet=False)
-        signing = None
-        if args.sign:
-            from acbuild.cli.options import read_passphrase
-
-            passphrase = read_passphrase(args.passphrase_file) if args.passphrase_file else None
-            signing = SigningOptions(key=args.key, gpg_home=args.gpg_home, passphrase=passphrase)
-        fd, name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".aci", dir=out.parent or Path("."))
-        os.close(fd)
-        tmp = Path(name)
-        try:
-            image_id = session.write(tmp, compression=args.compression, overwrite=True)
-            publish(tmp, out, signing)  # signs the temp file, then replaces .aci and .asc together
-        finally:
-            tmp.unlink(missing_ok=True)
+        session.options = replace(session.options, reporter=Reporter())
+        image_id = session.write(Path(args.out), compression=args.compression, overwrite=args.overwrite,
+                                 signing=signing)
     print(image_id)
     return 0
 
@@ -308,7 +297,7 @@ def run_cat_current(args) -> int:
 # -- rootfs verbs and the set-* verbs -------------------------------------------------
 
 
-def copy_steps(sources: list[str], dest: str, pos: SourcePos) -> list[Step]:
+def copy_steps(sources: list[str], dest: str, pos: SourcePos) -> list[Edit]:
     """Host paths -> one COPY whose context is the current directory when it holds
     every source, else the deepest directory holding them all."""
     absolute = tuple(os.path.abspath(s) for s in sources)
@@ -322,16 +311,16 @@ def copy_steps(sources: list[str], dest: str, pos: SourcePos) -> list[Step]:
         context = os.path.commonpath([os.path.dirname(a) for a in absolute])
     relative = tuple(os.path.relpath(a, context) for a in absolute)
     copy = p.Copy(sources=relative, dest=dest, pos=pos)
-    return [Step(copy, Path(context), absolute)]
+    return [Edit(copy, Path(context), absolute)]
 
 
-def make_copy(args) -> list[Step]:
+def make_copy(args) -> list[Edit]:
     if not args.dest:
         raise UsageError("copy: empty destination")
     return copy_steps([args.src], args.dest, pos_of(args))
 
 
-def make_copy_to_dir(args) -> list[Step]:
+def make_copy_to_dir(args) -> list[Edit]:
     """Each source lands inside DIR under its own name (a directory too, as in Go acbuild)."""
     if len(args.paths) < 2:
         raise UsageError("copy-to-dir: give one or more sources and the directory: copy-to-dir SRC... DIR")
@@ -339,10 +328,10 @@ def make_copy_to_dir(args) -> list[Step]:
     directory = directory.rstrip("/") + "/"
     files = [s for s in sources if not os.path.isdir(s)]
     dirs = [s for s in sources if os.path.isdir(s)]
-    steps = copy_steps(files, directory, pos_of(args)) if files else []
+    edits = copy_steps(files, directory, pos_of(args)) if files else []
     for d in dirs:  # COPY copies a directory's contents, so name the target
-        steps += copy_steps([d], directory + os.path.basename(os.path.abspath(d)), pos_of(args))
-    return steps
+        edits += copy_steps([d], directory + os.path.basename(os.path.abspath(d)), pos_of(args))
+    return edits
 
 
 def command_words(words: list[str], verb: str) -> tuple[str, ...]:
@@ -353,26 +342,26 @@ def command_words(words: list[str], verb: str) -> tuple[str, ...]:
     return tuple(words)
 
 
-def make_run(args) -> list[Step]:
-    return [Step(p.Run(argv=command_words(args.command, "run"), network=args.network or "", pos=pos_of(args)))]
+def make_run(args) -> list[Edit]:
+    return [Edit(p.Run(argv=command_words(args.command, "run"), network=args.network or "", pos=pos_of(args)))]
 
 
-def make_set_exec(args) -> list[Step]:
-    return [Step(p.Exec(argv=command_words(args.command, "set-exec"), pos=pos_of(args)))]
+def make_set_exec(args) -> list[Edit]:
+    return [Edit(p.Exec(argv=command_words(args.command, "set-exec"), pos=pos_of(args)))]
 
 
-def make_set_event_handler(args) -> list[Step]:
+def make_set_event_handler(args) -> list[Edit]:
     argv = command_words(args.command, f"set-event-handler {args.event}")
-    return [Step(p.EventHandler(event=args.event, argv=argv, pos=pos_of(args)))]
+    return [Edit(p.EventHandler(event=args.event, argv=argv, pos=pos_of(args)))]
 
 
-def make_set_name(args) -> list[Step]:
+def make_set_name(args) -> list[Edit]:
     from acbuild.aci.types import acidentifier_problem
 
     problem = acidentifier_problem(args.name)
     if problem:
         raise UsageError(f"set-name: {problem}")
-    return [Step(p.SetName(name=args.name, pos=pos_of(args)))]
+    return [Edit(p.SetName(name=args.name, pos=pos_of(args)))]
 
 
 def _nonempty(value: str, verb: str) -> str:
@@ -381,28 +370,28 @@ def _nonempty(value: str, verb: str) -> str:
     return value
 
 
-def make_set_user(args) -> list[Step]:
-    return [Step(p.User(user=_nonempty(args.user, "set-user"), pos=pos_of(args)))]
+def make_set_user(args) -> list[Edit]:
+    return [Edit(p.User(user=_nonempty(args.user, "set-user"), pos=pos_of(args)))]
 
 
-def make_set_group(args) -> list[Step]:
-    return [Step(p.Group(group=_nonempty(args.group, "set-group"), pos=pos_of(args)))]
+def make_set_group(args) -> list[Edit]:
+    return [Edit(p.Group(group=_nonempty(args.group, "set-group"), pos=pos_of(args)))]
 
 
-def make_set_supp_groups(args) -> list[Step]:
+def make_set_supp_groups(args) -> list[Edit]:
     bad = [g for g in args.gids if not g.isdigit() or int(g) >= 2**32]
     if bad:
         raise UsageError(f'set-supp-groups: "{bad[0]}" is not a group id (a whole number)')
-    return [Step(p.SupplementaryGroups(gids=tuple(int(g) for g in args.gids), pos=pos_of(args)))]
+    return [Edit(p.SupplementaryGroups(gids=tuple(int(g) for g in args.gids), pos=pos_of(args)))]
 
 
-def make_set_working_directory(args) -> list[Step]:
+def make_set_working_directory(args) -> list[Edit]:
     if not args.path.startswith("/"):
         raise UsageError(f'set-working-directory: the path must be absolute, not "{args.path}"')
-    return [Step(p.WorkDir(path=args.path, pos=pos_of(args)))]
+    return [Edit(p.WorkDir(path=args.path, pos=pos_of(args)))]
 
 
-def make_replace_manifest(args) -> list[Step]:
+def make_replace_manifest(args) -> list[Edit]:
     from acbuild.aci.manifest import ImageManifest
 
     try:
@@ -413,7 +402,7 @@ def make_replace_manifest(args) -> list[Step]:
     problems = manifest.problems(strict=True)
     if problems:
         raise AcbuildError(f"replace-manifest: {args.file}: {problems[0]}")
-    return [Step(p.ReplaceManifest(manifest_json=manifest.to_json().decode(), pos=pos_of(args)))]
+    return [Edit(p.ReplaceManifest(manifest_json=manifest.to_json().decode(), pos=pos_of(args)))]
 
 
 # -- the parsers -------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from pathlib import Path
 from acbuild import plan as p
 from acbuild.engine.progress import Progress
 from acbuild.engine.session import BuildOptions, Session
+from acbuild.aci.writer import check_output_path
 from acbuild.errors import ImageError, UsageError
 from acbuild.files import link_or_copy, remove_tree
 
@@ -84,9 +85,8 @@ def build_plan(
 ) -> BuildResult:
     """Build the plan into `output`. `cache` (engine.cache.StepCache) enables the step
     cache; with use_cache=False nothing is looked up, and results replace old entries."""
-    if output.suffix != ".aci":
-        raise ImageError(f"{output}: the output file name must end in .aci")
-    progress = progress or Progress("quiet" if options.quiet else "auto")
+    check_output_path(output)
+    progress = progress or (options.reporter if isinstance(options.reporter, Progress) else Progress("auto"))
     build = _Build(plan, needed_stages(plan, target), output, options, compression, signing, cache, use_cache, progress)
     if cache is None:
         return build.run()

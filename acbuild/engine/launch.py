@@ -14,15 +14,15 @@ from __future__ import annotations
 
 import contextlib
 import signal
-import sys
 import tempfile
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterator
 
 from acbuild.aci import manifest as m
 from acbuild.engine.execute.sandbox import DEFAULT_PATH, Bind, SandboxSpec, run_sandboxed
 from acbuild.errors import BuildError, ImageError, ManifestError, NotFoundError, SignatureError
+from acbuild.report import QUIET, Reporter
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,7 @@ class LaunchOptions:
     insecure_skip_verify: bool = False
     trust_dirs: tuple[Path, ...] = ()  # empty: the default system + user dirs
     debug: bool = False
+    reporter: Reporter = field(default_factory=Reporter)
 
 
 def launch(image: Path, options: LaunchOptions) -> int:
@@ -71,7 +72,7 @@ def verified_for_launch(image: Path, options: LaunchOptions):
             "by a trusted key: sign it with 'acbuild sign' and trust the key with 'acbuild trust' "
             "(--insecure-skip-verify skips this check)")
     return verified(image, str(image), insecure=options.insecure_skip_verify, require=True,
-                    trust_dirs=options.trust_dirs, quiet=False)
+                    trust_dirs=options.trust_dirs, reporter=options.reporter)
 
 
 @contextlib.contextmanager
@@ -104,7 +105,7 @@ def render_image(image: Path, work: Path, options: LaunchOptions, *, source: Pat
         from acbuild.engine.deps.render import render_dependencies
         from acbuild.engine.session import BuildOptions
 
-        deps = BuildOptions(context=image.parent.resolve(), network=options.network, quiet=True,
+        deps = BuildOptions(context=image.parent.resolve(), network=options.network, reporter=QUIET,
                             insecure_skip_verify=options.insecure_skip_verify,
                             require_signatures=True, trust_dirs=options.trust_dirs, debug=options.debug)
         render_dependencies(manifest, rootfs, deps, None)
@@ -164,7 +165,7 @@ def run_handlers(event: str, app: m.App, spec: SandboxSpec, options: LaunchOptio
             continue
         if abort:
             raise BuildError(f"{event} handler {handler.exec[0]} exited with status {status}; the app was not started")
-        print(f"acbuild: warning: {event} handler {handler.exec[0]} exited with status {status}", file=sys.stderr)
+        options.reporter.warning(f"{event} handler {handler.exec[0]} exited with status {status}")
 
 
 def run_in_sandbox(spec: SandboxSpec, what: str, options: LaunchOptions) -> int:

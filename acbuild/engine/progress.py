@@ -16,21 +16,29 @@ Contract: writes only to the given stream, flushes every line.
 from __future__ import annotations
 
 import json
-import sys
 from typing import TextIO
 
-MODES = ("auto", "plain", "tty", "json", "quiet")
+from acbuild.report import Reporter
 
 
-class Progress:
+class Progress(Reporter):
+    """The build's reporter: step lines or events, and the notes and warnings the
+    engine and trust layers send (as `note`/`warning`/`alert`/`info` events in json)."""
+
     def __init__(self, mode: str = "auto", stream: TextIO | None = None):
-        self.stream = stream or sys.stderr
+        super().__init__(stream, quiet=mode == "quiet")
         if mode == "auto":
             mode = "tty" if self.stream.isatty() else "plain"
         self.mode = mode
 
     def _emit(self, text: str) -> None:
         print(text, file=self.stream, flush=True)
+
+    def emit(self, kind: str, text: str) -> None:
+        if self.mode == "json":
+            self._event(event=kind, message=text)
+        else:
+            super().emit(kind, text)
 
     def _event(self, **fields) -> None:
         self._emit(json.dumps(fields, sort_keys=True))
@@ -51,9 +59,3 @@ class Progress:
     def image(self, image_id: str, output: str, cached: bool) -> None:
         if self.mode == "json":
             self._event(event="image", id=image_id, output=output, cached=cached)
-
-    def note(self, text: str) -> None:
-        if self.mode == "json":
-            self._event(event="note", message=text)
-        elif self.mode != "quiet":
-            self._emit(f"acbuild: {text}")

@@ -11,10 +11,10 @@ throw the work dir away (build) or keep it (interactive, as Go acbuild did).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,7 +26,8 @@ from acbuild.engine.execute.copy import CopyAttrs, copy_into_rootfs, make_dirs
 from acbuild.engine.deps.overlay import copy_up
 from acbuild.engine.execute.paths import resolve_in_root
 from acbuild.engine.execute.users import resolve_group, resolve_user
-from acbuild.errors import BuildError, ImageError, ManifestError, NotFoundError, PlanError
+from acbuild.errors import BuildError, ImageError, ManifestError, NotFoundError, OutputExistsError, PlanError
+from acbuild.report import Reporter
 
 UNNAMED = "acbuild-unnamed"
 
@@ -45,7 +46,7 @@ class BuildOptions:
     debug: bool = False
     ignore: object = None  # callable(relpath) -> bool for COPY from the context
     stage_rootfs: dict = field(default_factory=dict)  # stage name -> rootfs Path (COPY --from)
-    quiet: bool = False
+    reporter: Reporter = field(default_factory=Reporter)  # notices and warnings go here, never to print
     image_dirs: tuple[Path, ...] = ()  # dependency .aci search path (engine.render); () = its default
 
 
@@ -94,73 +95,89 @@ class Session:
 
     # -- instructions -------------------------------------------------------------
 
+    @functools.singledispatchmethod
     def apply(self, instruction: p.Instruction) -> None:
-        handler = getattr(self, "_" + type(instruction).__name__.lower(), None)
-        if handler is None:
-            raise PlanError(f"{instruction.keyword} cannot be applied here", instruction.pos)
-        handler(instruction)
+        """Carry out one instruction; each kind has its handler below, registered by type."""
+        raise PlanError(f"{instruction.keyword} cannot be applied here", instruction.pos)
 
     def _app(self) -> m.App:
         return self.manifest.ensure_app()
 
+    @apply.register
     def _setname(self, i: p.SetName) -> None:
         self.manifest.name = i.name
 
+    @apply.register
     def _label(self, i: p.Label) -> None:
         for name, value in i.items:
             self.manifest.set_label(name, value)
 
+    @apply.register
     def _annotation(self, i: p.Annotation) -> None:
         for name, value in i.items:
             self.manifest.set_annotation(name, value)
 
+    @apply.register
     def _env(self, i: p.Env) -> None:
         for name, value in i.items:
             self._app().set_env(name, value)
 
+    @apply.register
     def _exec(self, i: p.Exec) -> None:
         self._app().exec = list(i.argv)
 
+    @apply.register
     def _workdir(self, i: p.WorkDir) -> None:
         # As in a Dockerfile, WORKDIR creates the directory for later steps.
         self._app().working_directory = i.path
         attrs = CopyAttrs(mtime=self.options.source_date_epoch, chown_allowed=not self.rootless)
         make_dirs(self.rootfs, resolve_in_root(self.rootfs, copy_up(self, i.path, i.pos)), attrs)
 
+    @apply.register
     def _user(self, i: p.User) -> None:
         self._app().user = i.user
 
+    @apply.register
     def _group(self, i: p.Group) -> None:
         self._app().group = i.group
 
+    @apply.register
     def _supplementarygroups(self, i: p.SupplementaryGroups) -> None:
         self._app().supplementary_gids = list(i.gids)
 
+    @apply.register
     def _port(self, i: p.Port) -> None:
         self._app().set_port(m.Port(i.name, i.protocol, i.port, i.count, i.socket_activated))
 
+    @apply.register
     def _mountpoint(self, i: p.MountPoint) -> None:
         self._app().set_mount_point(m.MountPoint(i.name, i.path, i.read_only))
 
+    @apply.register
     def _isolator(self, i: p.Isolator) -> None:
         self._app().isolators.append(m.Isolator(i.name, json.loads(i.value_json)))
 
+    @apply.register
     def _eventhandler(self, i: p.EventHandler) -> None:
         self._app().set_event_handler(i.event, list(i.argv))
 
+    @apply.register
     def _dependency(self, i: p.Dependency) -> None:
         labels = [m.Label(k, v) for k, v in i.labels]
         self.manifest.set_dependency(m.Dependency(i.image_name, i.image_id, labels, i.size))
 
+    @apply.register
     def _pathwhitelist(self, i: p.PathWhitelist) -> None:
         self.manifest.path_whitelist = sorted(set(self.manifest.path_whitelist) | set(i.paths))
 
+    @apply.register
     def _replacemanifest(self, i: p.ReplaceManifest) -> None:
         try:
             self.manifest = m.ImageManifest.from_json(i.manifest_json)
         except ManifestError as err:
             raise ManifestError(f"MANIFEST: {err.message}", err.problems, i.pos) from err
 
+    @apply.register
     def _remove(self, i: p.Remove) -> None:
         app = self.manifest.app
         removers = {
@@ -183,6 +200,7 @@ class Session:
         self.manifest.app.exec = []
         return True
 
+    @apply.register
     def _copy(self, i: p.Copy) -> None:
         uid, gid = self._owner(i.chown, i)
         attrs = CopyAttrs(uid=uid, gid=gid, chmod=i.chmod, mtime=self.options.source_date_epoch, chown_allowed=not self.rootless)
@@ -210,6 +228,7 @@ class Session:
             raise BuildError(f"COPY --chown: {err.message}", i.pos) from None
         return uid, gid
 
+    @apply.register
     def _run(self, i: p.Run) -> None:
         from acbuild.engine.execute.run_step import run_step
 
@@ -231,17 +250,16 @@ class Session:
         (acbuild.trust.sign.SigningOptions) is given, then the image and its signature
         replace the old ones together (acbuild.trust.sign.publish): never a fresh .aci
         beside a stale .asc, never a partial file."""
-        from acbuild.aci.writer import write_aci
+        from acbuild.aci.writer import check_output_path, write_aci
         from acbuild.engine.deps.overlay import output_tree
         from acbuild.trust.sign import publish
 
-        self.check_manifest()
-        if out.suffix != ".aci":
-            raise ImageError(f"{out}: the output file name must end in .aci")
+        check_output_path(out)
         if out.exists() and not overwrite:
-            raise ImageError(f"{out} exists (use --overwrite)")
-        if self.manifest.app is not None and not self.manifest.app.exec and not self.options.quiet:
-            print("acbuild: warning: the image has no exec; it can only be a dependency", file=sys.stderr)
+            raise OutputExistsError(out)
+        self.check_manifest()
+        if self.manifest.app is not None and not self.manifest.app.exec:
+            self.options.reporter.warning("the image has no exec; it can only be a dependency")
         id_map = {os.geteuid(): 0, os.getegid(): 0} if self.rootless else None
         tmp = out.with_name(f".{out.name}.{os.getpid()}.aci")
         with output_tree(self) as (rootfs, manifest_json):  # only what this build added
@@ -280,7 +298,7 @@ def _start_from_base(base: p.From, rootfs: Path, options: BuildOptions) -> m.Ima
             try:
                 contents = extract_rootfs(source, rootfs)
             except ImageError as err:
-                raise BuildError(f"FROM {name}: {err.message.replace(str(source), str(path))}", base.pos) from err
+                raise BuildError(f"FROM {name}: {err.at_path(path).message}", base.pos) from err
         manifest = m.ImageManifest.from_json(contents.manifest_bytes)
         if manifest.dependencies:
             from acbuild.engine.deps.render import render_dependencies

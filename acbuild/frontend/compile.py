@@ -281,7 +281,7 @@ class Compiler:
         arg_env = tuple(sorted(self.args.items()))
         return p.Run(argv=argv, network=network, mounts=tuple(mounts), shell_form=shell, arg_env=arg_env, pos=st.pos)
 
-    def _mount_flag(self, value: str, w: Word) -> p.BindMount:
+    def _mount_flag(self, value: str, w: Word) -> p.RunMount:
         opts: dict[str, str] = {}
         for part in value.split(","):
             key, eq, val = part.partition("=")
@@ -303,7 +303,7 @@ class Compiler:
                 raise PlanError(f'RUN --mount: source "{source}" must be inside the build context', w.pos)
         if opts:
             raise PlanError(f"RUN --mount: unknown option {sorted(opts)[0]}", w.pos)
-        return p.BindMount(type=kind, target=target, source=source, read_only=read_only, id=mount_id)
+        return p.RunMount(type=kind, target=target, source=source, read_only=read_only, id=mount_id)
 
     def _exec(self, st: Statement) -> p.Exec:
         argv, _ = self._command(st)

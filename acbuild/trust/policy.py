@@ -9,7 +9,6 @@ past is --insecure-skip-verify, and it is printed loudly every time.
 from __future__ import annotations
 
 import shutil
-import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,9 +16,10 @@ from pathlib import Path
 
 from acbuild import plan as p
 from acbuild.errors import ImageError, SignatureError, SourcePos
+from acbuild.report import Reporter
 
 
-def check_policy(path: Path, what: str, *, insecure: bool, require: bool, trust_dirs, quiet: bool,
+def check_policy(path: Path, what: str, *, insecure: bool, require: bool, trust_dirs, reporter: Reporter,
                  pos: SourcePos | None = None, shown_as: Path | None = None):
     """Verify `path` (called `what` in messages, and `shown_as` where they name the
     file) as the policy says; returns the Signer, or None when nothing was verified."""
@@ -27,7 +27,7 @@ def check_policy(path: Path, what: str, *, insecure: bool, require: bool, trust_
     from acbuild.trust.verify import check_image
 
     if insecure:
-        print(f"acbuild: WARNING: NOT verifying the signature of {what} (--insecure-skip-verify)", file=sys.stderr)
+        reporter.alert(f"NOT verifying the signature of {what} (--insecure-skip-verify)")
         return None
     store = TrustStore(list(trust_dirs) or default_trust_dirs())
     shown = str(shown_as or path)
@@ -35,17 +35,17 @@ def check_policy(path: Path, what: str, *, insecure: bool, require: bool, trust_
     try:
         signer = check_image(path, store, require_signature=require)
     except SignatureError as err:
-        message = err.message.replace(str(path), shown)
+        message = err.at_path(shown).message
         raise SignatureError(f"{prefix}{message} (--insecure-skip-verify skips this check)", pos) from err
     except ImageError as err:
-        raise ImageError(f"{prefix}{err.message.replace(str(path), shown)}", pos) from err
-    if signer is not None and not quiet:
-        print(f"signature verified: {signer.uid} ({signer.fingerprint})", file=sys.stderr, flush=True)
+        raise ImageError(f"{prefix}{err.at_path(shown).message}", pos) from err
+    if signer is not None:
+        reporter.info(f"signature verified: {signer.uid} ({signer.fingerprint})")
     return signer
 
 
 @contextmanager
-def verified(path: Path, what: str, *, insecure: bool, require: bool, trust_dirs, quiet: bool,
+def verified(path: Path, what: str, *, insecure: bool, require: bool, trust_dirs, reporter: Reporter,
              pos: SourcePos | None = None) -> Iterator[Path]:
     """check_policy, then yield the file to read the image from. When a signature is
     checked, that is a private copy of exactly the bytes that were verified (the
@@ -54,7 +54,7 @@ def verified(path: Path, what: str, *, insecure: bool, require: bool, trust_dirs
     from acbuild.trust.sign import signature_path
 
     if insecure or (not require and not signature_path(path).is_file()):
-        check_policy(path, what, insecure=insecure, require=require, trust_dirs=trust_dirs, quiet=quiet, pos=pos)
+        check_policy(path, what, insecure=insecure, require=require, trust_dirs=trust_dirs, reporter=reporter, pos=pos)
         yield path
         return
     with tempfile.TemporaryDirectory(prefix="acbuild-verified-") as tmp:
@@ -65,7 +65,7 @@ def verified(path: Path, what: str, *, insecure: bool, require: bool, trust_dirs
                 shutil.copyfile(signature_path(path), signature_path(copy))
         except OSError as err:
             raise ImageError(f"{what}: read {path}: {err.strerror}", pos) from err
-        check_policy(copy, what, insecure=False, require=require, trust_dirs=trust_dirs, quiet=quiet, pos=pos,
+        check_policy(copy, what, insecure=False, require=require, trust_dirs=trust_dirs, reporter=reporter, pos=pos,
                      shown_as=path)
         yield copy
 
@@ -79,5 +79,5 @@ def verify_base(path: Path, base: p.From, options) -> None:
 def verified_base(path: Path, base: p.From, options):
     """`verified` for a FROM base: the file to extract the base from."""
     return verified(path, f"FROM {base.base}", insecure=options.insecure_skip_verify or base.insecure_skip_verify,
-                    require=options.require_signatures, trust_dirs=options.trust_dirs, quiet=options.quiet,
+                    require=options.require_signatures, trust_dirs=options.trust_dirs, reporter=options.reporter,
                     pos=base.pos)

@@ -46,7 +46,7 @@ def image_name_of(aci: Path) -> str:
     try:
         return ImageManifest.from_json(read_aci(aci).manifest_bytes or b"null").name
     except ManifestError as e:
-        raise ImageError(f"{aci}: {e.message}") from e
+        raise ImageError(e.message, path=aci) from e
 
 
 def name_for_verification(aci: Path, signature: Path | None, store: TrustStore) -> str:
@@ -59,18 +59,18 @@ def name_for_verification(aci: Path, signature: Path | None, store: TrustStore) 
         sig = signature or signature_path(aci)
         if sig.is_file() and _gpg_verify(aci, sig, store.list()).status == "signature bad":
             raise SignatureError(
-                f"{aci}: bad signature: the image does not match its signature (modified after signing?)") from None
+                "bad signature: the image does not match its signature (modified after signing?)", path=aci) from None
         raise
 
 
 def verify_image(aci: Path, signature: Path | None, image_name: str, store: TrustStore) -> Signer:
     """Check `signature` (default: `aci`.asc) against the keys trusted for `image_name`."""
     if not aci.is_file():
-        raise NotFoundError(f"{aci}: no such image")
+        raise NotFoundError("no such image", path=aci)
     sig = signature or signature_path(aci)
     if not sig.is_file():
         raise SignatureError(
-            f"{aci}: no signature ({sig} does not exist): sign it with 'acbuild sign', or pass --signature FILE")
+            f"no signature ({sig} does not exist): sign it with 'acbuild sign', or pass --signature FILE", path=aci)
     trusted = store.trusted_for(image_name)
     return _judge(_gpg_verify(aci, sig, trusted), aci, image_name, store, trusted)
 
@@ -92,29 +92,29 @@ def _gpg_verify(aci: Path, sig: Path, keys: list[TrustedKey]):
 def _judge(result, aci: Path, name: str, store: TrustStore, trusted: list[TrustedKey]) -> Signer:
     key_id = (result.fingerprint or result.key_id or "").lower()
     if result.status == "signature bad":
-        raise SignatureError(f"{aci}: bad signature: the image does not match its signature (modified after signing?)")
+        raise SignatureError("bad signature: the image does not match its signature (modified after signing?)", path=aci)
     if result.status == "no public key":
         elsewhere = [k for k in store.list() if _info(k).matches(key_id)]
         if elsewhere:
             k = elsewhere[0]
             raise SignatureError(
-                f"{aci}: signer {k.uids[0] if k.uids else ''} ({k.fingerprint}) is trusted for prefix "
-                f"{k.prefix}, not for {name}")
+                f"signer {k.uids[0] if k.uids else ''} ({k.fingerprint}) is trusted for prefix "
+                f"{k.prefix}, not for {name}", path=aci)
         raise SignatureError(
-            f"{aci}: unknown signer: key {key_id or '?'} is not trusted for {name} "
-            f"(trust it with 'acbuild trust --prefix {name} KEYFILE')")
+            f"unknown signer: key {key_id or '?'} is not trusted for {name} "
+            f"(trust it with 'acbuild trust --prefix {name} KEYFILE')", path=aci)
     primary = (result.pubkey_fingerprint or result.fingerprint or "").lower()
     who = f"{result.username or '?'} ({primary or key_id})"
     if result.key_status == "signing key has expired":
-        raise SignatureError(f"{aci}: key {who} has expired; ask the signer for a fresh signature or key")
+        raise SignatureError(f"key {who} has expired; ask the signer for a fresh signature or key", path=aci)
     if result.key_status == "signing key was revoked":
-        raise SignatureError(f"{aci}: key {who} was revoked; do not use this image")
+        raise SignatureError(f"key {who} was revoked; do not use this image", path=aci)
     if not result.valid:
         reason = result.key_status or result.status or last_gpg_message(result.stderr)
-        raise SignatureError(f"{aci}: signature not valid: {reason}")
+        raise SignatureError(f"signature not valid: {reason}", path=aci)
     match = [k for k in trusted if k.fingerprint == primary]
     if not match:  # cannot happen: gpg only knew the trusted keys; stay safe anyway
-        raise SignatureError(f"{aci}: internal error: gpg accepted key {primary}, which is not in the trust set for {name}")
+        raise SignatureError(f"internal error: gpg accepted key {primary}, which is not in the trust set for {name}", path=aci)
     scopes = sorted(match, key=lambda k: k.prefix is not None)
     ts = getattr(result, "sig_timestamp", None)
     return Signer(

@@ -31,7 +31,6 @@ import json
 import os
 import shutil
 import stat
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -89,7 +88,7 @@ def prepare(session, pos: SourcePos | None) -> tuple[Path, ...]:
     render_into(session.manifest.dependencies, lower, session.options, pos)
     mode = "overlay" if _overlay_works(session) else "copy"
     if mode == "copy":
-        _notice()
+        _notice(session.options.reporter)
         merge_below(lower, session.rootfs)
     tmp = _state_path(session).with_suffix(".tmp")
     tmp.write_text(json.dumps({"deps": wanted, "mode": mode}))
@@ -101,11 +100,11 @@ def _encode(dep: m.Dependency) -> list:
     return [dep.image_name, dep.image_id, [[label.name, label.value] for label in dep.labels]]
 
 
-def _notice() -> None:
+def _notice(reporter) -> None:
     global _notice_printed
     if not _notice_printed:
-        print("acbuild: overlayfs is unavailable here; dependencies are copied into the rootfs "
-              "and left out of the image again when it is written", file=sys.stderr)
+        reporter.note("overlayfs is unavailable here; dependencies are copied into the rootfs "
+                      "and left out of the image again when it is written")
         _notice_printed = True
 
 

@@ -221,8 +221,7 @@ def render_layers(layers: list[Layer], rootfs: Path, provided: Provided, options
             try:
                 got = extract_rootfs(source, rootfs, path_filter=keep)
             except AcbuildError as err:
-                message = err.message.replace(str(source), str(layer.aci))
-                raise BuildError(f"dependency {layer.manifest.name} ({layer.aci}): {message}", pos) from err
+                raise BuildError(f"dependency {layer.manifest.name}: {err.at_path(layer.aci).message}", pos) from err
         if got.image_id != layer.image_id:
             raise BuildError(f"dependency {layer.manifest.name} ({layer.aci}): image ID {got.image_id} "
                              f"does not match the pinned {layer.image_id}", pos)
@@ -234,7 +233,7 @@ def verified_dependency(layer: Layer, options, pos: SourcePos | None):
     from acbuild.trust.policy import verified
 
     return verified(layer.aci, f"dependency {layer.manifest.name} ({layer.aci})", insecure=options.insecure_skip_verify,
-                    require=options.require_signatures, trust_dirs=options.trust_dirs, quiet=options.quiet, pos=pos)
+                    require=options.require_signatures, trust_dirs=options.trust_dirs, reporter=options.reporter, pos=pos)
 
 
 def render_dependencies(manifest: m.ImageManifest, rootfs: Path, options, pos: SourcePos | None) -> None:

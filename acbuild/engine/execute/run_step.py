@@ -49,7 +49,7 @@ def run_step(session, i: p.Run) -> None:
         raise BuildError(f"RUN exited with status {status}", i.pos)
 
 
-def _bind(session, mount: p.BindMount, i: p.Run, bind_type):
+def _bind(session, mount: p.RunMount, i: p.Run, bind_type):
     if mount.type == "bind":
         source = resolve_in_root(session.options.context, mount.source)
         if not source.exists():
@@ -58,7 +58,7 @@ def _bind(session, mount: p.BindMount, i: p.Run, bind_type):
     return bind_type(source=cache_mount_dir(session, mount), target=mount.target, read_only=False)
 
 
-def cache_mount_dir(session, mount: p.BindMount) -> Path:
+def cache_mount_dir(session, mount: p.RunMount) -> Path:
     """A persistent directory for RUN --mount=type=cache, keyed by id (or target)."""
     from acbuild.dirs import cache_root
 

@@ -132,7 +132,7 @@ class SandboxSpec:
 
 # --- set-up steps: each can say what it does, then do it (debug prints the list) ----------
 
-class Step(Protocol):
+class SetupOp(Protocol):
     def describe(self) -> str: ...
     def execute(self) -> None: ...
 
@@ -167,7 +167,7 @@ class MakePrivate:
 
 
 @dataclass(frozen=True)
-class BindMount:
+class MountBind:
     source: Path
     target: Path
     read_only: bool = False
@@ -237,7 +237,7 @@ class MountSys:
         try:
             mount("sysfs", self.target, "sysfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
         except PermissionError:
-            BindMount(Path("/sys"), self.target, read_only=True).execute()
+            MountBind(Path("/sys"), self.target, read_only=True).execute()
 
 
 @dataclass(frozen=True)
@@ -309,7 +309,7 @@ _FRESH = ("/proc", "/dev", "/sys", "/tmp", "/run")  # get a new mount every run
 @dataclass
 class _Plan:
     root: Path
-    steps: list[Step]
+    steps: list[SetupOp]
     placeholders: list[tuple[Path, str]]  # (host path, "dir" | "file") to create, in order
     fresh: list[str]  # in-image paths that get a new mount: what is below them is not on disk
 
@@ -330,7 +330,7 @@ class _Plan:
 def plan_setup(spec: SandboxSpec, root: Path, rootless: bool) -> _Plan:
     # root must be a mount point for pivot_root: a bind onto itself, or the overlay (which
     # needs its upper and work dirs on one mount, so it cannot sit on that bind)
-    top = overlay_step(spec, root, rootless) if spec.lower_layers else BindMount(root, root)
+    top = overlay_step(spec, root, rootless) if spec.lower_layers else MountBind(root, root)
     plan = _Plan(root, [MakePrivate(), top], [], [])
     proc, dev, sys_, tmp, run = (plan.at(p) for p in _FRESH)
     plan.fresh.extend(in_image(root, p) for p in _FRESH)
@@ -339,7 +339,7 @@ def plan_setup(spec: SandboxSpec, root: Path, rootless: bool) -> _Plan:
     plan.steps += [
         MountFs("proc", proc, MS_NOSUID | MS_NODEV | MS_NOEXEC),
         MountFs("tmpfs", dev, MS_NOSUID | MS_NOEXEC, "mode=755,size=1m"),
-        *(BindMount(Path("/dev", n), dev / n, recursive=False)
+        *(MountBind(Path("/dev", n), dev / n, recursive=False)
           for n in ("null", "zero", "full", "random", "urandom", "tty")),
         *(Symlink(t, dev / n) for n, t in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
                                            ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2"))),
@@ -354,7 +354,7 @@ def plan_setup(spec: SandboxSpec, root: Path, rootless: bool) -> _Plan:
         for source, inner in ((spec.resolv_conf or Path("/etc/resolv.conf"), "/etc/resolv.conf"),
                               (Path("/etc/hosts"), "/etc/hosts")):
             if source.exists():
-                plan.steps.append(BindMount(source, plan.at(inner, "file"), read_only=True))
+                plan.steps.append(MountBind(source, plan.at(inner, "file"), read_only=True))
     for b in spec.binds:
         inner = in_image(root, b.target) if b.target.startswith("/") else ""
         if not inner or any(inner == k or inner.startswith(k + "/") for k in kernel_fs):
@@ -362,7 +362,7 @@ def plan_setup(spec: SandboxSpec, root: Path, rootless: bool) -> _Plan:
         if not b.source.exists():
             raise BuildError(f"RUN: mount source {b.source}: No such file or directory")
         kind = "dir" if b.source.is_dir() else "file"
-        plan.steps.append(BindMount(b.source.resolve(), plan.at(b.target, kind), read_only=b.read_only))
+        plan.steps.append(MountBind(b.source.resolve(), plan.at(b.target, kind), read_only=b.read_only))
         plan.fresh.append(inner)
     plan.steps.append(PivotRoot(root))
     plan.steps.append(SetHostname(spec.hostname))
@@ -476,11 +476,11 @@ def _exec_command(spec: SandboxSpec, ids: tuple[int, int, tuple[int, ...]] | Non
         _report_and_exit(errfd, f"{what}: {getattr(e, 'strerror', None) or e}")
 
 
-def _init(spec: SandboxSpec, steps: list[Step], ids, stdio, errfd: int, debug: bool) -> None:
+def _init(spec: SandboxSpec, steps: list[SetupOp], ids, stdio, errfd: int, debug: bool) -> None:
     """PID 1 of the new PID namespace: set up, start the command, reap, relay (never returns)."""
     forward = _Forward()
     _on_signals((signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT), forward)
-    step: Step | None = None
+    step: SetupOp | None = None
     try:
         prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
         prctl(PR_SET_NAME, INIT_NAME)
