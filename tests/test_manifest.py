@@ -10,6 +10,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
+from imagetools import hand_made_aci
 
 from acbuild.aci import types as t
 from acbuild.aci.manifest import (
@@ -196,13 +197,7 @@ def test_pod_manifest():
 
 
 def _aci_with(manifest: bytes, path: Path) -> None:
-    with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
-        root = tarfile.TarInfo("rootfs")
-        root.type, root.mode = tarfile.DIRTYPE, 0o755
-        tar.addfile(root)
-        info = tarfile.TarInfo("manifest")
-        info.size = len(manifest)
-        tar.addfile(info, io.BytesIO(manifest))
+    hand_made_aci(path, manifest, compress=False)
 
 
 def test_bytes_identical_to_actool(tmp_path: Path, actool: str):

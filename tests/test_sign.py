@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import subprocess
 import sys
-import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from imagetools import hand_made_aci
 from conftest import GpgHome
 
 from acbuild.config import Config, load_config
@@ -76,20 +75,9 @@ def store(tmp_path) -> TrustStore:
 
 
 def make_aci(path: Path, name: str = NAME) -> Path:
-    """A small real image: gzip'd tar with `manifest` and `rootfs/`."""
+    """A small real image: gzip'd tar with `rootfs/hello` and `manifest`."""
     manifest = json.dumps({"acKind": "ImageManifest", "acVersion": "0.8.11", "name": name}).encode()
-    with tarfile.open(path, "w:gz", format=tarfile.USTAR_FORMAT) as tar:
-        d = tarfile.TarInfo("rootfs")
-        d.type, d.mode = tarfile.DIRTYPE, 0o755
-        tar.addfile(d)
-        f = tarfile.TarInfo("rootfs/hello")
-        data = b"hello\n"
-        f.size = len(data)
-        tar.addfile(f, io.BytesIO(data))
-        m = tarfile.TarInfo("manifest")
-        m.size = len(manifest)
-        tar.addfile(m, io.BytesIO(manifest))
-    return path
+    return hand_made_aci(path, manifest, {"hello": b"hello\n"})
 
 
 @pytest.fixture

@@ -6,17 +6,15 @@ look up the keys trusted for B, not for A (a reviewer found it read A)."""
 
 from __future__ import annotations
 
-import gzip
-import io
 import os
 import shutil
 import subprocess
 import sys
-import tarfile
 import tempfile
 from pathlib import Path
 
 import pytest
+from imagetools import hand_made_aci
 
 
 @pytest.fixture
@@ -30,15 +28,7 @@ def gnupg_home():
 
 def two_named_image(path: Path) -> None:
     manifest = b'{"acKind":"ImageManifest","acVersion":"0.8.11","name":"evil.example/x","NAME":"victim.example/app"}'
-    raw = io.BytesIO()
-    with tarfile.open(fileobj=raw, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-        root = tarfile.TarInfo("rootfs")
-        root.type, root.mode = tarfile.DIRTYPE, 0o755
-        tar.addfile(root)
-        info = tarfile.TarInfo("manifest")
-        info.size = len(manifest)
-        tar.addfile(info, io.BytesIO(manifest))
-    path.write_bytes(gzip.compress(raw.getvalue(), mtime=0))
+    hand_made_aci(path, manifest)
 
 
 def test_signature_is_checked_for_the_name_the_image_is_used_under(tmp_path, gnupg_home):
