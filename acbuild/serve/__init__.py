@@ -1,0 +1,1 @@
+"""The image repository server (`acbuild serve`) and its static export."""
