@@ -68,7 +68,23 @@ def test_ca(tmp_path_factory) -> TestCA:
 Route = Callable[[BaseHTTPRequestHandler], None]
 
 
-class Site:
+class InThread:
+    """A socketserver `self.server` run in a daemon thread while the `with` lasts."""
+
+    server: socketserver.BaseServer
+
+    def __enter__(self):
+        self.port = self.server.server_address[1]
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class Site(InThread):
     """A real server on 127.0.0.1:<free port>. `routes` maps a path (query excluded)
     to a function that writes the reply; unknown paths get 404. Use as a context
     manager; `requests` lists "METHOD /path?query" in the order served."""
@@ -103,18 +119,9 @@ class Site:
             self.server.socket = tls.server_context(wrong_name).wrap_socket(self.server.socket, server_side=True)
             self.scheme = "https"
         self.port = self.server.server_address[1]
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     def url(self, path: str = "/", host: str = LOOPBACK) -> str:
         return f"{self.scheme}://{host}:{self.port}{path}"
-
-    def __enter__(self) -> Site:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 def send(handler: BaseHTTPRequestHandler, body: bytes, status: int = 200, headers: dict[str, str] | None = None,
@@ -139,7 +146,7 @@ def redirect(location: str, status: int = 302) -> Route:
     return lambda h: send(h, b"", status, {"Location": location})
 
 
-class ConnectProxy:
+class ConnectProxy(InThread):
     """An HTTP proxy on 127.0.0.1: CONNECT tunnels to 127.0.0.1 ports only; a GET with
     an absolute URL is answered by the proxy itself ("proxied <url>")."""
 
@@ -170,16 +177,6 @@ class ConnectProxy:
 
         self.server = socketserver.ThreadingTCPServer((LOOPBACK, 0), Handler)
         self.server.daemon_threads = True
-        self.port = self.server.server_address[1]
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self) -> ConnectProxy:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 def _relay(a: socket.socket, b: socket.socket) -> None:

@@ -14,7 +14,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from netfixtures import no_proxy_env, test_ca  # noqa: F401
+from netfixtures import InThread, no_proxy_env, test_ca  # noqa: F401
 
 from acbuild.aci.archive import image_id_of
 from acbuild.aci.writer import write_aci
@@ -60,24 +60,19 @@ def repo_dir(tmp_path) -> Path:
     return d
 
 
-class Running:
+class Running(InThread):
+    """acbuild's RepositoryServer on 127.0.0.1, in a thread; its log is dropped."""
+
     def __init__(self, root: Path, tls: ssl.SSLContext | None = None, keys: Path | None = None):
-        self.log = open(os.devnull, "w")
-        self.server = RepositoryServer(Scanner(root, keys), tls=tls, log=self.log)
+        self.server = RepositoryServer(Scanner(root, keys), tls=tls, log=open(os.devnull, "w"))
         self.port = self.server.server_address[1]
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     def url(self, path: str = "/", host: str = "localhost") -> str:
         return f"{self.server.scheme}://{host}:{self.port}{path}"
 
-    def __enter__(self) -> Running:
-        self.thread.start()
-        return self
-
     def __exit__(self, *exc) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.log.close()
+        super().__exit__(*exc)
+        self.server.log.close()
 
 
 def raw_get(port: int, target: str) -> tuple[int, bytes]:

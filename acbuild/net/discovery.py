@@ -120,7 +120,7 @@ class Endpoint:
 
 @dataclass(frozen=True)
 class Attempt:
-    """A discovery page that gave nothing: its URL (the last one tried) and why."""
+    """A discovery page that gave nothing: the URL asked and why."""
 
     url: str
     error: str
