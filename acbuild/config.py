@@ -8,6 +8,12 @@ Read from `--config FILE`, else `$XDG_CONFIG_HOME/acbuild/acbuild.toml`
     trust-dirs = ["/etc/acbuild/trustedkeys", "~/.config/acbuild/trustedkeys"]
     require-signatures = true             # every base image must be signed and trusted
 
+    [discovery]                           # defaults for --ca-file, --port, --timeout, --insecure
+    ca-file = "/etc/ssl/private-ca.pem"   # CAs to trust for discovery and downloads
+    port = 8443                           # appended to the host of every discovery URL
+    timeout = 30                          # seconds a silent connection is given
+    insecure = false                      # true: no certificate checks, plain HTTP allowed (warned)
+
 Relative paths are relative to the file's directory; "~" is expanded. Command-line
 flags and ACBUILD_TRUST_DIR win over the file. `insecure-skip-verify` is refused
 here on purpose: skipping verification must be asked for on each command.
@@ -28,7 +34,18 @@ try:
 except ModuleNotFoundError:  # Python < 3.11
     import tomli as tomllib  # type: ignore[no-redef]
 
-KEYS = ("signing-key", "gpg-home", "trust-dirs", "require-signatures")
+KEYS = ("signing-key", "gpg-home", "trust-dirs", "require-signatures", "discovery")
+DISCOVERY_KEYS = ("ca-file", "port", "timeout", "insecure")
+
+
+@dataclass(frozen=True)
+class DiscoveryConfig:
+    """acbuild.toml's [discovery] table (the defaults of the discovery options)."""
+
+    ca_file: Path | None = None
+    port: int | None = None
+    timeout: float | None = None
+    insecure: bool = False
 
 
 @dataclass(frozen=True)
@@ -37,6 +54,7 @@ class Config:
     gpg_home: Path | None = None
     trust_dirs: tuple[Path, ...] | None = None  # None: the built-in system + user dirs
     require_signatures: bool = False
+    discovery: DiscoveryConfig = DiscoveryConfig()
     source: Path | None = None  # the file read, if any
 
 
@@ -87,12 +105,32 @@ def _from_table(data: dict[str, Any], path: Path) -> Config:
     if not isinstance(require, bool):
         raise bad("require-signatures must be true or false")
     return Config(
+        discovery=_discovery(data.get("discovery", {}), path, bad),
         signing_key=key,
         gpg_home=_path(home, path) if home else None,
         trust_dirs=tuple(_path(d, path) for d in dirs) if dirs else None,
         require_signatures=require,
         source=path,
     )
+
+
+def _discovery(table: Any, path: Path, bad) -> DiscoveryConfig:
+    if not isinstance(table, dict):
+        raise bad("discovery must be a table: [discovery]")
+    unknown = sorted(set(table) - set(DISCOVERY_KEYS))
+    if unknown:
+        raise bad(f"unknown key {unknown[0]!r} in [discovery] (known: {', '.join(DISCOVERY_KEYS)})")
+    ca_file, port, timeout = table.get("ca-file"), table.get("port"), table.get("timeout")
+    insecure = table.get("insecure", False)
+    if ca_file is not None and (not isinstance(ca_file, str) or not ca_file):
+        raise bad("discovery.ca-file must be a path")
+    if port is not None and (not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536):
+        raise bad("discovery.port must be a port number (1-65535)")
+    if timeout is not None and (not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or timeout <= 0):
+        raise bad("discovery.timeout must be a number of seconds above 0")
+    if not isinstance(insecure, bool):
+        raise bad("discovery.insecure must be true or false")
+    return DiscoveryConfig(_path(ca_file, path) if ca_file else None, port, timeout, insecure)
 
 
 def _path(value: str, config_file: Path) -> Path:

@@ -1,9 +1,12 @@
 """Options that several commands share, each defined once: the ACIfile and its
-build args (build, plan), signing (build, write), and verification of images
-that are used (build, begin, launch), with acbuild.toml's defaults."""
+build args (build, plan), signing (build, write), verification of images that
+are used (build, begin, launch), and discovery and download (discover, fetch,
+trust, build, begin, launch), with acbuild.toml's defaults."""
 
 from __future__ import annotations
 
+import argparse
+import sys
 from pathlib import Path
 
 from acbuild.errors import NotFoundError, UsageError
@@ -80,3 +83,60 @@ def read_passphrase(path: Path) -> str:
     except (OSError, UnicodeDecodeError) as e:
         raise UsageError(f"read passphrase file {path}: {e}") from e
     return text.splitlines()[0] if text else ""
+
+
+# ---------------------------------------------------------------- discovery and fetch
+
+DISCOVERY_HELP = """\
+discovery: names are looked up over HTTPS (appc meta discovery); --insecure also skips
+certificate checks and falls back to plain HTTP. The CA bundle is --ca-file, else
+[discovery] ca-file in acbuild.toml, else SSL_CERT_FILE, else the system's. HTTPS_PROXY
+and NO_PROXY are honoured."""
+
+
+def add_discovery_options(parser: argparse.ArgumentParser) -> None:
+    """--insecure, --port, --ca-file, --timeout: the same on every command that
+    discovers or downloads (discover, fetch, trust, build, begin, launch)."""
+    group = parser.add_argument_group("discovery and download")
+    group.add_argument("--insecure", action="store_true",
+                       help="do not check TLS certificates; try plain http:// when https:// fails")
+    group.add_argument("--port", type=_port, metavar="N", dest="discovery_port",
+                       help="port to append to the host when discovering (tests, private networks)")
+    group.add_argument("--ca-file", type=Path, metavar="FILE",
+                       help="PEM bundle of the CAs to trust (default: SSL_CERT_FILE, else the system's)")
+    group.add_argument("--timeout", type=_seconds, metavar="SECONDS",
+                       help="give up on a connection that is silent this long (default 30)")
+
+
+def discovery_from_args(args: argparse.Namespace, config=None):
+    """The DiscoveryOptions the flags (then acbuild.toml's [discovery]) ask for."""
+    from acbuild.net.discovery import DiscoveryOptions
+    from acbuild.net.http import HttpOptions
+
+    from acbuild.config import DiscoveryConfig
+
+    settings = config.discovery if config is not None else DiscoveryConfig()
+    insecure = bool(args.insecure) or settings.insecure
+    if insecure and not args.insecure:
+        print(f"acbuild: warning: insecure discovery and downloads (insecure = true in {config.source})",
+              file=sys.stderr)
+    http = HttpOptions(ca_file=args.ca_file or settings.ca_file, insecure=insecure,
+                       timeout=args.timeout or settings.timeout or HttpOptions.timeout)
+    port = args.discovery_port if args.discovery_port is not None else settings.port
+    return DiscoveryOptions(http, port)
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise argparse.ArgumentTypeError(f"invalid port {text!r} (1-65535)")
+    return int(text)
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"invalid timeout {text!r} (seconds, more than 0)")
+    return value
