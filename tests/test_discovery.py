@@ -1,5 +1,5 @@
-"""appc meta discovery: acbuild against Debian's `actool discover` (appc/spec 0.8.11)
-on the same pages, served for real on 127.0.0.1 (HTTPS with the test CA, which both
+"""appc meta discovery: `acbuild discover` against Debian's `actool discover` (appc/spec
+0.8.11) on the same pages, served for real on 127.0.0.1 (HTTPS with the test CA, which both
 tools trust through SSL_CERT_FILE; plain HTTP for the insecure layouts). The test
 prints the table of both tools' URLs and asserts they agree, layout by layout."""
 
@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from dataclasses import dataclass, field
 
 import pytest
@@ -133,9 +134,13 @@ def run_actool(actool: str, layout: Layout, port: int, env: dict) -> dict | str:
     return json.loads(out[out.index("{"):])  # walk attempts come first, as text lines
 
 
-def run_acbuild(layout: Layout, port: int) -> dict:
-    options = DiscoveryOptions(HttpOptions(insecure=layout.insecure, timeout=20), port=port)
-    return discover(AppRequest.parse(layout.name).with_host_defaults(), options).as_json()
+def run_acbuild(layout: Layout, port: int, env: dict) -> dict:
+    cmd = [sys.executable, "-m", "acbuild", "discover", "--json", "--port", str(port)]
+    done = subprocess.run(cmd + (["--insecure"] if layout.insecure else []) + [layout.name],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == (0 if layout.expect_endpoints else 2), done.stderr
+    assert "Traceback" not in done.stderr
+    return json.loads(done.stdout)
 
 
 def urls(result: dict | str, what: str) -> list[str]:
@@ -147,18 +152,14 @@ def urls(result: dict | str, what: str) -> list[str]:
 
 
 def test_acbuild_and_actool_agree_on_every_layout(actool, test_ca, capsys):
-    env = {**os.environ, "SSL_CERT_FILE": str(test_ca.ca)}
-    os.environ["SSL_CERT_FILE"] = str(test_ca.ca)  # the in-process client reads it too
+    env = {**os.environ, "SSL_CERT_FILE": str(test_ca.ca)}  # both tools trust the test CA through it
     rows = []
-    try:
-        for layout in LAYOUTS:
-            with Site(tls=None if layout.plain_http else test_ca) as site:
-                serve(layout, site)
-                theirs = run_actool(actool, layout, site.port, env)
-                ours = run_acbuild(layout, site.port)
-            rows.append((layout, theirs, ours))
-    finally:
-        del os.environ["SSL_CERT_FILE"]
+    for layout in LAYOUTS:
+        with Site(tls=None if layout.plain_http else test_ca) as site:
+            serve(layout, site)
+            theirs = run_actool(actool, layout, site.port, env)
+            ours = run_acbuild(layout, site.port, env)
+        rows.append((layout, theirs, ours))
 
     with capsys.disabled():
         print("\n\nacbuild vs actool discover (same pages, same port)")

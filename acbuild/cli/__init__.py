@@ -27,6 +27,8 @@ COMMANDS = [
     "manifest",
     "image_id",
     "signing",
+    "discover",
+    "serve",
     "cache",
     "launch",
     "session",
@@ -41,7 +43,7 @@ COMMAND_MODULES = {
     "build": "build", "plan": "plan", "pack": "pack", "validate": "validate",
     "cat-manifest": "manifest", "patch-manifest": "manifest", "image-id": "image_id",
     "sign": "signing", "trust": "signing", "verify": "signing", "cache": "cache",
-    "launch": "launch", "script": "script",
+    "launch": "launch", "script": "script", "discover": "discover", "serve": "serve",
     **dict.fromkeys(
         ["begin", "copy", "copy-to-dir", "run", "set-exec", "set-event-handler", "set-name", "set-user",
          "set-group", "set-working-directory", "set-wd", "set-working-dir", "set-supp-groups",
