@@ -192,7 +192,8 @@ def serve_forever(server: RepositoryServer, repo: Repository, out=sys.stdout) ->
     """Print what is served and where, then answer requests until interrupted."""
     for problem in repo.problems:
         print(f"acbuild serve: warning: {problem}", file=server.log, flush=True)
-    print(f"serving {repo.root} ({len(repo.images)} images) at {server.url}", file=out, flush=True)
+    n = len(repo.images)
+    print(f"serving {repo.root} ({n} image{'' if n == 1 else 's'}) at {server.url}", file=out, flush=True)
     try:
         server.serve_forever()
     finally:
