@@ -17,6 +17,8 @@ examples:
 TRUST_EPILOG = """\
 examples:
   acbuild trust --prefix example.com/hello pubkey.asc   # trust for example.com/hello[/...]
+  acbuild trust --prefix example.com/hello              # keys found by discovery (ac-discovery-pubkeys)
+  acbuild trust --prefix localhost/app --port 8443 --ca-file ca.pem --yes
   acbuild trust --root pubkey.asc --yes                 # trust for every image, no prompt
   acbuild trust --list
   acbuild trust --remove 967728EE328B89929A4AE9F2CE234EFE50857498
@@ -24,7 +26,11 @@ examples:
 trust store: /etc/acbuild/trustedkeys (system) and $XDG_CONFIG_HOME/acbuild/trustedkeys
 (user, where changes go); --trust-dir DIR or ACBUILD_TRUST_DIR=DIR use DIR alone.
 A key trusted for prefix P signs names equal to P or under P/ (unlike rkt, the prefix
-"example.com/hello" does not cover "example.com/helloworld")."""
+"example.com/hello" does not cover "example.com/helloworld").
+
+Without KEYFILE, --prefix P looks the keys up with appc discovery of P (the
+ac-discovery-pubkeys walk), downloads them over HTTPS (plain http only with --insecure),
+shows each fingerprint and user id and asks, as rkt trust did."""
 
 VERIFY_EPILOG = """\
 examples:
@@ -58,6 +64,9 @@ def add_parser(sub) -> None:
     scope.add_argument("--remove", metavar="FINGERPRINT", help="stop trusting a key")
     p.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
     _common(p)
+    from acbuild.cli.options import add_discovery_options
+
+    add_discovery_options(p)
     p.set_defaults(run=run_trust)
 
     p = sub.add_parser("verify", help="verify an image's signature against trusted keys",
@@ -98,7 +107,7 @@ def run_sign(args) -> int:
 
 
 def run_trust(args) -> int:
-    _config, store = _store(args)
+    config, store = _store(args)
     if args.list:
         return _list(store, args)
     if args.remove:
@@ -107,33 +116,57 @@ def run_trust(args) -> int:
         n = store.remove(args.remove)
         print(f"removed {n} trust entr{'y' if n == 1 else 'ies'} for {args.remove.lower()}")
         return 0
-    if not args.keyfiles:
-        raise UsageError("trust: give KEYFILE... (or --list, --remove FINGERPRINT)")
     if args.prefix is None and not args.root:
-        raise UsageError("trust: say what the key may sign: --prefix PREFIX or --root (every image)")
+        raise UsageError("trust: say what the key may sign: --prefix PREFIX or --root (every image)"
+                         if args.keyfiles else "trust: give --prefix PREFIX [KEYFILE...], --root KEYFILE..., "
+                         "--list or --remove FINGERPRINT")
+    if args.root and not args.keyfiles:
+        raise UsageError("trust --root needs a KEYFILE: keys trusted for every image are never discovered")
     from acbuild.trust.gpg import scan_keys
     from acbuild.trust.store import check_prefix
 
     prefix = check_prefix(args.prefix) if args.prefix is not None else None
     scope = "every image (root)" if prefix is None else f"prefix {prefix}"
-    for keyfile in args.keyfiles:
+    sources = _key_files(args.keyfiles) if args.keyfiles else _discovered_keys(prefix, args, config)
+    for source, data in sources:
+        keys = scan_keys(data)
+        for k in keys:
+            print(f"key {k.fingerprint}" + ("" if args.keyfiles else f" from {source}"), file=sys.stderr)
+            for uid in k.uids:
+                print(f"  {uid}", file=sys.stderr)
+        if keys and not args.yes and not _confirm(f"Trust {'this key' if len(keys) == 1 else 'these keys'} for {scope}?"):
+            print(f"{source}: not trusted", file=sys.stderr)
+            return 1
+        for k in store.add(data, prefix, source=source):
+            print(f"trusted {k.fingerprint} ({k.uid}) for {scope} in {store.writable}")
+    return 0
+
+
+def _key_files(paths: list[Path]) -> Iterator[tuple[str, bytes]]:
+    for keyfile in paths:
         try:
-            data = keyfile.read_bytes()
+            yield str(keyfile), keyfile.read_bytes()
         except FileNotFoundError as e:
             raise NotFoundError(f"key file {keyfile} does not exist") from e
         except OSError as e:
             raise UsageError(f"read {keyfile}: {e.strerror}") from e
-        keys = scan_keys(data)
-        for k in keys:
-            print(f"key {k.fingerprint}", file=sys.stderr)
-            for uid in k.uids:
-                print(f"  {uid}", file=sys.stderr)
-        if keys and not args.yes and not _confirm(f"Trust {'this key' if len(keys) == 1 else 'these keys'} for {scope}?"):
-            print(f"{keyfile}: not trusted", file=sys.stderr)
-            return 1
-        for k in store.add(data, prefix, source=str(keyfile)):
-            print(f"trusted {k.fingerprint} ({k.uid}) for {scope} in {store.writable}")
-    return 0
+
+
+KEY_LIMIT = 1 << 20  # a few keys are a few KiB
+
+
+def _discovered_keys(prefix: str, args, config) -> Iterator[tuple[str, bytes]]:
+    """(URL, key bytes) for each key the ac-discovery-pubkeys walk of `prefix` finds."""
+    from acbuild.cli.options import discovery_from_args
+    from acbuild.net.discovery import discover_keys
+    from acbuild.net.http import NetError, read_url
+
+    options = discovery_from_args(args, config)
+    for url in discover_keys(prefix, options).require_keys():
+        if not url.startswith("https://") and not (options.insecure and url.startswith("http://")):
+            raise NetError(url, "a key over plain http is refused without --insecure" if url.startswith("http://")
+                           else "not an https:// URL")
+        yield url, read_url(url, options.http, limit=KEY_LIMIT)
 
 
 def _confirm(question: str) -> bool:
