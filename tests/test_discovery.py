@@ -72,6 +72,10 @@ LAYOUTS = [
         "/app": html(meta("ac-discovery", "localhost https://l.test/{channel}/{flavor}/{name}-{version}-{os}.{ext}"),
                      meta("ac-discovery-pubkeys", f"localhost {KEYS}")),
     }),
+    Layout("empty label values: replaced by nothing, os= by the host's", "localhost/app,channel=,os=", {
+        "/app": html(meta("ac-discovery", "localhost https://e.test/{name}/{channel}-{os}.{ext}"),
+                     meta("ac-discovery-pubkeys", f"localhost {KEYS}")),
+    }),
     Layout("unfilled template skipped", "localhost/app", {
         "/app": html(meta("ac-discovery", "localhost https://u.test/{channel}/{name}.{ext}"),
                      meta("ac-discovery", "localhost https://u.test/{nope/{name}.{ext}"),

@@ -92,8 +92,9 @@ class AppRequest:
     def with_host_defaults(self) -> AppRequest:
         """The request with os and arch set to the host's where it gives none (as
         actool discover and rkt fetch do)."""
-        os_name, arch = host_os_arch()
-        merged = {"os": os_name, "arch": arch, **{k: v for k, v in self.labels if v}}
+        merged = dict(self.labels)
+        for key, value in zip(("os", "arch"), host_os_arch()):
+            merged[key] = merged.get(key) or value  # an empty os= is filled in too, as actool does
         return AppRequest(self.name, tuple(sorted(merged.items())))
 
     def __str__(self) -> str:

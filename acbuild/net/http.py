@@ -42,7 +42,9 @@ is the one request function; `read_url` reads a whole (small) body. Contract:
 
 from __future__ import annotations
 
+import functools
 import http.client
+import os
 import socket
 import ssl
 import urllib.parse
@@ -214,17 +216,25 @@ def _request_once(url: str, method: str, start: int, extra: dict[str, str],
 
 
 def _tls_context(options: HttpOptions) -> ssl.SSLContext:
-    if options.insecure:
+    # Loading the system store takes tens of ms: one context per setting, reused
+    # (SSLContext is safe to share between threads).
+    return _cached_context(options.ca_file, options.insecure, os.environ.get("SSL_CERT_FILE"),
+                           os.environ.get("SSL_CERT_DIR"))
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_context(ca_file: Path | None, insecure: bool, _cert_file: str | None, _cert_dir: str | None) -> ssl.SSLContext:
+    if insecure:
         context = ssl.create_default_context()
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
         return context
-    if options.ca_file is None:
+    if ca_file is None:
         return ssl.create_default_context()  # OpenSSL's default paths: SSL_CERT_FILE/DIR
     try:
-        return ssl.create_default_context(cafile=str(options.ca_file))
+        return ssl.create_default_context(cafile=str(ca_file))
     except (OSError, ssl.SSLError) as e:
-        raise AcbuildError(f"CA bundle {options.ca_file}: {getattr(e, 'strerror', None) or e}") from e
+        raise AcbuildError(f"CA bundle {ca_file}: {getattr(e, 'strerror', None) or e}") from e
 
 
 def _proxy_for(scheme: str, host: str) -> tuple[str, int] | None:
