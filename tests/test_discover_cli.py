@@ -212,3 +212,40 @@ def test_trust_prefix_refusals(tmp_path, test_ca):
         assert root.returncode == 3 and "--root needs a KEYFILE" in root.stderr
     assert not trust.exists() or not any(trust.rglob("*"))
     assert "Traceback" not in plain.stderr + none.stderr + junk.stderr + root.stderr
+
+
+def test_signed_image_from_serve_verifies_after_trust_by_discovery(tmp_path, test_ca, gpg_homes):
+    """The pieces the fetch loop joins: sign -> serve -> trust --prefix (discovered)
+    -> download by discovery -> verify against the trust store."""
+    from acbuild.net.discovery import AppRequest, DiscoveryOptions, discover
+    from acbuild.net.http import HttpOptions, read_url
+
+    home = gpg_homes()
+    fingerprint = home.make_key("Publisher <pub@localhost>")
+    keys = tmp_path / "pubkeys.asc"
+    keys.write_bytes(home.export(fingerprint))
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    image = make_image(repo / "hello.aci", "localhost/hello", {"version": "1.0", **LINUX}, signed=False)
+    signed = acbuild("sign", str(image), "--key", fingerprint, "--gpg-home", str(home.path))
+    assert signed.returncode == 0, signed.stderr
+    trust = tmp_path / "trust"
+    proc, url = start_serve(str(repo), "--port", "0", "--tls-cert", str(test_ca.cert), "--tls-key", str(test_ca.key),
+                            "--keys", str(keys))
+    port = url.rsplit(":", 1)[1].strip("/")
+    try:
+        trusted = acbuild("trust", "--prefix", "localhost/hello", "--port", port, "--ca-file", str(test_ca.ca),
+                          "--trust-dir", str(trust), "--yes")
+        assert trusted.returncode == 0, trusted.stderr
+        options = DiscoveryOptions(HttpOptions(ca_file=test_ca.ca), int(port))
+        endpoint = discover(AppRequest.parse("localhost/hello:1.0").with_host_defaults(), options).require_endpoints()[0]
+        got = tmp_path / "got.aci"
+        got.write_bytes(read_url(endpoint.aci, options.http, limit=1 << 24))
+        Path(f"{got}.asc").write_bytes(read_url(endpoint.asc, options.http))
+    finally:
+        stop(proc)
+    verified = acbuild("verify", str(got), "--trust-dir", str(trust))
+    assert verified.returncode == 0, verified.stderr
+    assert verified.stdout.startswith("signature verified: Publisher <pub@localhost>")
+    elsewhere = acbuild("verify", str(got), "--trust-dir", str(tmp_path / "empty-trust"))
+    assert elsewhere.returncode != 0 and "Traceback" not in elsewhere.stderr
