@@ -253,8 +253,11 @@ class Scanner:
 
 def _add(files: dict[str, ServedFile], path: str, image: Image) -> None:
     files[path] = ServedFile(image.file, "application/octet-stream", image.identity)
-    if image.signature is not None:
-        st = os.stat(image.signature)
+    try:
+        st = os.stat(image.signature) if image.signature is not None else None
+    except OSError:  # removed since the scan saw it: served without one
+        st = None
+    if st is not None:
         files[path + ".asc"] = ServedFile(image.signature, "application/pgp-signature",
                                           (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns))
 
