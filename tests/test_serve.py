@@ -260,3 +260,18 @@ def test_a_published_image_is_served_without_a_restart(repo_dir):
         make_image(repo_dir / "fresh.aci", "localhost/fresh", {"version": "0.1", **LINUX})
         found = discover(AppRequest.parse("localhost/fresh").with_host_defaults(), opts)
         assert read_url(found.endpoints[0].aci) == (repo_dir / "fresh.aci").read_bytes()
+
+
+def test_signatures_are_looked_at_on_every_scan_and_never_through_a_symlink_out(repo_dir):
+    with Running(repo_dir) as srv:
+        asc = srv.url("/localhost/team/tool-latest-linux-amd64.aci.asc")
+        with pytest.raises(NetError, match="HTTP 404"):
+            read_url(asc)
+        (repo_dir / "sub" / "tool.aci.asc").write_bytes(b"signed later\n")  # acbuild sign after the build
+        assert read_url(asc) == b"signed later\n"
+        (repo_dir / "sub" / "tool.aci.asc").unlink()
+        (repo_dir / "sub" / "tool.aci.asc").symlink_to("/etc/passwd")
+        with pytest.raises(NetError, match="HTTP 404"):
+            read_url(asc)
+        index = json.loads(read_url(srv.url("/index.json")))
+    assert [e["signature"] for e in index["images"] if e["file"] == "sub/tool.aci"] == [None]

@@ -35,7 +35,7 @@ import json
 import os
 import re
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from acbuild.aci.archive import read_aci
@@ -48,16 +48,26 @@ _SEGMENT = re.compile(r"^[A-Za-z0-9_+~-][A-Za-z0-9._+~-]*$")  # a label value us
 _SEMVER = re.compile(r"^(\d+)\.(\d+)\.(\d+)(?:-([0-9A-Za-z.-]+))?(?:\+[0-9A-Za-z.-]+)?$")
 
 
+Identity = tuple[int, int, int, int]  # (dev, ino, size, mtime_ns): changes when the file does
+
+
+@dataclass(frozen=True)
+class ServedFile:
+    file: Path
+    content_type: str
+    identity: Identity
+
+
 @dataclass(frozen=True)
 class Image:
     file: Path  # where it is in DIR (resolved, inside DIR)
     relative: str  # its path relative to DIR, for listings
-    signature: Path | None
+    signature: ServedFile | None  # IMAGE.aci.asc beside it, if DIR has one (looked at on every scan)
     image_id: str
     name: str
     labels: tuple[tuple[str, str], ...]
     size: int
-    identity: tuple[int, int, int, int]  # (dev, ino, size, mtime_ns): changes when the file does
+    identity: Identity
 
     def label(self, key: str) -> str | None:
         return dict(self.labels).get(key)
@@ -65,13 +75,6 @@ class Image:
     def path(self, version: str | None = None) -> str:
         os_, arch = self.label("os"), self.label("arch")
         return f"/{self.name}-{version or self.label('version') or LATEST}-{os_}-{arch}.aci"
-
-
-@dataclass(frozen=True)
-class ServedFile:
-    file: Path
-    content_type: str
-    identity: tuple[int, int, int, int]
 
 
 @dataclass(frozen=True)
@@ -154,7 +157,7 @@ class Scanner:
         if not self.root.is_dir():
             raise AcbuildError(f"{root}: not a directory")
         self.keys = keys
-        self._known: dict[tuple[str, tuple[int, int, int, int]], Image | str] = {}
+        self._known: dict[tuple[str, Identity], Image | str] = {}
         self._lock = threading.Lock()
 
     def scan(self) -> Repository:
@@ -164,8 +167,9 @@ class Scanner:
     def _scan(self) -> Repository:
         problems: list[str] = []
         images: list[Image] = []
-        known: dict[tuple[str, tuple[int, int, int, int]], Image | str] = {}
-        for rel, real, identity in self._walk(problems):
+        known: dict[tuple[str, Identity], Image | str] = {}
+        walked = {rel: (real, identity) for rel, real, identity in self._walk(problems)}
+        for rel, (real, identity) in walked.items():
             if not rel.endswith(".aci"):
                 continue
             key = (rel, identity)
@@ -173,8 +177,11 @@ class Scanner:
             known[key] = found
             if isinstance(found, str):
                 problems.append(found)
-            else:
-                images.append(found)
+                continue
+            # Only a signature the walk saw (visible, inside DIR) is served.
+            sig = walked.get(rel + ".asc")
+            images.append(replace(found, signature=ServedFile(sig[0], "application/pgp-signature", sig[1])
+                                  if sig else None))
         self._known = known
         return self._table(images, problems)
 
@@ -199,7 +206,7 @@ class Scanner:
                 if os.path.isfile(real):
                     yield rel, Path(real), (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
-    def _read(self, rel: str, real: Path, identity: tuple[int, int, int, int]) -> Image | str:
+    def _read(self, rel: str, real: Path, identity: Identity) -> Image | str:
         try:
             contents = read_aci(real)
             manifest = ImageManifest.from_json(contents.manifest_bytes)
@@ -208,9 +215,7 @@ class Scanner:
         if contents.problems:
             return f"{rel}: not served: {contents.problems[0]}"
         labels = tuple(sorted((label.name, label.value) for label in manifest.labels))
-        signature = Path(str(real) + ".asc")
-        return Image(real, rel, signature if signature.is_file() else None, contents.image_id, manifest.name,
-                     labels, identity[2], identity)
+        return Image(real, rel, None, contents.image_id, manifest.name, labels, identity[2], identity)
 
     def _table(self, images: list[Image], problems: list[str]) -> Repository:
         files: dict[str, ServedFile] = {}
@@ -253,13 +258,8 @@ class Scanner:
 
 def _add(files: dict[str, ServedFile], path: str, image: Image) -> None:
     files[path] = ServedFile(image.file, "application/octet-stream", image.identity)
-    try:
-        st = os.stat(image.signature) if image.signature is not None else None
-    except OSError:  # removed since the scan saw it: served without one
-        st = None
-    if st is not None:
-        files[path + ".asc"] = ServedFile(image.signature, "application/pgp-signature",
-                                          (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns))
+    if image.signature is not None:
+        files[path + ".asc"] = image.signature
 
 
 def _unservable(image: Image) -> str | None:
