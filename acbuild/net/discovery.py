@@ -216,7 +216,7 @@ class _Walk:
                         return parse_meta(resp.read().decode("utf-8", "replace"))
                     errors.append(Attempt(url, f"expected a 200 OK, got {resp.status}"))
             except NetError as e:
-                errors.append(Attempt(url, str(e).removeprefix(f"{url}: ")))
+                errors.append(Attempt(url, e.detail if e.url == url else str(e)))
         self.failed.extend(errors)
         return None
 

@@ -67,7 +67,7 @@ class NetError(AcbuildError):
     """A network request failed: connection, TLS, status, size, redirects."""
 
     def __init__(self, url: str, message: str):
-        super().__init__(f"{url}: {message}")
+        super().__init__(message, path=url)  # reads "URL: message"; .detail is the message alone
         self.url = url
 
 
