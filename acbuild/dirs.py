@@ -6,6 +6,16 @@ import os
 from pathlib import Path
 
 
+def private_dir(path: Path) -> Path:
+    """`path` (parents made as needed) as a 0700 dir, as buildah's storage is: an image's
+    setuid binaries, cached layers and work files inside are out of other host users'
+    reach. An existing dir is tightened too (older acbuilds made them 0755)."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(path, 0o700)
+    return path
+
+
 def cache_root() -> Path:
     """$ACBUILD_CACHE_DIR, else $XDG_CACHE_HOME/acbuild, else ~/.cache/acbuild."""
     explicit = os.environ.get("ACBUILD_CACHE_DIR")

@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "acbuild"
 # the order the README draws.
 LAYERS = [
     ("base", ["acbuild", "acbuild.__init__", "acbuild.errors", "acbuild.atomic", "acbuild.dirs",
-              "acbuild.files", "acbuild.config"]),
+              "acbuild.files", "acbuild.temps", "acbuild.config"]),
     ("values", ["acbuild.aci.types"]),
     ("plan", ["acbuild.plan"]),
     ("frontend", ["acbuild.frontend"]),
@@ -30,7 +30,8 @@ LAYERS = [
     ("cli", ["acbuild.cli", "acbuild.__main__"]),
 ]
 HEAVY = {"lark", "yaml", "gnupg", "pyroute2"}
-SANDBOX_CHILD = ("engine/execute/sandbox.py", "engine/execute/users.py", "engine/execute/paths.py")
+SANDBOX_CHILD = ("engine/execute/sandbox.py", "engine/execute/hardening.py", "engine/execute/users.py",
+                 "engine/execute/paths.py")
 
 
 def layer_of(module: str) -> int:

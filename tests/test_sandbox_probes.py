@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pytest
 from conftest import require
+from test_rootless import pythonpath  # noqa: F401 (a fixture: the world-readable acbuild and its deps)
 
 REPO = Path(__file__).resolve().parent.parent
 PROBES = REPO / "tests/data/probes"
@@ -61,7 +62,7 @@ def shared_dir(prefix: str) -> Path:
 
 
 @pytest.fixture(scope="module")
-def world(unprivileged_user, rootless_pythonpath):
+def world(unprivileged_user, pythonpath):
     """Everything the probes need, made once: the probe, the canary, the server, images."""
     top = shared_dir("acbuild-probes-")
     server = http.server.HTTPServer(("127.0.0.1", 0), _Secret)
@@ -75,7 +76,7 @@ def world(unprivileged_user, rootless_pythonpath):
         (canary / token).write_text("host secret\n")
         handle = subprocess.run([probe, "handle"], cwd=canary, check=True, capture_output=True, text=True).stdout
         w = World(top, probe, canary, token, handle.strip(), server.server_address[1], unprivileged_user,
-                  rootless_pythonpath)
+                  pythonpath)
         w.before = canary_state(canary)
         yield w
     finally:
@@ -93,27 +94,6 @@ class _Secret(http.server.BaseHTTPRequestHandler):
         pass
 
 
-@pytest.fixture(scope="module")
-def rootless_pythonpath():
-    """A world-readable PYTHONPATH: this checkout's acbuild and the venv's dependencies."""
-    import yaml
-
-    site = Path(yaml.__file__).resolve().parent.parent
-    top = shared_dir("acbuild-probes-py-")
-    for part in ("acbuild", "grammar"):
-        shutil.copytree(REPO / part, top / part, ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("lark", "yaml", "_yaml", "gnupg.py", "pyroute2"):
-        src = site / name
-        if src.is_dir():
-            shutil.copytree(src, top / name, ignore=shutil.ignore_patterns("__pycache__"))
-        elif src.exists():
-            shutil.copy2(src, top / name)
-    for p in [top, *top.rglob("*")]:
-        p.chmod(p.stat().st_mode | (0o755 if p.is_dir() else 0o644))
-    yield str(top)
-    shutil.rmtree(top)
-
-
 def canary_state(canary: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in canary.iterdir()}
 
@@ -125,13 +105,15 @@ class World:
         self.outputs: dict[str, str] = {}
         self.before: dict[str, bytes] = {}
 
-    def image(self, name: str, *, user: str = "0", node: bool = True, args: tuple[str, ...] = ()) -> Path:
-        """An .aci (written here with tarfile) of busybox, the probes and, when `node`,
-        a 0666 /dev/zero twin at /shipped-zero; its app runs the probes as `user`."""
+    def image(self, name: str, *, user: str = "0", node: bool = True, args: tuple[str, ...] = (),
+              exec_: tuple[str, ...] = ("/probe.sh",)) -> Path:
+        """An .aci (written here with tarfile) of busybox, the probes, a setuid-root copy of
+        the C probe (/suid-probe) and, when `node`, a 0666 /dev/zero twin at /shipped-zero;
+        its app runs `exec_` + `args` (default: all the probes) as `user`."""
         path = self.top / f"{name}.aci"
         manifest = {"acKind": "ImageManifest", "acVersion": "0.8.11", "name": f"example.com/{name}",
                     "labels": [{"name": "os", "value": "linux"}, {"name": "arch", "value": "amd64"}],
-                    "app": {"exec": ["/probe.sh", *args], "user": user, "group": user}}
+                    "app": {"exec": [*exec_, *args], "user": user, "group": user}}
         with tarfile.open(path, "w") as tar:
             def add(name, data=None, **kw):
                 info = tarfile.TarInfo(name)
@@ -149,6 +131,7 @@ class World:
                 add(f"rootfs/bin/{applet}", type=tarfile.SYMTYPE, linkname="busybox", mode=0o777)
             add("rootfs/probe", self.probe.read_bytes())
             add("rootfs/probe.sh", (PROBES / "probe.sh").read_bytes())
+            add("rootfs/suid-probe", self.probe.read_bytes(), mode=0o4755)
             if node:
                 add("rootfs/shipped-zero", type=tarfile.CHRTYPE, devmajor=1, devminor=5, mode=0o666)
         path.chmod(0o644)
@@ -280,7 +263,7 @@ def test_syscalls_docker_forbids_are_refused(world, mode):
 def test_kernel_paths_are_masked(world, mode):
     masked = {line.split()[1]: int(line.split()[2]) for line in world.run(mode).splitlines()
               if line.startswith("masked ")}
-    assert "/proc/kcore" in masked and "/sys/firmware" in masked
+    assert "/proc/keys" in masked and "/sys/firmware" in masked
     assert all(n == 0 for n in masked.values()), masked
 
 
@@ -352,3 +335,43 @@ def test_setuid_binaries_in_a_work_path_are_out_of_other_users_reach(world, tmp_
         assert (project / ".acbuild").stat().st_mode & 0o077 == 0
     finally:
         shutil.rmtree(project, ignore_errors=True)
+
+
+def launch(image: Path, *flags: str, top: Path) -> str:
+    proc = subprocess.run([sys.executable, "-m", "acbuild", "launch", "--insecure-skip-verify", *flags, str(image)],
+                          capture_output=True, text=True, timeout=60, env=dict(os.environ, TMPDIR=str(top)))
+    assert "Traceback" not in proc.stderr, proc.stderr
+    return proc.stdout
+
+
+def test_tmpfs_size_flag_sets_the_limit(world):
+    out = launch(world.image("small-tmp", args=("tmpfs",)), "--tmpfs-size", "8M", top=world.top)
+    assert {"tmpfs /tmp 8192", "tmpfs /run 8192", "tmpfs /dev/shm 8192"} <= set(out.splitlines()), out
+
+
+def test_setuid_works_in_builds_and_only_with_allow_setuid_under_launch(world):
+    """The no_new_privs/nosuid rule: a RUN step as a non-root user may use setuid (sudo, su);
+    a launched app may not, unless --allow-setuid says the image needs it."""
+    image = world.image("setuid", user="1000", exec_=("/suid-probe", "euid"))
+    assert launch(image, top=world.top).split() == ["euid", "1000"]
+    assert launch(image, "--allow-setuid", top=world.top).split() == ["euid", "0"]
+    ctx = world.top / "setuid-build"
+    ctx.mkdir()
+    (ctx / "ACIfile").write_text(f"FROM {image}\nNAME example.com/setuid\nUSER 1000\nRUN /suid-probe euid\n")
+    proc = subprocess.run([sys.executable, "-m", "acbuild", "build", "-f", str(ctx / "ACIfile"), "-o",
+                           str(ctx / "out.aci"), "--no-cache"], capture_output=True, text=True, timeout=60,
+                          env=dict(os.environ, TMPDIR=str(world.top)))
+    assert proc.returncode == 0, proc.stderr
+    assert "euid 0" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_the_step_cache_and_work_dirs_are_private(world):
+    cache = world.top / "private-cache"
+    ctx = world.top / "private-build"
+    ctx.mkdir()
+    (ctx / "ACIfile").write_text(f"FROM {world.image('private')}\nNAME example.com/private\n"
+                                 "RUN true\n")
+    subprocess.run([sys.executable, "-m", "acbuild", "build", "-f", str(ctx / "ACIfile"), "-o", str(ctx / "o.aci"),
+                    "--cache-dir", str(cache)], check=True, capture_output=True, timeout=60,
+                   env=dict(os.environ, TMPDIR=str(world.top)))
+    assert cache.stat().st_mode & 0o777 == 0o700

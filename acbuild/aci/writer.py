@@ -42,7 +42,7 @@ import lzma
 import os
 import stat
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -50,6 +50,7 @@ from acbuild.aci.pgzip import ParallelGzipWriter
 from acbuild.aci.tarformat import BLOCK, ZERO_BLOCK, tar_header
 from acbuild.atomic import fsync_dir
 from acbuild.errors import ImageError, UsageError
+from acbuild.temps import locked_temp_file
 
 DEFAULT_SOURCE_DATE_EPOCH = 0
 COMPRESSIONS = ("gzip", "xz", "bzip2", "none")
@@ -84,20 +85,23 @@ def check_output_path(out: Path) -> None:
 class AciSink:
     """A tar byte stream that is hashed (image ID) and compressed into a temp
     file beside `out`. `commit()` finishes the tar, fsyncs and renames over
-    `out`; `abort()` (or leaving the `with` block by an exception) removes the
-    temp file. Small writes are gathered into CHUNK-sized updates."""
+    `out` (or hands the temp to `install`, which must put it in place: signing does);
+    `abort()` (or leaving the `with` block by an exception) removes the temp file.
+    The temp holds an flock while it is written (acbuild.temps), so one left by a
+    killed acbuild is known dead and removed by the next write of `out`. Small
+    writes are gathered into CHUNK-sized updates."""
 
-    def __init__(self, out: Path, compression: str = "gzip"):
+    def __init__(self, out: Path, compression: str = "gzip", install: Callable[[Path], None] | None = None):
         if compression not in COMPRESSIONS:
             raise UsageError(f"unknown compression {compression!r} (choose {', '.join(COMPRESSIONS)})")
         self.out = Path(out)
+        self._install = install
         self._hash = hashlib.sha512()
         self._buf = bytearray()
         self._tmp: Path | None = None
         fd = -1
         try:
-            fd, tmp = _mkstemp(self.out)
-            self._tmp = Path(tmp)
+            fd, self._tmp = locked_temp_file(self.out)
             self._raw: BinaryIO = os.fdopen(fd, "wb", buffering=CHUNK)
             fd = -1
             self._stream: BinaryIO = _compressor(self._raw, compression)
@@ -136,10 +140,13 @@ class AciSink:
             self._raw.flush()
             os.fchmod(self._raw.fileno(), 0o666 & ~_umask())
             os.fsync(self._raw.fileno())
-            self._raw.close()
-            os.replace(self._tmp, self.out)
+            if self._install is None:  # before close: the lock shows the temp is alive
+                os.replace(self._tmp, self.out)
+                fsync_dir(self.out.parent)
+            else:
+                self._install(self._tmp)
             self._tmp = None
-            fsync_dir(self.out.parent)
+            self._raw.close()
         except OSError as e:
             raise ImageError(f"write {self.out}: {e}") from e
         return "sha512-" + self._hash.hexdigest()
@@ -163,12 +170,6 @@ class AciSink:
     def __exit__(self, exc_type, exc, tb) -> None:
         if self._tmp is not None:
             self.abort()
-
-
-def _mkstemp(out: Path) -> tuple[int, str]:
-    import tempfile
-
-    return tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent or ".")
 
 
 def _umask() -> int:
@@ -274,9 +275,11 @@ def write_aci(
     compression: str = "gzip",
     source_date_epoch: int = DEFAULT_SOURCE_DATE_EPOCH,
     id_map: dict[int, int] | None = None,
+    install: Callable[[Path], None] | None = None,
 ) -> str:
-    """Write `rootfs` and the manifest bytes (verbatim) as the .aci `out`; return its image ID."""
-    with AciSink(Path(out), compression) as sink:
+    """Write `rootfs` and the manifest bytes (verbatim) as the .aci `out`; return its image ID.
+    `install`: see AciSink."""
+    with AciSink(Path(out), compression, install) as sink:
         try:
             write_tree(sink, Path(rootfs), source_date_epoch, id_map)
             write_manifest(sink, manifest_json, source_date_epoch)
@@ -285,14 +288,15 @@ def write_aci(
         return sink.commit()
 
 
-def rewrite_aci(src: Path, out: Path, manifest_json: bytes, compression: str | None = None) -> str:
+def rewrite_aci(src: Path, out: Path, manifest_json: bytes, compression: str | None = None,
+                install: Callable[[Path], None] | None = None) -> str:
     """Copy the rootfs entries of `src` (in their order, headers re-emitted in
     this module's dialect) into a new .aci `out` with `manifest_json` as its
     manifest; `compression` defaults to src's. `out` may be `src`. Returns the image ID."""
     from acbuild.aci.archive import copy_rootfs_entries, detect_file_compression
 
     comp = compression or detect_file_compression(Path(src))
-    with AciSink(Path(out), comp) as sink:
+    with AciSink(Path(out), comp, install) as sink:
         mtime = copy_rootfs_entries(Path(src), sink)
         write_manifest(sink, manifest_json, mtime)
         return sink.commit()

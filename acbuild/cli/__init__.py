@@ -108,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"acbuild {__version__}")
         return 0
     debug = "--debug" in argv or bool(os.environ.get("ACBUILD_DEBUG"))
+    _sigterm_as_interrupt()
     try:
         parser = build_parser(command_of(argv))
         args = parser.parse_args(argv)
@@ -135,6 +136,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"acbuild: internal error: {type(err).__name__}: {err} (run with --debug for the traceback)",
               file=sys.stderr)
         return EXIT_FAILURE
+
+
+def _sigterm_as_interrupt() -> None:
+    """SIGTERM (kill, systemd, CI timeouts) unwinds like Ctrl-C: temp outputs, work dirs
+    and sandboxes are removed on the way out, by the same `finally` blocks."""
+    import signal
+
+    def interrupt(_sig, _frame):
+        raise KeyboardInterrupt
+
+    try:
+        signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread (main() called from a thread): leave it
+        pass
 
 
 def _format(err: AcbuildError) -> str:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from acbuild.cli.options import (
     add_acifile_options,
+    add_sandbox_options,
     add_signing_options,
     add_trust_options,
     compile_from_args,
@@ -44,6 +45,7 @@ def add_parser(sub) -> None:
     add_cache_options(parser)
     parser.add_argument("--image-dir", action="append", default=[], type=Path, metavar="DIR", help="look for dependency .aci files here (repeatable; default: the context, then $XDG_DATA_HOME/acbuild/images)")
     add_signing_options(parser)
+    add_sandbox_options(parser)
     add_trust_options(parser)
     parser.set_defaults(run=run)
 
@@ -87,6 +89,7 @@ def run(args) -> int:
         debug=args.debug,
         reporter=progress,
         image_dirs=tuple(d.resolve() for d in args.image_dir),
+        tmpfs_size=args.tmpfs_size,
         **trust_settings(args, config),
     )
     signing = signing_from_args(args, config)

@@ -6,6 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
+from acbuild.cli.options import parse_size
 from acbuild.errors import UsageError
 
 EPILOG = """\
@@ -28,19 +29,6 @@ def add_parser(sub) -> None:
     prune.add_argument("--keep-bytes", metavar="N", type=parse_size, help="keep at most N bytes (suffixes K, M, G, T)")
     prune.add_argument("--all", action="store_true", help="remove everything, RUN cache mounts and the stat cache too")
     parser.set_defaults(run=run)
-
-
-def parse_size(text: str) -> int:
-    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-    value = text.strip().upper().removesuffix("B").removesuffix("I")
-    suffix = value[-1:] if value[-1:] in units and value[-1:] else ""
-    try:
-        number = float(value[: len(value) - len(suffix)])
-    except ValueError:
-        raise argparse.ArgumentTypeError(f'"{text}" is not a size (like 500M or 10G)') from None
-    if number < 0:
-        raise argparse.ArgumentTypeError(f'"{text}" is negative')
-    return int(number * units[suffix])
 
 
 def human(n: float) -> str:

@@ -23,7 +23,7 @@ is thrown away afterwards: nothing the app writes outside its volumes is kept.""
 
 
 def add_parser(sub) -> None:
-    from acbuild.cli.options import add_trust_options
+    from acbuild.cli.options import add_sandbox_options, add_trust_options
 
     parser = sub.add_parser(
         "launch",
@@ -38,6 +38,7 @@ def add_parser(sub) -> None:
                         help="bind HOSTPATH on the image's mount point NAME (repeatable)")
     parser.add_argument("--network", choices=("none", "host"), default="none",
                         help="none: loopback only (default); host: the host's network")
+    add_sandbox_options(parser, setuid=True)
     add_trust_options(parser)
     parser.set_defaults(run=run)
     _app_args_after_dashes(parser)
@@ -86,5 +87,7 @@ def run(args) -> int:
         insecure_skip_verify=trust["insecure_skip_verify"],
         trust_dirs=trust["trust_dirs"],
         debug=args.debug,
+        allow_setuid=args.allow_setuid,
+        tmpfs_size=args.tmpfs_size,
     )
     return launch(args.image, options)

@@ -1,7 +1,8 @@
 """Options that several commands share, each defined once: the ACIfile and its
 build args (build, plan), signing (build, write), verification of images that
-are used (build, begin, launch), and discovery and download (discover, fetch,
-trust, build, begin, launch), with acbuild.toml's defaults."""
+are used (build, begin, launch), discovery and download (discover, fetch,
+trust, build, begin, launch), with acbuild.toml's defaults, and the sandbox's
+limits (build, launch)."""
 
 from __future__ import annotations
 
@@ -32,6 +33,31 @@ def compile_from_args(args):
 
     acifile = args.file or Path("ACIfile")
     return acifile, compile_file(acifile, parse_build_args(args.build_arg))
+
+
+def parse_size(text: str) -> int:
+    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    value = text.strip().upper().removesuffix("B").removesuffix("I")
+    suffix = value[-1:] if value[-1:] in units and value[-1:] else ""
+    try:
+        number = float(value[: len(value) - len(suffix)])
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'"{text}" is not a size (like 500M or 10G)') from None
+    if number < 0:
+        raise argparse.ArgumentTypeError(f'"{text}" is negative')
+    return int(number * units[suffix])
+
+
+def add_sandbox_options(parser, *, setuid: bool = False) -> None:
+    from acbuild.engine.execute.hardening import DEFAULT_TMPFS_SIZE
+
+    group = parser.add_argument_group("sandbox")
+    group.add_argument("--tmpfs-size", type=parse_size, default=DEFAULT_TMPFS_SIZE, metavar="SIZE",
+                       help=f"size limit of each of /tmp, /run and /dev/shm (default: {DEFAULT_TMPFS_SIZE >> 20}M)")
+    if setuid:
+        group.add_argument("--allow-setuid", action="store_true",
+                           help="let the image's setuid binaries work, as Docker does (default: the rootfs is "
+                                "mounted nosuid and the app runs with no_new_privs)")
 
 
 def add_signing_options(parser) -> None:

@@ -18,13 +18,14 @@ failing line ends the build and stops the script. Errors name FILE:LINE.
 
 from __future__ import annotations
 
+import os
 import shlex
 import sys
-import tempfile
 from pathlib import Path
 
 from acbuild.cli.session import refuse_modify, verb_parser
 from acbuild.errors import AcbuildError, NotFoundError, SourcePos, UsageError
+from acbuild.temps import locked_temp_dir
 
 MAX_NESTING = 8
 
@@ -70,7 +71,7 @@ def run_script(args) -> int:
     if depth >= MAX_NESTING:
         raise UsageError(f"script: {path}: scripts nested more than {MAX_NESTING} deep")
     nested = depth > 0
-    work = Path(args.work_path) if nested else Path(tempfile.mkdtemp(prefix="acbuild-script-"))
+    work, lock = (Path(args.work_path), None) if nested else locked_temp_dir("acbuild-script-")
     parser = build_parser()
     try:
         for number, line in logical_lines(text):
@@ -84,6 +85,7 @@ def run_script(args) -> int:
     finally:
         if not nested:
             remove_tree(work)
+            os.close(lock)
     return 0
 
 

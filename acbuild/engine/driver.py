@@ -16,8 +16,6 @@ takes it exclusively).
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -27,11 +25,13 @@ from acbuild.engine.progress import Progress
 from acbuild.engine.session import BuildOptions, Session
 from acbuild.aci.writer import check_output_path
 from acbuild.errors import ImageError, UsageError
-from acbuild.files import link_or_copy, remove_tree
+from acbuild.files import remove_tree
+from acbuild.temps import locked_temp_dir, remove_stale_dirs
 
 # Steps that change the work dir's files; the others change only the manifest.
 _TREE_STEPS = (p.From, p.Copy, p.Run, p.WorkDir)
 BUILD_UMASK = 0o022
+WORK_PREFIX = "acbuild-build-"
 
 
 @dataclass
@@ -114,12 +114,14 @@ class _Build:
 
     def run(self) -> BuildResult:
         final = self.stages[-1]
+        remove_stale_dirs(WORK_PREFIX)  # work dirs of killed builds (a cache hit makes none)
         if self.cache is not None:
             self.compute_keys()
             cached = self.publish_cached(final) if self.use_cache else None
             if cached is not None:
                 return cached
-        self.work_root = Path(tempfile.mkdtemp(prefix="acbuild-build-"))
+        # locked while we live: a later build removes it if we are killed (acbuild.temps)
+        self.work_root, lock = locked_temp_dir(WORK_PREFIX)
         try:
             # Steps see umask 022 whatever the caller's (RUN inherits it; so do the dirs
             # FROM makes): the image must not depend on it. The output file keeps the caller's.
@@ -136,6 +138,7 @@ class _Build:
             return self.write_image(final)
         finally:
             remove_tree(self.work_root)
+            os.close(lock)
 
     # -- keys and full hits ------------------------------------------------------------
 
@@ -156,6 +159,7 @@ class _Build:
             pass  # only a speed-up
 
     def publish_cached(self, final: p.Stage) -> BuildResult | None:
+        from acbuild.temps import locked_temp_copy
         from acbuild.trust.sign import publish
 
         hit = self.cache.image(self.keys[final.name][-1], self.compression)
@@ -165,18 +169,15 @@ class _Build:
         for stage in self.stages:
             for idx in range(len(stage.steps) + 1):
                 self.report(stage, idx, cached=True)
-        tmp = self.output.with_name(f".{self.output.name}.{os.getpid()}.aci")
         try:
-            if shares_with_output(aci, self.output):
-                link_or_copy(aci, tmp)
-            else:
-                shutil.copyfile(aci, tmp)
+            fd, tmp = locked_temp_copy(aci, self.output, link=shares_with_output(aci, self.output))
         except OSError as err:
             raise ImageError(f"write {self.output}: {err.strerror}") from err
         try:
             publish(tmp, self.output, self.signing)
         finally:
             tmp.unlink(missing_ok=True)  # renaming onto the same inode leaves it in place
+            os.close(fd)
         self.cache.touch(self.keys[final.name][-1])
         self.progress.image(image_id, str(self.output), True)
         return BuildResult(image_id, about["name"], about["labels"], self.step_records(), cached_image=True,

@@ -7,19 +7,17 @@ over the same rootfs, and return the app's exit status.
 Contract: only a signed image whose signer is trusted for its name runs, unless
 `insecure_skip_verify` (printed loudly). The rendered rootfs is a throwaway copy:
 nothing the app writes survives, every mount lives in the sandbox's own mount
-namespace, and the temp dir is removed on success, failure, Ctrl-C and SIGTERM.
+namespace, and the temp dir is removed on success, failure, Ctrl-C and SIGTERM (the CLI
+turns SIGTERM into KeyboardInterrupt), and by a later launch after a SIGKILL.
 """
 
 from __future__ import annotations
 
-import contextlib
-import signal
-import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Iterator
 
 from acbuild.aci import manifest as m
+from acbuild.engine.execute.hardening import DEFAULT_TMPFS_SIZE
 from acbuild.engine.execute.sandbox import DEFAULT_PATH, Bind, SandboxSpec, run_sandboxed
 from acbuild.errors import BuildError, ImageError, ManifestError, NotFoundError, SignatureError
 from acbuild.report import QUIET, Reporter
@@ -42,13 +40,17 @@ class LaunchOptions:
     trust_dirs: tuple[Path, ...] = ()  # empty: the default system + user dirs
     debug: bool = False
     reporter: Reporter = field(default_factory=Reporter)
+    allow_setuid: bool = False  # the image's setuid binaries work (no nosuid, no no_new_privs)
+    tmpfs_size: int = DEFAULT_TMPFS_SIZE  # the app's /tmp, /run and /dev/shm, each
 
 
 def launch(image: Path, options: LaunchOptions) -> int:
     """Verify, render and run `image`'s app; returns the app's exit status."""
     if not image.is_file():
         raise NotFoundError(f"{image}: no such image")
-    with verified_for_launch(image, options) as source, _sigterm_as_interrupt(), temp_dir() as work:
+    from acbuild.temps import temp_dir
+
+    with verified_for_launch(image, options) as source, temp_dir("acbuild-launch-") as work:
         rootfs, manifest = render_image(image, work, options, source=source)
         app = app_of(manifest, image)
         spec = app_spec(rootfs, manifest, app, options)
@@ -73,18 +75,6 @@ def verified_for_launch(image: Path, options: LaunchOptions):
             "(--insecure-skip-verify skips this check)")
     return verified(image, str(image), insecure=options.insecure_skip_verify, require=True,
                     trust_dirs=options.trust_dirs, reporter=options.reporter)
-
-
-@contextlib.contextmanager
-def temp_dir() -> Iterator[Path]:
-    """A private work dir, removed afterwards whatever happens (RUN may leave 0555 dirs)."""
-    from acbuild.files import remove_tree
-
-    work = Path(tempfile.mkdtemp(prefix="acbuild-launch-"))
-    try:
-        yield work
-    finally:
-        remove_tree(work)
 
 
 def render_image(image: Path, work: Path, options: LaunchOptions, *, source: Path | None = None
@@ -135,6 +125,8 @@ def app_spec(rootfs: Path, manifest: m.ImageManifest, app: m.App, options: Launc
         hostname=env["AC_APP_NAME"][:63] or "acbuild",
         network=options.network,
         binds=volume_binds(app, options.volumes),
+        allow_setuid=options.allow_setuid,
+        tmpfs_size=options.tmpfs_size,
     )
 
 
@@ -173,21 +165,3 @@ def run_in_sandbox(spec: SandboxSpec, what: str, options: LaunchOptions) -> int:
         return run_sandboxed(spec, debug=options.debug)
     except BuildError as err:  # the sandbox speaks of RUN; here it ran the app
         raise BuildError(f"{what}: {err.message.removeprefix('RUN: ')}") from err
-
-
-@contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM outside a sandbox run unwinds like Ctrl-C, so the temp dir goes too."""
-
-    def interrupt(_sig, _frame):
-        raise KeyboardInterrupt
-
-    try:
-        old = signal.signal(signal.SIGTERM, interrupt)
-    except ValueError:  # not the main thread
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, old)

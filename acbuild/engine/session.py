@@ -22,8 +22,9 @@ from acbuild import plan as p
 from acbuild.aci import manifest as m
 from acbuild.aci.types import host_os_arch
 from acbuild.atomic import write_atomic
-from acbuild.engine.execute.copy import CopyAttrs, copy_into_rootfs, make_dirs
 from acbuild.engine.deps.overlay import copy_up
+from acbuild.engine.execute.copy import CopyAttrs, copy_into_rootfs, make_dirs
+from acbuild.engine.execute.hardening import DEFAULT_TMPFS_SIZE
 from acbuild.engine.execute.paths import resolve_in_root
 from acbuild.engine.execute.users import resolve_group, resolve_user
 from acbuild.errors import BuildError, ImageError, ManifestError, NotFoundError, OutputExistsError, PlanError
@@ -48,6 +49,7 @@ class BuildOptions:
     stage_rootfs: dict = field(default_factory=dict)  # stage name -> rootfs Path (COPY --from)
     reporter: Reporter = field(default_factory=Reporter)  # notices and warnings go here, never to print
     image_dirs: tuple[Path, ...] = ()  # dependency .aci search path (engine.render); () = its default
+    tmpfs_size: int = DEFAULT_TMPFS_SIZE  # RUN's /tmp, /run and /dev/shm, each (--tmpfs-size)
 
 
 def default_manifest() -> m.ImageManifest:
@@ -261,18 +263,16 @@ class Session:
         if self.manifest.app is not None and not self.manifest.app.exec:
             self.options.reporter.warning("the image has no exec; it can only be a dependency")
         id_map = {os.geteuid(): 0, os.getegid(): 0} if self.rootless else None
-        tmp = out.with_name(f".{out.name}.{os.getpid()}.aci")
         with output_tree(self) as (rootfs, manifest_json):  # only what this build added
-            image_id = write_aci(
-                tmp,
+            return write_aci(
+                out,
                 manifest_json,
                 rootfs,
                 compression=compression,
                 source_date_epoch=self.options.source_date_epoch,
                 id_map=id_map,
+                install=lambda tmp: publish(tmp, out, signing),  # one temp: signed, then renamed
             )
-        publish(tmp, out, signing)
-        return image_id
 
     def discard(self) -> None:
         shutil.rmtree(self.workdir, ignore_errors=True)

@@ -9,7 +9,6 @@ past is --insecure-skip-verify, and it is printed loudly every time.
 from __future__ import annotations
 
 import shutil
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -57,8 +56,10 @@ def verified(path: Path, what: str, *, insecure: bool, require: bool, trust_dirs
         check_policy(path, what, insecure=insecure, require=require, trust_dirs=trust_dirs, reporter=reporter, pos=pos)
         yield path
         return
-    with tempfile.TemporaryDirectory(prefix="acbuild-verified-") as tmp:
-        copy = Path(tmp) / path.name
+    from acbuild.temps import temp_dir
+
+    with temp_dir("acbuild-verified-") as tmp:  # a killed run's copy goes with the next run
+        copy = tmp / path.name
         try:
             shutil.copyfile(path, copy)
             if signature_path(path).is_file():

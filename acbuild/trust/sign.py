@@ -81,11 +81,10 @@ def sign_file(path: Path, *, key: str | None = None, gpg_home: Path | None = Non
         raise NotFoundError(f"{path}: no such image")
     sig = detached_signature(path, key=key, gpg_home=gpg_home, passphrase=passphrase)
     out = signature_path(path)
-    tmp = _write_temp(out, sig)
     try:
-        os.replace(tmp, out)
+        with temp_beside(out, sig) as tmp:
+            os.replace(tmp, out)
     except OSError as e:
-        tmp.unlink(missing_ok=True)
         raise SignatureError(f"write {out}: {e.strerror}") from e
     fsync_dir(out.parent)
     return out
@@ -93,19 +92,21 @@ def sign_file(path: Path, *, key: str | None = None, gpg_home: Path | None = Non
 
 def publish(new_aci_tmp: Path, out: Path, signing: SigningOptions | None) -> Path | None:
     """Move a finished temp image to `out`, signed when `signing` is given; returns the .asc."""
-    asc_tmp = None
     try:
-        if signing is not None:
-            sig = detached_signature(new_aci_tmp, key=signing.key, gpg_home=signing.gpg_home,
-                                     passphrase=signing.passphrase)
-            asc_tmp = _write_temp(signature_path(out), sig)
-        replace_together(new_aci_tmp, asc_tmp, out)
+        if signing is None:
+            replace_together(new_aci_tmp, None, out)
+            return None
+        sig = detached_signature(new_aci_tmp, key=signing.key, gpg_home=signing.gpg_home,
+                                 passphrase=signing.passphrase)
+        try:
+            with temp_beside(signature_path(out), sig) as asc_tmp:
+                replace_together(new_aci_tmp, asc_tmp, out)
+        except OSError as e:
+            raise SignatureError(f"write {signature_path(out)}: {e.strerror}") from e
+        return signature_path(out)
     except BaseException:
         new_aci_tmp.unlink(missing_ok=True)
-        if asc_tmp is not None:
-            asc_tmp.unlink(missing_ok=True)
         raise
-    return signature_path(out) if asc_tmp else None
 
 
 def replace_together(new_aci_tmp: Path, new_asc_tmp: Path | None, out: Path) -> None:
@@ -125,11 +126,3 @@ def replace_together(new_aci_tmp: Path, new_asc_tmp: Path | None, out: Path) -> 
     except OSError as e:
         raise SignatureError(f"write {out}: {e.strerror}") from e
     fsync_dir(out.parent)
-
-
-def _write_temp(final: Path, data: bytes) -> Path:
-    """`data` in a fsynced temp file beside `final`."""
-    try:
-        return temp_beside(final, data)
-    except OSError as e:
-        raise SignatureError(f"write {final}: {e.strerror}") from e

@@ -45,6 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from acbuild.atomic import write_atomic
+from acbuild.dirs import private_dir
 from acbuild.files import link_or_copy, remove_tree
 
 SCRATCH = {"ovl-work", "ovl-probe", "out-stage", "manifest"}  # never part of a snapshot
@@ -129,7 +130,8 @@ class StepCache:
         """Save the work dir after a step as entry `key`. `tree` names an existing entry
         whose state/ is identical (a manifest-only step), or None to snapshot workdir.
         Returns False when the entry could not be made (the build goes on)."""
-        self.steps.mkdir(parents=True, exist_ok=True)
+        private_dir(self.root)  # cached rootfs trees: setuid binaries and all
+        self.steps.mkdir(exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".new-", dir=self.steps))
         try:
             (tmp / "manifest").write_bytes(manifest)

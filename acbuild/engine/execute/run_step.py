@@ -40,6 +40,8 @@ def run_step(session, i: p.Run) -> None:
         binds=tuple(_bind(session, mount, i, Bind) for mount in i.mounts),
         lower_layers=lower,
         overlay_work=overlay_work(session) if lower else None,
+        scratch=None if lower else overlay_work(session),  # kept for the session's next RUN
+        tmpfs_size=session.options.tmpfs_size,
     )
     try:
         status = run_sandboxed(spec, debug=session.options.debug)

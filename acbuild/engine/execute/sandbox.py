@@ -18,6 +18,14 @@ makes the kernel kill every process of the PID namespace. Init forwards signals 
 command, reaps orphans and exits with the command's status. No interpreter is started:
 fork only, so a RUN costs a few milliseconds.
 
+Hardening (acbuild.engine.execute.hardening, measured against runc's default spec and Docker's
+default profile): "/" is an overlay over the rootfs, mounted nodev (and nosuid when the
+spec asks), named in mountinfo by /proc/self/fd paths so no host path shows; /proc and
+/sys carry runc's masked and read-only paths; /tmp, /run and /dev/shm are tmpfs of
+`tmpfs_size`; the command gets no descriptor above 2, Docker's capability set less
+CAP_MKNOD, the seccomp filter, and no_new_privs when the spec says it needs no setuid.
+Init is undumpable, so the command cannot read the parent's memory it inherited.
+
 Import-light on purpose (stdlib + ctypes): this module runs in the freshly forked child.
 """
 
@@ -35,6 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Callable, Protocol, Union
 
+from acbuild.engine.execute import hardening
 from acbuild.engine.execute.users import in_image, resolve_group, resolve_user
 from acbuild.errors import BuildError
 
@@ -128,6 +137,17 @@ class SandboxSpec:
     # rootfs, the upper dir. overlay_work: an empty dir on the rootfs's filesystem.
     lower_layers: tuple[Path, ...] = ()
     overlay_work: Path | None = None
+    # Without lower layers, "/" is still an overlay (mountinfo then names no host path), over
+    # an empty lower dir; `scratch`: a dir of the caller's on the rootfs's filesystem where
+    # those dirs stay between runs (None: made beside the rootfs and removed after the run).
+    scratch: Path | None = None
+    # Setuid: no_new_privileges for commands that need no setuid binary (RUN as root gains
+    # nothing from one; launch sets it unless --allow-setuid); nosuid on the rootfs too.
+    # False (launch, unless --allow-setuid): the rootfs is nosuid and the command runs with
+    # no_new_privs. True (RUN: `USER app` steps call sudo and su): setuid works, and only a
+    # command running as root gets no_new_privs, which costs it nothing.
+    allow_setuid: bool = True
+    tmpfs_size: int = hardening.DEFAULT_TMPFS_SIZE  # bytes, each of /tmp, /run and /dev/shm
 
 
 # --- set-up steps: each can say what it does, then do it (debug prints the list) ----------
@@ -148,13 +168,18 @@ def _ensure(path: Path, kind: str) -> None:
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644))
 
 
-def _remount_read_only(target: Path) -> None:
+def _remount(target: Path, flags: int) -> None:
+    """Add `flags` (MS_RDONLY, MS_NODEV...) to a bind mount, keeping the ones it has."""
     kept = os.statvfs(target).f_flag
-    flags = MS_BIND | MS_REMOUNT | MS_RDONLY
+    flags |= MS_BIND | MS_REMOUNT
     for st, ms in _LOCKED.items():
         if kept & st:
             flags |= ms
     mount(None, target, None, flags)
+
+
+def _remount_read_only(target: Path) -> None:
+    _remount(target, MS_RDONLY)
 
 
 @dataclass(frozen=True)
@@ -203,23 +228,98 @@ class MountFs:
 class MountOverlay:
     """overlayfs over the rootfs: `lower` read-only below, the rootfs itself as the upper dir.
     redirect_dir and metacopy stay off so every change is a whole file in the upper dir;
-    userxattr (rootless) keeps opaque markers in user.overlay.* (trusted.* needs root)."""
+    userxattr (rootless) keeps opaque markers in user.overlay.* (trusted.* needs root).
+    volatile: its unmount, when the sandbox ends, would otherwise syncfs the whole host
+    filesystem (8-15 ms a RUN on a busy disk); nothing here needs it durable, the image
+    writer fsyncs what it writes. It marks the work dir, which release_overlay_work clears."""
 
     lower: tuple[Path, ...]
     upper: Path
     work: Path
     userxattr: bool
+    flags: int = MS_NODEV
 
-    def options(self) -> str:
-        lower = ":".join(str(p) for p in self.lower)
-        opts = f"lowerdir={lower},upperdir={self.upper},workdir={self.work}"
-        return opts + (",userxattr" if self.userxattr else ",redirect_dir=off,metacopy=off,index=off")
+    def options(self, dirs: list[str] | None = None, volatile: bool = True) -> str:
+        """`dirs`: how to name lower..., upper, work (default: their paths)."""
+        *lower, upper, work = dirs or [str(p) for p in (*self.lower, self.upper, self.work)]
+        opts = f"lowerdir={':'.join(lower)},upperdir={upper},workdir={work}"
+        opts += ",userxattr" if self.userxattr else ",redirect_dir=off,metacopy=off,index=off"
+        return opts + (",volatile" if volatile else "")
 
     def describe(self) -> str:
         return f"mount overlay on {self.upper} ({self.options()})"
 
     def execute(self) -> None:
-        mount("overlay", self.upper, "overlay", 0, self.options())
+        # Named by /proc/self/fd/N, which is what mountinfo then shows: no host path.
+        fds = [os.open(p, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC) for p in (*self.lower, self.upper, self.work)]
+        names = [f"/proc/self/fd/{fd}" for fd in fds]
+        try:
+            try:
+                mount("overlay", self.upper, "overlay", self.flags, self.options(names))
+            except OSError as e:  # a kernel before 5.10 has no volatile
+                if e.errno != errno.EINVAL:
+                    raise
+                mount("overlay", self.upper, "overlay", self.flags, self.options(names, volatile=False))
+        finally:
+            for fd in fds:
+                os.close(fd)
+
+
+@dataclass(frozen=True)
+class MountRoot:
+    """The rootfs as a mount point for pivot_root: the overlay. Where there is no scratch
+    dir (the rootfs's parent is not writable) or the rootfs's filesystem cannot be an
+    overlay upper dir (overlayfs itself) and nothing lies below it, a bind mount instead,
+    whose mountinfo entry does name the rootfs's host path."""
+
+    root: Path
+    flags: int
+    overlay: MountOverlay | None
+    may_bind: bool
+
+    def describe(self) -> str:
+        if self.overlay is None:
+            return f"bind {self.root} on itself"
+        return self.overlay.describe() + (" (or bind it on itself)" if self.may_bind else "")
+
+    def execute(self) -> None:
+        try:
+            if self.overlay is not None:
+                return self.overlay.execute()
+        except OSError:
+            if not self.may_bind:
+                raise
+        mount(self.root, self.root, None, MS_BIND | MS_REC)
+        _remount(self.root, self.flags)
+
+
+@dataclass(frozen=True)
+class MaskPath:
+    """runc's masked path: /dev/null over a file, an empty read-only tmpfs over a dir."""
+
+    target: Path
+
+    def describe(self) -> str:
+        return f"mask {self.target}"
+
+    def execute(self) -> None:
+        if os.path.isdir(self.target):
+            mount("tmpfs", self.target, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=4k")
+        elif os.path.exists(self.target):
+            mount("/dev/null", self.target, None, MS_BIND)
+
+
+@dataclass(frozen=True)
+class ReadOnlyPath:
+    target: Path
+
+    def describe(self) -> str:
+        return f"make {self.target} read-only"
+
+    def execute(self) -> None:
+        if os.path.exists(self.target):
+            mount(self.target, self.target, None, MS_BIND | MS_REC)
+            _remount_read_only(self.target)
 
 
 @dataclass(frozen=True)
@@ -327,28 +427,33 @@ class _Plan:
         return self.root / inner.lstrip("/")
 
 
-def plan_setup(spec: SandboxSpec, root: Path, rootless: bool) -> _Plan:
-    # root must be a mount point for pivot_root: a bind onto itself, or the overlay (which
-    # needs its upper and work dirs on one mount, so it cannot sit on that bind)
-    top = overlay_step(spec, root, rootless) if spec.lower_layers else MountBind(root, root)
-    plan = _Plan(root, [MakePrivate(), top], [], [])
+def plan_setup(spec: SandboxSpec, root: Path, rootless: bool, scratch: Path | None = None) -> _Plan:
+    """`scratch`: an empty dir beside the rootfs, for the overlay's empty lower and work
+    dirs when the spec has no lower layers."""
+    plan = _Plan(root, [MakePrivate(), root_step(spec, root, rootless, scratch)], [], [])
     proc, dev, sys_, tmp, run = (plan.at(p) for p in _FRESH)
     plan.fresh.extend(in_image(root, p) for p in _FRESH)
     kernel_fs = (plan.fresh[0], plan.fresh[2])  # /proc and /sys: no binds inside them
     pts_gid = "" if rootless else ",gid=5"  # gid 5 (tty) is not mapped in a user namespace
+    size = f"size={spec.tmpfs_size}"
+    def under(mount_point: Path, fresh: str, paths: tuple[str, ...]) -> list[Path]:  # /proc/x -> proc/x
+        return [mount_point / p.removeprefix(fresh + "/") for p in paths if p.startswith(fresh + "/")]
     plan.steps += [
         MountFs("proc", proc, MS_NOSUID | MS_NODEV | MS_NOEXEC),
-        MountFs("tmpfs", dev, MS_NOSUID | MS_NOEXEC, "mode=755,size=1m"),
+        *map(MaskPath, under(proc, "/proc", hardening.MASKED_PATHS)),
+        *map(ReadOnlyPath, under(proc, "/proc", hardening.READ_ONLY_PATHS)),
+        MountFs("tmpfs", dev, MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=755,size=1m"),
         *(MountBind(Path("/dev", n), dev / n, recursive=False)
           for n in ("null", "zero", "full", "random", "urandom", "tty")),
         *(Symlink(t, dev / n) for n, t in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
                                            ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2"))),
         MountFs("devpts", dev / "pts", MS_NOSUID | MS_NOEXEC, f"newinstance,ptmxmode=0666,mode=620{pts_gid}"),
         Symlink("pts/ptmx", dev / "ptmx"),
-        MountFs("tmpfs", dev / "shm", MS_NOSUID | MS_NODEV, "mode=1777"),
+        MountFs("tmpfs", dev / "shm", MS_NOSUID | MS_NODEV | MS_NOEXEC, f"mode=1777,{size}"),
         MountSys(sys_),
-        MountFs("tmpfs", tmp, MS_NOSUID | MS_NODEV, "mode=1777"),
-        MountFs("tmpfs", run, MS_NOSUID | MS_NODEV, "mode=755"),
+        *map(MaskPath, under(sys_, "/sys", hardening.MASKED_PATHS)),
+        MountFs("tmpfs", tmp, MS_NOSUID | MS_NODEV, f"mode=1777,{size}"),
+        MountFs("tmpfs", run, MS_NOSUID | MS_NODEV, f"mode=755,{size}"),
     ]
     if spec.network == "host":
         for source, inner in ((spec.resolv_conf or Path("/etc/resolv.conf"), "/etc/resolv.conf"),
@@ -372,23 +477,61 @@ def plan_setup(spec: SandboxSpec, root: Path, rootless: bool) -> _Plan:
 
 
 def release_overlay_work(work: Path) -> None:
-    """overlayfs leaves work/work at mode 0; let its owner (rootless: the user) remove it."""
+    """overlayfs leaves work/work at mode 0 (let its owner, rootless: the user, remove it)
+    and, after a volatile mount, work/work/incompat/volatile/, on which it refuses to mount
+    again: remove that."""
+    incompat = work / "work/incompat"
+    for d in (work / "work", incompat, incompat / "volatile") if os.geteuid() != 0 else ():  # root needs no x bit
+        try:
+            os.chmod(d, 0o700)
+        except OSError:
+            return
+    for p in (incompat / "volatile/dirty", incompat / "volatile", incompat):
+        try:
+            os.unlink(p) if p.name == "dirty" else os.rmdir(p)
+        except OSError:
+            pass
+
+
+def root_step(spec: SandboxSpec, root: Path, rootless: bool, scratch: Path | None) -> MountRoot:
+    """The overlay that becomes "/": the spec's lower layers (DEPENDENCY) below the rootfs,
+    or an empty dir from `scratch`; nodev, and nosuid unless setuid is allowed."""
+    flags = MS_NODEV | (0 if spec.allow_setuid else MS_NOSUID)
+    if spec.lower_layers:
+        if spec.overlay_work is None:
+            raise BuildError("RUN: lower layers need an overlay work dir")
+        lower, work = tuple(Path(p).resolve() for p in spec.lower_layers), Path(spec.overlay_work).resolve()
+    elif scratch is not None:
+        lower, work = (scratch / "lower",), scratch / "root-work"
+    else:
+        return MountRoot(root, flags, None, may_bind=True)
+    return MountRoot(root, flags, MountOverlay(lower, root, work, rootless, flags), may_bind=not spec.lower_layers)
+
+
+def make_scratch(root: Path) -> Path | None:
+    """Empty lower and work dirs for the overlay, on the rootfs's filesystem (removed by
+    remove_scratch; one run at a time uses a rootfs, so one name per rootfs and process).
+    None where the rootfs's parent is not ours to write."""
+    scratch = root.parent / f".{root.name}.sandbox-{os.getpid()}"
     try:
-        os.chmod(work / "work", 0o700)
-    except OSError:
-        pass
+        return ensure_scratch(scratch)
+    except PermissionError:
+        return None
 
 
-def overlay_step(spec: SandboxSpec, root: Path, rootless: bool) -> MountOverlay:
-    """The overlay mount; overlayfs options cannot quote "," or ":" in paths, so refuse them."""
-    if spec.overlay_work is None:
-        raise BuildError("RUN: lower layers need an overlay work dir")
-    paths = (*spec.lower_layers, root, spec.overlay_work)
-    bad = [str(p) for p in paths if set(str(p)) & set(",:")]
-    if bad:
-        raise BuildError(f"RUN: overlayfs cannot use a path with ',' or ':' in it: {bad[0]}")
-    return MountOverlay(tuple(Path(p).resolve() for p in spec.lower_layers), root,
-                        Path(spec.overlay_work).resolve(), rootless)
+def ensure_scratch(scratch: Path) -> Path:
+    for d in (scratch, scratch / "lower", scratch / "root-work"):
+        if not d.is_dir():
+            d.mkdir(mode=0o700)
+    return scratch
+
+
+def remove_scratch(scratch: Path) -> None:
+    for d in (scratch / "root-work/work", scratch / "root-work/index", scratch / "root-work", scratch / "lower", scratch):
+        try:
+            os.rmdir(d)
+        except OSError:  # never made, or not ours to remove: the caller's dir goes with it
+            pass
 
 
 # --- running ---------------------------------------------------------------------------------
@@ -404,6 +547,10 @@ def _debug(on: bool, text: str) -> None:
 def _exit_code(status: int) -> int:
     code = os.waitstatus_to_exitcode(status)
     return 128 - code if code < 0 else code
+
+
+def _stream_fds(stdio: tuple[Stream, Stream, Stream]) -> list[int | None]:
+    return [s if s is None or isinstance(s, int) else s.fileno() for s in stdio]
 
 
 def _report_and_exit(fd: int, reason: str) -> None:
@@ -452,13 +599,16 @@ def _exec_command(spec: SandboxSpec, ids: tuple[int, int, tuple[int, ...]] | Non
     try:
         for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGPIPE, signal.SIGXFSZ):
             signal.signal(s, signal.SIG_DFL)  # Python ignores SIGPIPE/SIGXFSZ; the command must not
-        for n, stream in enumerate(stdio):
-            if stream is not None:
-                fd = stream if isinstance(stream, int) else stream.fileno()
-                if fd != n:
-                    os.dup2(fd, n)  # the copy is inheritable
-                else:
-                    os.set_inheritable(n, True)
+        for n, fd in enumerate(_stream_fds(stdio)):
+            if fd is not None and fd != n:
+                os.dup2(fd, n)  # the copy is inheritable
+            else:
+                os.set_inheritable(n, True)
+        what = "harden"  # errfd (close-on-exec) stays open to report a failed exec
+        hardening.close_inherited({0, 1, 2, errfd})
+        hardening.drop_capabilities()
+        root_user = ids is None or ids[0] == 0
+        hardening.lock_down(hardening.syscall_filter(), no_new_privileges=root_user or not spec.allow_setuid)
         if ids is not None:  # root: really switch; rootless: only 0 is mapped, nothing to do
             uid, gid, groups = ids
             what = f"set user {uid}:{gid}"
@@ -487,6 +637,8 @@ def _init(spec: SandboxSpec, steps: list[SetupOp], ids, stdio, errfd: int, debug
         for step in steps:
             _debug(debug, step.describe())
             step.execute()
+        step = None
+        hardening.make_undumpable()
         cmd = os.fork()
         if cmd == 0:
             _exec_command(spec, ids, stdio, errfd)
@@ -497,7 +649,7 @@ def _init(spec: SandboxSpec, steps: list[SetupOp], ids, stdio, errfd: int, debug
             if pid == cmd:
                 os._exit(_exit_code(status))
     except BaseException as e:
-        what = step.describe() if step is not None else "start init"
+        what = step.describe() if step is not None else "start the command"
         _report_and_exit(errfd, f"{what}: {getattr(e, 'strerror', None) or e}")
 
 
@@ -511,6 +663,8 @@ def _helper(spec: SandboxSpec, plan: _Plan, ids, stdio, errfd: int, debug: bool,
         prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
         if os.getppid() != parent:
             os._exit(137)
+        # whatever the engine (or whoever started it) holds open stays out of the sandbox
+        hardening.close_inherited({0, 1, 2, errfd, *(fd for fd in _stream_fds(stdio) if fd is not None)})
         uid, gid = os.geteuid(), os.getegid()
         flags = CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWUTS | CLONE_NEWIPC
         flags |= CLONE_NEWNET if spec.network == "none" else 0
@@ -595,15 +749,24 @@ def run_sandboxed(spec: SandboxSpec, *, stdin: Stream = None, stdout: Stream = N
     # users and groups come from the image's /etc/passwd, which may be in a lower layer
     layers = [r for r in (root, *map(Path, spec.lower_layers)) if os.path.lexists(r / "etc/passwd")]
     ids = _resolve_ids(spec, layers[0] if layers else root, rootless)
+    hardening.prepare()  # the filter compiled here, once: the child only loads it
+    made_scratch = not spec.lower_layers and spec.scratch is None
+    scratch = make_scratch(root) if made_scratch else spec.scratch and ensure_scratch(Path(spec.scratch))
     try:
-        plan = plan_setup(spec, root, rootless)
-    except OSError as e:  # a symlink loop on the way to a mount point
-        raise BuildError(f"RUN: resolve {e.filename} in the image: {e.strerror}") from e
-    made = _make_placeholders(plan, debug)
-    try:
-        return _fork_and_wait(spec, plan, ids, (stdin, stdout, stderr), debug, rootless)
+        try:
+            plan = plan_setup(spec, root, rootless, scratch)
+        except OSError as e:  # a symlink loop on the way to a mount point
+            raise BuildError(f"RUN: resolve {e.filename} in the image: {e.strerror}") from e
+        made = _make_placeholders(plan, debug)
+        try:
+            return _fork_and_wait(spec, plan, ids, (stdin, stdout, stderr), debug, rootless)
+        finally:
+            _remove_placeholders(made, debug)
     finally:
-        _remove_placeholders(made, debug)
+        if scratch is not None:
+            release_overlay_work(scratch / "root-work")
+        if made_scratch and scratch is not None:
+            remove_scratch(scratch)
         if spec.overlay_work is not None:
             release_overlay_work(Path(spec.overlay_work))
 

@@ -11,12 +11,12 @@ temp file and dir is removed.
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import replace
 from pathlib import Path
 
 from acbuild import plan as p
-from acbuild.errors import ImageError, NotFoundError
+from acbuild.errors import NotFoundError
+from acbuild.temps import locked_temp_dir
 
 ROOTFS_INSTRUCTIONS = (p.Copy, p.Run, p.WorkDir)
 
@@ -33,14 +33,11 @@ def modify_image(image: Path, steps: list[tuple[p.Instruction, Path | None]], op
     if not image.is_file():
         raise NotFoundError(f"--modify {image}: no such image")
     full = any(isinstance(i, ROOTFS_INSTRUCTIONS) for i, _ in steps)
-    work = Path(tempfile.mkdtemp(prefix="acbuild-modify-"))
-    try:
-        fd, name = tempfile.mkstemp(prefix=f".{image.name}.", suffix=".aci", dir=image.parent)
-    except OSError as e:
-        remove_tree(work)
-        raise ImageError(f"--modify {image}: {e.strerror}") from e
-    os.close(fd)
-    tmp = Path(name)
+    work, lock = locked_temp_dir("acbuild-modify-")
+
+    def install(tmp: Path) -> None:  # drops the stale .asc, then renames
+        replace_together(tmp, None, image)
+
     try:
         if full:
             (work / "rootfs").mkdir()
@@ -52,13 +49,12 @@ def modify_image(image: Path, steps: list[tuple[p.Instruction, Path | None]], op
             session.options = replace(options, context=context or Path("."))
             session.apply(instruction)
         session.check_manifest()
-        if full:
-            session.write(tmp, compression=detect_file_compression(image), overwrite=True)
-        else:
-            rewrite_aci(image, tmp, session.manifest.to_json())
         had_signature = signature_path(image).exists()
-        replace_together(tmp, None, image)
+        if full:  # one temp beside the image, renamed over it
+            session.write(image, compression=detect_file_compression(image), overwrite=True)
+        else:
+            rewrite_aci(image, image, session.manifest.to_json(), install=install)
         return had_signature
     finally:
-        tmp.unlink(missing_ok=True)
         remove_tree(work)
+        os.close(lock)

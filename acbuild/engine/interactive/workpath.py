@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from acbuild.atomic import write_atomic
+from acbuild.dirs import private_dir
 from acbuild.errors import AcbuildError, NotFoundError
 
 STATE_DIR = ".acbuild"
@@ -68,7 +69,7 @@ class WorkPath:
         "no build in progress" (and nothing is created)."""
         if create:
             try:
-                self.state_dir.mkdir(parents=True, exist_ok=True)
+                private_dir(self.state_dir)  # it holds the image's rootfs, setuid binaries and all
             except OSError as e:
                 raise AcbuildError(f"create {self.state_dir}: {e.strerror}") from e
         elif not self.state_dir.is_dir():
