@@ -138,13 +138,19 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FAILURE
 
 
+class _Terminated(KeyboardInterrupt):
+    """KeyboardInterrupt raised for SIGTERM. A subclass because CPython marks the process to
+    die by SIGINT at exit when a plain KeyboardInterrupt passes through an import, even
+    one caught later: main's exit status (130) must stand."""
+
+
 def _sigterm_as_interrupt() -> None:
     """SIGTERM (kill, systemd, CI timeouts) unwinds like Ctrl-C: temp outputs, work dirs
     and sandboxes are removed on the way out, by the same `finally` blocks."""
     import signal
 
     def interrupt(_sig, _frame):
-        raise KeyboardInterrupt
+        raise _Terminated
 
     try:
         signal.signal(signal.SIGTERM, interrupt)
