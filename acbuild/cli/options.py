@@ -31,7 +31,7 @@ def compile_from_args(args):
     from acbuild.frontend.compile import compile_file
 
     acifile = args.file or Path("ACIfile")
-    return acifile, compile_file(acifile, parse_build_args(args.build_arg))
+    return acifile, compile_file(acifile, parse_build_args(args.build_arg), target=getattr(args, "target", None))
 
 
 def add_signing_options(parser) -> None:

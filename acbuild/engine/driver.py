@@ -26,7 +26,7 @@ from acbuild import plan as p
 from acbuild.engine.progress import Progress
 from acbuild.engine.session import BuildOptions, Session
 from acbuild.aci.writer import check_output_path
-from acbuild.errors import ImageError, UsageError
+from acbuild.errors import ImageError
 from acbuild.files import link_or_copy, remove_tree
 
 # Steps that change the work dir's files; the others change only the manifest.
@@ -57,13 +57,7 @@ class BuildResult:
 
 def needed_stages(plan: p.Plan, target: str | None) -> list[p.Stage]:
     """The target stage (default: the last) and the stages it copies from."""
-    if target is None:
-        final = plan.stages[-1]
-    else:
-        final = plan.stage(target)
-        if final is None:
-            names = ", ".join(s.name for s in plan.stages)
-            raise UsageError(f'--target: no stage "{target}" (stages: {names})')
+    final = plan.output(target)
     wanted = {final.name}
     for stage in reversed(plan.stages[: final.index + 1]):
         if stage.name in wanted:

@@ -9,26 +9,24 @@ the shell inside the image does that, and ARG values reach RUN as environment.
 from __future__ import annotations
 
 import json
-import posixpath
 import re
 from dataclasses import dataclass, field
 
 from acbuild import plan as p
-from acbuild.aci import types as t
 from acbuild.errors import PlanError
 from acbuild.frontend.parse import Statement, Word, parse_acifile
 
 _VAR = re.compile(r"\$(?:\{(?P<braced>[A-Za-z_][A-Za-z0-9_]*)(?::(?P<op>[-+])(?P<arg>[^}]*))?\}|(?P<plain>[A-Za-z_][A-Za-z0-9_]*))")
 _ARG_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_STAGE_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
 # Manifest entries an ACIfile may give only once per stage (a second one is
 # almost always a mistake). WORKDIR, USER and GROUP may repeat, as in a Dockerfile:
 # each applies to the RUN steps after it.
 _ONCE = {"NAME", "EXEC"}
 
 
-def compile_file(path, build_args: dict[str, str] | None = None) -> p.Plan:
-    """Read, parse and compile an ACIfile."""
+def compile_file(path, build_args: dict[str, str] | None = None, target: str | None = None) -> p.Plan:
+    """Read, parse and compile an ACIfile, and check that the stage it outputs
+    (`target`, default the last) will have a name, before anything runs."""
     from pathlib import Path
 
     path = Path(path)
@@ -40,7 +38,15 @@ def compile_file(path, build_args: dict[str, str] | None = None) -> p.Plan:
         raise NotFoundError(f"cannot read {path}: {err.strerror}") from err
     except UnicodeDecodeError as err:
         raise PlanError(f"{path}: not a text file ({err.reason})") from err
-    return compile_text(text, str(path), build_args)
+    plan = compile_text(text, str(path), build_args)
+    check_output(plan, target)
+    return plan
+
+
+def check_output(plan: p.Plan, target: str | None) -> None:
+    stage = plan.output(target)
+    if plan.unnamed(stage):
+        raise PlanError(f'stage "{stage.name}": the image has no name: add NAME example.com/app', stage.base.pos)
 
 
 def compile_text(text: str, filename: str = "ACIfile", build_args: dict[str, str] | None = None) -> p.Plan:
@@ -91,9 +97,6 @@ class Compiler:
                     raise PlanError(f'COPY --from: no stage "{step.from_stage}" before this one (stages: {", ".join(names) or "none named"})', step.pos)
         return p.Plan(stages=tuple(self.stages), build_args=tuple(sorted(self.build_args.items())), source=self.filename)
 
-    def unused_build_args(self) -> list[str]:
-        return sorted(set(self.build_args) - self.used_args)
-
     def _stage_before(self, name: str, index: int) -> bool:
         return any((s.name == name) for s in self.stages[:index])
 
@@ -111,13 +114,54 @@ class Compiler:
                 first = state.once[st.keyword].pos
                 raise PlanError(f"{st.keyword} given twice in this stage (first at line {first.line})", st.pos)
             state.once[st.keyword] = st
-        builder = getattr(self, "_" + st.keyword.lower().replace("-", "_"))
-        instruction = builder(st)
+        instruction = self._instruction(st)
         if isinstance(instruction, p.Env):
             state.env.update(instruction.items)
         if isinstance(instruction, p.Remove) and instruction.what == "EXEC":
             state.once.pop(instruction.what, None)
         state.steps.append(instruction)
+
+    def _instruction(self, st: Statement) -> p.Instruction:
+        match st.keyword:
+            case "COPY":
+                return self._copy(st)
+            case "RUN":
+                return self._run(st)
+            case "EXEC":
+                return self._exec(st)
+            case "EVENT":
+                return self._event(st)
+            case "LABEL":
+                return self._label(st)
+            case "ANNOTATION":
+                return self._annotation(st)
+            case "ENV":
+                return self._env(st)
+            case "NAME":
+                return self._name(st)
+            case "WORKDIR":
+                return self._workdir(st)
+            case "USER":
+                return self._user(st)
+            case "GROUP":
+                return self._group(st)
+            case "SUPPLEMENTARY-GROUPS":
+                return self._supplementary_groups(st)
+            case "PORT":
+                return self._port(st)
+            case "MOUNT":
+                return self._mount(st)
+            case "ISOLATOR":
+                return self._isolator(st)
+            case "DEPENDENCY":
+                return self._dependency(st)
+            case "PATH-WHITELIST":
+                return self._path_whitelist(st)
+            case "REMOVE":
+                return self._remove(st)
+            case "MANIFEST":
+                return self._manifest(st)
+        raise PlanError(f"{st.keyword} cannot be used here", st.pos)  # pragma: no cover - the grammar has no other
 
     # -- words ----------------------------------------------------------------
 
@@ -189,23 +233,18 @@ class Compiler:
             flags.setdefault(name, (w, self.expand(Word(value, w.pos))))
         return flags
 
-    @staticmethod
-    def _check(problem: str | None, word: Word, what: str = "") -> None:
-        if problem:
-            raise PlanError(f"{what}{problem}", word.pos)
-
     def _command(self, st: Statement) -> tuple[tuple[str, ...], bool]:
         """(argv, shell_form) for RUN/EXEC/EVENT. Exec form is a JSON list of strings."""
         assert st.command is not None
         text = st.command.text
         if st.json_form:
             try:
-                value = json.loads(re.sub(r"\\[ \t]*\r?\n", "", text))
+                value = json.loads(text)
             except ValueError:
                 value = None
             if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
                 return tuple(value), False
-        command = re.sub(r"\\[ \t]*\r?\n", "", text).strip()
+        command = text.strip()
         return ("/bin/sh", "-c", command), True
 
     # -- instructions -----------------------------------------------------------
@@ -222,64 +261,41 @@ class Compiler:
 
     def _from(self, st: Statement) -> p.From:
         flags = self._flags(st, {"insecure-skip-verify"})
-        base = self.expand(st.words[0])
-        if not base:
-            raise PlanError("FROM: empty base image", st.words[0].pos)
-        alias = ""
-        if st.alias is not None:
-            alias = self.expand(st.alias)
-            if not _STAGE_NAME.match(alias):
-                raise PlanError(f'FROM: bad stage name "{alias}" (lower-case letters, digits, "_.-")', st.alias.pos)
-            if any(s.base.alias == alias for s in self.stages):
-                raise PlanError(f'FROM: stage "{alias}" defined twice', st.alias.pos)
-        return p.From(base=base, alias=alias, insecure_skip_verify="insecure-skip-verify" in flags, pos=st.pos)
+        alias = self.expand(st.alias) if st.alias is not None else ""
+        if alias and any(s.base.alias == alias for s in self.stages):
+            raise PlanError(f'FROM: stage "{alias}" defined twice', st.alias.pos)
+        return p.From(base=self.expand(st.words[0]), alias=alias, insecure_skip_verify="insecure-skip-verify" in flags,
+                      pos=st.pos, at={"base": st.words[0].pos, "alias": st.alias.pos if st.alias else st.pos})
 
     def _copy(self, st: Statement) -> p.Copy:
         flags = self._flags(st, {"chown", "chmod", "from"})
-        chown = flags.get("chown", (None, ""))[1]
-        if chown and not re.fullmatch(r"[A-Za-z0-9_.-]+(:[A-Za-z0-9_.-]+)?", chown):
-            raise PlanError(f'COPY: bad --chown "{chown}" (USER[:GROUP], names or numbers)', flags["chown"][0].pos)
+        at = {name: word.pos for name, (word, _) in flags.items()}
         chmod = None
         if "chmod" in flags:
             word, text = flags["chmod"]
             if not re.fullmatch(r"[0-7]{3,4}", text):
                 raise PlanError(f'COPY: bad --chmod "{text}" (octal, like 755 or 0644)', word.pos)
             chmod = int(text, 8)
-        from_stage = flags.get("from", (None, ""))[1]
-        *sources, dest_word = st.words
-        src_paths = []
-        for w in sources:
-            src = self.expand(w)
-            if not from_stage:
-                if posixpath.isabs(src):
-                    raise PlanError(f'COPY: source "{src}" is absolute; sources are relative to the build context', w.pos)
-                norm = posixpath.normpath(src)
-                if norm == ".." or norm.startswith("../"):
-                    raise PlanError(f'COPY: source "{src}" is outside the build context', w.pos)
-            if not src:
-                raise PlanError("COPY: empty source", w.pos)
-            src_paths.append(src)
-        dest = self.expand(dest_word)
-        if not dest:
-            raise PlanError("COPY: empty destination", dest_word.pos)
-        return p.Copy(sources=tuple(src_paths), dest=dest, chown=chown, chmod=chmod, from_stage=from_stage, pos=st.pos)
+        *sources, dest = st.words
+        at |= {f"sources.{i}": w.pos for i, w in enumerate(sources)} | {"dest": dest.pos}
+        return p.Copy(sources=tuple(self.expand(w) for w in sources), dest=self.expand(dest),
+                      chown=flags.get("chown", (None, ""))[1], chmod=chmod, from_stage=flags.get("from", (None, ""))[1],
+                      pos=st.pos, at=at)
 
     def _run(self, st: Statement) -> p.Run:
-        flags = [(w, w.text[2:].partition("=")) for w in st.flags]
-        network, mounts = "", []
-        for w, (name, _, raw) in flags:
+        network, mounts, at = "", [], {}
+        for w in st.flags:
+            name, _, raw = w.text[2:].partition("=")
             value = self.expand(Word(raw, w.pos))
             if name == "network":
-                if value not in ("none", "host"):
-                    raise PlanError(f'RUN: --network must be "none" or "host", not "{value}"', w.pos)
-                network = value
+                network, at["network"] = value, w.pos
             elif name == "mount":
                 mounts.append(self._mount_flag(value, w))
             else:
                 raise PlanError(f"RUN: unknown flag --{name} (known: --mount, --network)", w.pos)
         argv, shell = self._command(st)
         arg_env = tuple(sorted(self.args.items()))
-        return p.Run(argv=argv, network=network, mounts=tuple(mounts), shell_form=shell, arg_env=arg_env, pos=st.pos)
+        return p.Run(argv=argv, network=network, mounts=tuple(mounts), shell_form=shell, arg_env=arg_env, pos=st.pos, at=at)
 
     def _mount_flag(self, value: str, w: Word) -> p.RunMount:
         opts: dict[str, str] = {}
@@ -288,105 +304,69 @@ class Compiler:
             opts[key.strip()] = val if eq else "true"
         kind = opts.pop("type", "bind")
         target = opts.pop("target", opts.pop("dst", opts.pop("destination", "")))
-        if kind not in ("bind", "cache"):
-            raise PlanError(f'RUN --mount: type must be "bind" or "cache", not "{kind}"', w.pos)
-        if not target.startswith("/"):
-            raise PlanError("RUN --mount: target=/ABSOLUTE/PATH is required", w.pos)
-        source = opts.pop("source", opts.pop("src", ""))
+        source = opts.pop("source", opts.pop("src", "")) or ("." if kind == "bind" else "")
         read_only = kind == "bind" and opts.pop("rw", opts.pop("readwrite", "false")) != "true"
         opts.pop("ro", None)
         mount_id = opts.pop("id", "")
-        if kind == "bind":
-            source = source or "."
-            norm = posixpath.normpath(source)
-            if posixpath.isabs(source) or norm == ".." or norm.startswith("../"):
-                raise PlanError(f'RUN --mount: source "{source}" must be inside the build context', w.pos)
         if opts:
             raise PlanError(f"RUN --mount: unknown option {sorted(opts)[0]}", w.pos)
-        return p.RunMount(type=kind, target=target, source=source, read_only=read_only, id=mount_id)
+        try:
+            return p.RunMount(type=kind, target=target, source=source, read_only=read_only, id=mount_id)
+        except PlanError as err:
+            raise PlanError(err.message, w.pos) from None
 
     def _exec(self, st: Statement) -> p.Exec:
         argv, _ = self._command(st)
         return p.Exec(argv=argv, pos=st.pos)
 
     def _event(self, st: Statement) -> p.EventHandler:
-        event = self.expand(st.words[0])
-        if event not in ("pre-start", "post-stop"):
-            raise PlanError(f'EVENT: must be "pre-start" or "post-stop", not "{event}"', st.words[0].pos)
         argv, _ = self._command(st)
-        return p.EventHandler(event=event, argv=argv, pos=st.pos)
+        return p.EventHandler(event=self.expand(st.words[0]), argv=argv, pos=st.pos, at={"event": st.words[0].pos})
 
     def _label(self, st: Statement) -> p.Label:
         state = self.stage
-        items = []
-        for w, name, value in self._pairs(st):
-            self._check(t.acidentifier_problem(name), w, "LABEL: ")
-            if name == "name":
-                raise PlanError('LABEL: a label cannot be called "name" (use NAME)', w.pos)
+        pairs = self._pairs(st)
+        for w, name, _ in pairs:
             if name in state.labels:
                 raise PlanError(f'duplicate label "{name}" (first set at line {state.labels[name].pos.line})', w.pos)
             state.labels[name] = w
-            items.append((name, value))
-        labels = dict(items)
-        if "os" in labels:
-            self._check(t.os_arch_problem(labels["os"], labels.get("arch")), state.labels["os"], "LABEL: ")
-        return p.Label(items=tuple(items), pos=st.pos)
+        return p.Label(items=tuple((n, v) for _, n, v in pairs), pos=st.pos, at=_item_positions(pairs))
 
     def _annotation(self, st: Statement) -> p.Annotation:
         state = self.stage
-        items = []
-        for w, name, value in self._pairs(st):
-            self._check(t.acidentifier_problem(name), w, "ANNOTATION: ")
+        pairs = self._pairs(st)
+        for w, name, _ in pairs:
             if name in state.annotations:
                 raise PlanError(f'duplicate annotation "{name}" (first set at line {state.annotations[name].pos.line})', w.pos)
-            if name == "created":
-                self._check(t.date_problem(value), w, "ANNOTATION created: ")
-            if name in ("homepage", "documentation"):
-                self._check(t.url_problem(value), w, f"ANNOTATION {name}: ")
             state.annotations[name] = w
-            items.append((name, value))
-        return p.Annotation(items=tuple(items), pos=st.pos)
+        return p.Annotation(items=tuple((n, v) for _, n, v in pairs), pos=st.pos, at=_item_positions(pairs))
 
     def _env(self, st: Statement) -> p.Env:
         # As in a Dockerfile, $VARS in an ENV see the values from before this line.
-        items = []
-        for w, name, value in self._pairs(st):
-            self._check(t.env_name_problem(name), w, "ENV: ")
-            items.append((name, value))
-        return p.Env(items=tuple(items), pos=st.pos)
+        pairs = self._pairs(st)
+        return p.Env(items=tuple((n, v) for _, n, v in pairs), pos=st.pos, at=_item_positions(pairs))
 
     def _name(self, st: Statement) -> p.SetName:
-        name = self.expand(st.words[0])
-        self._check(t.acidentifier_problem(name), st.words[0], "NAME: ")
-        return p.SetName(name=name, pos=st.pos)
+        return p.SetName(name=self.expand(st.words[0]), pos=st.pos, at={"name": st.words[0].pos})
 
     def _workdir(self, st: Statement) -> p.WorkDir:
-        path = self.expand(st.words[0])
-        if not path.startswith("/"):
-            raise PlanError(f'WORKDIR must be an absolute path, not "{path}"', st.words[0].pos)
-        return p.WorkDir(path=path, pos=st.pos)
+        return p.WorkDir(path=self.expand(st.words[0]), pos=st.pos, at={"path": st.words[0].pos})
 
     def _user(self, st: Statement) -> p.User:
-        return p.User(user=self._nonempty(st), pos=st.pos)
+        return p.User(user=self.expand(st.words[0]), pos=st.pos, at={"user": st.words[0].pos})
 
     def _group(self, st: Statement) -> p.Group:
-        return p.Group(group=self._nonempty(st), pos=st.pos)
+        return p.Group(group=self.expand(st.words[0]), pos=st.pos, at={"group": st.words[0].pos})
 
-    def _nonempty(self, st: Statement) -> str:
-        value = self.expand(st.words[0])
-        if not value:
-            raise PlanError(f"{st.keyword}: empty value", st.words[0].pos)
-        return value
-
-    def _int(self, st: Statement, w: Word, what: str, low: int, high: int) -> int:
+    def _int(self, st: Statement, w: Word, what: str) -> int:
         text = self.expand(w)
-        if not re.fullmatch(r"[0-9]+", text) or not low <= int(text) <= high:
-            raise PlanError(f'{st.keyword}: {what} must be a whole number from {low} to {high}, not "{text}"', w.pos)
+        if not re.fullmatch(r"[0-9]+", text):
+            raise PlanError(f'{st.keyword}: {what} must be a whole number, not "{text}"', w.pos)
         return int(text)
 
     def _supplementary_groups(self, st: Statement) -> p.SupplementaryGroups:
-        gids = tuple(self._int(st, w, "a group id", 0, 2**32 - 1) for w in st.words)
-        return p.SupplementaryGroups(gids=gids, pos=st.pos)
+        gids = tuple(self._int(st, w, "a group id") for w in st.words)
+        return p.SupplementaryGroups(gids=gids, pos=st.pos, at={f"gids.{i}": w.pos for i, w in enumerate(st.words)})
 
     def _port(self, st: Statement) -> p.Port:
         words = list(st.words)
@@ -396,92 +376,63 @@ class Compiler:
             words.pop()
         if len(words) > 4:
             raise PlanError('PORT: the fifth argument can only be "socket-activated"', words[4].pos)
-        name = self.expand(words[0])
-        self._check(t.acname_problem(name), words[0], "PORT: ")
-        protocol = self.expand(words[1])
-        if not protocol:
-            raise PlanError("PORT: empty protocol", words[1].pos)
-        port = self._int(st, words[2], "the port", 1, 65535)
-        count = self._int(st, words[3], "the count", 1, 65535) if len(words) > 3 else 1
-        if port + count > 65536:
-            raise PlanError(f"PORT: the range {port}+{count} ends past 65535", words[3].pos)
-        return p.Port(name=name, protocol=protocol, port=port, count=count, socket_activated=socket, pos=st.pos)
+        count = self._int(st, words[3], "the count") if len(words) > 3 else 1
+        at = dict(zip(("name", "protocol", "port", "count"), (w.pos for w in words)))
+        return p.Port(name=self.expand(words[0]), protocol=self.expand(words[1]), port=self._int(st, words[2], "the port"),
+                      count=count, socket_activated=socket, pos=st.pos, at=at)
 
     def _mount(self, st: Statement) -> p.MountPoint:
-        name = self.expand(st.words[0])
-        self._check(t.acname_problem(name), st.words[0], "MOUNT: ")
-        path = self.expand(st.words[1])
-        if not path.startswith("/"):
-            raise PlanError(f'MOUNT: the path must be absolute, not "{path}"', st.words[1].pos)
         read_only = False
         if len(st.words) > 2:
             flag = self.expand(st.words[2])
             if flag != "read-only":
                 raise PlanError(f'MOUNT: the third argument can only be "read-only", not "{flag}"', st.words[2].pos)
             read_only = True
-        return p.MountPoint(name=name, path=path, read_only=read_only, pos=st.pos)
+        return p.MountPoint(name=self.expand(st.words[0]), path=self.expand(st.words[1]), read_only=read_only, pos=st.pos,
+                            at={"name": st.words[0].pos, "path": st.words[1].pos})
 
     def _isolator(self, st: Statement) -> p.Isolator:
-        name = self.expand(st.words[0])
-        self._check(t.acidentifier_problem(name), st.words[0], "ISOLATOR: ")
-        if name not in t.KNOWN_ISOLATORS:
-            known = ", ".join(sorted(t.KNOWN_ISOLATORS))
-            raise PlanError(f'ISOLATOR: invalid isolator "{name}" (known: {known})', st.words[0].pos)
         assert st.command is not None
+        name = self.expand(st.words[0])
         try:
-            value = json.loads(re.sub(r"\\[ \t]*\r?\n", "", st.command.text))
+            value = json.loads(st.command.text)
         except ValueError as err:
             raise PlanError(f"ISOLATOR: the value is not JSON ({err.msg})", st.command.pos) from None
-        self._check(t.isolator_problem(name, value), st.command, f"ISOLATOR {name}: ")
-        return p.Isolator(name=name, value_json=json.dumps(value, sort_keys=True, separators=(",", ":")), pos=st.pos)
+        return p.Isolator(name=name, value_json=json.dumps(value, sort_keys=True, separators=(",", ":")), pos=st.pos,
+                          at={"name": st.words[0].pos, "value_json": st.command.pos})
 
     def _dependency(self, st: Statement) -> p.Dependency:
         flags = self._flags(st, {"image-id", "size"})
-        name = self.expand(st.words[0])
-        self._check(t.acidentifier_problem(name), st.words[0], "DEPENDENCY: ")
-        image_id = ""
-        if "image-id" in flags:
-            word, image_id = flags["image-id"]
-            self._check(t.image_id_problem(image_id), word, "DEPENDENCY: ")
         size = 0
         if "size" in flags:
             word, text = flags["size"]
             if not text.isdigit():
                 raise PlanError(f'DEPENDENCY: --size must be a number of bytes, not "{text}"', word.pos)
             size = int(text)
-        labels = []
-        for w, label, value in self._pairs(st, st.words[1:]):
-            self._check(t.acidentifier_problem(label), w, "DEPENDENCY label: ")
-            labels.append((label, value))
-        return p.Dependency(image_name=name, image_id=image_id, labels=tuple(labels), size=size, pos=st.pos)
+        pairs = self._pairs(st, st.words[1:])
+        at = {"image_name": st.words[0].pos} | {f"labels.{i}": w.pos for i, (w, _, _) in enumerate(pairs)}
+        if "image-id" in flags:
+            at["image_id"] = flags["image-id"][0].pos
+        return p.Dependency(image_name=self.expand(st.words[0]), image_id=flags.get("image-id", (None, ""))[1],
+                            labels=tuple((n, v) for _, n, v in pairs), size=size, pos=st.pos, at=at)
 
     def _path_whitelist(self, st: Statement) -> p.PathWhitelist:
-        paths = []
-        for w in st.words:
-            path = self.expand(w)
-            if not path.startswith("/"):
-                raise PlanError(f'PATH-WHITELIST: paths must be absolute, not "{path}"', w.pos)
-            paths.append(path)
-        return p.PathWhitelist(paths=tuple(paths), pos=st.pos)
+        return p.PathWhitelist(paths=tuple(self.expand(w) for w in st.words), pos=st.pos,
+                               at={f"paths.{i}": w.pos for i, w in enumerate(st.words)})
 
     def _remove(self, st: Statement) -> p.Remove:
-        what = self.expand(st.words[0]).upper()
-        kinds = ("LABEL", "ANNOTATION", "ENV", "PORT", "MOUNT", "ISOLATOR", "DEPENDENCY", "EVENT", "EXEC")
-        if what not in kinds:
-            raise PlanError(f'REMOVE: can remove {", ".join(kinds)}, not "{what}"', st.words[0].pos)
-        name = self.expand(st.words[1])
-        if what == "LABEL":
-            self.stage.labels.pop(name, None)
-        if what == "ANNOTATION":
-            self.stage.annotations.pop(name, None)
-        return p.Remove(what=what, name=name, pos=st.pos)
+        remove = p.Remove(what=self.expand(st.words[0]).upper(), name=self.expand(st.words[1]), pos=st.pos,
+                          at={"what": st.words[0].pos})
+        if remove.what == "LABEL":
+            self.stage.labels.pop(remove.name, None)
+        if remove.what == "ANNOTATION":
+            self.stage.annotations.pop(remove.name, None)
+        return remove
 
     def _manifest(self, st: Statement) -> p.ReplaceManifest:
         assert st.command is not None
-        try:
-            value = json.loads(st.command.text)
-        except ValueError as err:
-            raise PlanError(f"MANIFEST: not JSON ({err.msg})", st.command.pos) from None
-        if not isinstance(value, dict):
-            raise PlanError("MANIFEST: the manifest must be a JSON object", st.command.pos)
-        return p.ReplaceManifest(manifest_json=st.command.text, pos=st.pos)
+        return p.ReplaceManifest(manifest_json=st.command.text, pos=st.pos, at={"manifest_json": st.command.pos})
+
+
+def _item_positions(pairs) -> dict:
+    return {f"items.{i}": w.pos for i, (w, _, _) in enumerate(pairs)}

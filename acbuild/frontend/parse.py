@@ -7,6 +7,7 @@ ParseError with the file, line, column and a caret excerpt.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
@@ -38,6 +39,8 @@ USAGE = {
     "REMOVE": "REMOVE LABEL|ANNOTATION|ENV|PORT|MOUNT|ISOLATOR|DEPENDENCY|EVENT|EXEC NAME",
     "MANIFEST": "MANIFEST JSON-OBJECT",
 }
+
+_CONTINUATION = re.compile(r"\\[ \t]*\r?\n")
 
 _TOKEN_NAMES = {
     "WORD": "an argument",
@@ -131,8 +134,6 @@ def _statement(node, lines: list[str], filename: str) -> Statement:
     keyword = node.data.rstrip("_").upper().replace("_", "-")
     if keyword == "SUPP-GROUPS":
         keyword = "SUPPLEMENTARY-GROUPS"
-    if keyword == "EXEC" or keyword == "FROM":
-        pass
     pos = _pos(filename, lines, keyword_token.line, keyword_token.column)
 
     def word(tok: Token) -> Word:
@@ -152,7 +153,8 @@ def _statement(node, lines: list[str], filename: str) -> Statement:
             else:
                 words.append(word(tok))
         elif kind in ("JSON_ARRAY", "REST_OF_LINE"):
-            command = word(tok)
+            # The command as one logical line: continuations joined, as Docker joins them.
+            command = Word(_CONTINUATION.sub("", str(tok)), _pos(filename, lines, tok.line, tok.column))
             json_form = kind == "JSON_ARRAY"
     return Statement(
         keyword=keyword,
