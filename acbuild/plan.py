@@ -28,6 +28,7 @@ from acbuild.errors import ARGV, InstructionError, SourcePos, UsageError
 
 Problems = Iterator[tuple[str, str]]  # (field the problem is in, message)
 _STAGE_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
+MOUNT_TYPES = ("bind", "cache", "tmpfs", "secret", "ssh")
 REMOVABLE = ("LABEL", "ANNOTATION", "ENV", "PORT", "MOUNT", "ISOLATOR", "DEPENDENCY", "EVENT", "EXEC")
 
 
@@ -95,9 +96,10 @@ def _plain(value):
 @dataclass(frozen=True)
 class From(Instruction):
     keyword = "FROM"
-    base: str  # "scratch", a path to an .aci, an image name, or docker://...
+    base: str  # "scratch", a path to an .aci, an image name, or docker://...; or an earlier stage's name
     alias: str = ""
     insecure_skip_verify: bool = False
+    stage: str = ""  # the earlier stage this one starts from (its rootfs and manifest), if any
 
     def problems(self) -> Problems:
         if not self.base:
@@ -106,7 +108,7 @@ class From(Instruction):
             yield "alias", f'bad stage name "{self.alias}" (lower-case letters, digits, "_.-")'
 
     def to_acifile(self) -> str:
-        return f"FROM {_q(self.base)}" + (f" AS {self.alias}" if self.alias else "")
+        return f"FROM {_q(self.stage or self.base)}" + (f" AS {self.alias}" if self.alias else "")
 
 
 @dataclass(frozen=True)
@@ -114,9 +116,11 @@ class Copy(Instruction):
     keyword = "COPY"
     sources: tuple[str, ...]
     dest: str
-    chown: str = ""  # "uid:gid" (numeric), empty = 0:0
+    chown: str = ""  # "user[:group]", names or numbers; empty = 0:0
     chmod: int | None = None
     from_stage: str = ""
+    # COPY <<EOF DEST: sources named here are these texts, not context files.
+    inline: tuple[tuple[str, str], ...] = ()
 
     def problems(self) -> Problems:
         if self.chown and not re.fullmatch(r"[A-Za-z0-9_.-]+(:[A-Za-z0-9_.-]+)?", self.chown):
@@ -126,9 +130,14 @@ class Copy(Instruction):
         for i, src in enumerate(self.sources):
             if not src:
                 yield f"sources.{i}", "empty source"
-            elif not self.from_stage and posixpath.isabs(src):
+            elif self.from_stage or src in dict(self.inline):
+                continue
+            elif "://" in src:
+                if self.keyword != "ADD":
+                    yield f"sources.{i}", f'source "{src}" is a URL: only ADD downloads'
+            elif posixpath.isabs(src):
                 yield f"sources.{i}", f'source "{src}" is absolute; sources are relative to the build context'
-            elif not self.from_stage and posixpath.normpath(src).split("/")[0] == "..":
+            elif posixpath.normpath(src).split("/")[0] == "..":
                 yield f"sources.{i}", f'source "{src}" is outside the build context'
         if not self.dest:
             yield "dest", "empty destination"
@@ -141,22 +150,47 @@ class Copy(Instruction):
             flags.append(f"--chown={self.chown}")
         if self.chmod is not None:
             flags.append(f"--chmod={self.chmod:o}")
-        return " ".join(["COPY", *flags, *map(_q, self.sources), _q(self.dest)])
+        line = " ".join([self.keyword, *flags, *(f"<<{s}" if s in dict(self.inline) else _q(s) for s in self.sources), _q(self.dest)])
+        return line + "".join(f"\n{text}{name}" for name, text in self.inline)
+
+
+@dataclass(frozen=True)
+class Add(Copy):
+    """ADD: COPY that also unpacks local tar archives (gzip, bzip2, xz or none) into
+    DEST, as Docker does, with the safe extraction of acbuild.aci.archive."""
+
+    keyword = "ADD"
+    checksum: str = ""  # "sha256:HEX": what a downloaded URL must hash to
+
+    def problems(self) -> Problems:
+        yield from super().problems()
+        if self.checksum and not re.fullmatch(r"sha256:[0-9a-f]{64}", self.checksum):
+            yield "checksum", f'bad --checksum "{self.checksum}" (sha256: and 64 lowercase hex digits)'
+        if self.checksum and not all("://" in s for s in self.sources):
+            yield "checksum", "--checksum goes with URL sources only"
+
+    def to_acifile(self) -> str:
+        line = super().to_acifile()
+        return line.replace("ADD ", f"ADD --checksum={self.checksum} ", 1) if self.checksum else line
 
 
 @dataclass(frozen=True)
 class RunMount:
-    """RUN --mount: a context path (type=bind) or a persistent cache dir (type=cache)."""
+    """RUN --mount: a context path (type=bind), a persistent cache dir (type=cache),
+    an empty tmpfs (type=tmpfs), a build secret (type=secret: the file given with
+    `--secret id=ID,...`, by id: its content is never part of the plan) or the SSH
+    agent socket (type=ssh, with `--ssh default`)."""
 
-    type: str  # "bind" | "cache"
+    type: str  # "bind" | "cache" | "tmpfs" | "secret" | "ssh"
     target: str
     source: str = ""
     read_only: bool = True
     id: str = ""
+    required: bool = False  # secret/ssh: fail when it was not given
 
     def __post_init__(self) -> None:
-        if self.type not in ("bind", "cache"):
-            raise InstructionError("RUN --mount", f'type must be "bind" or "cache", not "{self.type}"')
+        if self.type not in MOUNT_TYPES:
+            raise InstructionError("RUN --mount", f'type must be one of {", ".join(MOUNT_TYPES)}, not "{self.type}"')
         if not self.target.startswith("/"):
             raise InstructionError("RUN --mount", "target=/ABSOLUTE/PATH is required")
         if self.type == "bind" and (posixpath.isabs(self.source) or posixpath.normpath(self.source).split("/")[0] == ".."):
@@ -171,6 +205,8 @@ class RunMount:
             parts.append(f"id={self.id}")
         if self.type == "bind" and not self.read_only:
             parts.append("rw")
+        if self.required:
+            parts.append("required")
         return "--mount=" + ",".join(parts)
 
 
@@ -294,6 +330,32 @@ class Exec(Instruction):
 
 
 @dataclass(frozen=True)
+class Entrypoint(Instruction):
+    """Docker's ENTRYPOINT: the app's exec becomes ENTRYPOINT + CMD. Kept, as
+    docker2aci keeps them, in the annotations appc.io/docker/entrypoint and
+    appc.io/docker/cmd; `reset_cmd` drops a CMD inherited from the base (Docker
+    does so unless the stage set its own CMD)."""
+
+    keyword = "ENTRYPOINT"
+    argv: tuple[str, ...]
+    reset_cmd: bool = True
+
+    def to_acifile(self) -> str:
+        return f"ENTRYPOINT {_argv(self.argv)}"
+
+
+@dataclass(frozen=True)
+class Cmd(Instruction):
+    """Docker's CMD: the default arguments after ENTRYPOINT (or the command)."""
+
+    keyword = "CMD"
+    argv: tuple[str, ...]
+
+    def to_acifile(self) -> str:
+        return f"CMD {_argv(self.argv)}"
+
+
+@dataclass(frozen=True)
 class WorkDir(Instruction):
     keyword = "WORKDIR"
     path: str
@@ -308,15 +370,20 @@ class WorkDir(Instruction):
 
 @dataclass(frozen=True)
 class User(Instruction):
+    """USER u sets the user; `group` "" (a Dockerfile's `USER u`) also sets the
+    group: u's primary group from the image's /etc/passwd (0 when u is not
+    there), as Docker does; None (the interactive set-user) leaves it alone."""
+
     keyword = "USER"
     user: str
+    group: str | None = None
 
     def problems(self) -> Problems:
         if not self.user:
             yield "user", "empty value"
 
     def to_acifile(self) -> str:
-        return f"USER {_q(self.user)}"
+        return f"USER {_q(self.user)}" + (f":{_q(self.group)}" if self.group else "")
 
 
 @dataclass(frozen=True)
@@ -506,6 +573,7 @@ class Plan:
     stages: tuple[Stage, ...]
     build_args: tuple[tuple[str, str], ...] = ()
     source: str = ""
+    unused_build_args: tuple[str, ...] = ()  # --build-arg names no ARG declares
 
     def stage(self, name: str) -> Stage | None:
         for stage in self.stages:
@@ -527,16 +595,16 @@ class Plan:
         in the stages it is built on, down to scratch (an image file or layout
         base brings its own name)."""
         while not any(isinstance(step, SetName) for step in stage.steps):
-            base = self.stage(stage.base.base) if stage.base.base != stage.name else None
-            if base is None or base.index >= stage.index:
+            if not stage.base.stage:
                 return stage.base.base == "scratch"
-            stage = base
+            stage = self.stage(stage.base.stage)
         return False
 
     def as_dict(self) -> dict:
         return {
             "source": self.source,
             "build-args": dict(self.build_args),
+            **({"unused-build-args": list(self.unused_build_args)} if self.unused_build_args else {}),
             "stages": [
                 {"name": s.name, "from": s.base.as_dict(), "steps": [i.as_dict() for i in s.steps]}
                 for s in self.stages

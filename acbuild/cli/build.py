@@ -80,7 +80,7 @@ def run(args) -> int:
     progress = Progress("quiet" if args.quiet else args.progress)
     options = BuildOptions(
         context=context,
-        ignore=load_ignore(context),
+        ignore=load_ignore(context, acifile.resolve()),
         cache_dir=cache_dir,
         source_date_epoch=source_date_epoch_from_env(),
         network=args.network,

@@ -1,22 +1,36 @@
 """Statements -> Plan: give each parsed instruction its meaning.
 
-Here words lose their quotes and gain their $VARIABLES (ARGs and ENVs set so far,
-as in a Dockerfile), values are checked against the appc rules, and every error
-points at the word that caused it. RUN and EXEC commands are not substituted:
-the shell inside the image does that, and ARG values reach RUN as environment.
+Here words lose their quotes and gain their $VARIABLES with Docker's rules
+(frontend/expand.py: ARGs in scope and ENVs set so far; an unset PATH is
+Docker's default), and every error points at the word that caused it. RUN, CMD
+and ENTRYPOINT commands are not substituted: the shell inside the image does
+that, and ARG values reach RUN as environment. Dockerfile words compile to the
+same plan instructions as the appc words: EXPOSE is a PORT, VOLUME a MOUNT,
+CMD/ENTRYPOINT make the exec, MAINTAINER/STOPSIGNAL/HEALTHCHECK/ONBUILD are
+annotations, `FROM stage` starts from an earlier stage.
+
+As in Docker, an ARG before the first FROM is global: FROM lines see it, and a
+stage sees it after declaring it again (`ARG NAME`).
 """
 
 from __future__ import annotations
 
 import json
+import posixpath
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from acbuild import plan as p
 from acbuild.errors import PlanError
+from acbuild.frontend.expand import ExpandError, expand_word
 from acbuild.frontend.parse import Statement, Word, parse_acifile
+from acbuild.frontend.source import Heredoc
 
-_VAR = re.compile(r"\$(?:\{(?P<braced>[A-Za-z_][A-Za-z0-9_]*)(?::(?P<op>[-+])(?P<arg>[^}]*))?\}|(?P<plain>[A-Za-z_][A-Za-z0-9_]*))")
+# What a stage's $PATH is when nothing set it (BuildKit's system.DefaultPathEnvUnix).
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+DEFAULT_SHELL = ("/bin/sh", "-c")
+# Annotations that keep Docker's words that appc has no field for (docker2aci's prefix).
+DOCKER = "appc.io/docker/"
 _ARG_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # Manifest entries an ACIfile may give only once per stage (a second one is
 # almost always a mistake). WORKDIR, USER and GROUP may repeat, as in a Dockerfile:
@@ -24,9 +38,11 @@ _ARG_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _ONCE = {"NAME", "EXEC"}
 
 
-def compile_file(path, build_args: dict[str, str] | None = None, target: str | None = None) -> p.Plan:
-    """Read, parse and compile an ACIfile, and check that the stage it outputs
-    (`target`, default the last) will have a name, before anything runs."""
+def compile_file(path, build_args: dict[str, str] | None = None, target: str | None = None,
+                 tag: str | None = None) -> p.Plan:
+    """Read, parse and compile an ACIfile or Dockerfile, name the stage it outputs
+    (`target`, default the last) after `tag` (-t NAME[:TAG]), and check that it will
+    have a name, before anything runs."""
     from pathlib import Path
 
     path = Path(path)
@@ -39,8 +55,32 @@ def compile_file(path, build_args: dict[str, str] | None = None, target: str | N
     except UnicodeDecodeError as err:
         raise PlanError(f"{path}: not a text file ({err.reason})") from err
     plan = compile_text(text, str(path), build_args)
+    if tag:
+        plan = apply_tag(plan, target, tag)
     check_output(plan, target)
     return plan
+
+
+def apply_tag(plan: p.Plan, target: str | None, tag: str) -> p.Plan:
+    """-t NAME[:TAG]: NAME and a version label TAG for the output stage, unless the
+    file sets them (its NAME and LABEL version win, as the README says)."""
+    from dataclasses import replace
+
+    name, _, version = tag.rpartition(":") if ":" in tag.rsplit("/", 1)[-1] else (tag, "", "")
+    stage = plan.output(target)
+    extra: list[p.Instruction] = []
+    try:
+        if not any(isinstance(s, p.SetName) for s in stage.steps):
+            extra.append(p.SetName(name=name))
+        labels = {k for s in stage.steps if isinstance(s, p.Label) for k, _ in s.items}
+        if version and "version" not in labels:
+            extra.append(p.Label(items=(("version", version),)))
+    except PlanError as err:
+        from acbuild.errors import UsageError
+
+        raise UsageError(f"-t {tag}: {err.message}") from None
+    stages = tuple(replace(s, steps=s.steps + tuple(extra)) if s is stage else s for s in plan.stages)
+    return replace(plan, stages=stages)
 
 
 def check_output(plan: p.Plan, target: str | None) -> None:
@@ -62,29 +102,44 @@ class _StageState:
     labels: dict[str, Word] = field(default_factory=dict)
     annotations: dict[str, Word] = field(default_factory=dict)
     once: dict[str, Statement] = field(default_factory=dict)
+    args: dict[str, str] = field(default_factory=dict)  # ARGs declared in this stage
+    shell: tuple[str, ...] = DEFAULT_SHELL
+    cmd_set: bool = False  # a CMD in this stage survives a later ENTRYPOINT
+    onbuild: list[str] = field(default_factory=list)  # this stage's ONBUILD triggers
 
 
 class Compiler:
     def __init__(self, filename: str, build_args: dict[str, str]):
         self.filename = filename
         self.build_args = build_args
-        self.args: dict[str, str] = {}  # ARGs declared so far, with their values
+        self.global_args: dict[str, str] = {}  # ARGs before the first FROM
+        self.declared: set[str] = set()  # every ARG name declared anywhere
         self.used_args: set[str] = set()
+        self.finished: dict[str, _StageState] = {}  # stage name -> its state at the end
         self.stages: list[p.Stage] = []
         self.stage: _StageState | None = None
+        self.escape = "\\"
+        self.keyword = ""  # of the statement being compiled, for messages
 
     # -- driver -------------------------------------------------------------
 
+    @property
+    def args(self) -> dict[str, str]:
+        """The ARGs in scope: the stage's own, or before any FROM the global ones."""
+        return self.stage.args if self.stage is not None else self.global_args
+
     def compile(self, statements: list[Statement]) -> p.Plan:
         for st in statements:
+            self.keyword = st.keyword
             if st.keyword == "ARG":
                 self._arg(st)
             elif st.keyword == "FROM":
                 self._finish_stage()
                 base = self._from(st)
                 self.stage = _StageState(base=base, index=len(self.stages))
+                self._inherit(base)
             elif self.stage is None:
-                raise PlanError(f"{st.keyword} before FROM: an ACIfile starts with FROM (only ARG may come first)", st.pos)
+                raise PlanError(f"{st.keyword} before FROM: the file starts with FROM (only ARG may come first)", st.pos)
             else:
                 self._step(st)
         self._finish_stage()
@@ -94,41 +149,113 @@ class Compiler:
         for stage in self.stages:
             for step in stage.steps:
                 if isinstance(step, p.Copy) and step.from_stage and not self._stage_before(step.from_stage, stage.index):
+                    later = self._stage_index(step.from_stage)
+                    if later is not None:
+                        raise PlanError(f'COPY --from: stage "{step.from_stage}" is this one or comes after it: a stage copies '
+                                        "only from earlier ones, so there can be no cycle", step.pos)
                     raise PlanError(f'COPY --from: no stage "{step.from_stage}" before this one (stages: {", ".join(names) or "none named"})', step.pos)
-        return p.Plan(stages=tuple(self.stages), build_args=tuple(sorted(self.build_args.items())), source=self.filename)
+        unused = tuple(sorted(set(self.build_args) - self.declared))
+        return p.Plan(stages=tuple(self.stages), build_args=tuple(sorted(self.build_args.items())), source=self.filename,
+                      unused_build_args=unused)
+
+    def _inherit(self, base: p.From) -> None:
+        """A stage built on an earlier one starts with its ENV, SHELL and CMD state,
+        and runs its ONBUILD triggers first."""
+        state = self.stage
+        parent = self.finished.get(base.stage) if base.stage else None
+        if parent is None:
+            return
+        state.env = dict(parent.env)
+        state.shell = parent.shell
+        for trigger in parent.onbuild:
+            for st in parse_acifile(trigger, self.filename):
+                st = _at(st, base.pos)
+                if st.keyword in ("ONBUILD", "FROM", "MAINTAINER"):
+                    raise PlanError(f"ONBUILD: {st.keyword} is not allowed as a trigger", base.pos)
+                if st.keyword == "ARG":
+                    self._arg(st)
+                else:
+                    self._step(st)
 
     def _stage_before(self, name: str, index: int) -> bool:
         return any((s.name == name) for s in self.stages[:index])
 
+    def _stage_index(self, name: str) -> int | None:
+        for i, s in enumerate(self.stages):
+            if s.name == name:
+                return i
+        return None
+
+    def _stage_name(self, word: str) -> str | None:
+        """An earlier stage named by its AS name or its index (as COPY --from=0 and
+        FROM 0 do), or None."""
+        for s in self.stages:
+            if word == s.base.alias or (word.isdigit() and int(word) == s.index):
+                return s.name
+        return None
+
     def _finish_stage(self) -> None:
         if self.stage is not None:
             s = self.stage
-            self.stages.append(p.Stage(base=s.base, steps=tuple(s.steps), index=s.index))
+            if s.onbuild:
+                s.steps.append(p.Annotation(items=((DOCKER + "onbuild", json.dumps(s.onbuild)),), pos=s.base.pos))
+            stage = p.Stage(base=s.base, steps=tuple(s.steps), index=s.index)
+            self.stages.append(stage)
+            self.finished[stage.name] = s
         self.stage = None
 
     def _step(self, st: Statement) -> None:
         state = self.stage
         assert state is not None
+        self.keyword = st.keyword
         if st.keyword in _ONCE:
             if st.keyword in state.once:
                 first = state.once[st.keyword].pos
                 raise PlanError(f"{st.keyword} given twice in this stage (first at line {first.line})", st.pos)
             state.once[st.keyword] = st
-        instruction = self._instruction(st)
-        if isinstance(instruction, p.Env):
-            state.env.update(instruction.items)
-        if isinstance(instruction, p.Remove) and instruction.what == "EXEC":
-            state.once.pop(instruction.what, None)
-        state.steps.append(instruction)
+        for instruction in self._instructions(st):
+            if isinstance(instruction, p.Env):
+                state.env.update(instruction.items)
+            if isinstance(instruction, p.Remove) and instruction.what == "EXEC":
+                state.once.pop(instruction.what, None)
+            state.steps.append(instruction)
+
+    def _instructions(self, st: Statement) -> list[p.Instruction]:
+        """The plan instructions one statement stands for (most stand for one; none
+        for SHELL and ONBUILD, which change what later lines mean)."""
+        match st.keyword:
+            case "SHELL":
+                self.stage.shell = self._exec_form(st)
+                return []
+            case "ONBUILD":
+                self._onbuild(st)
+                return []
+            case "EXPOSE":
+                return [self._expose(w) for w in st.words]
+            case "VOLUME":
+                return self._volumes(st)
+            case "USER":
+                return [self._user(st)]
+        return [self._instruction(st)]
 
     def _instruction(self, st: Statement) -> p.Instruction:
         match st.keyword:
-            case "COPY":
+            case "COPY" | "ADD":
                 return self._copy(st)
             case "RUN":
                 return self._run(st)
             case "EXEC":
                 return self._exec(st)
+            case "CMD":
+                return self._cmd(st)
+            case "ENTRYPOINT":
+                return self._entrypoint(st)
+            case "MAINTAINER":
+                return self._annotate(st, "authors", self._expand_text(st.command))
+            case "STOPSIGNAL":
+                return self._annotate(st, DOCKER + "stopsignal", self.expand(st.words[0]))
+            case "HEALTHCHECK":
+                return self._healthcheck(st)
             case "EVENT":
                 return self._event(st)
             case "LABEL":
@@ -141,8 +268,6 @@ class Compiler:
                 return self._name(st)
             case "WORKDIR":
                 return self._workdir(st)
-            case "USER":
-                return self._user(st)
             case "GROUP":
                 return self._group(st)
             case "SUPPLEMENTARY-GROUPS":
@@ -165,55 +290,37 @@ class Compiler:
 
     # -- words ----------------------------------------------------------------
 
-    def expand(self, word: Word) -> str:
-        """Remove quotes and substitute $VAR / ${VAR} / ${VAR:-default} / ${VAR:+alt}."""
-        text, out, i = word.text, [], 0
-        quote = ""
-        while i < len(text):
-            c = text[i]
-            if quote == "'":
-                if c == "'":
-                    quote = ""
-                else:
-                    out.append(c)
-                i += 1
-            elif c == "\\" and i + 1 < len(text) and (not quote or text[i + 1] in '"\\$'):
-                out.append(text[i + 1])
-                i += 2
-            elif c in "\"'" and (not quote or c == quote):
-                quote = "" if quote else c
-                i += 1
-            elif c == "$":
-                m = _VAR.match(text, i)
-                if not m:
-                    out.append(c)
-                    i += 1
-                    continue
-                out.append(self._lookup(m))
-                i = m.end()
-            else:
-                out.append(c)
-                i += 1
-        if quote:
-            raise PlanError(f"unterminated {quote} quote", word.pos)
-        return "".join(out)
+    def expansion_env(self) -> dict[str, str]:
+        """What $VARS mean here: ENV before ARG (Docker: "an ENV always overrides an
+        ARG of the same name"), and Docker's default PATH when nothing set one."""
+        env = {"PATH": DEFAULT_PATH} if self.stage is not None else {}
+        env |= self.args
+        if self.stage is not None:
+            env |= self.stage.env
+        return env
 
-    def _lookup(self, m: re.Match) -> str:
-        name = m.group("braced") or m.group("plain")
-        env = self.stage.env if self.stage else {}
-        value = env.get(name, self.args.get(name))
-        if name in self.args:
-            self.used_args.add(name)
-        op = m.group("op")
-        if op == "-":
-            return value if value else m.group("arg")
-        if op == "+":
-            return m.group("arg") if value else ""
-        return value or ""
+    def expand(self, word: Word, escape: str | None = None) -> str:
+        """Docker's word processing: quotes removed, escapes and $VARS applied."""
+        try:
+            result = expand_word(word.text, self.expansion_env(), escape or self.escape)
+        except ExpandError as err:
+            raise PlanError(f"{self.keyword}: {err}", word.pos) from None
+        self.used_args |= result.used & set(self.args)
+        return result.text
+
+    def _expand_text(self, word: Word | None) -> str:
+        return self.expand(word).strip() if word is not None else ""
 
     def _pairs(self, st: Statement, words=None) -> tuple[tuple[Word, str, str], ...]:
+        words = st.words if words is None else words
+        if st.keyword in ("ENV", "LABEL") and words and "=" not in self.expand(words[0]):
+            # Docker's legacy form `ENV NAME the rest of the line`.
+            if len(words) < 2:
+                raise PlanError(f'{st.keyword}: expected NAME=VALUE, got "{self.expand(words[0])}"', words[0].pos)
+            value = " ".join(self.expand(w) for w in words[1:])
+            return ((words[0], self.expand(words[0]), value),)
         pairs = []
-        for w in words if words is not None else st.words:
+        for w in words:
             text = self.expand(w)
             if "=" not in text:
                 raise PlanError(f'{st.keyword}: expected NAME=VALUE, got "{text}"', w.pos)
@@ -234,53 +341,122 @@ class Compiler:
         return flags
 
     def _command(self, st: Statement) -> tuple[tuple[str, ...], bool]:
-        """(argv, shell_form) for RUN/EXEC/EVENT. Exec form is a JSON list of strings."""
+        """(argv, shell_form) for RUN/EXEC/CMD/ENTRYPOINT/EVENT. As in Docker, text
+        that parses as a JSON array is the exec form (an array of anything but
+        strings is an error); anything else is a command for the stage's SHELL."""
         assert st.command is not None
-        text = st.command.text
-        if st.json_form:
+        text = st.command.text.strip()
+        if text.startswith("["):
             try:
                 value = json.loads(text)
             except ValueError:
                 value = None
-            if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+            if isinstance(value, list):
+                if not all(isinstance(v, str) for v in value):
+                    raise PlanError(f"{st.keyword}: when using JSON array syntax, arrays must be comprised of strings only",
+                                    st.command.pos)
                 return tuple(value), False
-        command = text.strip()
-        return ("/bin/sh", "-c", command), True
+        shell = self.stage.shell if self.stage is not None else DEFAULT_SHELL
+        return (*shell, text), True
+
+    def _exec_form(self, st: Statement) -> tuple[str, ...]:
+        argv, shell_form = self._command(st)
+        if shell_form or not argv:
+            raise PlanError(f'{st.keyword}: give a JSON array of strings, like ["/bin/sh", "-c"]', st.command.pos)
+        return argv
 
     # -- instructions -----------------------------------------------------------
 
     def _arg(self, st: Statement) -> None:
-        word = st.words[0]
-        name, has_default, default = word.text.partition("=")
-        if not _ARG_NAME.match(name):
-            raise PlanError(f'ARG: bad name "{name}" (letters, digits and _, not starting with a digit)', word.pos)
-        default = self.expand(Word(default, word.pos)) if has_default else ""
-        self.args[name] = self.build_args.get(name, default)
-        if name in self.build_args:
-            self.used_args.add(name)
+        for word in st.words:
+            name, has_default, default = word.text.partition("=")
+            if not _ARG_NAME.match(name):
+                raise PlanError(f'ARG: bad name "{name}" (letters, digits and _, not starting with a digit)', word.pos)
+            if has_default:
+                value = self.expand(Word(default, word.pos))
+            else:  # `ARG NAME` in a stage brings the global value in (Docker)
+                value = self.global_args.get(name, "") if self.stage is not None else ""
+            self.args[name] = self.build_args.get(name, value)
+            self.declared.add(name)
 
     def _from(self, st: Statement) -> p.From:
-        flags = self._flags(st, {"insecure-skip-verify"})
+        self.escape = st.escape
+        flags = self._flags(st, {"insecure-skip-verify", "platform"})
         alias = self.expand(st.alias) if st.alias is not None else ""
         if alias and any(s.base.alias == alias for s in self.stages):
             raise PlanError(f'FROM: stage "{alias}" defined twice', st.alias.pos)
-        return p.From(base=self.expand(st.words[0]), alias=alias, insecure_skip_verify="insecure-skip-verify" in flags,
+        base = self.expand(st.words[0])
+        # An earlier stage's name wins over an image of that name, as in Docker.
+        stage = self._stage_name(base) or ""
+        return p.From(base=base, alias=alias, insecure_skip_verify="insecure-skip-verify" in flags, stage=stage,
                       pos=st.pos, at={"base": st.words[0].pos, "alias": st.alias.pos if st.alias else st.pos})
 
     def _copy(self, st: Statement) -> p.Copy:
-        flags = self._flags(st, {"chown", "chmod", "from"})
+        add = st.keyword == "ADD"
+        allowed = {"chown", "chmod", "from", "link", "parents", "exclude"} - ({"from"} if add else set())
+        flags = self._flags(st, allowed | ({"checksum", "keep-git-dir", "unpack"} if add else set()))
+        for name in ("parents", "exclude", "keep-git-dir", "unpack"):
+            if name in flags:
+                raise PlanError(f"{st.keyword}: --{name} is not supported yet", flags[name][0].pos)
         at = {name: word.pos for name, (word, _) in flags.items()}
         chmod = None
         if "chmod" in flags:
             word, text = flags["chmod"]
             if not re.fullmatch(r"[0-7]{3,4}", text):
-                raise PlanError(f'COPY: bad --chmod "{text}" (octal, like 755 or 0644)', word.pos)
+                raise PlanError(f'{st.keyword}: bad --chmod "{text}" (octal, like 755 or 0644)', word.pos)
             chmod = int(text, 8)
-        *sources, dest = st.words
+        from_stage = ""
+        if "from" in flags:
+            word, text = flags["from"]
+            from_stage = self._stage_name(text) or text
+            if self._stage_index(from_stage) is None and (":" in text or "/" in text):
+                raise PlanError(f'COPY --from="{text}": copying from an image is not supported yet; '
+                                "copy from an earlier stage (FROM IMAGE AS NAME, then --from=NAME)", word.pos)
+        words = self._list_words(st)
+        if len(words) < 2:
+            raise PlanError(f"{st.keyword}: give one or more sources and a destination", st.pos)
+        *sources, dest = words
+        docs = {d.name: d for d in st.heredocs}
+        inline, names = [], []
+        for w in sources:
+            doc = docs.get(_heredoc_name(w.text)) if w.text.startswith("<<") else None
+            if doc is None:
+                names.append(self.expand(w))
+                continue
+            names.append(doc.name)
+            inline.append((doc.name, self._heredoc_text(doc)))
+        for w, name in zip(sources, names):
+            if add and re.match(r"(git@|git://|[a-z+]+://.*\.git(#|$))", name):
+                raise PlanError(f'ADD "{name}": git sources are not supported', w.pos)
+            if add and "://" in name and not re.match(r"https?://", name):
+                raise PlanError(f'ADD "{name}": only http and https URLs can be downloaded', w.pos)
         at |= {f"sources.{i}": w.pos for i, w in enumerate(sources)} | {"dest": dest.pos}
-        return p.Copy(sources=tuple(self.expand(w) for w in sources), dest=self.expand(dest),
-                      chown=flags.get("chown", (None, ""))[1], chmod=chmod, from_stage=flags.get("from", (None, ""))[1],
-                      pos=st.pos, at=at)
+        fields = dict(sources=tuple(names), dest=self.expand(dest), chown=flags.get("chown", (None, ""))[1], chmod=chmod,
+                      from_stage=from_stage, inline=tuple(inline), pos=st.pos, at=at)
+        if add:
+            return p.Add(**fields, checksum=flags.get("checksum", (None, ""))[1])
+        return p.Copy(**fields)
+
+    def _list_words(self, st: Statement) -> tuple[Word, ...]:
+        """COPY/ADD/VOLUME arguments: the words, or the strings of the JSON form."""
+        if st.command is None:
+            return st.words
+        try:
+            value = json.loads(st.command.text)
+        except ValueError:
+            value = None
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            # JSON strings are taken as written; quote them for the expansion.
+            return tuple(Word('"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"', st.command.pos) for v in value)
+        if isinstance(value, list):
+            raise PlanError(f"{st.keyword}: when using JSON array syntax, arrays must be comprised of strings only", st.command.pos)
+        pos = st.command.pos
+        return tuple(Word(m.group(), replace(pos, column=pos.column + m.start()))
+                     for m in re.finditer(r"\S+", st.command.text))
+
+    def _heredoc_text(self, doc: Heredoc) -> str:
+        text = doc.text()
+        return self.expand(Word(text.replace('"', '\\"'), self.stage.base.pos), "\\") if doc.expand else text
 
     def _run(self, st: Statement) -> p.Run:
         network, mounts, at = "", [], {}
@@ -288,13 +464,15 @@ class Compiler:
             name, _, raw = w.text[2:].partition("=")
             value = self.expand(Word(raw, w.pos))
             if name == "network":
-                network, at["network"] = value, w.pos
+                network, at["network"] = ("" if value == "default" else value), w.pos
             elif name == "mount":
                 mounts.append(self._mount_flag(value, w))
             else:
                 raise PlanError(f"RUN: unknown flag --{name} (known: --mount, --network)", w.pos)
         argv, shell = self._command(st)
-        arg_env = tuple(sorted(self.args.items()))
+        if st.heredocs and shell:
+            argv = self._heredoc_run(st, argv)
+        arg_env = tuple(sorted((k, v) for k, v in self.args.items() if k not in self.stage.env))
         return p.Run(argv=argv, network=network, mounts=tuple(mounts), shell_form=shell, arg_env=arg_env, pos=st.pos, at=at)
 
     def _mount_flag(self, value: str, w: Word) -> p.RunMount:
@@ -304,20 +482,121 @@ class Compiler:
             opts[key.strip()] = val if eq else "true"
         kind = opts.pop("type", "bind")
         target = opts.pop("target", opts.pop("dst", opts.pop("destination", "")))
+        mount_id = opts.pop("id", "")
+        if kind == "secret":
+            mount_id = mount_id or posixpath.basename(target)
+            target = target or f"/run/secrets/{mount_id}"
+        if kind == "ssh":
+            mount_id = mount_id or "default"
+            target = target or "/run/buildkit/ssh_agent.0"
+        required = opts.pop("required", "false") == "true"
+        for ignored in ("mode", "uid", "gid", "sharing", "size", "from", "env"):
+            if kind in ("secret", "ssh", "tmpfs", "cache") and ignored in opts:
+                raise PlanError(f"RUN --mount: {ignored}= is not supported yet", w.pos)
         source = opts.pop("source", opts.pop("src", "")) or ("." if kind == "bind" else "")
+        if kind != "bind":
+            source = ""
         read_only = kind == "bind" and opts.pop("rw", opts.pop("readwrite", "false")) != "true"
         opts.pop("ro", None)
-        mount_id = opts.pop("id", "")
         if opts:
             raise PlanError(f"RUN --mount: unknown option {sorted(opts)[0]}", w.pos)
         try:
-            return p.RunMount(type=kind, target=target, source=source, read_only=read_only, id=mount_id)
+            return p.RunMount(type=kind, target=target, source=source, read_only=read_only, id=mount_id, required=required)
         except PlanError as err:
             raise PlanError(err.message, w.pos) from None
 
     def _exec(self, st: Statement) -> p.Exec:
         argv, _ = self._command(st)
         return p.Exec(argv=argv, pos=st.pos)
+
+    def _heredoc_run(self, st: Statement, argv: tuple[str, ...]) -> tuple[str, ...]:
+        """RUN <<EOF as BuildKit runs it: a lone heredoc is the script (a file run
+        directly when it starts with #!), otherwise the line and its heredocs go
+        to the shell together."""
+        *shell, line = argv
+        doc = st.heredocs[0]
+        if len(st.heredocs) == 1 and re.fullmatch(r"\d*<<-?\s*\S+", line.strip()):
+            text = doc.text()
+            if text.startswith("#!"):
+                return (*shell, f"cat > /tmp/{doc.name} <<'{doc.name}'\n{text}{doc.name}\nchmod +x /tmp/{doc.name}; /tmp/{doc.name}")
+            return (*shell, text)
+        return (*shell, line + "".join(f"\n{d.content}{d.name}" for d in st.heredocs))
+
+    def _cmd(self, st: Statement) -> p.Cmd:
+        self.stage.cmd_set = True
+        argv, _ = self._command(st)
+        return p.Cmd(argv=argv, pos=st.pos)
+
+    def _entrypoint(self, st: Statement) -> p.Entrypoint:
+        argv, _ = self._command(st)
+        return p.Entrypoint(argv=argv, reset_cmd=not self.stage.cmd_set, pos=st.pos)
+
+    def _annotate(self, st: Statement, name: str, value: str) -> p.Annotation:
+        self.stage.annotations.pop(name, None)  # Docker: the last one wins
+        return p.Annotation(items=((name, value),), pos=st.pos)
+
+    def _healthcheck(self, st: Statement) -> p.Annotation:
+        if not st.words:
+            raise PlanError('HEALTHCHECK: expected "CMD COMMAND" or "NONE"', st.pos)
+        kind = self.expand(st.words[0]).upper()
+        options = {w.text[2:].partition("=")[0]: self.expand(Word(w.text[2:].partition("=")[2], w.pos)) for w in st.flags}
+        known = {"interval", "timeout", "start-period", "start-interval", "retries"}
+        for w in st.flags:
+            if w.text[2:].partition("=")[0] not in known:
+                raise PlanError(f"HEALTHCHECK: unknown flag {w.text.partition('=')[0]}", w.pos)
+        if kind == "NONE":
+            if st.command is not None or st.flags:
+                raise PlanError("HEALTHCHECK NONE takes no arguments", st.words[0].pos)
+            value = {"test": ["NONE"]}
+        elif kind == "CMD" and st.command is not None:
+            argv, shell = self._command(st)
+            value = {"test": ["CMD-SHELL", argv[-1]] if shell else ["CMD", *argv], **options}
+        else:
+            raise PlanError('HEALTHCHECK: expected "CMD COMMAND" or "NONE"', st.words[0].pos)
+        return self._annotate(st, DOCKER + "healthcheck", json.dumps(value, sort_keys=True, separators=(",", ":")))
+
+    def _expose(self, w: Word) -> p.Port:
+        """EXPOSE 80, 80/tcp, 53/udp, 8000-8010: a port named as docker2aci names it."""
+        text = self.expand(w)
+        m = re.fullmatch(r"(\d+)(?:-(\d+))?(?:/([a-zA-Z]+))?", text)
+        if not m:
+            raise PlanError(f'EXPOSE: "{text}" is not PORT[-END][/PROTOCOL]', w.pos)
+        first, last, protocol = int(m.group(1)), int(m.group(2) or m.group(1)), (m.group(3) or "tcp").lower()
+        name = f"{first}-{protocol}" if last == first else f"{first}-{last}-{protocol}"
+        return p.Port(name=name, protocol=protocol, port=first, count=max(last - first + 1, 0), pos=w.pos,
+                      at={"port": w.pos, "count": w.pos, "name": w.pos})
+
+    def _volumes(self, st: Statement) -> list[p.MountPoint]:
+        """VOLUME /a /b: mount points named "volume-" + the path made an ACName (docker2aci)."""
+        mounts = []
+        for w in self._list_words(st):
+            path = self.expand(w)
+            if not path:
+                raise PlanError("VOLUME: empty path", w.pos)
+            earlier = {m.path: m.name for m in [*self.stage.steps, *mounts] if isinstance(m, p.MountPoint)}
+            if path in earlier:  # Docker's volumes are a set: the same path is the same mount point
+                name = earlier[path]
+            else:
+                name = base = "volume-" + (re.sub(r"[^a-z0-9]+", "-", path.lower()).strip("-") or "root")
+                n = 1
+                while name in earlier.values():
+                    name, n = f"{base}-{n}", n + 1
+            mounts.append(p.MountPoint(name=name, path=path, pos=st.pos, at={"path": w.pos}))
+        return mounts
+
+    def _user(self, st: Statement) -> p.User:
+        user, colon, group = self.expand(st.words[0]).partition(":")
+        if colon and not group:
+            raise PlanError("USER: empty group after the colon", st.words[0].pos)
+        return p.User(user=user, group=group, pos=st.pos, at={"user": st.words[0].pos, "group": st.words[0].pos})
+
+    def _onbuild(self, st: Statement) -> None:
+        trigger = st.command.text.strip()
+        keyword = trigger.split(None, 1)[0].upper() if trigger else ""
+        if keyword in ("ONBUILD", "FROM", "MAINTAINER"):
+            raise PlanError(f"ONBUILD: {keyword} is not allowed as a trigger", st.command.pos)
+        parse_acifile(trigger, self.filename)  # a trigger with a syntax error fails now, not in the child
+        self.stage.onbuild.append(trigger)
 
     def _event(self, st: Statement) -> p.EventHandler:
         argv, _ = self._command(st)
@@ -350,10 +629,11 @@ class Compiler:
         return p.SetName(name=self.expand(st.words[0]), pos=st.pos, at={"name": st.words[0].pos})
 
     def _workdir(self, st: Statement) -> p.WorkDir:
-        return p.WorkDir(path=self.expand(st.words[0]), pos=st.pos, at={"path": st.words[0].pos})
-
-    def _user(self, st: Statement) -> p.User:
-        return p.User(user=self.expand(st.words[0]), pos=st.pos, at={"user": st.words[0].pos})
+        path = self._expand_text(st.command)
+        if path and not path.startswith("/"):  # Docker: relative to the WORKDIR before it
+            previous = next((s.path for s in reversed(self.stage.steps) if isinstance(s, p.WorkDir)), "/")
+            path = posixpath.join(previous, path)
+        return p.WorkDir(path=posixpath.normpath(path) if path else path, pos=st.pos, at={"path": st.command.pos})
 
     def _group(self, st: Statement) -> p.Group:
         return p.Group(group=self.expand(st.words[0]), pos=st.pos, at={"group": st.words[0].pos})
@@ -432,6 +712,15 @@ class Compiler:
     def _manifest(self, st: Statement) -> p.ReplaceManifest:
         assert st.command is not None
         return p.ReplaceManifest(manifest_json=st.command.text, pos=st.pos, at={"manifest_json": st.command.pos})
+
+
+def _heredoc_name(word: str) -> str:
+    return re.sub(r"""^\d*<<-?\s*|["']""", "", word)
+
+
+def _at(st: Statement, pos) -> Statement:
+    """An ONBUILD trigger's statement, placed at the FROM that runs it."""
+    return replace(st, pos=pos)
 
 
 def _item_positions(pairs) -> dict:
