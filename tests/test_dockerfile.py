@@ -87,3 +87,208 @@ def test_buildkit_negative_files_are_one_clear_error(case: Path):
     assert result.returncode != 0
     assert "Traceback" not in result.stderr
     assert result.stderr.startswith("Dockerfile") or result.stderr.startswith("acbuild: "), result.stderr
+
+
+# -- builds (RUN on local busybox bases) -----------------------------------------------------
+
+BUSYBOX = Path("/bin/busybox")
+EXAMPLE = REPO / "examples/dockerfile"
+SECRET = b"tok-1234567890-not-for-the-image"
+
+
+def busybox_context(tmp_path: Path, dockerfile: str, name: str = "Dockerfile") -> Path:
+    from conftest import require
+
+    require(BUSYBOX.exists(), "needs Debian's busybox-static")
+    ctx = tmp_path / "ctx"
+    ctx.mkdir(exist_ok=True)
+    (ctx / "busybox").write_bytes(BUSYBOX.read_bytes())
+    (ctx / "busybox").chmod(0o755)
+    (ctx / name).write_text(dockerfile)
+    return ctx
+
+
+BASE = """FROM scratch AS base
+COPY busybox /bin/busybox
+RUN ["/bin/busybox", "--install", "-s", "/bin"]
+"""
+
+
+def build(ctx: Path, out: Path, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return cli("build", "--cache-dir", str(out.parent / "cache"), "-o", str(out), *args, cwd=cwd or ctx)
+
+
+def manifest_of(image: Path) -> dict:
+    import json
+
+    return json.loads(cli("cat-manifest", str(image)).stdout)
+
+
+def files_of(image: Path) -> dict[str, bytes]:
+    import tarfile
+
+    with tarfile.open(image) as tf:
+        return {m.name: (tf.extractfile(m).read() if m.isfile() else b"") for m in tf.getmembers()}
+
+
+def test_the_example_builds_runs_validates_and_keeps_the_secret_out(tmp_path, actool):
+    """Issue 14, done when 3 and 4: a multi-stage Dockerfile with heredocs, ADD of a
+    tarball, ENTRYPOINT+CMD, EXPOSE, VOLUME, USER, a secret mount and FROM builder."""
+    from conftest import require
+
+    require(BUSYBOX.exists(), "needs Debian's busybox-static")
+    ctx = tmp_path / "ctx"
+    import shutil
+
+    shutil.copytree(EXAMPLE, ctx, ignore=shutil.ignore_patterns("busybox"))
+    shutil.copy(BUSYBOX, ctx / "busybox")
+    (tmp_path / "token.txt").write_bytes(SECRET)
+    out, meta = tmp_path / "app.aci", tmp_path / "build.json"
+    result = build(ctx, out, "-t", "example.com/dockerfile-app:1.0", "--secret", f"id=token,src={tmp_path / 'token.txt'}",
+                   "--metadata-file", str(meta))
+    assert result.returncode == 0, result.stderr
+    image_id = result.stdout.strip()
+    subprocess.run([actool, "validate", str(out)], check=True)
+
+    manifest = manifest_of(out)
+    app = manifest["app"]
+    assert (manifest["name"], app["user"], app["group"]) == ("example.com/dockerfile-app", "app", "1001")
+    assert {"name": "version", "value": "1.0"} in manifest["labels"]
+    assert [(p["name"], p["protocol"], p["port"]) for p in app["ports"]] == [("8080-tcp", "tcp", 8080), ("53-udp", "udp", 53)]
+    assert app["mountPoints"] == [{"name": "volume-data", "path": "/data"}]
+    assert app["exec"][-3:] == ["entry", "one", "two"]
+
+    launched = cli("launch", "--insecure-skip-verify", str(out))
+    assert launched.returncode == 0, launched.stderr
+    assert launched.stdout.splitlines() == [
+        "1000", "1001", "hello from a heredoc", "served from a tarball that ADD unpacked", str(len(SECRET)), "args: one two"]
+
+    # The secret: nowhere in the image, the cache or the build record. .dockerignore kept secret/ out.
+    files = files_of(out)
+    assert not any(SECRET in data for data in files.values())
+    assert not any(name.startswith("rootfs/secret") or name.startswith("rootfs/run/secrets") for name in files)
+    for path in (tmp_path / "cache").rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            assert SECRET not in path.read_bytes(), path
+    assert SECRET not in meta.read_bytes()
+
+    # The same image written with the appc words (examples/dockerfile/ACIfile.equivalent).
+    again = build(ctx, tmp_path / "equivalent.aci", "-f", "ACIfile.equivalent", "--no-cache",
+                  "--secret", f"id=token,src={tmp_path / 'token.txt'}")
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.strip() == image_id
+
+
+def test_dockerfile_is_found_and_dockerignore_keeps_files_out(tmp_path):
+    """Before: build looked only for ./ACIfile, and .dockerignore was not read, so
+    secret/key went into the image."""
+    ctx = busybox_context(tmp_path, BASE + "COPY . /ctx/\nNAME example.com/ignore\n")
+    (ctx / "secret").mkdir()
+    (ctx / "secret/key").write_text("private")
+    (ctx / "keep.txt").write_text("kept")
+    (ctx / ".dockerignore").write_text("secret/\n")
+    result = build(ctx, tmp_path / "out.aci")  # no -f: the context's Dockerfile
+    assert result.returncode == 0, result.stderr
+    names = files_of(tmp_path / "out.aci")
+    assert "rootfs/ctx/keep.txt" in names and not any("secret" in n for n in names)
+    # <Dockerfile>.dockerignore beside it wins over .dockerignore (BuildKit's order)
+    (ctx / "Dockerfile.dockerignore").write_text("keep.txt\n")
+    result = build(ctx, tmp_path / "out2.aci", "-f", "Dockerfile")
+    assert result.returncode == 0, result.stderr
+    names = files_of(tmp_path / "out2.aci")
+    assert "rootfs/ctx/keep.txt" not in names and "rootfs/ctx/secret/key" in names
+
+
+def test_path_expands_to_the_default_and_user_gets_the_primary_group(tmp_path):
+    """Before: ENV PATH=/opt/bin:$PATH gave "/opt/bin:" and USER nobody ran with gid 0."""
+    ctx = busybox_context(tmp_path, BASE + "RUN mkdir -p /etc && echo 'nobody:x:65534:65533::/:/bin/sh' >> /etc/passwd\n"
+                          "ENV PATH=/opt/bin:$PATH\nUSER nobody\nRUN id -g > /tmp/gid; id -g; test \"$(id -g)\" = 65533\n")
+    result = build(ctx, tmp_path / "out.aci", "-t", "example.com/path")
+    assert result.returncode == 0, result.stderr
+    app = manifest_of(tmp_path / "out.aci")["app"]
+    assert {"name": "PATH", "value": "/opt/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"} in app["environment"]
+    assert (app["user"], app["group"]) == ("nobody", "65533")
+
+
+def test_misspelt_build_arg_warns_and_strict_refuses(tmp_path):
+    ctx = busybox_context(tmp_path, "ARG VERSION=1\nFROM scratch\nARG VERSION\nLABEL version=$VERSION\n")
+    planned = cli("plan", "-t", "example.com/x", "--build-arg", "VERSOIN=2", cwd=ctx)
+    assert planned.returncode == 0
+    assert 'warning: --build-arg "VERSOIN": no ARG in Dockerfile declares it (not consumed)' in planned.stderr
+    strict = cli("plan", "-t", "example.com/x", "--build-arg", "VERSOIN=2", "--strict", cwd=ctx)
+    assert strict.returncode == 3 and "VERSOIN" in strict.stderr
+
+
+@pytest.mark.parametrize("text, where, message", [
+    ("FROM scratch\nCOPY --from=nowhere /a /b\n", "2:1", 'COPY --from: no stage "nowhere" before this one'),
+    ("FROM scratch AS a\nCOPY --from=a /x /y\n", "2:1", 'stage "a" is this one or comes after it'),
+    ("FROM scratch AS a\nCOPY --from=b /x /y\nFROM scratch AS b\n", "2:1", 'stage "b" is this one or comes after it'),
+    ("FROM scratch\nRUN <<EOF\necho\n", "2:1", 'unterminated heredoc "EOF"'),
+    ("FROM scratch\nENV A=${B?unset}\n", "2:5", "ENV: B: unset"),
+    ("FROM scratch\nADD git@github.com:moby/buildkit.git /src\n", "2:5", "git sources are not supported"),
+    ("FROM scratch\nCMD [\"a\", 1]\n", "2:5", "arrays must be comprised of strings only"),
+])
+def test_plan_finds_the_errors_the_build_would(tmp_path, text, where, message):
+    (tmp_path / "Dockerfile").write_text(text)
+    result = cli("plan", "-t", "example.com/x", cwd=tmp_path)
+    assert result.returncode == 1, result.stdout
+    assert result.stderr.startswith(f"Dockerfile:{where}: ") and message in result.stderr.splitlines()[0], result.stderr
+
+
+def test_heredoc_forms(tmp_path):
+    """BuildKit's rules (parser.go, dockerfile2llb/convert.go dispatchRun): a lone
+    heredoc is the script, <<- strips tabs, a quoted delimiter turns off expansion,
+    several heredocs on one line go to the command in order."""
+    ctx = busybox_context(tmp_path, BASE + (
+        "ARG WHO=world\n"
+        "RUN <<EOF\nmkdir /out\necho one > /out/1\nEOF\n"
+        "RUN <<-EOF\n\techo two > /out/2\n\tEOF\n"
+        "COPY <<'EOF' /out/3\n$WHO stays\nEOF\n"
+        "ARG WHO\nCOPY <<EOF /out/4\nhello $WHO\nEOF\n"
+        "RUN cat <<A >/out/5 && cat <<B >/out/6\nfive\nA\nsix\nB\n"
+        "RUN <<EOF\n#!/bin/sh\necho shebang > /out/7\nEOF\n"
+        "NAME example.com/heredocs\n"))
+    result = build(ctx, tmp_path / "out.aci")
+    assert result.returncode == 0, result.stderr
+    files = files_of(tmp_path / "out.aci")
+    assert [files[f"rootfs/out/{n}"] for n in range(1, 8)] == [
+        b"one\n", b"two\n", b"$WHO stays\n", b"hello world\n", b"five\n", b"six\n", b"shebang\n"]
+
+
+def test_onbuild_triggers_run_in_the_child_stage(tmp_path):
+    ctx = busybox_context(tmp_path, BASE + "ONBUILD RUN echo triggered > /triggered\n"
+                          "FROM base\nNAME example.com/child\n")
+    result = build(ctx, tmp_path / "out.aci")
+    assert result.returncode == 0, result.stderr
+    files = files_of(tmp_path / "out.aci")
+    assert files["rootfs/triggered"] == b"triggered\n"
+    notes = {a["name"]: a["value"] for a in manifest_of(tmp_path / "out.aci").get("annotations", [])}
+    assert "appc.io/docker/onbuild" not in notes  # Docker: triggers do not pass to grandchildren
+
+
+def test_add_url_needs_the_network_and_checks_the_checksum(tmp_path):
+    """A real HTTP server on 127.0.0.1."""
+    import hashlib
+    import http.server
+    import threading
+
+    served = tmp_path / "www"
+    served.mkdir()
+    (served / "file.txt").write_bytes(b"downloaded\n")
+    handler = lambda *a: http.server.SimpleHTTPRequestHandler(*a, directory=str(served))  # noqa: E731
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/file.txt"
+        good = "sha256:" + hashlib.sha256(b"downloaded\n").hexdigest()
+        ctx = busybox_context(tmp_path, f"FROM scratch\nADD --checksum={good} {url} /srv/\nNAME example.com/url\n")
+        refused = build(ctx, tmp_path / "no.aci")
+        assert refused.returncode == 1 and "downloading needs the network" in refused.stderr
+        ok = build(ctx, tmp_path / "ok.aci", "--network", "host")
+        assert ok.returncode == 0, ok.stderr
+        assert files_of(tmp_path / "ok.aci")["rootfs/srv/file.txt"] == b"downloaded\n"
+        (ctx / "Dockerfile").write_text(f"FROM scratch\nADD --checksum=sha256:{'0' * 64} {url} /srv/\nNAME example.com/url\n")
+        bad = build(ctx, tmp_path / "bad.aci", "--network", "host")
+        assert bad.returncode == 1 and "(--checksum)" in bad.stderr
+    finally:
+        server.shutdown()

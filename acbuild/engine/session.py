@@ -51,6 +51,9 @@ class BuildOptions:
     stage_rootfs: dict = field(default_factory=dict)  # stage name -> rootfs Path (COPY --from)
     reporter: Reporter = field(default_factory=Reporter)  # notices and warnings go here, never to print
     image_dirs: tuple[Path, ...] = ()  # dependency .aci search path (engine.render); () = its default
+    # RUN --mount=type=secret: id -> content (read by the CLI from --secret; never in a key or the image)
+    secrets: dict = field(default_factory=dict, repr=False)
+    ssh: dict = field(default_factory=dict)  # RUN --mount=type=ssh: id -> agent socket path (--ssh)
 
 
 def default_manifest() -> m.ImageManifest:
@@ -147,13 +150,13 @@ class Session:
             self._app().group = group
 
     def _entrypoint(self, i: p.Entrypoint) -> None:
-        self.manifest.set_annotation(DOCKER_ENTRYPOINT, json.dumps(list(i.argv)))
+        self.manifest.set_annotation(DOCKER_ENTRYPOINT, json.dumps(list(i.argv), separators=(",", ":")))
         if i.reset_cmd:
             self.manifest.remove_annotation(DOCKER_CMD)
         self._docker_exec()
 
     def _cmd(self, i: p.Cmd) -> None:
-        self.manifest.set_annotation(DOCKER_CMD, json.dumps(list(i.argv)))
+        self.manifest.set_annotation(DOCKER_CMD, json.dumps(list(i.argv), separators=(",", ":")))
         self._docker_exec()
 
     def _docker_exec(self) -> None:

@@ -167,6 +167,8 @@ class Compiler:
             return
         state.env = dict(parent.env)
         state.shell = parent.shell
+        if parent.onbuild:  # run here, and not passed on to this stage's own children (Docker)
+            state.steps.append(p.Remove(what="ANNOTATION", name=DOCKER + "onbuild", pos=base.pos))
         for trigger in parent.onbuild:
             for st in parse_acifile(trigger, self.filename):
                 st = _at(st, base.pos)
@@ -374,6 +376,8 @@ class Compiler:
                 raise PlanError(f'ARG: bad name "{name}" (letters, digits and _, not starting with a digit)', word.pos)
             if has_default:
                 value = self.expand(Word(default, word.pos))
+            elif name in self.args:  # declared again: keeps its value
+                value = self.args[name]
             else:  # `ARG NAME` in a stage brings the global value in (Docker)
                 value = self.global_args.get(name, "") if self.stage is not None else ""
             self.args[name] = self.build_args.get(name, value)
