@@ -70,8 +70,8 @@ class Instruction:
         raise NotImplementedError
 
     def describe(self) -> str:
-        """A one-line summary for progress output."""
-        return self.to_acifile()
+        """A one-line summary for progress output (a heredoc's body left out)."""
+        return self.to_acifile().split("\n", 1)[0]
 
     def as_dict(self) -> dict:
         """Plain data for `acbuild plan` (YAML) and metadata files."""

@@ -292,3 +292,21 @@ def test_add_url_needs_the_network_and_checks_the_checksum(tmp_path):
         assert bad.returncode == 1 and "(--checksum)" in bad.stderr
     finally:
         server.shutdown()
+
+
+def test_from_an_image_file_sees_its_path_and_runs_its_onbuild_triggers(tmp_path):
+    """$PATH in ENV sees the base image's value (read at plan time), and the base's
+    ONBUILD triggers run first in the stage built on it (Docker's order)."""
+    ctx = busybox_context(tmp_path, BASE + "ENV PATH=/opt/tools:/bin\nONBUILD RUN echo from-onbuild > /onbuild.txt\n"
+                          "NAME example.com/base\n")
+    assert build(ctx, ctx / "base.aci").returncode == 0
+    (ctx / "Dockerfile").write_text("FROM base.aci\nENV PATH=/more:$PATH\nNAME example.com/child\n")
+    planned = cli("plan", cwd=ctx)
+    assert planned.returncode == 0, planned.stderr
+    assert "/more:/opt/tools:/bin" in planned.stdout
+    result = build(ctx, tmp_path / "child.aci")
+    assert result.returncode == 0, result.stderr
+    manifest = manifest_of(tmp_path / "child.aci")
+    assert {"name": "PATH", "value": "/more:/opt/tools:/bin"} in manifest["app"]["environment"]
+    assert files_of(tmp_path / "child.aci")["rootfs/onbuild.txt"] == b"from-onbuild\n"
+    assert "appc.io/docker/onbuild" not in {a["name"] for a in manifest.get("annotations", [])}

@@ -1,4 +1,4 @@
-"""acbuild build: ACIfile in, signed-or-not .aci out."""
+"""acbuild build: ACIfile or Dockerfile in, signed-or-not .aci out."""
 
 from __future__ import annotations
 
@@ -21,8 +21,10 @@ examples:
   acbuild build -f ACIfile -o hello.aci
   acbuild build -f app/ACIfile -o app.aci --build-arg VERSION=1.2 --compression xz
   SOURCE_DATE_EPOCH=1700000000 acbuild build -o app.aci   # mtimes clamped to that time
+  acbuild build -f Dockerfile -t example.com/app:1.0 --secret id=token,src=token.txt -o app.aci
 
-The build context is the ACIfile's directory unless --context is given. The same
+Without -f: ./ACIfile, else ./Dockerfile, else ./Containerfile (in --context if
+given). The build context is the file's directory unless --context is given. The same
 inputs give the same image ID and the same bytes (see README, Reproducibility)."""
 
 

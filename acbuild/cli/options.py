@@ -55,13 +55,41 @@ def compile_from_args(args):
     from acbuild.frontend.compile import compile_file
 
     path = build_file(args)
-    plan = compile_file(path, parse_build_args(args.build_arg), target=getattr(args, "target", None), tag=args.tag)
+    context = getattr(args, "context", None) or path.parent
+    plan = compile_file(path, parse_build_args(args.build_arg), target=getattr(args, "target", None), tag=args.tag,
+                        base_info=lambda base: base_info(context, base))
     for name in plan.unused_build_args:
         message = f'--build-arg "{name}": no ARG in {path} declares it (not consumed)'
         if args.strict:
             raise UsageError(message)
         print(f"acbuild: warning: {message}", file=sys.stderr)
     return path, plan
+
+
+def base_info(context: Path, base: str):
+    """FROM IMAGE.aci|DIR, read at plan time: (its environment, its ONBUILD triggers),
+    so that $PATH in an ENV sees the image's value and the triggers run, as in Docker.
+    None when it is not a local image (the build reports that, with its position)."""
+    import json
+
+    from acbuild.aci.archive import read_manifest_bytes
+    from acbuild.aci.manifest import ImageManifest
+    from acbuild.errors import AcbuildError
+
+    path = Path(base) if Path(base).is_absolute() else context / base
+    if not (path.is_file() or (path / "manifest").is_file()):
+        return None
+    try:
+        manifest = ImageManifest.from_json(read_manifest_bytes(path))
+    except AcbuildError:
+        return None
+    env = {e.name: e.value for e in manifest.app.environment} if manifest.app else {}
+    notes = {a.name: a.value for a in manifest.annotations}
+    try:
+        triggers = json.loads(notes.get("appc.io/docker/onbuild", "[]"))
+    except ValueError:
+        triggers = []
+    return env, [t for t in triggers if isinstance(t, str)]
 
 
 def add_signing_options(parser) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import posixpath
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from acbuild import plan as p
@@ -31,6 +32,9 @@ DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DEFAULT_SHELL = ("/bin/sh", "-c")
 # Annotations that keep Docker's words that appc has no field for (docker2aci's prefix).
 DOCKER = "appc.io/docker/"
+# FROM IMAGE.aci|DIR -> (its environment, its ONBUILD triggers), or None when it cannot
+# be read (the build then says why). Given by the CLI: reading images is not this layer's.
+BaseInfo = Callable[[str], "tuple[dict[str, str], list[str]] | None"]
 _ARG_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # Manifest entries an ACIfile may give only once per stage (a second one is
 # almost always a mistake). WORKDIR, USER and GROUP may repeat, as in a Dockerfile:
@@ -39,7 +43,7 @@ _ONCE = {"NAME", "EXEC"}
 
 
 def compile_file(path, build_args: dict[str, str] | None = None, target: str | None = None,
-                 tag: str | None = None) -> p.Plan:
+                 tag: str | None = None, base_info: BaseInfo | None = None) -> p.Plan:
     """Read, parse and compile an ACIfile or Dockerfile, name the stage it outputs
     (`target`, default the last) after `tag` (-t NAME[:TAG]), and check that it will
     have a name, before anything runs."""
@@ -54,7 +58,7 @@ def compile_file(path, build_args: dict[str, str] | None = None, target: str | N
         raise NotFoundError(f"cannot read {path}: {err.strerror}") from err
     except UnicodeDecodeError as err:
         raise PlanError(f"{path}: not a text file ({err.reason})") from err
-    plan = compile_text(text, str(path), build_args)
+    plan = compile_text(text, str(path), build_args, base_info)
     if tag:
         plan = apply_tag(plan, target, tag)
     check_output(plan, target)
@@ -89,8 +93,9 @@ def check_output(plan: p.Plan, target: str | None) -> None:
         raise PlanError(f'stage "{stage.name}": the image has no name: add NAME example.com/app', stage.base.pos)
 
 
-def compile_text(text: str, filename: str = "ACIfile", build_args: dict[str, str] | None = None) -> p.Plan:
-    return Compiler(filename, dict(build_args or {})).compile(parse_acifile(text, filename))
+def compile_text(text: str, filename: str = "ACIfile", build_args: dict[str, str] | None = None,
+                 base_info: BaseInfo | None = None) -> p.Plan:
+    return Compiler(filename, dict(build_args or {}), base_info).compile(parse_acifile(text, filename))
 
 
 @dataclass
@@ -109,9 +114,10 @@ class _StageState:
 
 
 class Compiler:
-    def __init__(self, filename: str, build_args: dict[str, str]):
+    def __init__(self, filename: str, build_args: dict[str, str], base_info: BaseInfo | None = None):
         self.filename = filename
         self.build_args = build_args
+        self.base_info = base_info
         self.global_args: dict[str, str] = {}  # ARGs before the first FROM
         self.declared: set[str] = set()  # every ARG name declared anywhere
         self.used_args: set[str] = set()
@@ -163,13 +169,16 @@ class Compiler:
         and runs its ONBUILD triggers first."""
         state = self.stage
         parent = self.finished.get(base.stage) if base.stage else None
-        if parent is None:
+        if parent is not None:
+            state.env, state.shell, triggers = dict(parent.env), parent.shell, parent.onbuild
+        elif self.base_info is not None and base.base != "scratch":
+            env, triggers = self.base_info(base.base) or ({}, [])
+            state.env = dict(env)
+        else:
             return
-        state.env = dict(parent.env)
-        state.shell = parent.shell
-        if parent.onbuild:  # run here, and not passed on to this stage's own children (Docker)
+        if triggers:  # run here, and not passed on to this stage's own children (Docker)
             state.steps.append(p.Remove(what="ANNOTATION", name=DOCKER + "onbuild", pos=base.pos))
-        for trigger in parent.onbuild:
+        for trigger in triggers:
             for st in parse_acifile(trigger, self.filename):
                 st = _at(st, base.pos)
                 if st.keyword in ("ONBUILD", "FROM", "MAINTAINER"):
