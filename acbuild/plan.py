@@ -187,17 +187,22 @@ class RunMount:
     read_only: bool = True
     id: str = ""
     required: bool = False  # secret/ssh: fail when it was not given
+    from_stage: str = ""  # bind: `source` is a path in this earlier stage, not in the context
 
     def __post_init__(self) -> None:
         if self.type not in MOUNT_TYPES:
             raise InstructionError("RUN --mount", f'type must be one of {", ".join(MOUNT_TYPES)}, not "{self.type}"')
         if not self.target.startswith("/"):
             raise InstructionError("RUN --mount", "target=/ABSOLUTE/PATH is required")
-        if self.type == "bind" and (posixpath.isabs(self.source) or posixpath.normpath(self.source).split("/")[0] == ".."):
+        if self.from_stage and self.type != "bind":
+            raise InstructionError("RUN --mount", f"from= goes with type=bind only (not {self.type})")
+        if self.type == "bind" and not self.from_stage and (posixpath.isabs(self.source) or posixpath.normpath(self.source).split("/")[0] == ".."):
             raise InstructionError("RUN --mount", f'source "{self.source}" must be inside the build context')
 
     def to_flag(self) -> str:
         parts = [f"type={self.type}"]
+        if self.from_stage:
+            parts.append(f"from={self.from_stage}")
         if self.source:
             parts.append(f"source={self.source}")
         parts.append(f"target={self.target}")

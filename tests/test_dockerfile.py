@@ -21,6 +21,7 @@ REPO = Path(__file__).resolve().parent.parent
 CORPUS = REPO / "tests/data/dockerfiles"
 BUILDKIT = sorted(d for d in (CORPUS / "buildkit").iterdir() if d.is_dir())
 NEGATIVE = sorted(d for d in (CORPUS / "buildkit-negative").iterdir() if d.is_dir())
+REAL = sorted(d for d in (CORPUS / "real").iterdir() if d.is_dir())  # whole projects' Dockerfiles
 
 
 def cli(*args: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -63,7 +64,7 @@ def test_parses_into_the_instructions_buildkit_finds(case: Path):
         assert ours == args, f"line {st.pos.line}"
 
 
-@pytest.mark.parametrize("case", BUILDKIT, ids=[d.name for d in BUILDKIT])
+@pytest.mark.parametrize("case", BUILDKIT + REAL, ids=[d.name for d in BUILDKIT + REAL])
 def test_plans_as_written_once(case: Path):
     """plan.yaml: the plan. plan.error: the one error, for the parser test files that
     BuildKit's own build refuses as well (CMD before FROM, an unknown COPY flag, an
@@ -310,3 +311,18 @@ def test_from_an_image_file_sees_its_path_and_runs_its_onbuild_triggers(tmp_path
     assert {"name": "PATH", "value": "/more:/opt/tools:/bin"} in manifest["app"]["environment"]
     assert files_of(tmp_path / "child.aci")["rootfs/onbuild.txt"] == b"from-onbuild\n"
     assert "appc.io/docker/onbuild" not in {a["name"] for a in manifest.get("annotations", [])}
+
+
+def test_run_mounts_from_a_stage_and_tmpfs(tmp_path):
+    """RUN --mount=from=STAGE binds a path of an earlier stage; type=tmpfs is an empty
+    directory of that step only; a relative target is relative to WORKDIR (BuildKit)."""
+    ctx = busybox_context(tmp_path, BASE + "RUN mkdir /data && echo shared > /data/x\n"
+                          "FROM base AS user\nWORKDIR /work\n"
+                          "RUN --mount=from=base,source=/data,target=mnt --mount=type=tmpfs,target=/scratch "
+                          "cp mnt/x /copied && touch /scratch/t && test -z \"$(ls /work/mnt)\" || test -f /work/mnt/x\n"
+                          "NAME example.com/mounts\n")
+    result = build(ctx, tmp_path / "out.aci")
+    assert result.returncode == 0, result.stderr
+    files = files_of(tmp_path / "out.aci")
+    assert files["rootfs/copied"] == b"shared\n"
+    assert "rootfs/scratch/t" not in files and "rootfs/work/mnt/x" not in files

@@ -301,8 +301,9 @@ class _Build:
 
 
 def _sources(steps) -> set[str]:
-    """The stages these steps copy from."""
-    return {s.from_stage for s in steps if isinstance(s, p.Copy) and s.from_stage}
+    """The stages these steps copy from (COPY --from, RUN --mount=from=)."""
+    names = {s.from_stage for s in steps if isinstance(s, p.Copy) and s.from_stage}
+    return names | {m.from_stage for s in steps if isinstance(s, p.Run) for m in s.mounts if m.from_stage}
 
 
 def shares_with_output(cached: Path, output: Path) -> bool:

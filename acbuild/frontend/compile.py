@@ -408,7 +408,7 @@ class Compiler:
         add = st.keyword == "ADD"
         allowed = {"chown", "chmod", "from", "link", "parents", "exclude"} - ({"from"} if add else set())
         flags = self._flags(st, allowed | ({"checksum", "keep-git-dir", "unpack"} if add else set()))
-        for name in ("parents", "exclude", "keep-git-dir", "unpack"):
+        for name in ("parents", "exclude", "unpack"):  # --keep-git-dir: the git source says it
             if name in flags:
                 raise PlanError(f"{st.keyword}: --{name} is not supported yet", flags[name][0].pos)
         at = {name: word.pos for name, (word, _) in flags.items()}
@@ -440,7 +440,7 @@ class Compiler:
             inline.append((doc.name, self._heredoc_text(doc)))
         for w, name in zip(sources, names):
             if add and re.match(r"(git@|git://|[a-z+]+://.*\.git(#|$))", name):
-                raise PlanError(f'ADD "{name}": git sources are not supported', w.pos)
+                raise PlanError(f'ADD "{name}": git sources are not supported (clone into the build context and COPY)', w.pos)
             if add and "://" in name and not re.match(r"https?://", name):
                 raise PlanError(f'ADD "{name}": only http and https URLs can be downloaded', w.pos)
         at |= {f"sources.{i}": w.pos for i, w in enumerate(sources)} | {"dest": dest.pos}
@@ -503,10 +503,20 @@ class Compiler:
             mount_id = mount_id or "default"
             target = target or "/run/buildkit/ssh_agent.0"
         required = opts.pop("required", "false") == "true"
-        for ignored in ("mode", "uid", "gid", "sharing", "size", "from", "env"):
+        if target and not target.startswith("/"):  # BuildKit: relative to the working directory
+            target = posixpath.normpath(posixpath.join(self._working_directory(), target))
+        for ignored in ("mode", "uid", "gid", "sharing", "size", "env"):
             if kind in ("secret", "ssh", "tmpfs", "cache") and ignored in opts:
                 raise PlanError(f"RUN --mount: {ignored}= is not supported yet", w.pos)
-        source = opts.pop("source", opts.pop("src", "")) or ("." if kind == "bind" else "")
+        from_stage = ""
+        if "from" in opts:
+            word = opts.pop("from")
+            from_stage = self._stage_name(word) or ""
+            if not from_stage:
+                raise PlanError(f'RUN --mount: from="{word}": no stage of that name before this one (mounting an image is not supported yet)', w.pos)
+        source = opts.pop("source", opts.pop("src", "")) or ("." if kind == "bind" and not from_stage else "")
+        if from_stage and not source:
+            source = "/"
         if kind != "bind":
             source = ""
         read_only = kind == "bind" and opts.pop("rw", opts.pop("readwrite", "false")) != "true"
@@ -514,7 +524,8 @@ class Compiler:
         if opts:
             raise PlanError(f"RUN --mount: unknown option {sorted(opts)[0]}", w.pos)
         try:
-            return p.RunMount(type=kind, target=target, source=source, read_only=read_only, id=mount_id, required=required)
+            return p.RunMount(type=kind, target=target, source=source, read_only=read_only, id=mount_id, required=required,
+                               from_stage=from_stage)
         except PlanError as err:
             raise PlanError(err.message, w.pos) from None
 
@@ -641,11 +652,20 @@ class Compiler:
     def _name(self, st: Statement) -> p.SetName:
         return p.SetName(name=self.expand(st.words[0]), pos=st.pos, at={"name": st.words[0].pos})
 
+    def _working_directory(self) -> str:
+        """The WORKDIR in effect: this stage's last, else the stages it is built on."""
+        state = self.stage
+        while state is not None:
+            found = next((s.path for s in reversed(state.steps) if isinstance(s, p.WorkDir)), None)
+            if found:
+                return found
+            state = self.finished.get(state.base.stage) if state.base.stage else None
+        return "/"
+
     def _workdir(self, st: Statement) -> p.WorkDir:
         path = self._expand_text(st.command)
         if path and not path.startswith("/"):  # Docker: relative to the WORKDIR before it
-            previous = next((s.path for s in reversed(self.stage.steps) if isinstance(s, p.WorkDir)), "/")
-            path = posixpath.join(previous, path)
+            path = posixpath.join(self._working_directory(), path)
         return p.WorkDir(path=posixpath.normpath(path) if path else path, pos=st.pos, at={"path": st.command.pos})
 
     def _group(self, st: Statement) -> p.Group:

@@ -110,7 +110,9 @@ class KeyMaker:
         if isinstance(step, p.Run):
             parts = []
             for mount in step.mounts:
-                if mount.type == "bind":
+                if mount.from_stage:
+                    parts.append("stage " + final_keys.get(mount.from_stage, "?"))
+                elif mount.type == "bind":
                     try:
                         source = resolve_in_root(self.options.context, mount.source)
                         parts.append(self.tree_digest(source, full_modes=True))

@@ -68,9 +68,17 @@ def _bind(session, mount: p.RunMount, i: p.Run, bind_type, private: Path):
     """The host side of one RUN --mount, or None for a secret or ssh socket that was
     not given and is not required (BuildKit skips those)."""
     if mount.type == "bind":
-        source = resolve_in_root(session.options.context, mount.source)
+        if mount.from_stage:  # a path in an earlier stage's rootfs
+            root = session.options.stage_rootfs.get(mount.from_stage)
+            if root is None:
+                raise BuildError(f'RUN --mount: stage "{mount.from_stage}" was not built', i.pos)
+            source = resolve_in_root(root, mount.source)
+            where = f'stage "{mount.from_stage}"'
+        else:
+            source = resolve_in_root(session.options.context, mount.source)
+            where = "the build context"
         if not source.exists():
-            raise BuildError(f'RUN --mount: "{mount.source}" not found in the build context', i.pos)
+            raise BuildError(f'RUN --mount: "{mount.source}" not found in {where}', i.pos)
         return bind_type(source=source, target=mount.target, read_only=mount.read_only)
     if mount.type == "cache":
         return bind_type(source=cache_mount_dir(session, mount), target=mount.target, read_only=False)
