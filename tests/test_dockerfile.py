@@ -326,3 +326,27 @@ def test_run_mounts_from_a_stage_and_tmpfs(tmp_path):
     files = files_of(tmp_path / "out.aci")
     assert files["rootfs/copied"] == b"shared\n"
     assert "rootfs/scratch/t" not in files and "rootfs/work/mnt/x" not in files
+
+
+@pytest.mark.parametrize("text, message", [
+    ("FROM scratch AS builder\nFROM biulder\n", 'FROM: no stage "biulder" (did you mean "builder"?'),
+    ("FROM later\nFROM scratch AS later\n", 'FROM: stage "later" is defined after this line'),
+])
+def test_from_a_stage_that_does_not_exist_is_found_by_plan(tmp_path, text, message):
+    """Before: FROM of a missing stage failed at build time with "fetching images by
+    name is not supported yet", and acbuild plan said nothing."""
+    (tmp_path / "Dockerfile").write_text(text)
+    result = cli("plan", "-t", "example.com/x", cwd=tmp_path)
+    assert result.returncode == 1 and result.stderr.startswith("Dockerfile:2:6: " if "biulder" in text else "Dockerfile:1:6: ")
+    assert message in result.stderr
+
+
+def test_from_an_earlier_stage_by_name_builds_on_it(tmp_path):
+    """Before: "fetching images by name is not supported yet" at build time."""
+    ctx = busybox_context(tmp_path, BASE + "RUN echo base > /base.txt\nLABEL from=base\n"
+                          "FROM base AS child\nRUN cat /base.txt > /child.txt\nNAME example.com/child\n")
+    result = build(ctx, tmp_path / "out.aci")
+    assert result.returncode == 0, result.stderr
+    files = files_of(tmp_path / "out.aci")
+    assert files["rootfs/child.txt"] == b"base\n"
+    assert {"name": "from", "value": "base"} in manifest_of(tmp_path / "out.aci")["labels"]

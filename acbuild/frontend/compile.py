@@ -118,6 +118,9 @@ class Compiler:
         self.filename = filename
         self.build_args = build_args
         self.base_info = base_info
+        from pathlib import Path
+
+        self.context_dir = Path(filename).parent  # a FROM word naming a local file is not a stage typo
         self.global_args: dict[str, str] = {}  # ARGs before the first FROM
         self.declared: set[str] = set()  # every ARG name declared anywhere
         self.used_args: set[str] = set()
@@ -135,6 +138,7 @@ class Compiler:
         return self.stage.args if self.stage is not None else self.global_args
 
     def compile(self, statements: list[Statement]) -> p.Plan:
+        self._later_aliases = {st.alias.text.lower() for st in statements if st.keyword == "FROM" and st.alias is not None}
         for st in statements:
             self.keyword = st.keyword
             if st.keyword == "ARG":
@@ -401,8 +405,27 @@ class Compiler:
         base = self.expand(st.words[0])
         # An earlier stage's name wins over an image of that name, as in Docker.
         stage = self._stage_name(base) or ""
+        if not stage:
+            self._check_not_a_missing_stage(base, st.words[0])
         return p.From(base=base, alias=alias, insecure_skip_verify="insecure-skip-verify" in flags, stage=stage,
                       pos=st.pos, at={"base": st.words[0].pos, "alias": st.alias.pos if st.alias else st.pos})
+
+    def _check_not_a_missing_stage(self, base: str, word: Word) -> None:
+        """`FROM biulder` after `AS builder`: a stage that does not exist, not an image
+        to fetch. Only a bare word (no "/", ":", "." or "@") close to a stage name,
+        that names no local file, is taken as that mistake; anything else is an image."""
+        import difflib
+
+        names = [s.base.alias for s in self.stages if s.base.alias]
+        later = base in self._later_aliases
+        if later:
+            raise PlanError(f'FROM: stage "{base}" is defined after this line; a stage can start only from an earlier one',
+                            word.pos)
+        if set(base) & set("/:.@") or base == "scratch" or not names:
+            return
+        close = difflib.get_close_matches(base, names, n=1, cutoff=0.75)
+        if close and not (self.context_dir / base).exists():
+            raise PlanError(f'FROM: no stage "{base}" (did you mean "{close[0]}"? stages so far: {", ".join(names)})', word.pos)
 
     def _copy(self, st: Statement) -> p.Copy:
         add = st.keyword == "ADD"
