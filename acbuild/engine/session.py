@@ -149,12 +149,14 @@ class Session:
                 group = "0"
             self._app().group = group
 
+    @apply.register
     def _entrypoint(self, i: p.Entrypoint) -> None:
         self.manifest.set_annotation(DOCKER_ENTRYPOINT, json.dumps(list(i.argv), separators=(",", ":")))
         if i.reset_cmd:
             self.manifest.remove_annotation(DOCKER_CMD)
         self._docker_exec()
 
+    @apply.register
     def _cmd(self, i: p.Cmd) -> None:
         self.manifest.set_annotation(DOCKER_CMD, json.dumps(list(i.argv), separators=(",", ":")))
         self._docker_exec()
@@ -244,12 +246,10 @@ class Session:
             if source_root is None:
                 raise BuildError(f'COPY --from: stage "{i.from_stage}" was not built', i.pos)
             copy_into_rootfs(source_root, i.sources, self.rootfs, dest, attrs, i.pos, source_in_rootfs=True)
-        elif isinstance(i, p.Add):
+        elif isinstance(i, p.Add):  # ADD (a Copy, so it comes here) also unpacks and downloads
             self._add_sources(i, dest, attrs)
         else:
             copy_into_rootfs(self.options.context, i.sources, self.rootfs, dest, attrs, i.pos, ignore=self.options.ignore)
-
-    _add = _copy  # ADD is COPY that also unpacks local tar archives
 
     def _copy_inline(self, i: p.Copy, dest: str, attrs: CopyAttrs) -> None:
         """COPY <<EOF DEST: each heredoc becomes a file named after its delimiter."""
