@@ -350,3 +350,34 @@ def test_from_an_earlier_stage_by_name_builds_on_it(tmp_path):
     files = files_of(tmp_path / "out.aci")
     assert files["rootfs/child.txt"] == b"base\n"
     assert {"name": "from", "value": "base"} in manifest_of(tmp_path / "out.aci")["labels"]
+
+
+def test_ssh_agent_and_env_secret_reach_only_their_run(tmp_path):
+    """RUN --mount=type=ssh sees the `--ssh default` agent (Debian's ssh-agent, started
+    here) at SSH_AUTH_SOCK; `--secret id=X,env=VAR` reads the secret from VAR."""
+    import shutil
+    import signal
+
+    from conftest import require
+
+    require(shutil.which("ssh-agent") is not None, "needs Debian's openssh-client (ssh-agent)")
+    sock = tmp_path / "agent.sock"
+    agent = subprocess.run(["ssh-agent", "-a", str(sock), "-s"], capture_output=True, text=True, check=True)
+    pid = int(re.search(r"SSH_AGENT_PID=(\d+)", agent.stdout).group(1))
+    try:
+        ctx = busybox_context(tmp_path, BASE + (
+            "RUN --mount=type=ssh,required test -S \"$SSH_AUTH_SOCK\" && echo agent > /ssh.txt\n"
+            "RUN --mount=type=secret,id=word,required wc -c < /run/secrets/word > /len.txt\n"
+            "RUN test ! -e /run/secrets/word && test -z \"$SSH_AUTH_SOCK\"\n"
+            "NAME example.com/ssh\n"))
+        result = cli("build", "--cache-dir", str(tmp_path / "cache"), "-o", str(tmp_path / "out.aci"),
+                     "--ssh", f"default={sock}", "--secret", "id=word,env=THE_WORD", cwd=ctx, env={"THE_WORD": "s3cr3t-Word-Q"})
+        assert result.returncode == 0, result.stderr
+        files = files_of(tmp_path / "out.aci")
+        assert files["rootfs/ssh.txt"] == b"agent\n" and files["rootfs/len.txt"].strip() == b"13"
+        assert not any(b"s3cr3t-Word-Q" in data for data in files.values())
+        missing = cli("build", "--cache-dir", str(tmp_path / "cache"), "-o", str(tmp_path / "no.aci"), "--no-cache",
+                      "--ssh", f"default={sock}", cwd=ctx)
+        assert missing.returncode == 1 and 'no secret "word"' in missing.stderr
+    finally:
+        os.kill(pid, signal.SIGTERM)
