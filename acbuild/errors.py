@@ -95,6 +95,16 @@ class PlanError(AcbuildError):
     """The ACIfile parses but says something invalid (bad name, duplicate label)."""
 
 
+class InstructionError(PlanError):
+    """One instruction's value breaks a rule (acbuild.plan checks it where it is made).
+    `keyword` and `problem` are kept apart so an interactive verb can name itself."""
+
+    def __init__(self, keyword: str, problem: str, pos: SourcePos | None = None):
+        super().__init__(f"{keyword}: {problem}", pos)
+        self.keyword = keyword
+        self.problem = problem
+
+
 class ManifestError(AcbuildError):
     """An image or pod manifest breaks the appc schema. `problems` lists each one."""
 

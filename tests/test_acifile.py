@@ -62,6 +62,7 @@ def test_every_instruction_compiles():
         """
         ARG V=1.0
         from scratch as base
+        ARG V
         NAME example.com/all
         LABEL version=$V "channel"='beta ${V}'
         ANNOTATION authors="A B" homepage=https://example.com
@@ -102,7 +103,7 @@ def test_every_instruction_compiles():
 
 
 def test_build_args_override_defaults_and_unknown_vars_are_empty():
-    text = "ARG V=1\nFROM scratch\nLABEL version=${V} a=${NOPE:-dflt} b=x$NOPE\n"
+    text = "ARG V=1\nFROM scratch\nARG V\nLABEL version=${V} a=${NOPE:-dflt} b=x$NOPE\n"
     labels = compile_text(text, build_args={"V": "2"}).stages[0].steps[0].items
     assert labels == (("version", "2"), ("a", "dflt"), ("b", "x"))
 
@@ -154,3 +155,58 @@ def test_bad_build_arg_is_a_usage_error():
     )
     assert result.returncode == 3
     assert result.stderr.strip() == 'acbuild: --build-arg "NOEQUALS": expected NAME=VALUE'
+
+
+# -- each rule in one place (issue 9) -------------------------------------------------
+
+
+def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "acbuild", *args], capture_output=True, text=True, cwd=cwd)
+
+
+def test_missing_name_is_found_by_plan_before_any_step_runs(tmp_path):
+    """Before: plan printed the plan and build ran every RUN, then said "the image has no name"."""
+    acifile = tmp_path / "ACIfile"
+    acifile.write_text("FROM scratch AS builder\nNAME example.com/builder\n\nFROM scratch\nRUN /bin/false\n")
+    for command in (["plan"], ["build", "-o", str(tmp_path / "out.aci")]):
+        result = cli(*command, "-f", str(acifile))
+        assert result.returncode == 1, result.stderr
+        assert result.stderr.startswith(f'{acifile}:4:1: stage "1": the image has no name: add NAME'), result.stderr
+        assert "RUN" not in result.stderr.splitlines()[0]
+    assert not (tmp_path / "out.aci").exists()
+    # --target picks the stage that is checked: the named one is fine.
+    assert cli("plan", "-f", str(acifile), "--target", "builder").returncode == 0
+
+
+def test_a_stage_built_on_a_named_stage_is_named(tmp_path):
+    acifile = tmp_path / "ACIfile"
+    acifile.write_text("FROM scratch AS base\nNAME example.com/base\nFROM base\nLABEL version=1\n")
+    result = cli("plan", "-f", str(acifile))
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("line, verb, problem", [
+    ("PORT http tcp 70000", ["port", "add", "http", "tcp", "70000"], "port must be in 1-65535 range"),
+    ("PORT http tcp 65535 2", ["port", "add", "http", "tcp", "65535", "--count", "2"], "end of port range must be in 1-65535 range"),
+    ("MOUNT data data", ["mount", "add", "data", "data"], 'the path must be absolute, not "data"'),
+    ("LABEL name=x", ["label", "add", "name", "x"], 'a label cannot be called "name"'),
+    ("USER ''", ["set-user", ""], "empty value"),
+    ("ENV 1X=y", ["env", "add", "1X", "y"], 'environment variable does not have valid identifier "1X"'),
+])
+def test_one_rule_one_wording_in_both_front_ends(tmp_path, line, verb, problem):
+    """Before: the ACIfile compiler, the interactive verbs and the manifest checks each had
+    their own copy of these rules, worded three ways."""
+    acifile = tmp_path / "ACIfile"
+    acifile.write_text(f"FROM scratch\nNAME example.com/x\n{line}\n")
+    planned = cli("plan", "-f", str(acifile))
+    assert planned.returncode == 1
+    keyword = line.split()[0]
+    first = planned.stderr.splitlines()[0]
+    assert first.startswith(f"{acifile}:3:") and f": {keyword}: {problem}" in first, planned.stderr
+    work = tmp_path / "work"
+    work.mkdir()
+    assert cli("begin", cwd=work).returncode == 0
+    typed = cli(*verb, cwd=work)
+    assert typed.returncode == 3
+    assert typed.stderr.startswith("acbuild: ") and f": {problem}" in typed.stderr, typed.stderr
+    assert "Traceback" not in planned.stderr + typed.stderr

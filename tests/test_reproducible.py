@@ -37,6 +37,10 @@ EXAMPLES = {
     "multi-stage": ("ACIfile", {"busybox": BUSYBOX,
                                 **{str(p.relative_to(REPO / "examples/multi-stage")): p
                                    for p in (REPO / "examples/multi-stage").rglob("*") if p.is_file()}}),
+    # A Dockerfile as it is: heredocs, ADD of a tarball, FROM an earlier stage, ENTRYPOINT+CMD (issue 14).
+    "dockerfile": ("Dockerfile", {"busybox": BUSYBOX,
+                                  **{str(p.relative_to(REPO / "examples/dockerfile")): p
+                                     for p in (REPO / "examples/dockerfile").rglob("*") if p.is_file() and p.name != "busybox"}}),
 }
 BASE_ENV = {"TZ": "UTC", "LC_ALL": "C"}
 
@@ -62,17 +66,20 @@ def make_context(example: str, dest: Path, *, umask: int = 0o022, seed: int | No
     return dest
 
 
+def file_args(ctx: Path) -> list[str]:
+    """-f the context's ACIfile, or its Dockerfile with the name given by -t."""
+    if (ctx / "ACIfile").exists():
+        return ["-f", str(ctx / "ACIfile")]
+    return ["-f", str(ctx / "Dockerfile"), "-t", "example.com/dockerfile-app:1.0"]
+
+
 def build(ctx: Path, out: Path, *, env: dict | None = None, umask: int = 0o022, wrap: list[str] = ()) -> str:
-    acifile = ctx / EXAMPLES_ACIFILE
     cmd = [*wrap, sys.executable, "-m", "acbuild", "build", "--no-cache", "--cache-dir", str(out.parent / "cache"),
-           "-f", str(acifile), "-o", str(out)]
+           *file_args(ctx), "-o", str(out)]
     full_env = {**os.environ, **BASE_ENV, **(env or {})}
     result = subprocess.run(cmd, capture_output=True, text=True, env=full_env, preexec_fn=lambda: os.umask(umask), timeout=300)
     assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
     return result.stdout.strip()
-
-
-EXAMPLES_ACIFILE = "ACIfile"
 
 
 @pytest.fixture(scope="module", params=sorted(EXAMPLES))
@@ -149,7 +156,7 @@ def test_rootless(baseline, user, pythonpath, request):  # noqa: F811  (fixtures
     env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "PYTHONPATH": pythonpath, "HOME": user.pw_dir, **BASE_ENV}
     cmd = ["runuser", "-u", user.pw_name, "--", "/usr/bin/env", "-i", *(f"{k}={v}" for k, v in env.items()),
            str(PYTHON), "-m", "acbuild", "build", "--no-cache", "--cache-dir", str(out_dir / "cache"),
-           "-f", str(ctx / EXAMPLES_ACIFILE), "-o", str(out_dir / "out.aci")]
+           *file_args(ctx), "-o", str(out_dir / "out.aci")]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
     same(baseline, result.stdout.strip(), out_dir / "out.aci")

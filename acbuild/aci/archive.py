@@ -385,10 +385,13 @@ def extract_rootfs(
     *,
     owners: bool = os.geteuid() == 0,
     path_filter: PathFilter | None = None,
+    tarball: bool = False,
 ) -> AciContents:
     """Extract the rootfs/ entries of the .aci `path` into `dest` (which becomes
     the rootfs; it is created if missing). Unsafe entries raise ImageError naming
-    the entry; other layout problems are returned in `problems`."""
+    the entry; other layout problems are returned in `problems`. With `tarball`,
+    `path` is a plain tar archive (Dockerfile ADD): every entry is taken as if it
+    were under rootfs/, with the same checks, so nothing lands outside `dest`."""
     path, dest = Path(path), Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     checker = _Checker()
@@ -399,6 +402,8 @@ def extract_rootfs(
     try:
         with _open_tar(path) as (tf, reader, compression):
             for m in _members(path, tf):
+                if tarball:
+                    _under_rootfs(m)
                 checked = checker.check(m)
                 if checked is None or checker.unsafe:
                     raise ImageError(f"refusing unsafe entry: {checker.unsafe}", path=path)
@@ -427,6 +432,26 @@ def extract_rootfs(
     finally:
         tree.close()
     return AciContents(manifest, image_id, compression, checker.finish(), checker.entries, skipped)
+
+
+def _under_rootfs(m: tarfile.TarInfo) -> None:
+    """A plain archive's entry, named as the same entry of an image's rootfs."""
+    if not m.name.startswith("/"):
+        m.name = "rootfs/" + m.name
+    if m.islnk() and not m.linkname.startswith("/"):
+        m.linkname = "rootfs/" + m.linkname
+
+
+def is_tar_archive(path: Path) -> bool:
+    """Is `path` a tar archive, plain or compressed (gzip, bzip2, xz)? What Docker's
+    ADD unpacks; anything else it copies as a file."""
+    try:
+        compression = detect_file_compression(path)
+        with open(path, "rb") as raw, _decompressor(raw, compression) as plain:
+            head = plain.read(512)
+    except (OSError, EOFError, lzma.LZMAError, zlib.error, ImageError):
+        return False
+    return len(head) == 512 and head[257:262] == b"ustar"
 
 
 def _extract_one(tf: tarfile.TarFile, tree: _Tree, rel: list[str], m: tarfile.TarInfo,

@@ -218,8 +218,8 @@ class ImageManifest:
             out += labels_problems(dep.labels, f"{where}.labels", strict)
         if strict:
             for path in self.path_whitelist:
-                if not path.startswith("/"):
-                    out.append(f'pathWhitelist: "{path}" must be an absolute path' + S)
+                if p := t.absolute_path_problem(path, "a pathWhitelist entry"):
+                    out.append(f"pathWhitelist: {p}" + S)
         return out
 
     def validate(self, strict: bool = True) -> None:
@@ -496,8 +496,8 @@ def app_problems(app: App, where: str, strict: bool) -> list[str]:
         elif h.name in seen_handlers:
             out.append(f'{where}: Only one eventHandler of name "{h.name}" allowed')
         seen_handlers.add(h.name)
-    if app.working_directory and not app.working_directory.startswith("/"):
-        out.append(f"{where}: workingDirectory must be an absolute path")
+    if app.working_directory and (p := t.absolute_path_problem(app.working_directory, "workingDirectory")):
+        out.append(f"{where}: {p}")
     seen_env: set[str] = set()
     for e in app.environment:
         if p := t.env_name_problem(e.name):
@@ -513,18 +513,16 @@ def app_problems(app: App, where: str, strict: bool) -> list[str]:
             out.append(f"{mw}: {p}" + ("" if m.name else S))
         if strict and m.name in seen_mounts:
             out.append(f'{mw}: duplicate mountPoint name "{m.name}"' + S)
-        if strict and not m.path.startswith("/"):
-            out.append(f'{mw}: path "{m.path}" of "{m.name}" must be absolute' + S)
+        if strict and (p := t.absolute_path_problem(m.path, f'the path of "{m.name}"')):
+            out.append(f"{mw}: {p}" + S)
         seen_mounts.add(m.name)
     seen_ports: set[str] = set()
     for i, p in enumerate(app.ports):
         pw = f"{where}.ports[{i}]"
         if (p.name or strict) and (msg := t.acname_problem(p.name)):
             out.append(f"{pw}: {msg}" + ("" if p.name else S))
-        if not 1 <= p.port <= 65535:
-            out.append(f"{pw}: port must be in 1-65535 range")
-        elif p.port + p.count > 65536:
-            out.append(f"{pw}: end of port range must be in 1-65535 range")
+        if msg := t.port_problem(p.port, max(p.count, 1)):  # a count of 0 reads as 1
+            out.append(f"{pw}: {msg}")
         if strict and p.protocol not in PORT_PROTOCOLS:
             out.append(f'{pw}: port "{p.name}" has protocol "{p.protocol}", must be one of {", ".join(PORT_PROTOCOLS)}' + S)
         if strict and p.name in seen_ports:

@@ -118,6 +118,29 @@ def os_arch_problem(os: str, arch: str | None) -> str | None:
     return None
 
 
+def label_name_problem(s: str) -> str | None:
+    """A label name: an ACIdentifier, and not "name" (the image name has its own field)."""
+    if s == "name":
+        return 'a label cannot be called "name" (the image name is set with NAME or set-name)'
+    return acidentifier_problem(s)
+
+
+def port_problem(port: int, count: int = 1) -> str | None:
+    """A port and its range (actool's wording)."""
+    if not 1 <= port <= 65535:
+        return "port must be in 1-65535 range"
+    if count < 1 or port + count > 65536:
+        return "end of port range must be in 1-65535 range"
+    return None
+
+
+def absolute_path_problem(path: str, what: str = "the path") -> str | None:
+    """Working directories, mount points, pathWhitelist entries."""
+    if not path.startswith("/"):
+        return f'{what} must be absolute, not "{path}"'
+    return None
+
+
 def env_name_problem(s: str) -> str | None:
     if s == "":
         return "environment variable name must not be empty"

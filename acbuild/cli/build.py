@@ -1,4 +1,4 @@
-"""acbuild build: ACIfile in, signed-or-not .aci out."""
+"""acbuild build: ACIfile or Dockerfile in, signed-or-not .aci out."""
 
 from __future__ import annotations
 
@@ -22,16 +22,18 @@ examples:
   acbuild build -f ACIfile -o hello.aci
   acbuild build -f app/ACIfile -o app.aci --build-arg VERSION=1.2 --compression xz
   SOURCE_DATE_EPOCH=1700000000 acbuild build -o app.aci   # mtimes clamped to that time
+  acbuild build -f Dockerfile -t example.com/app:1.0 --secret id=token,src=token.txt -o app.aci
 
-The build context is the ACIfile's directory unless --context is given. The same
+Without -f: ./ACIfile, else ./Dockerfile, else ./Containerfile (in --context if
+given). The build context is the file's directory unless --context is given. The same
 inputs give the same image ID and the same bytes (see README, Reproducibility)."""
 
 
 def add_parser(sub) -> None:
     parser = sub.add_parser(
         "build",
-        help="build an image from an ACIfile",
-        description="Build an App Container Image from an ACIfile and print its image ID.",
+        help="build an image from an ACIfile or Dockerfile",
+        description="Build an App Container Image from an ACIfile or a Dockerfile and print its image ID.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -44,10 +46,51 @@ def add_parser(sub) -> None:
     parser.add_argument("-q", "--quiet", action="store_true", help="print only the image ID")
     add_cache_options(parser)
     parser.add_argument("--image-dir", action="append", default=[], type=Path, metavar="DIR", help="look for dependency .aci files here (repeatable; default: the context, then $XDG_DATA_HOME/acbuild/images)")
+    group = parser.add_argument_group("secrets for RUN --mount=type=secret|ssh (never in the image, cache or records)")
+    group.add_argument("--secret", action="append", default=[], metavar="id=ID,src=FILE|env=VAR",
+                       help="a secret RUN --mount=type=secret,id=ID sees (repeatable)")
+    group.add_argument("--ssh", action="append", default=[], metavar="default|ID[=SOCKET]",
+                       help="forward an SSH agent socket (default: $SSH_AUTH_SOCK) to RUN --mount=type=ssh")
     add_signing_options(parser)
     add_sandbox_options(parser)
     add_trust_options(parser)
     parser.set_defaults(run=run)
+
+
+def parse_secrets(values: list[str]) -> dict[str, bytes]:
+    """--secret id=ID,src=FILE | id=ID,env=VAR (docker build's spelling): id -> content."""
+    secrets = {}
+    for value in values:
+        fields = dict(part.partition("=")[::2] for part in value.split(","))
+        secret_id = fields.pop("id", "")
+        src = fields.pop("src", fields.pop("source", ""))
+        env = fields.pop("env", "")
+        fields.pop("type", None)
+        if not secret_id or fields or (src and env):
+            raise UsageError(f'--secret "{value}": expected id=ID,src=FILE or id=ID,env=VAR')
+        if src:
+            try:
+                secrets[secret_id] = Path(src).read_bytes()
+            except OSError as err:
+                raise UsageError(f"--secret {secret_id}: read {src}: {err.strerror}") from err
+        else:
+            name = env or secret_id
+            if name not in os.environ:
+                raise UsageError(f"--secret {secret_id}: the environment variable {name} is not set")
+            secrets[secret_id] = os.environ[name].encode()
+    return secrets
+
+
+def parse_ssh(values: list[str]) -> dict[str, str]:
+    """--ssh default | ID=SOCKET: id -> agent socket."""
+    agents = {}
+    for value in values:
+        agent_id, _, socket = value.partition("=")
+        socket = socket or os.environ.get("SSH_AUTH_SOCK", "")
+        if not agent_id or not socket or not Path(socket).exists():
+            raise UsageError(f'--ssh "{value}": no agent socket (give ID=SOCKET, or set SSH_AUTH_SOCK)')
+        agents[agent_id] = socket
+    return agents
 
 
 def add_cache_options(parser) -> None:
@@ -82,7 +125,7 @@ def run(args) -> int:
     progress = Progress("quiet" if args.quiet else args.progress)
     options = BuildOptions(
         context=context,
-        ignore=load_ignore(context),
+        ignore=load_ignore(context, acifile.resolve()),
         cache_dir=cache_dir,
         source_date_epoch=source_date_epoch_from_env(),
         network=args.network,
@@ -90,6 +133,8 @@ def run(args) -> int:
         reporter=progress,
         image_dirs=tuple(d.resolve() for d in args.image_dir),
         tmpfs_size=args.tmpfs_size,
+        secrets=parse_secrets(args.secret),
+        ssh=parse_ssh(args.ssh),
         **trust_settings(args, config),
     )
     signing = signing_from_args(args, config)

@@ -13,9 +13,29 @@ from pathlib import Path
 from acbuild.errors import NotFoundError, UsageError
 
 
+BUILD_FILES = ("ACIfile", "Dockerfile", "Containerfile")
+
+
 def add_acifile_options(parser) -> None:
-    parser.add_argument("-f", "--file", type=Path, default=None, metavar="ACIfile", help="the ACIfile (default: ./ACIfile)")
+    parser.add_argument("-f", "--file", type=Path, default=None, metavar="FILE",
+                        help="the ACIfile or Dockerfile (default: ACIfile, else Dockerfile, else Containerfile, "
+                             "in --context or the current directory)")
     parser.add_argument("--build-arg", action="append", default=[], metavar="NAME=VALUE", help="set an ARG (repeatable)")
+    parser.add_argument("-t", "--tag", metavar="NAME[:TAG]",
+                        help="the image name, and TAG as its version label (as docker build -t); NAME and a version "
+                             "label set in the file win")
+    parser.add_argument("--strict", action="store_true", help="a --build-arg that no ARG declares is an error, not a warning")
+
+
+def build_file(args) -> Path:
+    """-f, else the first of ACIfile, Dockerfile, Containerfile in the context."""
+    if args.file is not None:
+        return args.file
+    where = getattr(args, "context", None) or Path(".")
+    for name in BUILD_FILES:
+        if (where / name).is_file():
+            return where / name
+    return where / BUILD_FILES[0]  # "cannot read ./ACIfile" names what was looked for first
 
 
 def parse_build_args(values: list[str]) -> dict[str, str]:
@@ -29,10 +49,48 @@ def parse_build_args(values: list[str]) -> dict[str, str]:
 
 
 def compile_from_args(args):
+    """(the build file, its plan), with -t applied; an unused --build-arg is a
+    warning, as Docker's "build-args were not consumed" (an error with --strict)."""
+    import sys
+
     from acbuild.frontend.compile import compile_file
 
-    acifile = args.file or Path("ACIfile")
-    return acifile, compile_file(acifile, parse_build_args(args.build_arg))
+    path = build_file(args)
+    context = getattr(args, "context", None) or path.parent
+    plan = compile_file(path, parse_build_args(args.build_arg), target=getattr(args, "target", None), tag=args.tag,
+                        base_info=lambda base: base_info(context, base))
+    for name in plan.unused_build_args:
+        message = f'--build-arg "{name}": no ARG in {path} declares it (not consumed)'
+        if args.strict:
+            raise UsageError(message)
+        print(f"acbuild: warning: {message}", file=sys.stderr)
+    return path, plan
+
+
+def base_info(context: Path, base: str):
+    """FROM IMAGE.aci|DIR, read at plan time: (its environment, its ONBUILD triggers),
+    so that $PATH in an ENV sees the image's value and the triggers run, as in Docker.
+    None when it is not a local image (the build reports that, with its position)."""
+    import json
+
+    from acbuild.aci.archive import read_manifest_bytes
+    from acbuild.aci.manifest import ImageManifest
+    from acbuild.errors import AcbuildError
+
+    path = Path(base) if Path(base).is_absolute() else context / base
+    if not (path.is_file() or (path / "manifest").is_file()):
+        return None
+    try:
+        manifest = ImageManifest.from_json(read_manifest_bytes(path))
+    except AcbuildError:
+        return None
+    env = {e.name: e.value for e in manifest.app.environment} if manifest.app else {}
+    notes = {a.name: a.value for a in manifest.annotations}
+    try:
+        triggers = json.loads(notes.get("appc.io/docker/onbuild", "[]"))
+    except ValueError:
+        triggers = []
+    return env, [t for t in triggers if isinstance(t, str)]
 
 
 def parse_size(text: str) -> int:

@@ -16,6 +16,7 @@ def add_parser(sub) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_acifile_options(parser)
+    parser.add_argument("--target", metavar="STAGE", help="check the plan as for building this stage (default: the last)")
     parser.set_defaults(run=run)
 
 

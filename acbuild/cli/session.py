@@ -25,7 +25,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from acbuild import plan as p
-from acbuild.errors import ARGV, AcbuildError, NotFoundError, SourcePos, UsageError
+from acbuild.errors import ARGV, AcbuildError, InstructionError, NotFoundError, SourcePos, UsageError
 from acbuild.report import QUIET, Reporter
 
 EPILOG = """\
@@ -98,7 +98,10 @@ def mutating(make):
     """A verb's run(args): make(args) -> [Edit], then apply them to the session or --modify image."""
 
     def run(args) -> int:
-        edits = make(args)
+        try:
+            edits = make(args)
+        except InstructionError as err:  # a value breaks a rule: the verb names itself
+            raise UsageError(f"{args.verb_path}: {err.problem}") from None
         if getattr(args, "modify", None):
             modify_image(Path(args.modify), edits, args)
         else:
@@ -356,38 +359,25 @@ def make_set_event_handler(args) -> list[Edit]:
 
 
 def make_set_name(args) -> list[Edit]:
-    from acbuild.aci.types import acidentifier_problem
-
-    problem = acidentifier_problem(args.name)
-    if problem:
-        raise UsageError(f"set-name: {problem}")
     return [Edit(p.SetName(name=args.name, pos=pos_of(args)))]
 
 
-def _nonempty(value: str, verb: str) -> str:
-    if not value:
-        raise UsageError(f"{verb}: empty value")
-    return value
-
-
 def make_set_user(args) -> list[Edit]:
-    return [Edit(p.User(user=_nonempty(args.user, "set-user"), pos=pos_of(args)))]
+    return [Edit(p.User(user=args.user, pos=pos_of(args)))]
 
 
 def make_set_group(args) -> list[Edit]:
-    return [Edit(p.Group(group=_nonempty(args.group, "set-group"), pos=pos_of(args)))]
+    return [Edit(p.Group(group=args.group, pos=pos_of(args)))]
 
 
 def make_set_supp_groups(args) -> list[Edit]:
-    bad = [g for g in args.gids if not g.isdigit() or int(g) >= 2**32]
+    bad = [g for g in args.gids if not g.isdigit()]
     if bad:
         raise UsageError(f'set-supp-groups: "{bad[0]}" is not a group id (a whole number)')
     return [Edit(p.SupplementaryGroups(gids=tuple(int(g) for g in args.gids), pos=pos_of(args)))]
 
 
 def make_set_working_directory(args) -> list[Edit]:
-    if not args.path.startswith("/"):
-        raise UsageError(f'set-working-directory: the path must be absolute, not "{args.path}"')
     return [Edit(p.WorkDir(path=args.path, pos=pos_of(args)))]
 
 

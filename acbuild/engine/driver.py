@@ -24,7 +24,7 @@ from acbuild import plan as p
 from acbuild.engine.progress import Progress
 from acbuild.engine.session import BuildOptions, Session
 from acbuild.aci.writer import check_output_path
-from acbuild.errors import ImageError, UsageError
+from acbuild.errors import ImageError
 from acbuild.files import remove_tree
 from acbuild.temps import locked_temp_dir, remove_stale_dirs
 
@@ -57,17 +57,11 @@ class BuildResult:
 
 def needed_stages(plan: p.Plan, target: str | None) -> list[p.Stage]:
     """The target stage (default: the last) and the stages it copies from."""
-    if target is None:
-        final = plan.stages[-1]
-    else:
-        final = plan.stage(target)
-        if final is None:
-            names = ", ".join(s.name for s in plan.stages)
-            raise UsageError(f'--target: no stage "{target}" (stages: {names})')
+    final = plan.output(target)
     wanted = {final.name}
     for stage in reversed(plan.stages[: final.index + 1]):
         if stage.name in wanted:
-            wanted |= {s.from_stage for s in stage.steps if isinstance(s, p.Copy) and s.from_stage}
+            wanted |= _sources(stage.steps) | ({stage.base.stage} if stage.base.stage else set())
     return [s for s in plan.stages[: final.index + 1] if s.name in wanted]
 
 
@@ -199,7 +193,9 @@ class _Build:
         for stage in reversed(self.stages):
             if stage.name in wanted and stage.name not in self.sessions:
                 start = self.last_hit(stage)
-                wanted |= {s.from_stage for s in stage.steps[max(start, 0):] if isinstance(s, p.Copy) and s.from_stage}
+                wanted |= _sources(stage.steps[max(start, 0):])
+                if start < 0 and stage.base.stage:  # its FROM runs: the base stage must be there
+                    wanted.add(stage.base.stage)
         return wanted
 
     # -- stages --------------------------------------------------------------------------
@@ -220,9 +216,14 @@ class _Build:
             except Damaged:
                 self.progress.note(f"cache entry for step {self.first_number[stage.name] + start} was damaged; dropped it")
                 start = self.last_hit(stage, below=start)
-        for step in stage.steps[max(start, 0):]:  # sources of the steps that will run
-            if isinstance(step, p.Copy) and step.from_stage and step.from_stage not in self.sessions:
-                self.build_stage(self.plan.stage(step.from_stage))
+        for name in sorted(_sources(stage.steps[max(start, 0):])):  # sources of the steps that will run
+            if name not in self.sessions:
+                self.build_stage(self.plan.stage(name))
+        base = stage.base
+        if start < 0 and base.stage:  # FROM an earlier stage: its rootfs and manifest, as a layout
+            parent = self.build_stage(self.plan.stage(base.stage))
+            parent.save()
+            base = replace(base, base=str(parent.workdir))
         options = replace(self.options, stage_rootfs={n: s.rootfs for n, s in self.sessions.items()})
         for idx in range(start + 1):
             self.report(stage, idx, cached=True)
@@ -237,7 +238,7 @@ class _Build:
             record = self.report(stage, idx, cached=False)
             began = time.monotonic()
             if idx == 0:
-                session = Session.begin(workdir, stage.base, options)
+                session = Session.begin(workdir, base, options)
             else:
                 if isinstance(step, p.Run) and stage.name in self.shared:
                     from acbuild.engine.cache.stepcache import unshare_files
@@ -288,7 +289,7 @@ class _Build:
         """A cached FROM IMAGE.aci still passes the signature policy of this build."""
         from acbuild.trust.policy import verify_base
 
-        if base.base == "scratch" or base.base.startswith("docker://"):
+        if base.base == "scratch" or base.base.startswith("docker://") or base.stage:
             return
         path = Path(base.base)
         if not path.is_absolute():
@@ -298,6 +299,12 @@ class _Build:
 
     def step_records(self) -> list[StepRecord]:
         return [self.records[n] for n in sorted(self.records)]
+
+
+def _sources(steps) -> set[str]:
+    """The stages these steps copy from (COPY --from, RUN --mount=from=)."""
+    names = {s.from_stage for s in steps if isinstance(s, p.Copy) and s.from_stage}
+    return names | {m.from_stage for s in steps if isinstance(s, p.Run) for m in s.mounts if m.from_stage}
 
 
 def shares_with_output(cached: Path, output: Path) -> bool:

@@ -31,6 +31,9 @@ from acbuild.errors import BuildError, ImageError, ManifestError, NotFoundError,
 from acbuild.report import Reporter
 
 UNNAMED = "acbuild-unnamed"
+# Where a Dockerfile's ENTRYPOINT and CMD are kept (docker2aci's annotations).
+DOCKER_ENTRYPOINT = "appc.io/docker/entrypoint"
+DOCKER_CMD = "appc.io/docker/cmd"
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,9 @@ class BuildOptions:
     reporter: Reporter = field(default_factory=Reporter)  # notices and warnings go here, never to print
     image_dirs: tuple[Path, ...] = ()  # dependency .aci search path (engine.render); () = its default
     tmpfs_size: int = DEFAULT_TMPFS_SIZE  # RUN's /tmp, /run and /dev/shm, each (--tmpfs-size)
+    # RUN --mount=type=secret: id -> content (read by the CLI from --secret; never in a key or the image)
+    secrets: dict = field(default_factory=dict, repr=False)
+    ssh: dict = field(default_factory=dict)  # RUN --mount=type=ssh: id -> agent socket path (--ssh)
 
 
 def default_manifest() -> m.ImageManifest:
@@ -138,6 +144,30 @@ class Session:
     @apply.register
     def _user(self, i: p.User) -> None:
         self._app().user = i.user
+        if i.group is not None:  # Docker's USER: the group given, else the user's primary group
+            try:
+                group = i.group or str(resolve_user(self.rootfs, i.user)[1])
+            except BuildError:  # a name the image does not know (yet): as Docker, group 0
+                group = "0"
+            self._app().group = group
+
+    @apply.register
+    def _entrypoint(self, i: p.Entrypoint) -> None:
+        self.manifest.set_annotation(DOCKER_ENTRYPOINT, json.dumps(list(i.argv), separators=(",", ":")))
+        if i.reset_cmd:
+            self.manifest.remove_annotation(DOCKER_CMD)
+        self._docker_exec()
+
+    @apply.register
+    def _cmd(self, i: p.Cmd) -> None:
+        self.manifest.set_annotation(DOCKER_CMD, json.dumps(list(i.argv), separators=(",", ":")))
+        self._docker_exec()
+
+    def _docker_exec(self) -> None:
+        """exec = ENTRYPOINT + CMD, as Docker runs them (docker2aci's mapping)."""
+        notes = {a.name: a.value for a in self.manifest.annotations}
+        argv = [*json.loads(notes.get(DOCKER_ENTRYPOINT, "[]")), *json.loads(notes.get(DOCKER_CMD, "[]"))]
+        self._app().exec = argv
 
     @apply.register
     def _group(self, i: p.Group) -> None:
@@ -211,13 +241,68 @@ class Session:
             base = (self.manifest.app.working_directory if self.manifest.app else "") or "/"
             dest = base.rstrip("/") + "/" + dest
         dest = copy_up(self, dest, i.pos)  # into dependency paths (engine.layers)
-        if i.from_stage:
+        if i.inline:
+            self._copy_inline(i, dest, attrs)
+        elif i.from_stage:
             source_root = self.options.stage_rootfs.get(i.from_stage)
             if source_root is None:
                 raise BuildError(f'COPY --from: stage "{i.from_stage}" was not built', i.pos)
             copy_into_rootfs(source_root, i.sources, self.rootfs, dest, attrs, i.pos, source_in_rootfs=True)
+        elif isinstance(i, p.Add):  # ADD (a Copy, so it comes here) also unpacks and downloads
+            self._add_sources(i, dest, attrs)
         else:
             copy_into_rootfs(self.options.context, i.sources, self.rootfs, dest, attrs, i.pos, ignore=self.options.ignore)
+
+    def _copy_inline(self, i: p.Copy, dest: str, attrs: CopyAttrs) -> None:
+        """COPY <<EOF DEST: each heredoc becomes a file named after its delimiter."""
+        import tempfile
+
+        texts = dict(i.inline)
+        with tempfile.TemporaryDirectory(prefix="acbuild-heredoc-") as tmp:
+            for name in i.sources:
+                if name in texts:
+                    (Path(tmp) / name).write_text(texts[name])
+            copy_into_rootfs(Path(tmp), i.sources, self.rootfs, dest, attrs, i.pos)
+
+    def _add_sources(self, i: p.Add, dest: str, attrs: CopyAttrs) -> None:
+        from acbuild.aci.archive import extract_rootfs, is_tar_archive
+        from acbuild.engine.execute.copy import select_sources
+
+        urls = [src for src in i.sources if "://" in src]
+        if urls:
+            self._add_urls(i, urls, dest, attrs)
+        local = tuple(src for src in i.sources if "://" not in src)
+        if not local:
+            return
+        matches = select_sources(self.options.context, local, i.pos, ignore=self.options.ignore)
+        archives = [rel for rel, host, st in matches if host.is_file() and is_tar_archive(host)]
+        plain = tuple(rel for rel, _, _ in matches if rel not in archives)
+        if plain:
+            copy_into_rootfs(self.options.context, plain, self.rootfs, dest if len(matches) == 1 else dest.rstrip("/") + "/",
+                             attrs, i.pos, ignore=self.options.ignore)
+        for rel in archives:
+            target = resolve_in_root(self.rootfs, dest)
+            make_dirs(self.rootfs, target, attrs)
+            try:  # the archive's owners only as root; mtimes are clamped when the image is written
+                extract_rootfs(self.options.context / rel, target, owners=not self.rootless, tarball=True)
+            except ImageError as err:
+                raise BuildError(f"ADD {rel}: {err.message}", i.pos) from err
+
+    def _add_urls(self, i: p.Add, urls: list[str], dest: str, attrs: CopyAttrs) -> None:
+        """ADD URL: downloaded (never unpacked), mode 0600 unless --chmod, as Docker does."""
+        import tempfile
+        from dataclasses import replace
+
+        from acbuild.engine.execute.download import download
+
+        if len(i.sources) > 1 and not dest.endswith("/"):
+            raise BuildError(f'ADD: with several sources the destination must be a directory ending in "/" (got "{dest}")', i.pos)
+        with tempfile.TemporaryDirectory(prefix="acbuild-add-") as tmp:
+            for url in urls:
+                fetched = download(url, i.checksum, Path(tmp), self.options.network, i.pos)
+                copy_into_rootfs(Path(tmp), (fetched.name,), self.rootfs, dest,
+                                 replace(attrs, chmod=0o600 if attrs.chmod is None else attrs.chmod), i.pos)
+                fetched.unlink()
 
     def _owner(self, chown: str, i: p.Instruction) -> tuple[int, int]:
         if not chown:

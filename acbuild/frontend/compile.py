@@ -1,9 +1,16 @@
 """Statements -> Plan: give each parsed instruction its meaning.
 
-Here words lose their quotes and gain their $VARIABLES (ARGs and ENVs set so far,
-as in a Dockerfile), values are checked against the appc rules, and every error
-points at the word that caused it. RUN and EXEC commands are not substituted:
-the shell inside the image does that, and ARG values reach RUN as environment.
+Here words lose their quotes and gain their $VARIABLES with Docker's rules
+(frontend/expand.py: ARGs in scope and ENVs set so far; an unset PATH is
+Docker's default), and every error points at the word that caused it. RUN, CMD
+and ENTRYPOINT commands are not substituted: the shell inside the image does
+that, and ARG values reach RUN as environment. Dockerfile words compile to the
+same plan instructions as the appc words: EXPOSE is a PORT, VOLUME a MOUNT,
+CMD/ENTRYPOINT make the exec, MAINTAINER/STOPSIGNAL/HEALTHCHECK/ONBUILD are
+annotations, `FROM stage` starts from an earlier stage.
+
+As in Docker, an ARG before the first FROM is global: FROM lines see it, and a
+stage sees it after declaring it again (`ARG NAME`).
 """
 
 from __future__ import annotations
@@ -11,24 +18,35 @@ from __future__ import annotations
 import json
 import posixpath
 import re
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 
 from acbuild import plan as p
-from acbuild.aci import types as t
 from acbuild.errors import PlanError
+from acbuild.frontend.expand import ExpandError, expand_word
 from acbuild.frontend.parse import Statement, Word, parse_acifile
+from acbuild.frontend.source import Heredoc
 
-_VAR = re.compile(r"\$(?:\{(?P<braced>[A-Za-z_][A-Za-z0-9_]*)(?::(?P<op>[-+])(?P<arg>[^}]*))?\}|(?P<plain>[A-Za-z_][A-Za-z0-9_]*))")
+# What a stage's $PATH is when nothing set it (BuildKit's system.DefaultPathEnvUnix).
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+DEFAULT_SHELL = ("/bin/sh", "-c")
+# Annotations that keep Docker's words that appc has no field for (docker2aci's prefix).
+DOCKER = "appc.io/docker/"
+# FROM IMAGE.aci|DIR -> (its environment, its ONBUILD triggers), or None when it cannot
+# be read (the build then says why). Given by the CLI: reading images is not this layer's.
+BaseInfo = Callable[[str], "tuple[dict[str, str], list[str]] | None"]
 _ARG_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_STAGE_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
 # Manifest entries an ACIfile may give only once per stage (a second one is
 # almost always a mistake). WORKDIR, USER and GROUP may repeat, as in a Dockerfile:
 # each applies to the RUN steps after it.
 _ONCE = {"NAME", "EXEC"}
 
 
-def compile_file(path, build_args: dict[str, str] | None = None) -> p.Plan:
-    """Read, parse and compile an ACIfile."""
+def compile_file(path, build_args: dict[str, str] | None = None, target: str | None = None,
+                 tag: str | None = None, base_info: BaseInfo | None = None) -> p.Plan:
+    """Read, parse and compile an ACIfile or Dockerfile, name the stage it outputs
+    (`target`, default the last) after `tag` (-t NAME[:TAG]), and check that it will
+    have a name, before anything runs."""
     from pathlib import Path
 
     path = Path(path)
@@ -40,11 +58,44 @@ def compile_file(path, build_args: dict[str, str] | None = None) -> p.Plan:
         raise NotFoundError(f"cannot read {path}: {err.strerror}") from err
     except UnicodeDecodeError as err:
         raise PlanError(f"{path}: not a text file ({err.reason})") from err
-    return compile_text(text, str(path), build_args)
+    plan = compile_text(text, str(path), build_args, base_info)
+    if tag:
+        plan = apply_tag(plan, target, tag)
+    check_output(plan, target)
+    return plan
 
 
-def compile_text(text: str, filename: str = "ACIfile", build_args: dict[str, str] | None = None) -> p.Plan:
-    return Compiler(filename, dict(build_args or {})).compile(parse_acifile(text, filename))
+def apply_tag(plan: p.Plan, target: str | None, tag: str) -> p.Plan:
+    """-t NAME[:TAG]: NAME and a version label TAG for the output stage, unless the
+    file sets them (its NAME and LABEL version win, as the README says)."""
+    from dataclasses import replace
+
+    name, _, version = tag.rpartition(":") if ":" in tag.rsplit("/", 1)[-1] else (tag, "", "")
+    stage = plan.output(target)
+    extra: list[p.Instruction] = []
+    try:
+        if not any(isinstance(s, p.SetName) for s in stage.steps):
+            extra.append(p.SetName(name=name))
+        labels = {k for s in stage.steps if isinstance(s, p.Label) for k, _ in s.items}
+        if version and "version" not in labels:
+            extra.append(p.Label(items=(("version", version),)))
+    except PlanError as err:
+        from acbuild.errors import UsageError
+
+        raise UsageError(f"-t {tag}: {err.message}") from None
+    stages = tuple(replace(s, steps=s.steps + tuple(extra)) if s is stage else s for s in plan.stages)
+    return replace(plan, stages=stages)
+
+
+def check_output(plan: p.Plan, target: str | None) -> None:
+    stage = plan.output(target)
+    if plan.unnamed(stage):
+        raise PlanError(f'stage "{stage.name}": the image has no name: add NAME example.com/app', stage.base.pos)
+
+
+def compile_text(text: str, filename: str = "ACIfile", build_args: dict[str, str] | None = None,
+                 base_info: BaseInfo | None = None) -> p.Plan:
+    return Compiler(filename, dict(build_args or {}), base_info).compile(parse_acifile(text, filename))
 
 
 @dataclass
@@ -56,29 +107,49 @@ class _StageState:
     labels: dict[str, Word] = field(default_factory=dict)
     annotations: dict[str, Word] = field(default_factory=dict)
     once: dict[str, Statement] = field(default_factory=dict)
+    args: dict[str, str] = field(default_factory=dict)  # ARGs declared in this stage
+    shell: tuple[str, ...] = DEFAULT_SHELL
+    cmd_set: bool = False  # a CMD in this stage survives a later ENTRYPOINT
+    onbuild: list[str] = field(default_factory=list)  # this stage's ONBUILD triggers
 
 
 class Compiler:
-    def __init__(self, filename: str, build_args: dict[str, str]):
+    def __init__(self, filename: str, build_args: dict[str, str], base_info: BaseInfo | None = None):
         self.filename = filename
         self.build_args = build_args
-        self.args: dict[str, str] = {}  # ARGs declared so far, with their values
+        self.base_info = base_info
+        from pathlib import Path
+
+        self.context_dir = Path(filename).parent  # a FROM word naming a local file is not a stage typo
+        self.global_args: dict[str, str] = {}  # ARGs before the first FROM
+        self.declared: set[str] = set()  # every ARG name declared anywhere
         self.used_args: set[str] = set()
+        self.finished: dict[str, _StageState] = {}  # stage name -> its state at the end
         self.stages: list[p.Stage] = []
         self.stage: _StageState | None = None
+        self.escape = "\\"
+        self.keyword = ""  # of the statement being compiled, for messages
 
     # -- driver -------------------------------------------------------------
 
+    @property
+    def args(self) -> dict[str, str]:
+        """The ARGs in scope: the stage's own, or before any FROM the global ones."""
+        return self.stage.args if self.stage is not None else self.global_args
+
     def compile(self, statements: list[Statement]) -> p.Plan:
+        self._later_aliases = {st.alias.text.lower() for st in statements if st.keyword == "FROM" and st.alias is not None}
         for st in statements:
+            self.keyword = st.keyword
             if st.keyword == "ARG":
                 self._arg(st)
             elif st.keyword == "FROM":
                 self._finish_stage()
                 base = self._from(st)
                 self.stage = _StageState(base=base, index=len(self.stages))
+                self._inherit(base)
             elif self.stage is None:
-                raise PlanError(f"{st.keyword} before FROM: an ACIfile starts with FROM (only ARG may come first)", st.pos)
+                raise PlanError(f"{st.keyword} before FROM: the file starts with FROM (only ARG may come first)", st.pos)
             else:
                 self._step(st)
         self._finish_stage()
@@ -88,88 +159,183 @@ class Compiler:
         for stage in self.stages:
             for step in stage.steps:
                 if isinstance(step, p.Copy) and step.from_stage and not self._stage_before(step.from_stage, stage.index):
+                    later = self._stage_index(step.from_stage)
+                    if later is not None:
+                        raise PlanError(f'COPY --from: stage "{step.from_stage}" is this one or comes after it: a stage copies '
+                                        "only from earlier ones, so there can be no cycle", step.pos)
                     raise PlanError(f'COPY --from: no stage "{step.from_stage}" before this one (stages: {", ".join(names) or "none named"})', step.pos)
-        return p.Plan(stages=tuple(self.stages), build_args=tuple(sorted(self.build_args.items())), source=self.filename)
+        unused = tuple(sorted(set(self.build_args) - self.declared))
+        return p.Plan(stages=tuple(self.stages), build_args=tuple(sorted(self.build_args.items())), source=self.filename,
+                      unused_build_args=unused)
 
-    def unused_build_args(self) -> list[str]:
-        return sorted(set(self.build_args) - self.used_args)
+    def _inherit(self, base: p.From) -> None:
+        """A stage built on an earlier one starts with its ENV, SHELL and CMD state,
+        and runs its ONBUILD triggers first."""
+        state = self.stage
+        parent = self.finished.get(base.stage) if base.stage else None
+        if parent is not None:
+            state.env, state.shell, triggers = dict(parent.env), parent.shell, parent.onbuild
+        elif self.base_info is not None and base.base != "scratch":
+            env, triggers = self.base_info(base.base) or ({}, [])
+            state.env = dict(env)
+        else:
+            return
+        if triggers:  # run here, and not passed on to this stage's own children (Docker)
+            state.steps.append(p.Remove(what="ANNOTATION", name=DOCKER + "onbuild", pos=base.pos))
+        for trigger in triggers:
+            for st in parse_acifile(trigger, self.filename):
+                st = _at(st, base.pos)
+                if st.keyword in ("ONBUILD", "FROM", "MAINTAINER"):
+                    raise PlanError(f"ONBUILD: {st.keyword} is not allowed as a trigger", base.pos)
+                if st.keyword == "ARG":
+                    self._arg(st)
+                else:
+                    self._step(st)
 
     def _stage_before(self, name: str, index: int) -> bool:
         return any((s.name == name) for s in self.stages[:index])
 
+    def _stage_index(self, name: str) -> int | None:
+        for i, s in enumerate(self.stages):
+            if s.name == name:
+                return i
+        return None
+
+    def _stage_name(self, word: str) -> str | None:
+        """An earlier stage named by its AS name or its index (as COPY --from=0 and
+        FROM 0 do), or None."""
+        for s in self.stages:
+            if word == s.base.alias or (word.isdigit() and int(word) == s.index):
+                return s.name
+        return None
+
     def _finish_stage(self) -> None:
         if self.stage is not None:
             s = self.stage
-            self.stages.append(p.Stage(base=s.base, steps=tuple(s.steps), index=s.index))
+            if s.onbuild:
+                s.steps.append(p.Annotation(items=((DOCKER + "onbuild", json.dumps(s.onbuild)),), pos=s.base.pos))
+            stage = p.Stage(base=s.base, steps=tuple(s.steps), index=s.index)
+            self.stages.append(stage)
+            self.finished[stage.name] = s
         self.stage = None
 
     def _step(self, st: Statement) -> None:
         state = self.stage
         assert state is not None
+        self.keyword = st.keyword
         if st.keyword in _ONCE:
             if st.keyword in state.once:
                 first = state.once[st.keyword].pos
                 raise PlanError(f"{st.keyword} given twice in this stage (first at line {first.line})", st.pos)
             state.once[st.keyword] = st
-        builder = getattr(self, "_" + st.keyword.lower().replace("-", "_"))
-        instruction = builder(st)
-        if isinstance(instruction, p.Env):
-            state.env.update(instruction.items)
-        if isinstance(instruction, p.Remove) and instruction.what == "EXEC":
-            state.once.pop(instruction.what, None)
-        state.steps.append(instruction)
+        for instruction in self._instructions(st):
+            if isinstance(instruction, p.Env):
+                state.env.update(instruction.items)
+            if isinstance(instruction, p.Remove) and instruction.what == "EXEC":
+                state.once.pop(instruction.what, None)
+            state.steps.append(instruction)
+
+    def _instructions(self, st: Statement) -> list[p.Instruction]:
+        """The plan instructions one statement stands for (most stand for one; none
+        for SHELL and ONBUILD, which change what later lines mean)."""
+        match st.keyword:
+            case "SHELL":
+                self.stage.shell = self._exec_form(st)
+                return []
+            case "ONBUILD":
+                self._onbuild(st)
+                return []
+            case "EXPOSE":
+                return [self._expose(w) for w in st.words]
+            case "VOLUME":
+                return self._volumes(st)
+            case "USER":
+                return [self._user(st)]
+        return [self._instruction(st)]
+
+    def _instruction(self, st: Statement) -> p.Instruction:
+        match st.keyword:
+            case "COPY" | "ADD":
+                return self._copy(st)
+            case "RUN":
+                return self._run(st)
+            case "EXEC":
+                return self._exec(st)
+            case "CMD":
+                return self._cmd(st)
+            case "ENTRYPOINT":
+                return self._entrypoint(st)
+            case "MAINTAINER":
+                return self._annotate(st, "authors", self._expand_text(st.command))
+            case "STOPSIGNAL":
+                return self._annotate(st, DOCKER + "stopsignal", self.expand(st.words[0]))
+            case "HEALTHCHECK":
+                return self._healthcheck(st)
+            case "EVENT":
+                return self._event(st)
+            case "LABEL":
+                return self._label(st)
+            case "ANNOTATION":
+                return self._annotation(st)
+            case "ENV":
+                return self._env(st)
+            case "NAME":
+                return self._name(st)
+            case "WORKDIR":
+                return self._workdir(st)
+            case "GROUP":
+                return self._group(st)
+            case "SUPPLEMENTARY-GROUPS":
+                return self._supplementary_groups(st)
+            case "PORT":
+                return self._port(st)
+            case "MOUNT":
+                return self._mount(st)
+            case "ISOLATOR":
+                return self._isolator(st)
+            case "DEPENDENCY":
+                return self._dependency(st)
+            case "PATH-WHITELIST":
+                return self._path_whitelist(st)
+            case "REMOVE":
+                return self._remove(st)
+            case "MANIFEST":
+                return self._manifest(st)
+        raise PlanError(f"{st.keyword} cannot be used here", st.pos)  # pragma: no cover - the grammar has no other
 
     # -- words ----------------------------------------------------------------
 
-    def expand(self, word: Word) -> str:
-        """Remove quotes and substitute $VAR / ${VAR} / ${VAR:-default} / ${VAR:+alt}."""
-        text, out, i = word.text, [], 0
-        quote = ""
-        while i < len(text):
-            c = text[i]
-            if quote == "'":
-                if c == "'":
-                    quote = ""
-                else:
-                    out.append(c)
-                i += 1
-            elif c == "\\" and i + 1 < len(text) and (not quote or text[i + 1] in '"\\$'):
-                out.append(text[i + 1])
-                i += 2
-            elif c in "\"'" and (not quote or c == quote):
-                quote = "" if quote else c
-                i += 1
-            elif c == "$":
-                m = _VAR.match(text, i)
-                if not m:
-                    out.append(c)
-                    i += 1
-                    continue
-                out.append(self._lookup(m))
-                i = m.end()
-            else:
-                out.append(c)
-                i += 1
-        if quote:
-            raise PlanError(f"unterminated {quote} quote", word.pos)
-        return "".join(out)
+    def expansion_env(self) -> dict[str, str]:
+        """What $VARS mean here: ENV before ARG (Docker: "an ENV always overrides an
+        ARG of the same name"), and Docker's default PATH when nothing set one."""
+        env = {"PATH": DEFAULT_PATH} if self.stage is not None else {}
+        env |= self.args
+        if self.stage is not None:
+            env |= self.stage.env
+        return env
 
-    def _lookup(self, m: re.Match) -> str:
-        name = m.group("braced") or m.group("plain")
-        env = self.stage.env if self.stage else {}
-        value = env.get(name, self.args.get(name))
-        if name in self.args:
-            self.used_args.add(name)
-        op = m.group("op")
-        if op == "-":
-            return value if value else m.group("arg")
-        if op == "+":
-            return m.group("arg") if value else ""
-        return value or ""
+    def expand(self, word: Word, escape: str | None = None) -> str:
+        """Docker's word processing: quotes removed, escapes and $VARS applied."""
+        try:
+            result = expand_word(word.text, self.expansion_env(), escape or self.escape)
+        except ExpandError as err:
+            raise PlanError(f"{self.keyword}: {err}", word.pos) from None
+        self.used_args |= result.used & set(self.args)
+        return result.text
+
+    def _expand_text(self, word: Word | None) -> str:
+        return self.expand(word).strip() if word is not None else ""
 
     def _pairs(self, st: Statement, words=None) -> tuple[tuple[Word, str, str], ...]:
+        words = st.words if words is None else words
+        if st.keyword in ("ENV", "LABEL") and words and "=" not in self.expand(words[0]):
+            # Docker's legacy form `ENV NAME the rest of the line`.
+            if len(words) < 2:
+                raise PlanError(f'{st.keyword}: expected NAME=VALUE, got "{self.expand(words[0])}"', words[0].pos)
+            value = " ".join(self.expand(w) for w in words[1:])
+            return ((words[0], self.expand(words[0]), value),)
         pairs = []
-        for w in words if words is not None else st.words:
+        for w in words:
             text = self.expand(w)
             if "=" not in text:
                 raise PlanError(f'{st.keyword}: expected NAME=VALUE, got "{text}"', w.pos)
@@ -189,97 +355,161 @@ class Compiler:
             flags.setdefault(name, (w, self.expand(Word(value, w.pos))))
         return flags
 
-    @staticmethod
-    def _check(problem: str | None, word: Word, what: str = "") -> None:
-        if problem:
-            raise PlanError(f"{what}{problem}", word.pos)
-
     def _command(self, st: Statement) -> tuple[tuple[str, ...], bool]:
-        """(argv, shell_form) for RUN/EXEC/EVENT. Exec form is a JSON list of strings."""
+        """(argv, shell_form) for RUN/EXEC/CMD/ENTRYPOINT/EVENT. As in Docker, text
+        that parses as a JSON array is the exec form (an array of anything but
+        strings is an error); anything else is a command for the stage's SHELL."""
         assert st.command is not None
-        text = st.command.text
-        if st.json_form:
+        text = st.command.text.strip()
+        if text.startswith("["):
             try:
-                value = json.loads(re.sub(r"\\[ \t]*\r?\n", "", text))
+                value = json.loads(text)
             except ValueError:
                 value = None
-            if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+            if isinstance(value, list):
+                if not all(isinstance(v, str) for v in value):
+                    raise PlanError(f"{st.keyword}: when using JSON array syntax, arrays must be comprised of strings only",
+                                    st.command.pos)
                 return tuple(value), False
-        command = re.sub(r"\\[ \t]*\r?\n", "", text).strip()
-        return ("/bin/sh", "-c", command), True
+        shell = self.stage.shell if self.stage is not None else DEFAULT_SHELL
+        return (*shell, text), True
+
+    def _exec_form(self, st: Statement) -> tuple[str, ...]:
+        argv, shell_form = self._command(st)
+        if shell_form or not argv:
+            raise PlanError(f'{st.keyword}: give a JSON array of strings, like ["/bin/sh", "-c"]', st.command.pos)
+        return argv
 
     # -- instructions -----------------------------------------------------------
 
     def _arg(self, st: Statement) -> None:
-        word = st.words[0]
-        name, has_default, default = word.text.partition("=")
-        if not _ARG_NAME.match(name):
-            raise PlanError(f'ARG: bad name "{name}" (letters, digits and _, not starting with a digit)', word.pos)
-        default = self.expand(Word(default, word.pos)) if has_default else ""
-        self.args[name] = self.build_args.get(name, default)
-        if name in self.build_args:
-            self.used_args.add(name)
+        for word in st.words:
+            name, has_default, default = word.text.partition("=")
+            if not _ARG_NAME.match(name):
+                raise PlanError(f'ARG: bad name "{name}" (letters, digits and _, not starting with a digit)', word.pos)
+            if has_default:
+                value = self.expand(Word(default, word.pos))
+            elif name in self.args:  # declared again: keeps its value
+                value = self.args[name]
+            else:  # `ARG NAME` in a stage brings the global value in (Docker)
+                value = self.global_args.get(name, "") if self.stage is not None else ""
+            self.args[name] = self.build_args.get(name, value)
+            self.declared.add(name)
 
     def _from(self, st: Statement) -> p.From:
-        flags = self._flags(st, {"insecure-skip-verify"})
+        self.escape = st.escape
+        flags = self._flags(st, {"insecure-skip-verify", "platform"})
+        alias = self.expand(st.alias) if st.alias is not None else ""
+        if alias and any(s.base.alias == alias for s in self.stages):
+            raise PlanError(f'FROM: stage "{alias}" defined twice', st.alias.pos)
         base = self.expand(st.words[0])
-        if not base:
-            raise PlanError("FROM: empty base image", st.words[0].pos)
-        alias = ""
-        if st.alias is not None:
-            alias = self.expand(st.alias)
-            if not _STAGE_NAME.match(alias):
-                raise PlanError(f'FROM: bad stage name "{alias}" (lower-case letters, digits, "_.-")', st.alias.pos)
-            if any(s.base.alias == alias for s in self.stages):
-                raise PlanError(f'FROM: stage "{alias}" defined twice', st.alias.pos)
-        return p.From(base=base, alias=alias, insecure_skip_verify="insecure-skip-verify" in flags, pos=st.pos)
+        # An earlier stage's name wins over an image of that name, as in Docker.
+        stage = self._stage_name(base) or ""
+        if not stage:
+            self._check_not_a_missing_stage(base, st.words[0])
+        return p.From(base=base, alias=alias, insecure_skip_verify="insecure-skip-verify" in flags, stage=stage,
+                      pos=st.pos, at={"base": st.words[0].pos, "alias": st.alias.pos if st.alias else st.pos})
+
+    def _check_not_a_missing_stage(self, base: str, word: Word) -> None:
+        """`FROM biulder` after `AS builder`: a stage that does not exist, not an image
+        to fetch. Only a bare word (no "/", ":", "." or "@") close to a stage name,
+        that names no local file, is taken as that mistake; anything else is an image."""
+        import difflib
+
+        names = [s.base.alias for s in self.stages if s.base.alias]
+        later = base in self._later_aliases
+        if later:
+            raise PlanError(f'FROM: stage "{base}" is defined after this line; a stage can start only from an earlier one',
+                            word.pos)
+        if set(base) & set("/:.@") or base == "scratch" or not names:
+            return
+        close = difflib.get_close_matches(base, names, n=1, cutoff=0.75)
+        if close and not (self.context_dir / base).exists():
+            raise PlanError(f'FROM: no stage "{base}" (did you mean "{close[0]}"? stages so far: {", ".join(names)})', word.pos)
 
     def _copy(self, st: Statement) -> p.Copy:
-        flags = self._flags(st, {"chown", "chmod", "from"})
-        chown = flags.get("chown", (None, ""))[1]
-        if chown and not re.fullmatch(r"[A-Za-z0-9_.-]+(:[A-Za-z0-9_.-]+)?", chown):
-            raise PlanError(f'COPY: bad --chown "{chown}" (USER[:GROUP], names or numbers)', flags["chown"][0].pos)
+        add = st.keyword == "ADD"
+        allowed = {"chown", "chmod", "from", "link", "parents", "exclude"} - ({"from"} if add else set())
+        flags = self._flags(st, allowed | ({"checksum", "keep-git-dir", "unpack"} if add else set()))
+        for name in ("parents", "exclude", "unpack"):  # --keep-git-dir: the git source says it
+            if name in flags:
+                raise PlanError(f"{st.keyword}: --{name} is not supported yet", flags[name][0].pos)
+        at = {name: word.pos for name, (word, _) in flags.items()}
         chmod = None
         if "chmod" in flags:
             word, text = flags["chmod"]
             if not re.fullmatch(r"[0-7]{3,4}", text):
-                raise PlanError(f'COPY: bad --chmod "{text}" (octal, like 755 or 0644)', word.pos)
+                raise PlanError(f'{st.keyword}: bad --chmod "{text}" (octal, like 755 or 0644)', word.pos)
             chmod = int(text, 8)
-        from_stage = flags.get("from", (None, ""))[1]
-        *sources, dest_word = st.words
-        src_paths = []
+        from_stage = ""
+        if "from" in flags:
+            word, text = flags["from"]
+            from_stage = self._stage_name(text) or text
+            if self._stage_index(from_stage) is None and (":" in text or "/" in text):
+                raise PlanError(f'COPY --from="{text}": copying from an image is not supported yet; '
+                                "copy from an earlier stage (FROM IMAGE AS NAME, then --from=NAME)", word.pos)
+        words = self._list_words(st)
+        if len(words) < 2:
+            raise PlanError(f"{st.keyword}: give one or more sources and a destination", st.pos)
+        *sources, dest = words
+        docs = {d.name: d for d in st.heredocs}
+        inline, names = [], []
         for w in sources:
-            src = self.expand(w)
-            if not from_stage:
-                if posixpath.isabs(src):
-                    raise PlanError(f'COPY: source "{src}" is absolute; sources are relative to the build context', w.pos)
-                norm = posixpath.normpath(src)
-                if norm == ".." or norm.startswith("../"):
-                    raise PlanError(f'COPY: source "{src}" is outside the build context', w.pos)
-            if not src:
-                raise PlanError("COPY: empty source", w.pos)
-            src_paths.append(src)
-        dest = self.expand(dest_word)
-        if not dest:
-            raise PlanError("COPY: empty destination", dest_word.pos)
-        return p.Copy(sources=tuple(src_paths), dest=dest, chown=chown, chmod=chmod, from_stage=from_stage, pos=st.pos)
+            doc = docs.get(_heredoc_name(w.text)) if w.text.startswith("<<") else None
+            if doc is None:
+                names.append(self.expand(w))
+                continue
+            names.append(doc.name)
+            inline.append((doc.name, self._heredoc_text(doc)))
+        for w, name in zip(sources, names):
+            if add and re.match(r"(git@|git://|[a-z+]+://.*\.git(#|$))", name):
+                raise PlanError(f'ADD "{name}": git sources are not supported (clone into the build context and COPY)', w.pos)
+            if add and "://" in name and not re.match(r"https?://", name):
+                raise PlanError(f'ADD "{name}": only http and https URLs can be downloaded', w.pos)
+        at |= {f"sources.{i}": w.pos for i, w in enumerate(sources)} | {"dest": dest.pos}
+        fields = dict(sources=tuple(names), dest=self.expand(dest), chown=flags.get("chown", (None, ""))[1], chmod=chmod,
+                      from_stage=from_stage, inline=tuple(inline), pos=st.pos, at=at)
+        if add:
+            return p.Add(**fields, checksum=flags.get("checksum", (None, ""))[1])
+        return p.Copy(**fields)
+
+    def _list_words(self, st: Statement) -> tuple[Word, ...]:
+        """COPY/ADD/VOLUME arguments: the words, or the strings of the JSON form."""
+        if st.command is None:
+            return st.words
+        try:
+            value = json.loads(st.command.text)
+        except ValueError:
+            value = None
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            # JSON strings are taken as written; quote them for the expansion.
+            return tuple(Word('"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"', st.command.pos) for v in value)
+        if isinstance(value, list):
+            raise PlanError(f"{st.keyword}: when using JSON array syntax, arrays must be comprised of strings only", st.command.pos)
+        pos = st.command.pos
+        return tuple(Word(m.group(), replace(pos, column=pos.column + m.start()))
+                     for m in re.finditer(r"\S+", st.command.text))
+
+    def _heredoc_text(self, doc: Heredoc) -> str:
+        text = doc.text()
+        return self.expand(Word(text.replace('"', '\\"'), self.stage.base.pos), "\\") if doc.expand else text
 
     def _run(self, st: Statement) -> p.Run:
-        flags = [(w, w.text[2:].partition("=")) for w in st.flags]
-        network, mounts = "", []
-        for w, (name, _, raw) in flags:
+        network, mounts, at = "", [], {}
+        for w in st.flags:
+            name, _, raw = w.text[2:].partition("=")
             value = self.expand(Word(raw, w.pos))
             if name == "network":
-                if value not in ("none", "host"):
-                    raise PlanError(f'RUN: --network must be "none" or "host", not "{value}"', w.pos)
-                network = value
+                network, at["network"] = ("" if value == "default" else value), w.pos
             elif name == "mount":
                 mounts.append(self._mount_flag(value, w))
             else:
                 raise PlanError(f"RUN: unknown flag --{name} (known: --mount, --network)", w.pos)
         argv, shell = self._command(st)
-        arg_env = tuple(sorted(self.args.items()))
-        return p.Run(argv=argv, network=network, mounts=tuple(mounts), shell_form=shell, arg_env=arg_env, pos=st.pos)
+        if st.heredocs and shell:
+            argv = self._heredoc_run(st, argv)
+        arg_env = tuple(sorted((k, v) for k, v in self.args.items() if k not in self.stage.env))
+        return p.Run(argv=argv, network=network, mounts=tuple(mounts), shell_form=shell, arg_env=arg_env, pos=st.pos, at=at)
 
     def _mount_flag(self, value: str, w: Word) -> p.RunMount:
         opts: dict[str, str] = {}
@@ -288,105 +518,191 @@ class Compiler:
             opts[key.strip()] = val if eq else "true"
         kind = opts.pop("type", "bind")
         target = opts.pop("target", opts.pop("dst", opts.pop("destination", "")))
-        if kind not in ("bind", "cache"):
-            raise PlanError(f'RUN --mount: type must be "bind" or "cache", not "{kind}"', w.pos)
-        if not target.startswith("/"):
-            raise PlanError("RUN --mount: target=/ABSOLUTE/PATH is required", w.pos)
-        source = opts.pop("source", opts.pop("src", ""))
+        mount_id = opts.pop("id", "")
+        if kind == "secret":
+            mount_id = mount_id or posixpath.basename(target)
+            target = target or f"/run/secrets/{mount_id}"
+        if kind == "ssh":
+            mount_id = mount_id or "default"
+            target = target or "/run/buildkit/ssh_agent.0"
+        required = opts.pop("required", "false") == "true"
+        if target and not target.startswith("/"):  # BuildKit: relative to the working directory
+            target = posixpath.normpath(posixpath.join(self._working_directory(), target))
+        for ignored in ("mode", "uid", "gid", "sharing", "size", "env"):
+            if kind in ("secret", "ssh", "tmpfs", "cache") and ignored in opts:
+                raise PlanError(f"RUN --mount: {ignored}= is not supported yet", w.pos)
+        from_stage = ""
+        if "from" in opts:
+            word = opts.pop("from")
+            from_stage = self._stage_name(word) or ""
+            if not from_stage:
+                raise PlanError(f'RUN --mount: from="{word}": no stage of that name before this one (mounting an image is not supported yet)', w.pos)
+        source = opts.pop("source", opts.pop("src", "")) or ("." if kind == "bind" and not from_stage else "")
+        if from_stage and not source:
+            source = "/"
+        if kind != "bind":
+            source = ""
         read_only = kind == "bind" and opts.pop("rw", opts.pop("readwrite", "false")) != "true"
         opts.pop("ro", None)
-        mount_id = opts.pop("id", "")
-        if kind == "bind":
-            source = source or "."
-            norm = posixpath.normpath(source)
-            if posixpath.isabs(source) or norm == ".." or norm.startswith("../"):
-                raise PlanError(f'RUN --mount: source "{source}" must be inside the build context', w.pos)
         if opts:
             raise PlanError(f"RUN --mount: unknown option {sorted(opts)[0]}", w.pos)
-        return p.RunMount(type=kind, target=target, source=source, read_only=read_only, id=mount_id)
+        try:
+            return p.RunMount(type=kind, target=target, source=source, read_only=read_only, id=mount_id, required=required,
+                               from_stage=from_stage)
+        except PlanError as err:
+            raise PlanError(err.message, w.pos) from None
 
     def _exec(self, st: Statement) -> p.Exec:
         argv, _ = self._command(st)
         return p.Exec(argv=argv, pos=st.pos)
 
-    def _event(self, st: Statement) -> p.EventHandler:
-        event = self.expand(st.words[0])
-        if event not in ("pre-start", "post-stop"):
-            raise PlanError(f'EVENT: must be "pre-start" or "post-stop", not "{event}"', st.words[0].pos)
+    def _heredoc_run(self, st: Statement, argv: tuple[str, ...]) -> tuple[str, ...]:
+        """RUN <<EOF as BuildKit runs it: a lone heredoc is the script (a file run
+        directly when it starts with #!), otherwise the line and its heredocs go
+        to the shell together."""
+        *shell, line = argv
+        doc = st.heredocs[0]
+        if len(st.heredocs) == 1 and re.fullmatch(r"\d*<<-?\s*\S+", line.strip()):
+            text = doc.text()
+            if text.startswith("#!"):
+                return (*shell, f"cat > /tmp/{doc.name} <<'{doc.name}'\n{text}{doc.name}\nchmod +x /tmp/{doc.name}; /tmp/{doc.name}")
+            return (*shell, text)
+        return (*shell, line + "".join(f"\n{d.content}{d.name}" for d in st.heredocs))
+
+    def _cmd(self, st: Statement) -> p.Cmd:
+        self.stage.cmd_set = True
         argv, _ = self._command(st)
-        return p.EventHandler(event=event, argv=argv, pos=st.pos)
+        return p.Cmd(argv=argv, pos=st.pos)
+
+    def _entrypoint(self, st: Statement) -> p.Entrypoint:
+        argv, _ = self._command(st)
+        return p.Entrypoint(argv=argv, reset_cmd=not self.stage.cmd_set, pos=st.pos)
+
+    def _annotate(self, st: Statement, name: str, value: str) -> p.Annotation:
+        self.stage.annotations.pop(name, None)  # Docker: the last one wins
+        return p.Annotation(items=((name, value),), pos=st.pos)
+
+    def _healthcheck(self, st: Statement) -> p.Annotation:
+        if not st.words:
+            raise PlanError('HEALTHCHECK: expected "CMD COMMAND" or "NONE"', st.pos)
+        kind = self.expand(st.words[0]).upper()
+        options = {w.text[2:].partition("=")[0]: self.expand(Word(w.text[2:].partition("=")[2], w.pos)) for w in st.flags}
+        known = {"interval", "timeout", "start-period", "start-interval", "retries"}
+        for w in st.flags:
+            if w.text[2:].partition("=")[0] not in known:
+                raise PlanError(f"HEALTHCHECK: unknown flag {w.text.partition('=')[0]}", w.pos)
+        if kind == "NONE":
+            if st.command is not None or st.flags:
+                raise PlanError("HEALTHCHECK NONE takes no arguments", st.words[0].pos)
+            value = {"test": ["NONE"]}
+        elif kind == "CMD" and st.command is not None:
+            argv, shell = self._command(st)
+            value = {"test": ["CMD-SHELL", argv[-1]] if shell else ["CMD", *argv], **options}
+        else:
+            raise PlanError('HEALTHCHECK: expected "CMD COMMAND" or "NONE"', st.words[0].pos)
+        return self._annotate(st, DOCKER + "healthcheck", json.dumps(value, sort_keys=True, separators=(",", ":")))
+
+    def _expose(self, w: Word) -> p.Port:
+        """EXPOSE 80, 80/tcp, 53/udp, 8000-8010: a port named as docker2aci names it."""
+        text = self.expand(w)
+        m = re.fullmatch(r"(\d+)(?:-(\d+))?(?:/([a-zA-Z]+))?", text)
+        if not m:
+            raise PlanError(f'EXPOSE: "{text}" is not PORT[-END][/PROTOCOL]', w.pos)
+        first, last, protocol = int(m.group(1)), int(m.group(2) or m.group(1)), (m.group(3) or "tcp").lower()
+        name = f"{first}-{protocol}" if last == first else f"{first}-{last}-{protocol}"
+        return p.Port(name=name, protocol=protocol, port=first, count=max(last - first + 1, 0), pos=w.pos,
+                      at={"port": w.pos, "count": w.pos, "name": w.pos})
+
+    def _volumes(self, st: Statement) -> list[p.MountPoint]:
+        """VOLUME /a /b: mount points named "volume-" + the path made an ACName (docker2aci)."""
+        mounts = []
+        for w in self._list_words(st):
+            path = self.expand(w)
+            if not path:
+                raise PlanError("VOLUME: empty path", w.pos)
+            earlier = {m.path: m.name for m in [*self.stage.steps, *mounts] if isinstance(m, p.MountPoint)}
+            if path in earlier:  # Docker's volumes are a set: the same path is the same mount point
+                name = earlier[path]
+            else:
+                name = base = "volume-" + (re.sub(r"[^a-z0-9]+", "-", path.lower()).strip("-") or "root")
+                n = 1
+                while name in earlier.values():
+                    name, n = f"{base}-{n}", n + 1
+            mounts.append(p.MountPoint(name=name, path=path, pos=st.pos, at={"path": w.pos}))
+        return mounts
+
+    def _user(self, st: Statement) -> p.User:
+        user, colon, group = self.expand(st.words[0]).partition(":")
+        if colon and not group:
+            raise PlanError("USER: empty group after the colon", st.words[0].pos)
+        return p.User(user=user, group=group, pos=st.pos, at={"user": st.words[0].pos, "group": st.words[0].pos})
+
+    def _onbuild(self, st: Statement) -> None:
+        trigger = st.command.text.strip()
+        keyword = trigger.split(None, 1)[0].upper() if trigger else ""
+        if keyword in ("ONBUILD", "FROM", "MAINTAINER"):
+            raise PlanError(f"ONBUILD: {keyword} is not allowed as a trigger", st.command.pos)
+        parse_acifile(trigger, self.filename)  # a trigger with a syntax error fails now, not in the child
+        self.stage.onbuild.append(trigger)
+
+    def _event(self, st: Statement) -> p.EventHandler:
+        argv, _ = self._command(st)
+        return p.EventHandler(event=self.expand(st.words[0]), argv=argv, pos=st.pos, at={"event": st.words[0].pos})
 
     def _label(self, st: Statement) -> p.Label:
         state = self.stage
-        items = []
-        for w, name, value in self._pairs(st):
-            self._check(t.acidentifier_problem(name), w, "LABEL: ")
-            if name == "name":
-                raise PlanError('LABEL: a label cannot be called "name" (use NAME)', w.pos)
+        pairs = self._pairs(st)
+        for w, name, _ in pairs:
             if name in state.labels:
                 raise PlanError(f'duplicate label "{name}" (first set at line {state.labels[name].pos.line})', w.pos)
             state.labels[name] = w
-            items.append((name, value))
-        labels = dict(items)
-        if "os" in labels:
-            self._check(t.os_arch_problem(labels["os"], labels.get("arch")), state.labels["os"], "LABEL: ")
-        return p.Label(items=tuple(items), pos=st.pos)
+        return p.Label(items=tuple((n, v) for _, n, v in pairs), pos=st.pos, at=_item_positions(pairs))
 
     def _annotation(self, st: Statement) -> p.Annotation:
         state = self.stage
-        items = []
-        for w, name, value in self._pairs(st):
-            self._check(t.acidentifier_problem(name), w, "ANNOTATION: ")
+        pairs = self._pairs(st)
+        for w, name, _ in pairs:
             if name in state.annotations:
                 raise PlanError(f'duplicate annotation "{name}" (first set at line {state.annotations[name].pos.line})', w.pos)
-            if name == "created":
-                self._check(t.date_problem(value), w, "ANNOTATION created: ")
-            if name in ("homepage", "documentation"):
-                self._check(t.url_problem(value), w, f"ANNOTATION {name}: ")
             state.annotations[name] = w
-            items.append((name, value))
-        return p.Annotation(items=tuple(items), pos=st.pos)
+        return p.Annotation(items=tuple((n, v) for _, n, v in pairs), pos=st.pos, at=_item_positions(pairs))
 
     def _env(self, st: Statement) -> p.Env:
         # As in a Dockerfile, $VARS in an ENV see the values from before this line.
-        items = []
-        for w, name, value in self._pairs(st):
-            self._check(t.env_name_problem(name), w, "ENV: ")
-            items.append((name, value))
-        return p.Env(items=tuple(items), pos=st.pos)
+        pairs = self._pairs(st)
+        return p.Env(items=tuple((n, v) for _, n, v in pairs), pos=st.pos, at=_item_positions(pairs))
 
     def _name(self, st: Statement) -> p.SetName:
-        name = self.expand(st.words[0])
-        self._check(t.acidentifier_problem(name), st.words[0], "NAME: ")
-        return p.SetName(name=name, pos=st.pos)
+        return p.SetName(name=self.expand(st.words[0]), pos=st.pos, at={"name": st.words[0].pos})
+
+    def _working_directory(self) -> str:
+        """The WORKDIR in effect: this stage's last, else the stages it is built on."""
+        state = self.stage
+        while state is not None:
+            found = next((s.path for s in reversed(state.steps) if isinstance(s, p.WorkDir)), None)
+            if found:
+                return found
+            state = self.finished.get(state.base.stage) if state.base.stage else None
+        return "/"
 
     def _workdir(self, st: Statement) -> p.WorkDir:
-        path = self.expand(st.words[0])
-        if not path.startswith("/"):
-            raise PlanError(f'WORKDIR must be an absolute path, not "{path}"', st.words[0].pos)
-        return p.WorkDir(path=path, pos=st.pos)
-
-    def _user(self, st: Statement) -> p.User:
-        return p.User(user=self._nonempty(st), pos=st.pos)
+        path = self._expand_text(st.command)
+        if path and not path.startswith("/"):  # Docker: relative to the WORKDIR before it
+            path = posixpath.join(self._working_directory(), path)
+        return p.WorkDir(path=posixpath.normpath(path) if path else path, pos=st.pos, at={"path": st.command.pos})
 
     def _group(self, st: Statement) -> p.Group:
-        return p.Group(group=self._nonempty(st), pos=st.pos)
+        return p.Group(group=self.expand(st.words[0]), pos=st.pos, at={"group": st.words[0].pos})
 
-    def _nonempty(self, st: Statement) -> str:
-        value = self.expand(st.words[0])
-        if not value:
-            raise PlanError(f"{st.keyword}: empty value", st.words[0].pos)
-        return value
-
-    def _int(self, st: Statement, w: Word, what: str, low: int, high: int) -> int:
+    def _int(self, st: Statement, w: Word, what: str) -> int:
         text = self.expand(w)
-        if not re.fullmatch(r"[0-9]+", text) or not low <= int(text) <= high:
-            raise PlanError(f'{st.keyword}: {what} must be a whole number from {low} to {high}, not "{text}"', w.pos)
+        if not re.fullmatch(r"[0-9]+", text):
+            raise PlanError(f'{st.keyword}: {what} must be a whole number, not "{text}"', w.pos)
         return int(text)
 
     def _supplementary_groups(self, st: Statement) -> p.SupplementaryGroups:
-        gids = tuple(self._int(st, w, "a group id", 0, 2**32 - 1) for w in st.words)
-        return p.SupplementaryGroups(gids=gids, pos=st.pos)
+        gids = tuple(self._int(st, w, "a group id") for w in st.words)
+        return p.SupplementaryGroups(gids=gids, pos=st.pos, at={f"gids.{i}": w.pos for i, w in enumerate(st.words)})
 
     def _port(self, st: Statement) -> p.Port:
         words = list(st.words)
@@ -396,92 +712,72 @@ class Compiler:
             words.pop()
         if len(words) > 4:
             raise PlanError('PORT: the fifth argument can only be "socket-activated"', words[4].pos)
-        name = self.expand(words[0])
-        self._check(t.acname_problem(name), words[0], "PORT: ")
-        protocol = self.expand(words[1])
-        if not protocol:
-            raise PlanError("PORT: empty protocol", words[1].pos)
-        port = self._int(st, words[2], "the port", 1, 65535)
-        count = self._int(st, words[3], "the count", 1, 65535) if len(words) > 3 else 1
-        if port + count > 65536:
-            raise PlanError(f"PORT: the range {port}+{count} ends past 65535", words[3].pos)
-        return p.Port(name=name, protocol=protocol, port=port, count=count, socket_activated=socket, pos=st.pos)
+        count = self._int(st, words[3], "the count") if len(words) > 3 else 1
+        at = dict(zip(("name", "protocol", "port", "count"), (w.pos for w in words)))
+        return p.Port(name=self.expand(words[0]), protocol=self.expand(words[1]), port=self._int(st, words[2], "the port"),
+                      count=count, socket_activated=socket, pos=st.pos, at=at)
 
     def _mount(self, st: Statement) -> p.MountPoint:
-        name = self.expand(st.words[0])
-        self._check(t.acname_problem(name), st.words[0], "MOUNT: ")
-        path = self.expand(st.words[1])
-        if not path.startswith("/"):
-            raise PlanError(f'MOUNT: the path must be absolute, not "{path}"', st.words[1].pos)
         read_only = False
         if len(st.words) > 2:
             flag = self.expand(st.words[2])
             if flag != "read-only":
                 raise PlanError(f'MOUNT: the third argument can only be "read-only", not "{flag}"', st.words[2].pos)
             read_only = True
-        return p.MountPoint(name=name, path=path, read_only=read_only, pos=st.pos)
+        return p.MountPoint(name=self.expand(st.words[0]), path=self.expand(st.words[1]), read_only=read_only, pos=st.pos,
+                            at={"name": st.words[0].pos, "path": st.words[1].pos})
 
     def _isolator(self, st: Statement) -> p.Isolator:
-        name = self.expand(st.words[0])
-        self._check(t.acidentifier_problem(name), st.words[0], "ISOLATOR: ")
-        if name not in t.KNOWN_ISOLATORS:
-            known = ", ".join(sorted(t.KNOWN_ISOLATORS))
-            raise PlanError(f'ISOLATOR: invalid isolator "{name}" (known: {known})', st.words[0].pos)
         assert st.command is not None
+        name = self.expand(st.words[0])
         try:
-            value = json.loads(re.sub(r"\\[ \t]*\r?\n", "", st.command.text))
+            value = json.loads(st.command.text)
         except ValueError as err:
             raise PlanError(f"ISOLATOR: the value is not JSON ({err.msg})", st.command.pos) from None
-        self._check(t.isolator_problem(name, value), st.command, f"ISOLATOR {name}: ")
-        return p.Isolator(name=name, value_json=json.dumps(value, sort_keys=True, separators=(",", ":")), pos=st.pos)
+        return p.Isolator(name=name, value_json=json.dumps(value, sort_keys=True, separators=(",", ":")), pos=st.pos,
+                          at={"name": st.words[0].pos, "value_json": st.command.pos})
 
     def _dependency(self, st: Statement) -> p.Dependency:
         flags = self._flags(st, {"image-id", "size"})
-        name = self.expand(st.words[0])
-        self._check(t.acidentifier_problem(name), st.words[0], "DEPENDENCY: ")
-        image_id = ""
-        if "image-id" in flags:
-            word, image_id = flags["image-id"]
-            self._check(t.image_id_problem(image_id), word, "DEPENDENCY: ")
         size = 0
         if "size" in flags:
             word, text = flags["size"]
             if not text.isdigit():
                 raise PlanError(f'DEPENDENCY: --size must be a number of bytes, not "{text}"', word.pos)
             size = int(text)
-        labels = []
-        for w, label, value in self._pairs(st, st.words[1:]):
-            self._check(t.acidentifier_problem(label), w, "DEPENDENCY label: ")
-            labels.append((label, value))
-        return p.Dependency(image_name=name, image_id=image_id, labels=tuple(labels), size=size, pos=st.pos)
+        pairs = self._pairs(st, st.words[1:])
+        at = {"image_name": st.words[0].pos} | {f"labels.{i}": w.pos for i, (w, _, _) in enumerate(pairs)}
+        if "image-id" in flags:
+            at["image_id"] = flags["image-id"][0].pos
+        return p.Dependency(image_name=self.expand(st.words[0]), image_id=flags.get("image-id", (None, ""))[1],
+                            labels=tuple((n, v) for _, n, v in pairs), size=size, pos=st.pos, at=at)
 
     def _path_whitelist(self, st: Statement) -> p.PathWhitelist:
-        paths = []
-        for w in st.words:
-            path = self.expand(w)
-            if not path.startswith("/"):
-                raise PlanError(f'PATH-WHITELIST: paths must be absolute, not "{path}"', w.pos)
-            paths.append(path)
-        return p.PathWhitelist(paths=tuple(paths), pos=st.pos)
+        return p.PathWhitelist(paths=tuple(self.expand(w) for w in st.words), pos=st.pos,
+                               at={f"paths.{i}": w.pos for i, w in enumerate(st.words)})
 
     def _remove(self, st: Statement) -> p.Remove:
-        what = self.expand(st.words[0]).upper()
-        kinds = ("LABEL", "ANNOTATION", "ENV", "PORT", "MOUNT", "ISOLATOR", "DEPENDENCY", "EVENT", "EXEC")
-        if what not in kinds:
-            raise PlanError(f'REMOVE: can remove {", ".join(kinds)}, not "{what}"', st.words[0].pos)
-        name = self.expand(st.words[1])
-        if what == "LABEL":
-            self.stage.labels.pop(name, None)
-        if what == "ANNOTATION":
-            self.stage.annotations.pop(name, None)
-        return p.Remove(what=what, name=name, pos=st.pos)
+        remove = p.Remove(what=self.expand(st.words[0]).upper(), name=self.expand(st.words[1]), pos=st.pos,
+                          at={"what": st.words[0].pos})
+        if remove.what == "LABEL":
+            self.stage.labels.pop(remove.name, None)
+        if remove.what == "ANNOTATION":
+            self.stage.annotations.pop(remove.name, None)
+        return remove
 
     def _manifest(self, st: Statement) -> p.ReplaceManifest:
         assert st.command is not None
-        try:
-            value = json.loads(st.command.text)
-        except ValueError as err:
-            raise PlanError(f"MANIFEST: not JSON ({err.msg})", st.command.pos) from None
-        if not isinstance(value, dict):
-            raise PlanError("MANIFEST: the manifest must be a JSON object", st.command.pos)
-        return p.ReplaceManifest(manifest_json=st.command.text, pos=st.pos)
+        return p.ReplaceManifest(manifest_json=st.command.text, pos=st.pos, at={"manifest_json": st.command.pos})
+
+
+def _heredoc_name(word: str) -> str:
+    return re.sub(r"""^\d*<<-?\s*|["']""", "", word)
+
+
+def _at(st: Statement, pos) -> Statement:
+    """An ONBUILD trigger's statement, placed at the FROM that runs it."""
+    return replace(st, pos=pos)
+
+
+def _item_positions(pairs) -> dict:
+    return {f"items.{i}": w.pos for i, (w, _, _) in enumerate(pairs)}

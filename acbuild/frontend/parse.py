@@ -1,18 +1,22 @@
-"""ACIfile text -> list of Statements, with Lark.
+"""ACIfile or Dockerfile text -> list of Statements, with Lark.
 
-A Statement is the instruction's shape as written (keyword, flags, raw words or
-command, positions); acbuild.frontend.compile gives it meaning. Syntax errors become
-ParseError with the file, line, column and a caret excerpt.
+frontend/source.py first reads what is decided line by line (parser directives,
+the escape character, heredoc bodies); the grammar then gives each instruction
+its shape. A Statement is that shape as written (keyword, flags, raw words or
+command, heredocs, positions); acbuild.frontend.compile gives it meaning. Syntax
+errors become ParseError with the file, line, column and a caret excerpt.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass, field, replace
 from functools import cache
 from importlib import resources
 from pathlib import Path
 
 from acbuild.errors import ParseError, SourcePos
+from acbuild.frontend.source import Heredoc, split_source
 
 # How each instruction is written, for "expected ..." messages.
 USAGE = {
@@ -37,7 +41,20 @@ USAGE = {
     "ARG": "ARG NAME[=DEFAULT]",
     "REMOVE": "REMOVE LABEL|ANNOTATION|ENV|PORT|MOUNT|ISOLATOR|DEPENDENCY|EVENT|EXEC NAME",
     "MANIFEST": "MANIFEST JSON-OBJECT",
+    "ADD": "ADD [--chown=USER[:GROUP]] [--chmod=MODE] [--checksum=sha256:HEX] SRC... DEST",
+    "CMD": 'CMD ["EXE", "ARG"...]  or  CMD COMMAND',
+    "ENTRYPOINT": 'ENTRYPOINT ["EXE", "ARG"...]  or  ENTRYPOINT COMMAND',
+    "SHELL": 'SHELL ["EXE", "ARG"...]',
+    "EXPOSE": "EXPOSE PORT[/PROTOCOL]...",
+    "VOLUME": 'VOLUME /PATH...  or  VOLUME ["/PATH"...]',
+    "STOPSIGNAL": "STOPSIGNAL SIGNAL",
+    "HEALTHCHECK": "HEALTHCHECK [--interval=D ...] CMD COMMAND  or  HEALTHCHECK NONE",
+    "ONBUILD": "ONBUILD INSTRUCTION",
+    "MAINTAINER": "MAINTAINER NAME",
 }
+
+
+
 
 _TOKEN_NAMES = {
     "WORD": "an argument",
@@ -70,20 +87,24 @@ class Statement:
     json_form: bool = False
     alias: Word | None = None  # FROM ... AS alias
     spelled: str = field(default="", compare=False)  # the keyword as written
+    heredocs: tuple[Heredoc, ...] = ()  # RUN/COPY/ADD <<EOF bodies, in the order the line names them
+    escape: str = "\\"  # the file's escape character (`# escape=`)
 
 
 @cache
-def _parser():
+def _parser(escape: str = "\\"):
     from lark import Lark
 
     options = dict(parser="lalr", lexer="contextual", propagate_positions=True, maybe_placeholders=False)
+    # In the grammar every regex `\\` is the escape character.
+    text = _grammar_text() if escape == "\\" else _grammar_text().replace("\\\\", escape)
     try:
-        return Lark(_grammar_text(), cache=_grammar_cache_file(), **options)
+        return Lark(text, cache=_grammar_cache_file(escape), **options)
     except OSError:  # an unwritable cache dir only costs the ~30 ms of building the tables
-        return Lark(_grammar_text(), **options)
+        return Lark(text, **options)
 
 
-def _grammar_cache_file() -> str:
+def _grammar_cache_file(escape: str) -> str:
     """Lark's compiled tables, in the user's own cache dir. (Lark's default is a
     predictable name in the shared /tmp, which it unpickles: not for a tool run as root.)"""
     from acbuild.dirs import cache_root
@@ -92,7 +113,8 @@ def _grammar_cache_file() -> str:
     directory.mkdir(parents=True, exist_ok=True)
     from lark import __version__ as lark_version
 
-    return str(directory / f"acifile-grammar-{lark_version}.lark-cache")
+    variant = "" if escape == "\\" else "-backtick"
+    return str(directory / f"acifile-grammar-{lark_version}{variant}.lark-cache")
 
 
 def _grammar_text() -> str:
@@ -104,19 +126,23 @@ def _grammar_text() -> str:
 
 
 def parse_acifile(text: str, filename: str = "ACIfile") -> list[Statement]:
-    """Parse ACIfile text. Raises ParseError at the first syntax error."""
+    """Parse ACIfile or Dockerfile text. Raises ParseError at the first syntax error."""
     from lark.exceptions import UnexpectedCharacters, UnexpectedInput, UnexpectedToken
 
-    lines = text.splitlines()
+    source = split_source(text, filename)
+    lines = text.removeprefix("\ufeff").splitlines()
+    text = source.text
     if not text.endswith("\n"):
         text += "\n"
     try:
-        tree = _parser().parse(text)
+        tree = _parser(source.escape).parse(text)
     except UnexpectedInput as err:
-        raise _syntax_error(err, lines, filename) from None
+        raise _syntax_error(err, source, lines, filename) from None
     except (UnexpectedCharacters, UnexpectedToken) as err:  # pragma: no cover - subclasses above
-        raise _syntax_error(err, lines, filename) from None
-    return [_statement(node, lines, filename) for node in tree.children]
+        raise _syntax_error(err, source, lines, filename) from None
+    place = _Places(source, lines, filename)
+    statements = [_statement(node, place, source.escape) for node in tree.children]
+    return [replace(st, heredocs=source.heredocs.get(st.pos.line, ())) for st in statements]
 
 
 def _pos(filename: str, lines: list[str], line: int, column: int) -> SourcePos:
@@ -124,19 +150,27 @@ def _pos(filename: str, lines: list[str], line: int, column: int) -> SourcePos:
     return SourcePos(filename, line, column, text)
 
 
-def _statement(node, lines: list[str], filename: str) -> Statement:
+class _Places:
+    """Token positions in the joined text -> the file's own lines and columns."""
+
+    def __init__(self, source, lines: list[str], filename: str):
+        self.source, self.lines, self.filename = source, lines, filename
+
+    def __call__(self, line: int, column: int) -> SourcePos:
+        return _pos(self.filename, self.lines, *self.source.place(line, column))
+
+
+def _statement(node, place: _Places, escape: str) -> Statement:
     from lark import Token
 
     keyword_token = node.children[0]
     keyword = node.data.rstrip("_").upper().replace("_", "-")
     if keyword == "SUPP-GROUPS":
         keyword = "SUPPLEMENTARY-GROUPS"
-    if keyword == "EXEC" or keyword == "FROM":
-        pass
-    pos = _pos(filename, lines, keyword_token.line, keyword_token.column)
+    pos = place(keyword_token.line, keyword_token.column)
 
     def word(tok: Token) -> Word:
-        return Word(str(tok), _pos(filename, lines, tok.line, tok.column))
+        return Word(str(tok), place(tok.line, tok.column))
 
     flags, words, command, alias, json_form = [], [], None, None, False
     after_as = False
@@ -149,10 +183,15 @@ def _statement(node, lines: list[str], filename: str) -> Statement:
         elif kind == "WORD":
             if after_as:
                 alias = word(tok)
+            elif tok == "--" and flags and not words:
+                pass  # `--` ends the flags (BuildKit's extractBuilderFlags)
             else:
                 words.append(word(tok))
         elif kind in ("JSON_ARRAY", "REST_OF_LINE"):
-            command = word(tok)
+            text = str(tok).rstrip()
+            if flags and re.match(r"--(\s|$)", text):
+                text = text[2:].lstrip()
+            command = Word(text, place(tok.line, tok.column))
             json_form = kind == "JSON_ARRAY"
     return Statement(
         keyword=keyword,
@@ -163,15 +202,17 @@ def _statement(node, lines: list[str], filename: str) -> Statement:
         json_form=json_form,
         alias=alias,
         spelled=str(keyword_token),
+        escape=escape,
     )
 
 
-def _syntax_error(err, lines: list[str], filename: str) -> ParseError:
+def _syntax_error(err, source, lines: list[str], filename: str) -> ParseError:
     from lark.exceptions import UnexpectedCharacters, UnexpectedToken
 
     line, column = max(err.line, 1), max(err.column, 1)
-    pos = _pos(filename, lines, line, column)
-    source_line = pos.text
+    pos = _pos(filename, lines, *source.place(line, column))
+    joined = source.text.splitlines()
+    source_line = joined[line - 1] if 0 < line <= len(joined) else ""
     first = source_line.split(None, 1)[0] if source_line.strip() else ""
     keyword = _keyword_of(first)
     at_line_start = not source_line[: column - 1].strip()
@@ -201,6 +242,4 @@ def _syntax_error(err, lines: list[str], filename: str) -> ParseError:
 
 def _keyword_of(word: str) -> str | None:
     upper = word.upper()
-    if upper == "CMD":
-        return "EXEC"
     return upper if upper in USAGE else None

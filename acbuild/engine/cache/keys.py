@@ -13,7 +13,8 @@
   after .acbuildignore; never mtimes or owners (COPY sets both). COPY --from: the
   source stage's final key. RUN --mount=type=bind: the bound path's content with full
   modes. RUN --mount=type=cache: not keyed (as in BuildKit). FROM IMAGE.aci: the file's
-  sha256; FROM DIR: its content with full modes; FROM scratch: nothing more.
+  sha256; FROM DIR: its content with full modes; FROM an earlier stage: that stage's
+  final key; FROM scratch: nothing more.
 
 A source that cannot be read is keyed as such; the step then misses and runs, and
 reports the real error. Contract: pure apart from reading files; the same inputs give
@@ -79,7 +80,8 @@ class KeyMaker:
 
     def stage_keys(self, stage: p.Stage, final_keys: dict[str, str]) -> list[str]:
         """Keys for the FROM and each step; `final_keys` maps earlier stage names to their last key."""
-        key = _h(VERSION, self.settings, canonical(stage.base), self.base_digest(stage.base))
+        base = "stage " + final_keys.get(stage.base.stage, "?") if stage.base.stage else self.base_digest(stage.base)
+        key = _h(VERSION, self.settings, canonical(stage.base), base)
         keys = [key]
         for step in stage.steps:
             key = _h(key, canonical(step), self.inputs(step, final_keys))
@@ -108,7 +110,9 @@ class KeyMaker:
         if isinstance(step, p.Run):
             parts = []
             for mount in step.mounts:
-                if mount.type == "bind":
+                if mount.from_stage:
+                    parts.append("stage " + final_keys.get(mount.from_stage, "?"))
+                elif mount.type == "bind":
                     try:
                         source = resolve_in_root(self.options.context, mount.source)
                         parts.append(self.tree_digest(source, full_modes=True))
@@ -139,8 +143,12 @@ class KeyMaker:
         exec_bit = step.chmod is None
         context = self.options.context
         ignore = self.options.ignore
+        inline = dict(step.inline)  # heredoc texts are in the instruction itself; URLs are keyed by URL and checksum
+        sources = tuple(s for s in step.sources if s not in inline and "://" not in s)
+        if not sources:
+            return h.hexdigest()
         try:
-            matches = select_sources(context, step.sources, step.pos, ignore=ignore)
+            matches = select_sources(context, sources, step.pos, ignore=ignore)
         except AcbuildError as err:  # the COPY itself will fail with this message
             return f"error {err.message}"
         for rel, host, st in matches:

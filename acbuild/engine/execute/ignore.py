@@ -126,9 +126,22 @@ def _may_match_below(pattern: str, directory: str) -> bool:
     return all(_translate(pat[n]).match(parts[n]) for n in range(len(parts)))
 
 
-def load_ignore(context: Path) -> IgnoreRules | None:
-    """The context's .acbuildignore, or None when there is none (or it is empty)."""
-    path = context / IGNORE_FILE
+def ignore_file(context: Path, build_file: Path | None = None) -> Path | None:
+    """Which ignore file holds: the context's .acbuildignore, else <build file
+    name>.dockerignore beside the build file, else the context's .dockerignore
+    (BuildKit's order after ours), or None."""
+    candidates = [context / IGNORE_FILE]
+    if build_file is not None:
+        candidates.append(build_file.parent / f"{build_file.name}.dockerignore")
+    candidates.append(context / ".dockerignore")
+    return next((c for c in candidates if c.is_file()), None)
+
+
+def load_ignore(context: Path, build_file: Path | None = None) -> IgnoreRules | None:
+    """The rules of the ignore file (ignore_file), or None when there is none (or it is empty)."""
+    path = ignore_file(context, build_file)
+    if path is None:
+        return None
     try:
         text = path.read_text()
     except FileNotFoundError:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import tempfile
 from pathlib import Path
 
 from acbuild import plan as p
@@ -18,14 +19,28 @@ from acbuild.errors import BuildError
 
 
 def run_step(session, i: p.Run) -> None:
+    """Run one RUN. Secrets and tmpfs mounts live in a private temp dir (0700, outside
+    the work dir and the cache) that is removed when the step ends, whatever happens."""
+    from acbuild.engine.execute.sandbox import Bind
+
+    with tempfile.TemporaryDirectory(prefix="acbuild-run-") as private:
+        os.chmod(private, 0o700)
+        binds = [b for mount in i.mounts if (b := _bind(session, mount, i, Bind, Path(private))) is not None]
+        _run(session, i, binds)
+
+
+def _run(session, i: p.Run, binds: list) -> None:
     from acbuild.engine.deps.overlay import overlay_work, prepare
-    from acbuild.engine.execute.sandbox import DEFAULT_PATH, Bind, SandboxSpec, run_sandboxed
+    from acbuild.engine.execute.sandbox import DEFAULT_PATH, SandboxSpec, run_sandboxed
 
     app = session.manifest.app
     env = {"PATH": DEFAULT_PATH}
     env.update(dict(i.arg_env))
     if app is not None:
         env.update({e.name: e.value for e in app.environment})
+    ssh = [m for m in i.mounts if m.type == "ssh" and session.options.ssh.get(m.id)]
+    if ssh:  # as BuildKit: the agent socket is where SSH_AUTH_SOCK says
+        env["SSH_AUTH_SOCK"] = ssh[0].target
     network = i.network or session.options.network
     lower = prepare(session, i.pos)  # DEPENDENCY: their files below the rootfs (engine.layers)
     spec = SandboxSpec(
@@ -37,7 +52,7 @@ def run_step(session, i: p.Run) -> None:
         group=app.group if app else "0",
         supplementary_gids=tuple(app.supplementary_gids) if app else (),
         network=network,
-        binds=tuple(_bind(session, mount, i, Bind) for mount in i.mounts),
+        binds=tuple(binds),
         lower_layers=lower,
         overlay_work=overlay_work(session) if lower else None,
         scratch=None if lower else overlay_work(session),  # kept for the session's next RUN
@@ -51,13 +66,45 @@ def run_step(session, i: p.Run) -> None:
         raise BuildError(f"RUN exited with status {status}", i.pos)
 
 
-def _bind(session, mount: p.RunMount, i: p.Run, bind_type):
+def _bind(session, mount: p.RunMount, i: p.Run, bind_type, private: Path):
+    """The host side of one RUN --mount, or None for a secret or ssh socket that was
+    not given and is not required (BuildKit skips those)."""
     if mount.type == "bind":
-        source = resolve_in_root(session.options.context, mount.source)
+        if mount.from_stage:  # a path in an earlier stage's rootfs
+            root = session.options.stage_rootfs.get(mount.from_stage)
+            if root is None:
+                raise BuildError(f'RUN --mount: stage "{mount.from_stage}" was not built', i.pos)
+            source = resolve_in_root(root, mount.source)
+            where = f'stage "{mount.from_stage}"'
+        else:
+            source = resolve_in_root(session.options.context, mount.source)
+            where = "the build context"
         if not source.exists():
-            raise BuildError(f'RUN --mount: "{mount.source}" not found in the build context', i.pos)
+            raise BuildError(f'RUN --mount: "{mount.source}" not found in {where}', i.pos)
         return bind_type(source=source, target=mount.target, read_only=mount.read_only)
-    return bind_type(source=cache_mount_dir(session, mount), target=mount.target, read_only=False)
+    if mount.type == "cache":
+        return bind_type(source=cache_mount_dir(session, mount), target=mount.target, read_only=False)
+    if mount.type == "tmpfs":  # an empty directory of this step only
+        empty = Path(tempfile.mkdtemp(dir=private))
+        os.chmod(empty, 0o1777)
+        return bind_type(source=empty, target=mount.target, read_only=False)
+    if mount.type == "secret":
+        content = session.options.secrets.get(mount.id)
+        if content is None:
+            if mount.required:
+                raise BuildError(f'RUN --mount=type=secret: no secret "{mount.id}" (give --secret id={mount.id},src=FILE)', i.pos)
+            return None
+        path = private / f"secret-{hashlib.sha256(mount.id.encode()).hexdigest()[:16]}"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o400)
+        with open(fd, "wb") as out:
+            out.write(content)
+        return bind_type(source=path, target=mount.target, read_only=True)
+    socket = session.options.ssh.get(mount.id)  # type=ssh
+    if socket is None:
+        if mount.required:
+            raise BuildError(f'RUN --mount=type=ssh: no ssh agent "{mount.id}" (give --ssh {mount.id})', i.pos)
+        return None
+    return bind_type(source=Path(socket), target=mount.target, read_only=False)
 
 
 def cache_mount_dir(session, mount: p.RunMount) -> Path:
