@@ -1,0 +1,134 @@
+"""Input limits: every bound on what a hostile ACIfile, ignore file, context or
+image may make acbuild do, in one place, with the checks that enforce them.
+
+The numbers are far above anything a real build needs and low enough that each
+check answers in well under a second; each refusal names the limit. The image
+size limit alone is a setting (flag, ACBUILD_MAX_IMAGE_SIZE, acbuild.toml),
+since real images differ by orders of magnitude.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+
+from acbuild.errors import ParseError, PlanError, SourcePos, UsageError
+
+# ACIfile (and acbuild-script) text.
+MAX_ACIFILE_BYTES = 1 << 20
+MAX_ACIFILE_LINES = 20_000
+# One word after ARG/ENV substitution (a doubling chain of ARGs is refused here).
+MAX_EXPANDED_WORD = 256 << 10
+# Nesting of the JSON in EXEC/RUN/EVENT exec form, ISOLATOR and MANIFEST.
+MAX_JSON_DEPTH = 100
+
+# .acbuildignore.
+MAX_IGNORE_BYTES = 1 << 20
+MAX_IGNORE_PATTERN = 4096
+
+# .aci archives. appc/actool read the manifest whole (ioutil.ReadAll) with no
+# bound; real manifests are a few KiB.
+MAX_MANIFEST_BYTES = 1 << 20
+# PAX and GNU long-name headers (Go's archive/tar uses the same 1 MiB).
+MAX_TAR_META_BYTES = 1 << 20
+# Components in one archive entry name (a context path may be as deep).
+MAX_PATH_DEPTH = 4096
+# Symlinks followed while resolving one link inside an archive (Linux: 40).
+MAX_SYMLINK_HOPS = 40
+# Uncompressed bytes of one image: the default of the image size setting.
+DEFAULT_MAX_IMAGE_SIZE = 16 << 30
+MAX_IMAGE_SIZE_ENV = "ACBUILD_MAX_IMAGE_SIZE"
+
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_size(text: str, what: str) -> int:
+    """"1048576", "512M", "16G", "2GiB" -> bytes; UsageError naming `what` otherwise."""
+    s = text.strip().upper().removesuffix("IB").removesuffix("B")
+    unit = s[-1:] if s[-1:] in _UNITS else ""
+    number = s[: len(s) - len(unit)]
+    if not number.isdigit() or int(number) <= 0:
+        raise UsageError(f"{what}: {text!r} is not a size (a positive number of bytes, or with K, M, G or T)")
+    return int(number) * _UNITS[unit]
+
+
+def max_image_size(configured: int | None = None) -> int:
+    """The image size limit: the flag/setting given, else $ACBUILD_MAX_IMAGE_SIZE, else the default."""
+    if configured:
+        return configured
+    env = os.environ.get(MAX_IMAGE_SIZE_ENV, "")
+    return parse_size(env, MAX_IMAGE_SIZE_ENV) if env else DEFAULT_MAX_IMAGE_SIZE
+
+
+def read_regular_file(path, what: str, max_bytes: int, error=UsageError) -> bytes:
+    """The bytes of `path`, refusing at once what is not a regular file (a FIFO
+    would block forever, a device never ends) or is larger than `max_bytes`.
+    FileNotFoundError passes through; other OSErrors become `error`."""
+    try:
+        # O_NONBLOCK: opening a FIFO for reading must not wait for a writer.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise
+    except OSError as err:
+        raise error(f"cannot read {what} {path}: {err.strerror}") from err
+    with open(fd, "rb") as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise error(f"{what} {path} is not a regular file")
+        if st.st_size > max_bytes:
+            raise error(f"{what} {path} is {st.st_size} bytes (the limit is {max_bytes})")
+        data = f.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise error(f"{what} {path} is more than {max_bytes} bytes")
+    return data
+
+
+def check_acifile_text(text: str, filename: str) -> None:
+    """Refuse ACIfile text that no build needs and that would make parsing slow
+    or fail deep inside: too many bytes or lines, NUL bytes."""
+    size = len(text.encode("utf-8", "surrogateescape"))
+    if size > MAX_ACIFILE_BYTES:
+        raise ParseError(f"{filename}: {size} bytes (an ACIfile may have at most {MAX_ACIFILE_BYTES})")
+    lines = text.count("\n") + 1
+    if lines > MAX_ACIFILE_LINES:
+        raise ParseError(f"{filename}: {lines} lines (an ACIfile may have at most {MAX_ACIFILE_LINES})")
+    nul = text.find("\0")
+    if nul >= 0:
+        line = text.count("\n", 0, nul) + 1
+        start = text.rfind("\n", 0, nul) + 1
+        end = text.find("\n", nul)
+        source = text[start: end if end >= 0 else len(text)]
+        raise ParseError("NUL byte in the ACIfile",
+                           SourcePos(filename, line, nul - start + 1, source.replace("\0", "\\0")))
+
+
+def check_json_depth(text: str, what: str, pos: SourcePos | None = None, *, limit: int = MAX_JSON_DEPTH,
+                     error=PlanError) -> None:
+    """Refuse JSON nested deeper than `limit` before json.loads recurses into it
+    (a linear scan: brackets inside strings do not count)."""
+    depth = 0
+    in_string = escaped = False
+    for ch in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            if depth > limit:
+                raise error(f"{what}: JSON nested more than {limit} levels deep", pos)
+        elif ch in "]}":
+            depth -= 1
+
+
+def check_expanded(value: str, pos: SourcePos | None) -> str:
+    """A word after $VARIABLE substitution, refused when it grew past the limit."""
+    if len(value) > MAX_EXPANDED_WORD:
+        raise PlanError(f"variable substitution makes a word of {len(value)} characters "
+                           f"(at most {MAX_EXPANDED_WORD})", pos)
+    return value
