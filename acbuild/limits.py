@@ -52,12 +52,36 @@ def parse_size(text: str, what: str) -> int:
     return int(number) * _UNITS[unit]
 
 
-def max_image_size(configured: int | None = None) -> int:
-    """The image size limit: the flag/setting given, else $ACBUILD_MAX_IMAGE_SIZE, else the default."""
-    if configured:
-        return configured
+def format_size(n: int) -> str:
+    for unit in ("T", "G", "M", "K"):
+        if n >= _UNITS[unit] and n % _UNITS[unit] == 0:
+            return f"{n // _UNITS[unit]} {unit}iB"
+    return f"{n} bytes"
+
+
+_flag_max_image_size: int | None = None
+
+
+def set_max_image_size(size: int | None) -> None:
+    """The --max-image-size flag (set once by the CLI)."""
+    global _flag_max_image_size
+    _flag_max_image_size = size
+
+
+def max_image_size() -> int:
+    """The image size limit: --max-image-size, else $ACBUILD_MAX_IMAGE_SIZE, else
+    max-image-size in the default acbuild.toml, else the default (16 GiB)."""
+    if _flag_max_image_size:
+        return _flag_max_image_size
     env = os.environ.get(MAX_IMAGE_SIZE_ENV, "")
-    return parse_size(env, MAX_IMAGE_SIZE_ENV) if env else DEFAULT_MAX_IMAGE_SIZE
+    if env:
+        return parse_size(env, MAX_IMAGE_SIZE_ENV)
+    from acbuild.config import load_config
+
+    config = load_config()
+    if config.max_image_size:
+        return parse_size(config.max_image_size, f"{config.source}: max-image-size")
+    return DEFAULT_MAX_IMAGE_SIZE
 
 
 def read_regular_file(path, what: str, max_bytes: int, error=UsageError) -> bytes:
@@ -71,13 +95,18 @@ def read_regular_file(path, what: str, max_bytes: int, error=UsageError) -> byte
         raise
     except OSError as err:
         raise error(f"cannot read {what} {path}: {err.strerror}") from err
-    with open(fd, "rb") as f:
+    try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise error(f"{what} {path} is not a regular file")
         if st.st_size > max_bytes:
             raise error(f"{what} {path} is {st.st_size} bytes (the limit is {max_bytes})")
-        data = f.read(max_bytes + 1)
+        with open(fd, "rb", closefd=False) as f:
+            data = f.read(max_bytes + 1)
+    except OSError as err:
+        raise error(f"cannot read {what} {path}: {err.strerror}") from err
+    finally:
+        os.close(fd)
     if len(data) > max_bytes:
         raise error(f"{what} {path} is more than {max_bytes} bytes")
     return data
@@ -126,9 +155,8 @@ def check_json_depth(text: str, what: str, pos: SourcePos | None = None, *, limi
             depth -= 1
 
 
-def check_expanded(value: str, pos: SourcePos | None) -> str:
-    """A word after $VARIABLE substitution, refused when it grew past the limit."""
-    if len(value) > MAX_EXPANDED_WORD:
-        raise PlanError(f"variable substitution makes a word of {len(value)} characters "
-                           f"(at most {MAX_EXPANDED_WORD})", pos)
-    return value
+def check_expanded_size(size: int, pos: SourcePos | None) -> None:
+    """Refuse a word that $VARIABLE substitution grows past the limit (checked as
+    it grows, so a doubling chain of ARGs stops before it fills memory)."""
+    if size > MAX_EXPANDED_WORD:
+        raise PlanError(f"variable substitution makes a word of more than {MAX_EXPANDED_WORD} characters", pos)

@@ -35,7 +35,7 @@ def acbuild(*args, cwd=None, env=None, timeout: float = HANG_BOUND, stdin=subpro
 
 def assert_clear_error(result: subprocess.CompletedProcess, *needles: str) -> None:
     """Non-zero exit, no traceback or internal error, one message naming `needles`."""
-    err = result.stderr
+    err = result.stderr + result.stdout  # validate reports problems on stdout
     assert result.returncode != 0, f"accepted (exit 0):\n{result.stdout}\n{err}"
     assert "Traceback" not in err and "internal error" not in err.lower(), err
     for needle in needles:

@@ -196,10 +196,13 @@ def test_link_chain_defined_in_the_other_order_is_refused(tmp_path):
     assert_refused_everywhere(every_reader(save(tmp_path, raw), tmp_path), "escapes rootfs")
 
 
-def test_symlink_loop_is_refused_not_followed_forever(tmp_path):
+def test_symlink_loop_is_judged_in_bounded_time(tmp_path):
+    """A loop reaches nothing (the kernel answers ELOOP): accepted, not followed forever."""
     raw = image(member("rootfs/x", kind=tarfile.SYMTYPE, linkname="y/.."),
-                member("rootfs/y", kind=tarfile.SYMTYPE, linkname="x/.."))
-    assert_refused_everywhere(every_reader(save(tmp_path, raw), tmp_path), "rootfs/")
+                member("rootfs/y", kind=tarfile.SYMTYPE, linkname="x/.."),
+                member("rootfs/self", kind=tarfile.SYMTYPE, linkname="self"))
+    result = acbuild("validate", save(tmp_path, raw), timeout=QUICK_BOUND)
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_inner_links_that_stay_inside_are_accepted(tmp_path):
@@ -259,9 +262,10 @@ def test_many_big_manifests_are_refused_in_flat_memory(tmp_path):
     big = b'{"acKind":"ImageManifest","x":"' + b"a" * (15 << 20) + b'"}'
     raw = image(*(member("manifest", big) for _ in range(3)))
     aci = save(tmp_path, raw)
-    script = ("import resource, sys\nfrom acbuild.aci.validate import validate_path\n"
+    # VmHWM: this process's peak RSS (ru_maxrss would include the forking parent's).
+    script = ("import re\nfrom acbuild.aci.validate import validate_path\n"
               f"print(validate_path({str(aci)!r}))\n"
-              "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n")
+              "print(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1))\n")
     out = subprocess.run([__import__("sys").executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     problems, rss_kib = out.stdout.strip().splitlines()

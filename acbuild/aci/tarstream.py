@@ -94,6 +94,9 @@ class TarReader:
         self._left = 0  # unread data bytes of the current entry
         self._pad = 0  # padding after them
 
+    def _bad(self, message: str) -> ImageError:
+        return ImageError(message, path=self.where)
+
     # -- raw stream -----------------------------------------------------------
 
     def _take(self, n: int, what: str) -> bytes:
@@ -103,10 +106,10 @@ class TarReader:
             try:
                 chunk = self._read(n - len(out))
             except STREAM_ERRORS as err:
-                raise ImageError(f"{self.where}: damaged or truncated compressed stream "
+                raise self._bad(f"damaged or truncated compressed stream "
                                  f"at tar offset {self.offset + len(out)}: {err}") from None
             if not chunk:
-                raise ImageError(f"{self.where}: truncated archive: ends inside {what} at offset {self.offset + len(out)}")
+                raise self._bad(f"truncated archive: ends inside {what} at offset {self.offset + len(out)}")
             out += chunk
         self.offset += n
         return bytes(out)
@@ -138,15 +141,15 @@ class TarReader:
             block = self._take(BLOCK, "a header")
             if block == bytes(BLOCK):
                 if self._take(BLOCK, "the end-of-archive marker") != bytes(BLOCK):
-                    raise ImageError(f"{self.where}: corrupt archive: a zero block at offset {at} is not followed by another")
+                    raise self._bad(f"corrupt archive: a zero block at offset {at} is not followed by another")
                 if pax or long_name is not None or long_link is not None:
-                    raise ImageError(f"{self.where}: corrupt archive: extended header at the end without an entry")
+                    raise self._bad(f"corrupt archive: extended header at the end without an entry")
                 return
             header = self._header(block, at)
             kind = header.type
             if kind in (b"x", b"g", b"L", b"K"):
                 if header.size > MAX_TAR_META_BYTES:
-                    raise ImageError(f"{self.where}: extended header at offset {at} is {header.size} bytes "
+                    raise self._bad(f"extended header at offset {at} is {header.size} bytes "
                                      f"(at most {MAX_TAR_META_BYTES})")
                 body = self._take(header.size, "an extended header")
                 self._skip(-header.size % BLOCK, "an extended header")
@@ -158,13 +161,13 @@ class TarReader:
                     long_link = _decode(_cstr(body))
                 continue
             if kind in _REFUSED:
-                raise ImageError(f"{self.where}: {header.name}: {_REFUSED[kind]} (not supported)")
+                raise self._bad(f"{header.name}: {_REFUSED[kind]} (not supported)")
             self._apply(header, pax, long_name, long_link, at)
             if kind == AREGTYPE and header.name.endswith("/"):  # pre-POSIX directory
                 header.type = DIRTYPE
             pax, long_name, long_link = {}, None, None
             if header.name.count("/") >= MAX_PATH_DEPTH:
-                raise ImageError(f"{self.where}: {header.name[:200]}...: more than {MAX_PATH_DEPTH} path components")
+                raise self._bad(f"{header.name[:200]}...: more than {MAX_PATH_DEPTH} path components")
             self._left = 0 if kind in _HEADER_ONLY else header.size
             self._pad = -self._left % BLOCK
             yield header
@@ -174,7 +177,7 @@ class TarReader:
         unsigned = sum(block[:148]) + 8 * 32 + sum(block[156:])
         signed = unsigned - sum(256 for b in block[:148] + block[156:] if b > 127)
         if stored not in (unsigned, signed):
-            raise ImageError(f"{self.where}: corrupt archive: bad header checksum at offset {at}")
+            raise self._bad(f"corrupt archive: bad header checksum at offset {at}")
         name = _cstr(block[0:100])
         if block[257:263] == b"ustar\0":  # POSIX: the prefix field holds the leading part
             prefix = _cstr(block[345:500])
@@ -198,7 +201,7 @@ class TarReader:
         """An octal field, or GNU base-256 (high bit set); negative values are refused."""
         if field[:1] and field[0] & 0x80:
             if field[0] == 0xFF:
-                raise ImageError(f"{self.where}: corrupt archive: negative {what} in the header at offset {at}")
+                raise self._bad(f"corrupt archive: negative {what} in the header at offset {at}")
             value = field[0] & 0x7F
             for b in field[1:]:
                 value = value << 8 | b
@@ -207,7 +210,7 @@ class TarReader:
         if not text:
             return 0
         if not all(0x30 <= b <= 0x37 for b in text):
-            raise ImageError(f"{self.where}: corrupt archive: bad {what} field {field!r} in the header at offset {at}")
+            raise self._bad(f"corrupt archive: bad {what} field {field!r} in the header at offset {at}")
         return int(text, 8)
 
     def _pax(self, body: bytes, at: int) -> dict[str, str]:
@@ -220,11 +223,11 @@ class TarReader:
             space = body.find(b" ", pos, pos + 20)
             length = body[pos:space]
             if space < 0 or not length.isdigit() or int(length) <= space - pos + 1:
-                raise ImageError(f"{self.where}: corrupt archive: bad PAX record in the header at offset {at}")
+                raise self._bad(f"corrupt archive: bad PAX record in the header at offset {at}")
             end = pos + int(length)
             record = body[space + 1:end]
             if end > len(body) or not record.endswith(b"\n") or b"=" not in record:
-                raise ImageError(f"{self.where}: corrupt archive: bad PAX record in the header at offset {at}")
+                raise self._bad(f"corrupt archive: bad PAX record in the header at offset {at}")
             key, _, value = record[:-1].partition(b"=")
             out[_decode(key)] = _decode(value)
             pos = end
@@ -242,14 +245,14 @@ class TarReader:
         for key in ("size", "uid", "gid"):
             if key in pax:
                 if not pax[key].isdigit():
-                    raise ImageError(f"{self.where}: corrupt archive: PAX {key}={pax[key][:40]!r} "
+                    raise self._bad(f"corrupt archive: PAX {key}={pax[key][:40]!r} "
                                      f"is not a non-negative integer (header at offset {at})")
                 setattr(e, key, int(pax[key]))
         if "mtime" in pax:
             try:
                 e.mtime = int(float(pax["mtime"]))
             except (ValueError, OverflowError):
-                raise ImageError(f"{self.where}: corrupt archive: PAX mtime={pax['mtime'][:40]!r} "
+                raise self._bad(f"corrupt archive: PAX mtime={pax['mtime'][:40]!r} "
                                  f"(header at offset {at})") from None
         if "\0" in e.name or "\0" in e.linkname:
-            raise ImageError(f"{self.where}: corrupt archive: NUL in a name (header at offset {at})")
+            raise self._bad(f"corrupt archive: NUL in a name (header at offset {at})")

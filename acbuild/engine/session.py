@@ -275,7 +275,9 @@ class Session:
             )
 
     def discard(self) -> None:
-        shutil.rmtree(self.workdir, ignore_errors=True)
+        from acbuild.files import remove_tree
+
+        remove_tree(self.workdir)
 
 
 def _start_from_base(base: p.From, rootfs: Path, options: BuildOptions) -> m.ImageManifest:

@@ -13,6 +13,7 @@ import posixpath
 import re
 from dataclasses import dataclass, field
 
+from acbuild import limits
 from acbuild import plan as p
 from acbuild.aci import types as t
 from acbuild.errors import PlanError
@@ -33,8 +34,8 @@ def compile_file(path, build_args: dict[str, str] | None = None) -> p.Plan:
 
     path = Path(path)
     try:
-        text = path.read_text()
-    except OSError as err:
+        text = limits.read_regular_file(path, "ACIfile", limits.MAX_ACIFILE_BYTES, error=PlanError).decode()
+    except FileNotFoundError as err:
         from acbuild.errors import NotFoundError
 
         raise NotFoundError(f"cannot read {path}: {err.strerror}") from err
@@ -124,7 +125,7 @@ class Compiler:
     def expand(self, word: Word) -> str:
         """Remove quotes and substitute $VAR / ${VAR} / ${VAR:-default} / ${VAR:+alt}."""
         text, out, i = word.text, [], 0
-        quote = ""
+        quote, grown = "", 0
         while i < len(text):
             c = text[i]
             if quote == "'":
@@ -145,7 +146,10 @@ class Compiler:
                     out.append(c)
                     i += 1
                     continue
-                out.append(self._lookup(m))
+                value = self._lookup(m)
+                grown += len(value)
+                limits.check_expanded_size(grown + len(text), word.pos)
+                out.append(value)
                 i = m.end()
             else:
                 out.append(c)
@@ -199,6 +203,7 @@ class Compiler:
         assert st.command is not None
         text = st.command.text
         if st.json_form:
+            limits.check_json_depth(text, st.keyword, st.command.pos)
             try:
                 value = json.loads(re.sub(r"\\[ \t]*\r?\n", "", text))
             except ValueError:
@@ -428,6 +433,7 @@ class Compiler:
             known = ", ".join(sorted(t.KNOWN_ISOLATORS))
             raise PlanError(f'ISOLATOR: invalid isolator "{name}" (known: {known})', st.words[0].pos)
         assert st.command is not None
+        limits.check_json_depth(st.command.text, "ISOLATOR", st.command.pos)
         try:
             value = json.loads(re.sub(r"\\[ \t]*\r?\n", "", st.command.text))
         except ValueError as err:
@@ -478,6 +484,7 @@ class Compiler:
 
     def _manifest(self, st: Statement) -> p.ReplaceManifest:
         assert st.command is not None
+        limits.check_json_depth(st.command.text, "MANIFEST", st.command.pos)
         try:
             value = json.loads(st.command.text)
         except ValueError as err:

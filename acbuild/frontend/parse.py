@@ -13,6 +13,7 @@ from importlib import resources
 from pathlib import Path
 
 from acbuild.errors import ParseError, SourcePos
+from acbuild.limits import check_acifile_text
 
 # How each instruction is written, for "expected ..." messages.
 USAGE = {
@@ -107,7 +108,10 @@ def parse_acifile(text: str, filename: str = "ACIfile") -> list[Statement]:
     """Parse ACIfile text. Raises ParseError at the first syntax error."""
     from lark.exceptions import UnexpectedCharacters, UnexpectedInput, UnexpectedToken
 
-    lines = text.splitlines()
+    check_acifile_text(text, filename)
+    # Lines as Lark counts them (only "\n" ends one; splitlines() also breaks at
+    # \f, \x1c, \u2028..., which put excerpts on the wrong line: IndexError).
+    lines = [line.removesuffix("\r") for line in text.split("\n")]
     if not text.endswith("\n"):
         text += "\n"
     try:
