@@ -114,3 +114,36 @@ def link_or_copy(src: Path, dst: Path) -> None:
         if err.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
             raise
         shutil.copyfile(src, dst)
+
+
+def walk(top: str, *, sort_key=None, prune=None, post_order: bool = False):
+    """Every entry below the directory `top`, depth first, each directory's
+    entries sorted by `sort_key(DirEntry)` (default: the name): yields
+    (path, rel, lstat, leaving) where rel is "/"-joined below top and leaving is
+    True for the second visit of a directory (only with post_order). An explicit
+    stack, not recursion: a context or rootfs thousands of levels deep is fine.
+    `prune(rel, lstat)` -> True leaves an entry (and what is below it) out."""
+    key = sort_key or (lambda e: e.name)
+
+    def children(path: str, rel: str):
+        with os.scandir(path) as it:
+            entries = sorted(it, key=key)
+        prefix = rel + "/" if rel else ""
+        return iter([(e.path, prefix + e.name, e) for e in entries])
+
+    stack = [(None, children(top, ""))]
+    while stack:
+        leaving, it = stack[-1]
+        item = next(it, None)
+        if item is None:
+            stack.pop()
+            if post_order and leaving is not None:
+                yield (*leaving, True)
+            continue
+        path, rel, entry = item
+        st = entry.stat(follow_symlinks=False)
+        if prune is not None and prune(rel, st):
+            continue
+        yield path, rel, st, False
+        if stat.S_ISDIR(st.st_mode):
+            stack.append(((path, rel, st), children(path, rel)))

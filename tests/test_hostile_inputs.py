@@ -203,6 +203,9 @@ def test_1500_level_context_is_keyed_without_recursion_error(deep_tmp):
     _deep_dir(ctx, 1500)
     result = build(ctx)
     assert "RecursionError" not in result.stderr and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert result.returncode == 0, result.stderr[-3000:]
+    again = build(ctx, "-q")  # from the cache: the snapshot and its keys walk the same depth
+    assert again.returncode == 0 and again.stdout.strip() in result.stdout, again.stderr[-3000:]
 
 
 def test_6000_byte_context_path_builds(deep_tmp):

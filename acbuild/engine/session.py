@@ -65,6 +65,7 @@ class Session:
         self.manifest = manifest
         self.options = options
         self.rootless = os.geteuid() != 0
+        self.copied: dict[str, str] = {}  # the last context COPY: host path -> sha256 of the bytes copied
 
     # -- life cycle -------------------------------------------------------------
 
@@ -217,7 +218,9 @@ class Session:
                 raise BuildError(f'COPY --from: stage "{i.from_stage}" was not built', i.pos)
             copy_into_rootfs(source_root, i.sources, self.rootfs, dest, attrs, i.pos, source_in_rootfs=True)
         else:
-            copy_into_rootfs(self.options.context, i.sources, self.rootfs, dest, attrs, i.pos, ignore=self.options.ignore)
+            self.copied = {}
+            copy_into_rootfs(self.options.context, i.sources, self.rootfs, dest, attrs, i.pos, ignore=self.options.ignore,
+                             digests=self.copied)
 
     def _owner(self, chown: str, i: p.Instruction) -> tuple[int, int]:
         if not chown:
