@@ -12,8 +12,9 @@
   (through the stat cache), exec bit (no mode at all with --chmod) and link target,
   after .acbuildignore; never mtimes or owners (COPY sets both). COPY --from: the
   source stage's final key. RUN --mount=type=bind: the bound path's content with full
-  modes. RUN --mount=type=cache: not keyed (as in BuildKit). FROM IMAGE.aci: the file's
-  sha256; FROM DIR: its content with full modes; FROM scratch: nothing more.
+  modes, after .acbuildignore. RUN --mount=type=cache: not keyed (as in BuildKit).
+  FROM IMAGE.aci: the file's sha256; FROM DIR: its content with full modes; FROM
+  scratch: nothing more.
 
 A source that cannot be read is keyed as such; the step then misses and runs, and
 reports the real error. Contract: pure apart from reading files; the same inputs give
@@ -115,7 +116,11 @@ class KeyMaker:
                 if mount.type == "bind":
                     try:
                         source = resolve_in_root(self.options.context, mount.source)
-                        parts.append(self.tree_digest(source, full_modes=True))
+                        # What the step sees: the context path less what .acbuildignore hides.
+                        rel = os.path.relpath(source, Path(self.options.context).resolve())
+                        h = hashlib.sha256()
+                        self._walk(h, source, rel, os.lstat(source), True, True, self.options.ignore)
+                        parts.append(h.hexdigest())
                     except (OSError, AcbuildError) as err:
                         parts.append(f"unreadable {err}")
             return " ".join(parts)
