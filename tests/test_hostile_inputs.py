@@ -230,3 +230,19 @@ def test_limits_are_documented_in_the_readme():
         assert text in readme
     assert "Limits" in readme
 
+
+
+def test_deeply_nested_isolator_file_in_the_isolator_verb(tmp_path):
+    work = tmp_path / "w"
+    work.mkdir()
+    assert acbuild("--work-path", work, "begin").returncode == 0
+    value = write(tmp_path / "v.json", "[" * 5000 + "]" * 5000)
+    result = acbuild("--work-path", work, "isolator", "add", "os/linux/capabilities-retain-set", value)
+    assert_clear_error(result, "nested")
+    acbuild("--work-path", work, "end")
+
+
+def test_fifo_as_script_is_refused(tmp_path):
+    fifo = tmp_path / "script.acb"
+    os.mkfifo(fifo)
+    assert_clear_error(acbuild("script", fifo, timeout=QUICK_BOUND), "not a regular file")
