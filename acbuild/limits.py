@@ -94,21 +94,21 @@ def read_regular_file(path, what: str, max_bytes: int, error=UsageError) -> byte
     except FileNotFoundError:
         raise
     except OSError as err:
-        raise error(f"cannot read {what} {path}: {err.strerror}") from err
+        raise error(f"cannot read {what}: {err.strerror}", path=path) from err
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            raise error(f"{what} {path} is not a regular file")
+            raise error(f"{what} is not a regular file", path=path)
         if st.st_size > max_bytes:
-            raise error(f"{what} {path} is {st.st_size} bytes (the limit is {max_bytes})")
+            raise error(f"{what} is {st.st_size} bytes (the limit is {max_bytes})", path=path)
         with open(fd, "rb", closefd=False) as f:
             data = f.read(max_bytes + 1)
     except OSError as err:
-        raise error(f"cannot read {what} {path}: {err.strerror}") from err
+        raise error(f"cannot read {what}: {err.strerror}", path=path) from err
     finally:
         os.close(fd)
     if len(data) > max_bytes:
-        raise error(f"{what} {path} is more than {max_bytes} bytes")
+        raise error(f"{what} is more than {max_bytes} bytes", path=path)
     return data
 
 

@@ -113,7 +113,7 @@ class _HashingReader:
             while self.read(CHUNK):
                 pass
         except STREAM_ERRORS as e:
-            raise ImageError(f"damaged or truncated compressed stream: {e}", path=self.where) from None
+            raise ImageError(f"cannot read: damaged or truncated compressed stream: {e}", path=self.where) from None
         return "sha512-" + self.hash.hexdigest()
 
 

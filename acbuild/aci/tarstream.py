@@ -106,7 +106,7 @@ class TarReader:
             try:
                 chunk = self._read(n - len(out))
             except STREAM_ERRORS as err:
-                raise self._bad(f"damaged or truncated compressed stream "
+                raise self._bad(f"cannot read: damaged or truncated compressed stream "
                                  f"at tar offset {self.offset + len(out)}: {err}") from None
             if not chunk:
                 raise self._bad(f"truncated archive: ends inside {what} at offset {self.offset + len(out)}")
