@@ -31,8 +31,9 @@ MAX_IGNORE_PATTERN = 4096
 MAX_MANIFEST_BYTES = 1 << 20
 # PAX and GNU long-name headers (Go's archive/tar uses the same 1 MiB).
 MAX_TAR_META_BYTES = 1 << 20
-# Components in one archive entry name (a context path may be as deep).
-MAX_PATH_DEPTH = 4096
+# Components in one archive entry name: PATH_MAX (4096 bytes) holds at most 2,048
+# one-letter components, so no path a build can name by full path is deeper.
+MAX_PATH_DEPTH = 2048
 # Symlinks followed while resolving one link inside an archive (Linux: 40).
 MAX_SYMLINK_HOPS = 40
 # Uncompressed bytes of one image: the default of the image size setting.

@@ -156,8 +156,11 @@ def _open_tar(path: Path) -> Iterator[tuple[TarReader, _HashingReader, str]]:
 
 def _clean(name: str) -> tuple[str, list[str]]:
     """The cleaned archive name and its components (no "", ".")."""
-    parts = [p for p in name.split("/") if p not in ("", ".")]
-    return "/".join(parts), parts
+    parts = name.split("/")
+    if "" in parts or "." in parts:  # the common case needs no copy
+        parts = [p for p in parts if p not in ("", ".")]
+        return "/".join(parts), parts
+    return name, parts
 
 
 def _escapes(links: dict[str, str], base: list[str], target: str) -> str | None:

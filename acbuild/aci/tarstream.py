@@ -77,6 +77,12 @@ def _decode(raw: bytes) -> str:
     return raw.decode("utf-8", "surrogateescape")
 
 
+def _signed_sum(block: bytes) -> int:
+    """The header checksum with bytes taken as signed (some old tars wrote it so)."""
+    rest = block[:148] + block[156:]
+    return sum(b - 256 if b > 127 else b for b in rest) + 8 * 32
+
+
 def _cstr(field: bytes) -> bytes:
     end = field.find(b"\0")
     return field if end < 0 else field[:end]
@@ -175,8 +181,7 @@ class TarReader:
     def _header(self, block: bytes, at: int) -> Entry:
         stored = self._number(block[148:156], at, "checksum")
         unsigned = sum(block[:148]) + 8 * 32 + sum(block[156:])
-        signed = unsigned - sum(256 for b in block[:148] + block[156:] if b > 127)
-        if stored not in (unsigned, signed):
+        if stored != unsigned and stored != _signed_sum(block):
             raise self._bad(f"corrupt archive: bad header checksum at offset {at}")
         name = _cstr(block[0:100])
         if block[257:263] == b"ustar\0":  # POSIX: the prefix field holds the leading part
