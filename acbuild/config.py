@@ -7,6 +7,7 @@ Read from `--config FILE`, else `$XDG_CONFIG_HOME/acbuild/acbuild.toml`
     gpg-home = "~/.gnupg-acbuild"          # default for --gpg-home
     trust-dirs = ["/etc/acbuild/trustedkeys", "~/.config/acbuild/trustedkeys"]
     require-signatures = true             # every base image must be signed and trusted
+    max-image-size = "16G"                # uncompressed bytes one image may hold (acbuild.limits)
 
     [discovery]                           # defaults for --ca-file, --port, --timeout, --insecure
     ca-file = "/etc/ssl/private-ca.pem"   # CAs to trust for discovery and downloads
@@ -34,7 +35,7 @@ try:
 except ModuleNotFoundError:  # Python < 3.11
     import tomli as tomllib  # type: ignore[no-redef]
 
-KEYS = ("signing-key", "gpg-home", "trust-dirs", "require-signatures", "discovery")
+KEYS = ("signing-key", "gpg-home", "trust-dirs", "require-signatures", "max-image-size", "discovery")
 DISCOVERY_KEYS = ("ca-file", "port", "timeout", "insecure")
 
 
@@ -55,6 +56,7 @@ class Config:
     trust_dirs: tuple[Path, ...] | None = None  # None: the built-in system + user dirs
     require_signatures: bool = False
     discovery: DiscoveryConfig = DiscoveryConfig()
+    max_image_size: str | None = None  # as written ("16G"); acbuild.limits reads it
     source: Path | None = None  # the file read, if any
 
 
@@ -104,12 +106,16 @@ def _from_table(data: dict[str, Any], path: Path) -> Config:
     require = data.get("require-signatures", False)
     if not isinstance(require, bool):
         raise bad("require-signatures must be true or false")
+    size = data.get("max-image-size")
+    if size is not None and (not isinstance(size, (str, int)) or isinstance(size, bool)):
+        raise bad('max-image-size must be a size ("16G", "512M" or a number of bytes)')
     return Config(
         discovery=_discovery(data.get("discovery", {}), path, bad),
         signing_key=key,
         gpg_home=_path(home, path) if home else None,
         trust_dirs=tuple(_path(d, path) for d in dirs) if dirs else None,
         require_signatures=require,
+        max_image_size=None if size is None else str(size),
         source=path,
     )
 

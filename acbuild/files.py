@@ -1,5 +1,6 @@
-"""File-tree utilities every layer may use: removing a tree whatever modes a
-build left in it, and linking a file where possible (copying where not)."""
+"""File-tree utilities every layer may use: removing a tree whatever its depth
+and whatever modes a build left in it, and linking a file where possible
+(copying where not)."""
 
 from __future__ import annotations
 
@@ -10,25 +11,98 @@ import stat
 from pathlib import Path
 
 
-def remove_tree(path: Path | None) -> None:
-    """rmtree that also removes what RUN or overlayfs left unwritable or unreadable
-    (chmod 0555 dirs, overlayfs work dirs of mode 000)."""
+def remove_tree_at(parent_fd: int, name: str) -> None:
+    """Remove the directory `name` in `parent_fd` and everything below it: no
+    recursion (no depth limit), names relative to one directory fd that moves
+    down and back up with ".." (no PATH_MAX, one descriptor), never following a
+    symlink. Directories that RUN or overlayfs left unwritable or unreadable
+    (0555, 0000) are opened up first. Best effort, as rmtree with an error
+    handler: what cannot be removed (a busy mount point) stays, the rest goes."""
+    try:
+        fd = _open_writable(parent_fd, name)
+    except OSError:
+        return
+    frames = [(name, _clear(fd))]  # (directory name, its subdirectories still to remove)
+    try:
+        while frames:
+            pending = frames[-1][1]
+            if pending:
+                child = pending.pop()
+                try:
+                    below = _open_writable(fd, child)
+                except OSError:
+                    continue
+                os.close(fd)
+                fd = below
+                frames.append((child, _clear(fd)))
+                continue
+            done = frames.pop()[0]
+            if frames:
+                up = os.open("..", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+                os.close(fd)
+                fd = up
+                _ignore_errors(os.rmdir, done, dir_fd=fd)
+            else:
+                os.close(fd)
+                fd = -1
+                _ignore_errors(os.rmdir, done, dir_fd=parent_fd)
+    finally:
+        if fd >= 0:
+            os.close(fd)
+
+
+def _ignore_errors(func, *args, **kwargs) -> None:
+    try:
+        func(*args, **kwargs)
+    except OSError:
+        pass
+
+
+def _open_writable(parent_fd: int, name: str) -> int:
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=parent_fd)
+    except PermissionError:
+        os.chmod(name, stat.S_IRWXU, dir_fd=parent_fd, follow_symlinks=False)
+        fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=parent_fd)
+    mode = stat.S_IMODE(os.fstat(fd).st_mode)
+    if mode & stat.S_IRWXU != stat.S_IRWXU:
+        _ignore_errors(os.fchmod, fd, mode | stat.S_IRWXU)
+    return fd
+
+
+def _clear(fd: int) -> list[str]:
+    """Unlink every non-directory in `fd`; the names of its subdirectories."""
+    subdirs = []
+    try:
+        with os.scandir(fd) as it:
+            for entry in it:
+                if entry.is_dir(follow_symlinks=False):
+                    subdirs.append(entry.name)
+                else:
+                    _ignore_errors(os.unlink, entry.name, dir_fd=fd)
+    except OSError:
+        pass
+    return subdirs
+
+
+def remove_tree(path: Path | str | None) -> None:
+    """Remove `path` (a directory tree, a file or nothing) whatever its depth or
+    the modes a build left in it; best effort, as remove_tree_at."""
     if path is None:
         return
-
-    def make_writable_and_retry(func, failed, _exc):
-        try:
-            parent = os.path.dirname(failed)
-            os.chmod(parent, os.stat(parent).st_mode | stat.S_IRWXU)
-            if os.path.isdir(failed) and not os.path.islink(failed):
-                os.chmod(failed, stat.S_IRWXU)
-                shutil.rmtree(failed, onerror=make_writable_and_retry)
-            else:
-                func(failed)
-        except OSError:
-            pass
-
-    shutil.rmtree(path, onerror=make_writable_and_retry)
+    parent, name = os.path.split(os.path.abspath(os.fspath(path)))
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISDIR(st.st_mode):
+        _ignore_errors(os.unlink, path)
+        return
+    pfd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        remove_tree_at(pfd, name)
+    finally:
+        os.close(pfd)
 
 
 def link_or_copy(src: Path, dst: Path) -> None:
@@ -40,3 +114,36 @@ def link_or_copy(src: Path, dst: Path) -> None:
         if err.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
             raise
         shutil.copyfile(src, dst)
+
+
+def walk(top: str, *, sort_key=None, prune=None, post_order: bool = False):
+    """Every entry below the directory `top`, depth first, each directory's
+    entries sorted by `sort_key(DirEntry)` (default: the name): yields
+    (path, rel, lstat, leaving) where rel is "/"-joined below top and leaving is
+    True for the second visit of a directory (only with post_order). An explicit
+    stack, not recursion: a context or rootfs thousands of levels deep is fine.
+    `prune(rel, lstat)` -> True leaves an entry (and what is below it) out."""
+    key = sort_key or (lambda e: e.name)
+
+    def children(path: str, rel: str):
+        with os.scandir(path) as it:
+            entries = sorted(it, key=key)
+        prefix = rel + "/" if rel else ""
+        return iter([(e.path, prefix + e.name, e) for e in entries])
+
+    stack = [(None, children(top, ""))]
+    while stack:
+        leaving, it = stack[-1]
+        item = next(it, None)
+        if item is None:
+            stack.pop()
+            if post_order and leaving is not None:
+                yield (*leaving, True)
+            continue
+        path, rel, entry = item
+        st = entry.stat(follow_symlinks=False)
+        if prune is not None and prune(rel, st):
+            continue
+        yield path, rel, st, False
+        if stat.S_ISDIR(st.st_mode):
+            stack.append(((path, rel, st), children(path, rel)))

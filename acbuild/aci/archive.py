@@ -13,6 +13,14 @@ Extraction contract: nothing is ever written outside `dest`. Parent paths are
 walked with directory fds and O_NOFOLLOW, so a symlink in the archive is never
 followed; a later entry replaces an earlier one (a symlink to a directory is
 replaced, not followed). Memory is flat in image size.
+
+One verdict: the tar stream is read by acbuild.aci.tarstream (strict: a corrupt
+header, a truncated stream or a negative size is an error, never a silent end),
+the uncompressed size is bounded by the image size limit (acbuild.limits), and
+extraction refuses every layout problem that validate reports, so validate,
+FROM, begin, launch and dependency rendering accept exactly the same archives.
+Symlinks are resolved through the links of the archive itself: a link that
+leaves rootfs through another link is refused, whatever the entry order.
 """
 
 from __future__ import annotations
@@ -23,19 +31,17 @@ import gzip
 import hashlib
 import lzma
 import os
-import shutil
 import stat
-import tarfile
-import zlib
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
+from acbuild import limits
+from acbuild.aci.tarstream import AREGTYPE, REGTYPE, STREAM_ERRORS, Entry, TarReader
 from acbuild.errors import ImageError, NotFoundError
 
-MAX_MANIFEST = 16 << 20
 CHUNK = 1 << 20
 
 # Decides whether an entry is extracted: (cleaned archive name, "rootfs" or
@@ -82,20 +88,32 @@ def detect_file_compression(path: Path) -> str:
 
 
 class _HashingReader:
-    """A read-only stream that hashes every byte read through it."""
+    """A read-only stream that hashes every byte read through it and refuses to
+    read more than the image size limit (an expansion bomb ends there)."""
 
-    def __init__(self, inner: BinaryIO):
+    def __init__(self, inner: BinaryIO, where: Path):
         self.inner = inner
+        self.where = where
         self.hash = hashlib.sha512()
+        self.limit = limits.max_image_size()
+        self.total = 0
 
     def read(self, n: int = -1) -> bytes:
-        data = self.inner.read(n)
+        data = self.inner.read(n if n >= 0 else CHUNK)
+        self.total += len(data)
+        if self.total > self.limit:
+            raise ImageError(f"more than {limits.format_size(self.limit)} uncompressed, the image size "
+                             f"limit (raise it with --max-image-size, {limits.MAX_IMAGE_SIZE_ENV} "
+                             "or max-image-size in acbuild.toml)", path=self.where)
         self.hash.update(data)
         return data
 
     def drain(self) -> str:
-        while self.read(CHUNK):
-            pass
+        try:
+            while self.read(CHUNK):
+                pass
+        except STREAM_ERRORS as e:
+            raise ImageError(f"cannot read: damaged or truncated compressed stream: {e}", path=self.where) from None
         return "sha512-" + self.hash.hexdigest()
 
 
@@ -124,48 +142,62 @@ class _Unclosed:
 
 
 @contextmanager
-def _open_tar(path: Path) -> Iterator[tuple[tarfile.TarFile, _HashingReader, str]]:
+def _open_tar(path: Path) -> Iterator[tuple[TarReader, _HashingReader, str]]:
     compression = detect_file_compression(path)
     with ExitStack() as stack:
         try:
             raw = stack.enter_context(open(path, "rb"))
             plain = stack.enter_context(_decompressor(raw, compression))
-            reader = _HashingReader(plain)
-            # Names are UTF-8 whatever the locale, so a rewrite never alters them.
-            tf = stack.enter_context(tarfile.open(fileobj=reader, mode="r|", errorlevel=2,  # type: ignore[arg-type]
-                                                  encoding="utf-8", errors="surrogateescape"))
-        except (tarfile.TarError, OSError, EOFError, lzma.LZMAError, zlib.error) as e:
+        except STREAM_ERRORS as e:
             raise ImageError(f"cannot read: {e}", path=path) from e  # a damaged stream is the image's fault
-        yield tf, reader, compression
-
-
-def _members(path: Path, tf: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
-    try:
-        yield from tf
-    except (tarfile.TarError, OSError, EOFError, lzma.LZMAError, zlib.error) as e:
-        raise ImageError(f"cannot read: {e}", path=path) from e
+        reader = _HashingReader(plain, path)
+        yield TarReader(reader.read, str(path)), reader, compression
 
 
 def _clean(name: str) -> tuple[str, list[str]]:
     """The cleaned archive name and its components (no "", ".")."""
-    parts = [p for p in name.split("/") if p not in ("", ".")]
-    return "/".join(parts), parts
+    parts = name.split("/")
+    if "" in parts or "." in parts:  # the common case needs no copy
+        parts = [p for p in parts if p not in ("", ".")]
+        return "/".join(parts), parts
+    return name, parts
 
 
-def _escapes(base: list[str], target: str) -> bool:
-    """Does `target`, resolved lexically from the directory `base` (components
-    under rootfs; absolute targets start at rootfs), leave rootfs?"""
+def _escapes(links: dict[str, str], base: list[str], target: str) -> str | None:
+    """Why `target`, resolved from the directory `base` (components under rootfs;
+    absolute targets start at rootfs) through the archive's own symlinks `links`
+    (path under rootfs -> target), leaves rootfs, or None when it stays inside."""
     stack = [] if target.startswith("/") else list(base)
-    for part in target.split("/"):
+    keys = ["/".join(stack[: n + 1]) for n in range(len(stack))] if links else []
+    todo = target.split("/")
+    todo.reverse()
+    hops = limits.MAX_SYMLINK_HOPS
+    while todo:
+        part = todo.pop()
         if part in ("", "."):
             continue
         if part == "..":
             if not stack:
-                return True
+                return "escapes rootfs"
             stack.pop()
-        else:
-            stack.append(part)
-    return False
+            if keys:
+                keys.pop()
+            continue
+        stack.append(part)
+        if not links:
+            continue
+        keys.append(f"{keys[-1]}/{part}" if keys else part)
+        inner = links.get(keys[-1])
+        if inner is not None:
+            hops -= 1
+            if hops < 0:  # a loop: the kernel answers ELOOP, nothing is reached
+                return None
+            stack.pop()
+            keys.pop()
+            if inner.startswith("/"):
+                stack, keys = [], []
+            todo.extend(reversed(inner.split("/")))
+    return None
 
 
 class _Checker:
@@ -179,13 +211,17 @@ class _Checker:
         self.rootfs = False
         # The problem that makes the last checked entry unsafe to extract, if any.
         self.unsafe: str | None = None
+        # Symlinks so far (path under rootfs -> target) and the depths they are at:
+        # an entry below one, or a link through one, is judged by the real namespace.
+        self.links: dict[str, str] = {}
+        self.link_depths: set[int] = set()
 
     def _bad(self, problem: str, unsafe: bool = False) -> None:
         self.problems.append(problem)
         if unsafe:
             self.unsafe = problem
 
-    def check(self, m: tarfile.TarInfo) -> tuple[str, list[str]] | None:
+    def check(self, m: Entry) -> tuple[str, list[str]] | None:
         """Record `m`; return its cleaned name and components, or None when it is
         unsafe to use (absolute or `..`: a problem is recorded)."""
         self.unsafe = None
@@ -213,8 +249,15 @@ class _Checker:
                 self.problems.append("rootfs: not a directory")
         elif parts[0] != "rootfs":
             self.problems.append(f"{name}: unrecognized path in layout (only manifest and rootfs/ allowed)")
-        elif m.issym() and _escapes(parts[1:-1], m.linkname):
-            self._bad(f"{name}: symlink target {m.linkname!r} escapes rootfs", unsafe=True)
+        elif self._under_link(parts[1:]):
+            self._bad(f"{name}: is below the symlink {self._under_link(parts[1:])}", unsafe=True)
+        elif m.issym():
+            # Lexically now; through the archive's other links once they are all known (finish).
+            why = _escapes({}, parts[1:-1], m.linkname)
+            if why:
+                self._bad(f"{name}: symlink target {m.linkname!r} {why}", unsafe=True)
+            self.links["/".join(parts[1:])] = m.linkname
+            self.link_depths.add(len(parts) - 1)
         elif m.islnk():
             target, tparts = _clean(m.linkname)
             if m.linkname.startswith("/") or ".." in tparts or len(tparts) < 2 or tparts[0] != "rootfs":
@@ -223,7 +266,23 @@ class _Checker:
                 self._bad(f"{name}: hardlink target {m.linkname!r} is not an earlier entry", unsafe=True)
         return name, parts
 
+    def _under_link(self, rel: list[str]) -> str | None:
+        """The symlink (rootfs/...) that a parent of `rel` is, if any."""
+        for depth in self.link_depths:
+            if depth < len(rel):
+                prefix = "/".join(rel[:depth])
+                if prefix in self.links:
+                    return "rootfs/" + prefix
+        return None
+
     def finish(self) -> list[str]:
+        # A link may reach outside through one that came later in the archive.
+        for link, target in self.links.items():
+            parts = link.split("/")
+            why = _escapes(self.links, parts[:-1], target)
+            problem = f"rootfs/{link}: symlink target {target!r} {why}"
+            if why and problem not in self.problems:
+                self._bad(problem, unsafe=True)
         if not self.manifest:
             self.problems.append("no manifest found in layout")
         if not self.rootfs:
@@ -231,25 +290,26 @@ class _Checker:
         return self.problems
 
 
-def _read_manifest(path: Path, tf: tarfile.TarFile, m: tarfile.TarInfo) -> bytes:
-    if m.size > MAX_MANIFEST:
-        raise ImageError(f"manifest is {m.size} bytes (more than {MAX_MANIFEST})", path=path)
-    f = tf.extractfile(m)
-    return f.read() if f else b""
+def _read_manifest(path: Path, tar: TarReader, m: Entry, first: bool) -> bytes:
+    """The manifest's bytes (the first one only: a second is a reported duplicate)."""
+    if m.size > limits.MAX_MANIFEST_BYTES:
+        raise ImageError(f"manifest is {m.size} bytes (at most {limits.MAX_MANIFEST_BYTES})", path=path)
+    return b"".join(iter(tar.data, b"")) if first else b""
 
 
 def read_aci(path: Path) -> AciContents:
     """Hash, read the manifest and check the layout of the .aci at `path`."""
     path = Path(path)
     checker = _Checker()
-    manifest = b""
-    with _open_tar(path) as (tf, reader, compression):
-        for m in _members(path, tf):
+    manifest = None
+    with _open_tar(path) as (tar, reader, compression):
+        for m in tar:
             checked = checker.check(m)
             if checked and checked[0] == "manifest" and m.isreg():
-                manifest += _read_manifest(path, tf, m)
-        image_id = _drain(path, reader)
-    return AciContents(manifest, image_id, compression, checker.finish(), checker.entries)
+                data = _read_manifest(path, tar, m, manifest is None)
+                manifest = data if manifest is None else manifest
+        image_id = reader.drain()
+    return AciContents(manifest or b"", image_id, compression, checker.finish(), checker.entries)
 
 
 def read_manifest_bytes(image: str | Path) -> bytes:
@@ -268,21 +328,14 @@ def read_manifest_bytes(image: str | Path) -> bytes:
     return aci.manifest_bytes
 
 
-def _drain(path: Path, reader: _HashingReader) -> str:
-    try:
-        return reader.drain()
-    except (OSError, EOFError, lzma.LZMAError, zlib.error) as e:
-        raise ImageError(f"cannot read: {e}", path=path) from e
-
-
 def image_id_of(path: Path) -> str:
     """sha512- + hex of the uncompressed tar stream of the .aci at `path`."""
     path = Path(path)
     compression = detect_file_compression(path)
     try:
         with open(path, "rb") as raw, _decompressor(raw, compression) as plain:
-            return _HashingReader(plain).drain()
-    except (OSError, EOFError, lzma.LZMAError, zlib.error) as e:
+            return _HashingReader(plain, path).drain()
+    except OSError as e:
         raise ImageError(f"cannot read: {e}", path=path) from e
 
 
@@ -298,8 +351,8 @@ def copy_rootfs_entries(src: Path, sink) -> int:
 
     checker = _Checker()
     mtime = 0
-    with _open_tar(src) as (tf, reader, _):
-        for m in _members(src, tf):
+    with _open_tar(src) as (tar, reader, _):
+        for m in tar:
             checked = checker.check(m)
             if checker.problems:
                 raise ImageError(checker.problems[0], path=src)
@@ -313,20 +366,18 @@ def copy_rootfs_entries(src: Path, sink) -> int:
             if m.islnk():
                 link = _clean(m.linkname)[0].encode("utf-8", "surrogateescape")
             size = m.size if m.isreg() else 0
-            sink.write(tar_header(name.encode("utf-8", "surrogateescape"), m.type if m.type != tarfile.AREGTYPE else tarfile.REGTYPE,
+            sink.write(tar_header(name.encode("utf-8", "surrogateescape"), m.type if m.type != AREGTYPE else REGTYPE,
                                   mode=m.mode, uid=m.uid, gid=m.gid, size=size, mtime=max(0, int(m.mtime)),
                                   linkname=link, devmajor=m.devmajor, devminor=m.devminor))
             if size:
-                f = tf.extractfile(m)
-                assert f is not None
-                while data := f.read(CHUNK):
+                while data := tar.data(CHUNK):
                     sink.write(data)
                 if size % BLOCK:
                     sink.write(bytes(-size % BLOCK))
         problems = checker.finish()
         if problems:
             raise ImageError(problems[0], path=src)
-        _drain(src, reader)
+        reader.drain()
     return mtime
 
 
@@ -335,46 +386,88 @@ def copy_rootfs_entries(src: Path, sink) -> int:
 
 class _Tree:
     """Directory-fd access below `root`: every component is opened with
-    O_NOFOLLOW, so no symlink is followed on the way."""
+    O_NOFOLLOW, so no symlink is followed on the way. One cursor fd is kept and
+    moved (up with "..", down one component at a time), so a deep tree costs
+    what its path changes cost, not depth x entries, and one descriptor."""
 
     def __init__(self, root: Path):
         self.root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
-        self._cached: tuple[tuple[str, ...], int] | None = None
+        self._parts: list[str] = []
+        self._fd: int | None = None
 
     def close(self) -> None:
         self.forget()
         os.close(self.root_fd)
 
     def forget(self) -> None:
-        if self._cached:
-            os.close(self._cached[1])
-            self._cached = None
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+            self._parts = []
 
     def invalidate(self, rel: list[str]) -> None:
-        """Drop the cached fd if it lies at or under `rel` (which may be replaced)."""
-        if self._cached and self._cached[0][: len(rel)] == tuple(rel):
+        """Drop the cursor if it lies at or under `rel` (which may be replaced)."""
+        if self._fd is not None and self._parts[: len(rel)] == rel:
             self.forget()
 
+    def dir(self, parts: list[str], create: bool = False) -> int:
+        """An fd for root/parts (owned by the tree; do not close)."""
+        if self._fd is not None:
+            common = 0
+            for a, b in zip(self._parts, parts):
+                if a != b:
+                    break
+                common += 1
+            up = len(self._parts) - common
+            if up > common:  # cheaper from the root
+                self.forget()
+            else:
+                try:
+                    for _ in range(up):
+                        self._step("..")
+                        self._parts.pop()
+                except OSError:  # e.g. a directory already made 0000: start again from the root
+                    self.forget()
+        if self._fd is None:
+            self._fd = os.dup(self.root_fd)
+            self._parts = []
+        for comp in parts[len(self._parts):]:  # self._parts is a prefix of parts now
+            if create:
+                try:
+                    os.mkdir(comp, 0o755, dir_fd=self._fd)
+                    os.chmod(comp, 0o755, dir_fd=self._fd)  # not the caller's umask
+                except FileExistsError:
+                    pass
+            try:
+                self._step(comp)
+            except BaseException:
+                self.forget()
+                raise
+            self._parts.append(comp)
+        return self._fd
+
+    def _step(self, comp: str) -> None:
+        assert self._fd is not None
+        fd = os.open(comp, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=self._fd)
+        os.close(self._fd)
+        self._fd = fd
+
     def parent(self, parts: list[str], create: bool) -> int:
-        """An fd for the directory holding parts[-1] (owned by the cache; do not close)."""
-        key = tuple(parts[:-1])
-        if self._cached and self._cached[0] == key:
-            return self._cached[1]
-        self.forget()
-        fd = _open_dir(self.root_fd, list(key), create=create)
-        self._cached = (key, fd)
-        return fd
+        """An fd for the directory holding parts[-1] (owned by the tree; do not close)."""
+        return self.dir(parts[:-1], create)
 
 
 def _remove(pfd: int, name: str, keep_dir: bool) -> None:
     """Make room for a new entry `name` (a directory stays when keep_dir)."""
+    from acbuild.files import remove_tree_at
+
     try:
         st = os.lstat(name, dir_fd=pfd)
     except FileNotFoundError:
         return
     if stat.S_ISDIR(st.st_mode):
         if not keep_dir:
-            shutil.rmtree(name, dir_fd=pfd)
+            remove_tree_at(pfd, name)
     else:
         os.unlink(name, dir_fd=pfd)
 
@@ -388,28 +481,32 @@ def extract_rootfs(
     tarball: bool = False,
 ) -> AciContents:
     """Extract the rootfs/ entries of the .aci `path` into `dest` (which becomes
-    the rootfs; it is created if missing). Unsafe entries raise ImageError naming
-    the entry; other layout problems are returned in `problems`. With `tarball`,
-    `path` is a plain tar archive (Dockerfile ADD): every entry is taken as if it
-    were under rootfs/, with the same checks, so nothing lands outside `dest`."""
+    the rootfs; it is created if missing). Any layout problem that validate
+    reports raises ImageError naming the entry; `dest` may then hold a partial
+    tree, which the caller removes. With `tarball`, `path` is a plain tar archive
+    (Dockerfile ADD): every entry is taken as if it were under rootfs/, with the
+    same checks, so nothing lands outside `dest`."""
     path, dest = Path(path), Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     checker = _Checker()
-    manifest = b""
+    manifest = None
     skipped: list[str] = []
-    dirs: list[tuple[list[str], tarfile.TarInfo]] = []
+    dirs: list[tuple[list[str], Entry]] = []
     tree = _Tree(dest)
     try:
-        with _open_tar(path) as (tf, reader, compression):
-            for m in _members(path, tf):
+        with _open_tar(path) as (tar, reader, compression):
+            if tarball:  # a plain archive has neither; its entries are all rootfs
+                checker.manifest = checker.rootfs = True
+            for m in tar:
                 if tarball:
                     _under_rootfs(m)
                 checked = checker.check(m)
-                if checked is None or checker.unsafe:
-                    raise ImageError(f"refusing unsafe entry: {checker.unsafe}", path=path)
+                if checked is None or checker.problems:
+                    raise ImageError(f"refusing unsafe entry: {checker.unsafe}" if checker.unsafe
+                                     else checker.problems[0], path=path)
                 name, parts = checked
-                if name == "manifest" and m.isreg():
-                    manifest += _read_manifest(path, tf, m)
+                if name == "manifest":
+                    manifest = _read_manifest(path, tar, m, True)
                 if not parts or parts[0] != "rootfs":
                     continue
                 rel = parts[1:]
@@ -418,23 +515,29 @@ def extract_rootfs(
                 try:
                     if not rel:
                         dirs.append((rel, m))
-                    elif _extract_one(tf, tree, rel, m, owners, skipped):
+                    elif _extract_one(tar, tree, rel, m, owners, skipped):
                         dirs.append((rel, m))
-                except OSError as e:
+                except (OSError, OverflowError) as e:
                     raise ImageError(f"extract {name}: {e}", path=path) from e
-            image_id = _drain(path, reader)
-        # Directory modes and times last, deepest first: children changed them.
-        for rel, m in sorted(dirs, key=lambda d: -len(d[0])):
+            image_id = reader.drain()
+        problems = checker.finish()
+        if problems:
+            raise ImageError(f"refusing unsafe entry: {checker.unsafe}" if checker.unsafe
+                             else problems[0], path=path)
+        # Directory modes and times last, children before parents (children changed
+        # them); in reverse path order the cursor moves between neighbours only.
+        dirs.sort(key=lambda d: d[0], reverse=True)
+        for rel, m in dirs:
             try:
                 _set_dir_meta(tree, rel, m, owners)
-            except OSError as e:
+            except (OSError, OverflowError) as e:
                 raise ImageError(f"extract {'/'.join(['rootfs', *rel])}: {e}", path=path) from e
     finally:
         tree.close()
-    return AciContents(manifest, image_id, compression, checker.finish(), checker.entries, skipped)
+    return AciContents(manifest or b"", image_id, compression, [], checker.entries, skipped)
 
 
-def _under_rootfs(m: tarfile.TarInfo) -> None:
+def _under_rootfs(m: Entry) -> None:
     """A plain archive's entry, named as the same entry of an image's rootfs."""
     if not m.name.startswith("/"):
         m.name = "rootfs/" + m.name
@@ -449,12 +552,12 @@ def is_tar_archive(path: Path) -> bool:
         compression = detect_file_compression(path)
         with open(path, "rb") as raw, _decompressor(raw, compression) as plain:
             head = plain.read(512)
-    except (OSError, EOFError, lzma.LZMAError, zlib.error, ImageError):
+    except (*STREAM_ERRORS, ImageError):
         return False
     return len(head) == 512 and head[257:262] == b"ustar"
 
 
-def _extract_one(tf: tarfile.TarFile, tree: _Tree, rel: list[str], m: tarfile.TarInfo,
+def _extract_one(tar: TarReader, tree: _Tree, rel: list[str], m: Entry,
                  owners: bool, skipped: list[str]) -> bool:
     """Create one entry; True for a directory (its metadata is set at the end)."""
     tree.invalidate(rel)
@@ -470,9 +573,8 @@ def _extract_one(tf: tarfile.TarFile, tree: _Tree, rel: list[str], m: tarfile.Ta
     if m.isreg():
         fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600, dir_fd=pfd)
         with open(fd, "wb", closefd=True) as out:
-            src = tf.extractfile(m)
-            assert src is not None
-            shutil.copyfileobj(src, out, CHUNK)
+            while data := tar.data(CHUNK):
+                out.write(data)
             out.flush()
             if owners:
                 os.fchown(fd, m.uid, m.gid)
@@ -483,7 +585,7 @@ def _extract_one(tf: tarfile.TarFile, tree: _Tree, rel: list[str], m: tarfile.Ta
         os.symlink(m.linkname, name, dir_fd=pfd)
     elif m.islnk():
         tparts = _clean(m.linkname)[1][1:]
-        # The target's parent, walked without following symlinks (own fd, not the cache).
+        # The target's parent, walked without following symlinks (own fd, not the cursor).
         tfd = _open_dir(tree.root_fd, tparts[:-1])
         try:
             os.link(tparts[-1], name, src_dir_fd=tfd, dst_dir_fd=pfd, follow_symlinks=False)
@@ -511,18 +613,11 @@ def _extract_one(tf: tarfile.TarFile, tree: _Tree, rel: list[str], m: tarfile.Ta
     return False
 
 
-def _open_dir(root_fd: int, parts: list[str], *, create: bool = False) -> int:
-    """An fd for root/parts, never through a symlink (O_NOFOLLOW at every step);
-    with create, missing directories are made 0755 (not by the caller's umask)."""
+def _open_dir(root_fd: int, parts: list[str]) -> int:
+    """An fd for root/parts, never through a symlink (O_NOFOLLOW at every step)."""
     fd = os.dup(root_fd)
     try:
         for comp in parts:
-            if create:
-                try:
-                    os.mkdir(comp, 0o755, dir_fd=fd)
-                    os.chmod(comp, 0o755, dir_fd=fd)
-                except FileExistsError:
-                    pass
             nfd = os.open(comp, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
             os.close(fd)
             fd = nfd
@@ -532,17 +627,14 @@ def _open_dir(root_fd: int, parts: list[str], *, create: bool = False) -> int:
     return fd
 
 
-def _set_dir_meta(tree: _Tree, rel: list[str], m: tarfile.TarInfo, owners: bool) -> None:
+def _set_dir_meta(tree: _Tree, rel: list[str], m: Entry, owners: bool) -> None:
     try:
-        fd = _open_dir(tree.root_fd, rel)
+        fd = tree.dir(rel)
     except OSError as e:
         if e.errno in (errno.ENOTDIR, errno.ENOENT, errno.ELOOP):
             return  # a later entry replaced this directory
         raise
-    try:
-        if owners:
-            os.fchown(fd, m.uid, m.gid)
-        os.fchmod(fd, m.mode & 0o7777)
-        os.utime(fd, (m.mtime, m.mtime))
-    finally:
-        os.close(fd)
+    if owners:
+        os.fchown(fd, m.uid, m.gid)
+    os.fchmod(fd, m.mode & 0o7777)
+    os.utime(fd, (m.mtime, m.mtime))

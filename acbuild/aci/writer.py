@@ -50,6 +50,7 @@ from acbuild.aci.pgzip import ParallelGzipWriter
 from acbuild.aci.tarformat import BLOCK, ZERO_BLOCK, tar_header
 from acbuild.atomic import fsync_dir
 from acbuild.errors import ImageError, UsageError
+from acbuild.files import walk
 from acbuild.temps import locked_temp_file
 
 DEFAULT_SOURCE_DATE_EPOCH = 0
@@ -193,14 +194,8 @@ def _compressor(raw: BinaryIO, compression: str) -> BinaryIO:
 
 def _walk(top: str, rel: bytes) -> Iterator[tuple[str, bytes, os.stat_result]]:
     """Depth-first, each directory's names sorted by bytes: (path, archive name, lstat)."""
-    with os.scandir(top) as it:
-        entries = sorted(it, key=lambda e: os.fsencode(e.name))
-    for entry in entries:
-        name = rel + b"/" + os.fsencode(entry.name)
-        st = entry.stat(follow_symlinks=False)
-        yield entry.path, name, st
-        if stat.S_ISDIR(st.st_mode):
-            yield from _walk(entry.path, name)
+    for path, child, st, _ in walk(top, sort_key=lambda e: os.fsencode(e.name)):
+        yield path, rel + b"/" + os.fsencode(child), st
 
 
 def _copy_file(sink: AciSink, path: str, size: int) -> None:

@@ -53,7 +53,7 @@ COMMAND_MODULES = {
     **dict.fromkeys(["label", "annotation", "environment", "env", "isolator", "mount", "port", "dependency", "dep"],
                     "metadata"),
 }
-GLOBAL_OPTIONS_WITH_VALUE = {"--work-path", "--modify"}
+GLOBAL_OPTIONS_WITH_VALUE = {"--work-path", "--modify", "--max-image-size"}
 
 EPILOG = """\
 exit status:
@@ -84,6 +84,9 @@ def build_parser(command: str | None = None) -> ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"acbuild {__version__}")
     parser.add_argument("--debug", action="store_true", help="print tracebacks and what the sandbox does")
+    parser.add_argument("--max-image-size", metavar="SIZE",
+                        help="refuse to read an image that holds more than SIZE uncompressed (e.g. 512M, 32G; "
+                             "default: $ACBUILD_MAX_IMAGE_SIZE, else max-image-size in acbuild.toml, else 16G)")
     importlib.import_module("acbuild.cli.session").add_global_options(parser)  # --work-path, --modify
     sub = parser.add_subparsers(title="commands", metavar="COMMAND", parser_class=ArgumentParser)
     for name in [COMMAND_MODULES[command]] if command in COMMAND_MODULES else COMMANDS:
@@ -115,6 +118,10 @@ def main(argv: list[str] | None = None) -> int:
         if not hasattr(args, "run"):
             parser.print_help(sys.stderr)
             return EXIT_USAGE
+        if args.max_image_size:
+            from acbuild import limits
+
+            limits.set_max_image_size(limits.parse_size(args.max_image_size, "--max-image-size"))
         return args.run(args) or 0
     except AcbuildError as err:
         if debug:

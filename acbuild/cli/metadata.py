@@ -44,6 +44,9 @@ def make_isolator(args) -> list[Edit]:
         text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text()
     except OSError as e:
         raise NotFoundError(f"{verb}: read {args.file}: {e.strerror}") from e
+    from acbuild.limits import check_json_depth
+
+    check_json_depth(text, f"{verb}: {args.file}", error=UsageError)
     try:
         value = json.loads(text)
     except ValueError as e:

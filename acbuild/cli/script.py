@@ -60,13 +60,16 @@ def run_script(args) -> int:
     from acbuild.files import remove_tree
 
     refuse_modify(args, "script")
+    from acbuild import limits
+
     path = Path(args.file)
     try:
-        text = path.read_text()
+        text = limits.read_regular_file(path, "script", limits.MAX_ACIFILE_BYTES, error=AcbuildError).decode()
     except FileNotFoundError:
         raise NotFoundError(f"script: {path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as e:
+    except UnicodeDecodeError as e:
         raise AcbuildError(f"script: read {path}: {e}") from e
+    limits.check_acifile_text(text, str(path))
     depth = getattr(args, "script_depth", 0)
     if depth >= MAX_NESTING:
         raise UsageError(f"script: {path}: scripts nested more than {MAX_NESTING} deep")

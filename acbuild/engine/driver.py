@@ -105,6 +105,11 @@ class _Build:
         self.records: dict[int, StepRecord] = {}
         self.work_root: Path | None = None
         self.files_hashed = 0
+        self.key_digests: dict[str, str] = {}  # host path -> sha256 the keys were made from
+        # Set when a COPY read other bytes than its key was made from (a file changed
+        # during the build): nothing from then on is cached, or the cache would hold
+        # content Y under content X's key.
+        self.unstable = False
 
     def run(self) -> BuildResult:
         final = self.stages[-1]
@@ -147,6 +152,7 @@ class _Build:
             self.keys[stage.name] = maker.stage_keys(stage, finals)
             finals[stage.name] = self.keys[stage.name][-1]
         self.files_hashed = stat_cache.hashed
+        self.key_digests = maker.used
         try:
             stat_cache.save()
         except OSError:
@@ -246,12 +252,24 @@ class _Build:
                     unshare_files(session.rootfs)
                     self.shared.discard(stage.name)
                 session.apply(step)
+                if isinstance(step, p.Copy) and not step.from_stage:
+                    self.check_copied(session.copied, record.number)
             record.seconds = time.monotonic() - began
             self.progress.step_done(record.number, self.total, record.seconds)
-            if self.cache is not None:
+            if self.cache is not None and not self.unstable:
                 tree = self.store(stage, session, keys[idx], step, tree)
         self.sessions[stage.name] = session
         return session
+
+    def check_copied(self, copied: dict[str, str], number: int) -> None:
+        """Compare what a COPY read with what its key was made from."""
+        if self.cache is None or self.unstable:
+            return
+        changed = sorted(path for path, digest in copied.items() if self.key_digests.get(path) != digest)
+        if changed:
+            self.unstable = True
+            self.progress.note(f"step {number}: {changed[0]} changed while the build read it; "
+                               "this build's results are not cached")
 
     def store(self, stage: p.Stage, session: Session, key: str, step: p.Instruction, tree: str | None) -> str | None:
         """Save the step's result; returns the key of the entry holding the current tree."""
@@ -267,7 +285,7 @@ class _Build:
         session = self.sessions[final.name]
         image_id = session.write(self.output, compression=self.compression, signing=self.signing)
         about = {"name": session.manifest.name, "labels": {label.name: label.value for label in session.manifest.labels}}
-        if self.cache is not None:
+        if self.cache is not None and not self.unstable:
             self.cache.store_image(self.keys[final.name][-1], self.compression, self.output, image_id, about)
         self.progress.image(image_id, str(self.output), False)
         return BuildResult(image_id, about["name"], about["labels"], self.step_records(), files_hashed=self.files_hashed)

@@ -71,6 +71,7 @@ class Session:
         self.manifest = manifest
         self.options = options
         self.rootless = os.geteuid() != 0
+        self.copied: dict[str, str] = {}  # the last context COPY: host path -> sha256 of the bytes copied
 
     # -- life cycle -------------------------------------------------------------
 
@@ -251,7 +252,9 @@ class Session:
         elif isinstance(i, p.Add):  # ADD (a Copy, so it comes here) also unpacks and downloads
             self._add_sources(i, dest, attrs)
         else:
-            copy_into_rootfs(self.options.context, i.sources, self.rootfs, dest, attrs, i.pos, ignore=self.options.ignore)
+            self.copied = {}
+            copy_into_rootfs(self.options.context, i.sources, self.rootfs, dest, attrs, i.pos, ignore=self.options.ignore,
+                             digests=self.copied)
 
     def _copy_inline(self, i: p.Copy, dest: str, attrs: CopyAttrs) -> None:
         """COPY <<EOF DEST: each heredoc becomes a file named after its delimiter."""
@@ -360,7 +363,9 @@ class Session:
             )
 
     def discard(self) -> None:
-        shutil.rmtree(self.workdir, ignore_errors=True)
+        from acbuild.files import remove_tree
+
+        remove_tree(self.workdir)
 
 
 def _start_from_base(base: p.From, rootfs: Path, options: BuildOptions) -> m.ImageManifest:

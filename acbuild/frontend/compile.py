@@ -21,6 +21,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
+from acbuild import limits
 from acbuild import plan as p
 from acbuild.errors import PlanError
 from acbuild.frontend.expand import ExpandError, expand_word
@@ -51,8 +52,8 @@ def compile_file(path, build_args: dict[str, str] | None = None, target: str | N
 
     path = Path(path)
     try:
-        text = path.read_text()
-    except OSError as err:
+        text = limits.read_regular_file(path, "ACIfile", limits.MAX_ACIFILE_BYTES, error=PlanError).decode()
+    except FileNotFoundError as err:
         from acbuild.errors import NotFoundError
 
         raise NotFoundError(f"cannot read {path}: {err.strerror}") from err
@@ -362,6 +363,7 @@ class Compiler:
         assert st.command is not None
         text = st.command.text.strip()
         if text.startswith("["):
+            limits.check_json_depth(text, st.keyword, st.command.pos)
             try:
                 value = json.loads(text)
             except ValueError:
@@ -730,6 +732,7 @@ class Compiler:
     def _isolator(self, st: Statement) -> p.Isolator:
         assert st.command is not None
         name = self.expand(st.words[0])
+        limits.check_json_depth(st.command.text, "ISOLATOR", st.command.pos)
         try:
             value = json.loads(st.command.text)
         except ValueError as err:
@@ -767,6 +770,7 @@ class Compiler:
 
     def _manifest(self, st: Statement) -> p.ReplaceManifest:
         assert st.command is not None
+        limits.check_json_depth(st.command.text, "MANIFEST", st.command.pos)
         return p.ReplaceManifest(manifest_json=st.command.text, pos=st.pos, at={"manifest_json": st.command.pos})
 
 

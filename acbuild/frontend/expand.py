@@ -17,6 +17,8 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from acbuild.limits import MAX_EXPANDED_WORD
+
 _SPECIAL = set("@*#?-$!0")
 
 
@@ -74,6 +76,7 @@ class _Lexer:
         self.text, self.env, self.escape = text, env, escape
         self.i = 0
         self.used: set[str] = set()
+        self.grown = 0  # characters substituted so far: a doubling chain of ARGs stops early
 
     def peek(self) -> str:
         return self.text[self.i] if self.i < len(self.text) else ""
@@ -173,6 +176,9 @@ class _Lexer:
     def lookup(self, name: str) -> str | None:
         if name in self.env:
             self.used.add(name)
+            self.grown += len(self.env[name])
+            if self.grown + len(self.text) > MAX_EXPANDED_WORD:
+                raise ExpandError(f"variable substitution makes a word of more than {MAX_EXPANDED_WORD} characters")
             return self.env[name]
         return None
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from acbuild.errors import ParseError, SourcePos
 from acbuild.frontend.source import Heredoc, split_source
+from acbuild.limits import check_acifile_text
 
 # How each instruction is written, for "expected ..." messages.
 USAGE = {
@@ -52,8 +53,6 @@ USAGE = {
     "ONBUILD": "ONBUILD INSTRUCTION",
     "MAINTAINER": "MAINTAINER NAME",
 }
-
-
 
 
 _TOKEN_NAMES = {
@@ -129,8 +128,11 @@ def parse_acifile(text: str, filename: str = "ACIfile") -> list[Statement]:
     """Parse ACIfile or Dockerfile text. Raises ParseError at the first syntax error."""
     from lark.exceptions import UnexpectedCharacters, UnexpectedInput, UnexpectedToken
 
+    check_acifile_text(text, filename)
     source = split_source(text, filename)
-    lines = text.removeprefix("\ufeff").splitlines()
+    # Lines as Lark counts them (only "\n" ends one; splitlines() also breaks at
+    # \f, \x1c, \u2028..., which put excerpts on the wrong line: IndexError).
+    lines = [line.removesuffix("\r") for line in text.removeprefix("\ufeff").split("\n")]
     text = source.text
     if not text.endswith("\n"):
         text += "\n"
@@ -211,7 +213,7 @@ def _syntax_error(err, source, lines: list[str], filename: str) -> ParseError:
 
     line, column = max(err.line, 1), max(err.column, 1)
     pos = _pos(filename, lines, *source.place(line, column))
-    joined = source.text.splitlines()
+    joined = source.text.split("\n")
     source_line = joined[line - 1] if 0 < line <= len(joined) else ""
     first = source_line.split(None, 1)[0] if source_line.strip() else ""
     keyword = _keyword_of(first)

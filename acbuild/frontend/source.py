@@ -63,7 +63,8 @@ class Source:
 
 def split_source(text: str, filename: str) -> Source:
     text = text.removeprefix("\ufeff")
-    lines = text.splitlines(keepends=True)
+    # Only "\n" ends a line, as for Lark (splitlines() also breaks at \f, \x85, \u2028...).
+    lines = re.findall(r"[^\n]*\n|[^\n]+$", text)
     source = Source(text="")
     out = list(lines)
     i = _directives(lines, source, filename)

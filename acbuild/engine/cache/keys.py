@@ -12,9 +12,9 @@
   (through the stat cache), exec bit (no mode at all with --chmod) and link target,
   after .acbuildignore; never mtimes or owners (COPY sets both). COPY --from: the
   source stage's final key. RUN --mount=type=bind: the bound path's content with full
-  modes. RUN --mount=type=cache: not keyed (as in BuildKit). FROM IMAGE.aci: the file's
-  sha256; FROM DIR: its content with full modes; FROM an earlier stage: that stage's
-  final key; FROM scratch: nothing more.
+  modes, after .acbuildignore. RUN --mount=type=cache: not keyed (as in BuildKit).
+  FROM IMAGE.aci: the file's sha256; FROM DIR: its content with full modes; FROM an
+  earlier stage: that stage's final key; FROM scratch: nothing more.
 
 A source that cannot be read is keyed as such; the step then misses and runs, and
 reports the real error. Contract: pure apart from reading files; the same inputs give
@@ -35,6 +35,7 @@ from acbuild.engine.execute.copy import select_sources
 from acbuild.engine.execute.paths import resolve_in_root
 from acbuild.engine.cache.statcache import StatCache
 from acbuild.errors import AcbuildError
+from acbuild.files import walk
 
 VERSION = "acbuild-step-cache-1"
 
@@ -77,6 +78,9 @@ class KeyMaker:
         self.settings = settings_text(options)
         ignore = options.ignore
         self.ignore_text = ignore.digest_text() if hasattr(ignore, "digest_text") else ""
+        # Every file content the keys used (host path -> sha256): a COPY that then
+        # reads other bytes (the file changed meanwhile) must not be cached under them.
+        self.used: dict[str, str] = {}
 
     def stage_keys(self, stage: p.Stage, final_keys: dict[str, str]) -> list[str]:
         """Keys for the FROM and each step; `final_keys` maps earlier stage names to their last key."""
@@ -115,7 +119,11 @@ class KeyMaker:
                 elif mount.type == "bind":
                     try:
                         source = resolve_in_root(self.options.context, mount.source)
-                        parts.append(self.tree_digest(source, full_modes=True))
+                        # What the step sees: the context path less what .acbuildignore hides.
+                        rel = os.path.relpath(source, Path(self.options.context).resolve())
+                        h = hashlib.sha256()
+                        self._walk(h, source, rel, os.lstat(source), True, True, self.options.ignore)
+                        parts.append(h.hexdigest())
                     except (OSError, AcbuildError) as err:
                         parts.append(f"unreadable {err}")
             return " ".join(parts)
@@ -166,32 +174,22 @@ class KeyMaker:
 
     def _walk(self, h, path, rel: str, st: os.stat_result, exec_bit: bool, full_modes: bool, ignore) -> None:
         """Feed one entry (and a directory's entries, sorted) to h. Hot on no-op rebuilds
-        (20,000 files: one lstat each, no reads when the stat cache knows the file), so
-        a directory's regular files are handled inline rather than by recursion."""
-        update, digest = h.update, self.stat.digest
+        (20,000 files: one lstat each, no reads when the stat cache knows the file)."""
+        update, used = h.update, self.used
+
+        def digest(path: str, st: os.stat_result) -> str:
+            used[os.path.normpath(path)] = value = self.stat.digest(path, st)
+            return value
 
         def mode_of(st_mode: int) -> int:
             if full_modes:
                 return stat.S_IMODE(st_mode)
             return 0o111 if exec_bit and st_mode & 0o111 else 0
 
-        def visit(path, rel: str, st: os.stat_result) -> None:
+        def line(path, rel: str, st: os.stat_result) -> None:
             name = rel.encode("utf-8", "surrogateescape")
             if stat.S_ISDIR(st.st_mode):
                 update(b"D %s %o\n" % (name, stat.S_IMODE(st.st_mode) if full_modes else 0))
-                with os.scandir(path) as it:
-                    entries = sorted(it, key=_by_name)
-                prefix = "" if rel == "." else rel + "/"
-                for entry in entries:
-                    child = prefix + entry.name
-                    if ignore is not None and ignore(child):
-                        continue
-                    child_st = entry.stat(follow_symlinks=False)
-                    if stat.S_ISREG(child_st.st_mode):  # the common case, inline
-                        update(b"F %s %o %s\n" % (child.encode("utf-8", "surrogateescape"), mode_of(child_st.st_mode),
-                                                   digest(entry.path, child_st).encode()))
-                    else:
-                        visit(entry.path, child, child_st)
             elif stat.S_ISREG(st.st_mode):
                 update(b"F %s %o %s\n" % (name, mode_of(st.st_mode), digest(os.fspath(path), st).encode()))
             elif stat.S_ISLNK(st.st_mode):
@@ -199,4 +197,12 @@ class KeyMaker:
             elif full_modes:
                 update(b"O %s %o %d\n" % (name, st.st_mode, st.st_rdev))
 
-        visit(path, rel, st)
+        line(path, rel, st)
+        if not stat.S_ISDIR(st.st_mode):
+            return
+        prefix = "" if rel == "." else rel + "/"
+        prune = None if ignore is None else (lambda child, _st: ignore(prefix + child))
+        # Depth first with sorted names, as a recursion would, on an explicit stack
+        # (a 1,500-level context overflowed Python's).
+        for child_path, child, child_st, _ in walk(os.fspath(path), sort_key=_by_name, prune=prune):
+            line(child_path, prefix + child, child_st)

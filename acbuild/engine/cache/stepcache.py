@@ -46,7 +46,7 @@ from pathlib import Path
 
 from acbuild.atomic import write_atomic
 from acbuild.dirs import private_dir
-from acbuild.files import link_or_copy, remove_tree
+from acbuild.files import link_or_copy, remove_tree, walk
 
 SCRATCH = {"ovl-work", "ovl-probe", "out-stage", "manifest"}  # never part of a snapshot
 _VERSION = 2  # 2: snapshots as tree.json + files/
@@ -310,15 +310,11 @@ def _snapshot(workdir: Path, entry: Path) -> tuple[str, int, int]:
         xattrs = _xattrs(path) if kind == "d" else []
         size = st.st_size if kind == "f" else 0
         records.append([rel, kind, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, st.st_mtime_ns, size, extra, st.st_rdev, xattrs])
-        if kind == "d":
-            with os.scandir(path) as it:
-                children = sorted(it, key=lambda e: e.name)
-            for child in children:
-                if rel == "" and child.name in SCRATCH:
-                    continue
-                record(child.path, f"{rel}/{child.name}", child.stat(follow_symlinks=False))
 
     record(os.fspath(workdir), "", os.lstat(workdir))
+    # Depth first, names sorted, on an explicit stack (no recursion limit on depth).
+    for path, rel, st, _ in walk(os.fspath(workdir), prune=lambda rel, _st: rel in SCRATCH):
+        record(path, "/" + rel, st)
     data = json.dumps(records, separators=(",", ":"), ensure_ascii=False).encode("utf-8", "surrogateescape")
     (entry / "tree.json").write_bytes(data)
     return hashlib.sha256(data).hexdigest(), len(records) - 1, new_bytes

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import errno
 import glob
+import hashlib
 import os
 import posixpath
 import shutil
@@ -50,9 +51,13 @@ def copy_into_rootfs(
     *,
     source_in_rootfs: bool = False,
     ignore=None,
+    digests: dict[str, str] | None = None,
 ) -> list[str]:
     """Copy sources (relative to source_root) to dest inside rootfs. Returns the
-    image paths written. `ignore(relpath) -> bool` filters context files."""
+    image paths written. `ignore(relpath) -> bool` filters context files. With
+    `digests`, each regular file's sha256 is recorded (host path -> hex) from the
+    very bytes copied, so the step cache can tell a file that changed since its
+    key was made (engine.driver)."""
     matches = select_sources(source_root, sources, pos, source_in_rootfs=source_in_rootfs, ignore=ignore)
     dest_is_dir = dest.endswith("/") or len(matches) > 1
     if len(matches) > 1 and not dest.endswith("/"):
@@ -65,11 +70,11 @@ def copy_into_rootfs(
         for rel, host, st in matches:
             if stat.S_ISDIR(st.st_mode):
                 make_dirs(rootfs, dest_host, attrs)
-                _copy_tree(host, dest_host, rootfs, attrs, rel, ignore, written)
+                _copy_tree(host, dest_host, rootfs, attrs, rel, ignore, written, digests)
             else:
                 target = dest_host / posixpath.basename(rel) if dest_is_dir else dest_host
                 make_dirs(rootfs, target.parent, attrs)
-                _copy_entry(host, target, attrs, st)
+                _copy_entry(host, target, attrs, st, digests)
                 written.append(_image_path(rootfs, target))
     except OSError as err:
         raise BuildError(f"COPY: {err.filename or dest}: {err.strerror}", pos) from err
@@ -156,7 +161,8 @@ def _remove_existing(target: Path) -> None:
         shutil.rmtree(target)
 
 
-def _copy_entry(src: Path, target: Path, attrs: CopyAttrs, st: os.stat_result) -> None:
+def _copy_entry(src: Path, target: Path, attrs: CopyAttrs, st: os.stat_result,
+                digests: dict[str, str] | None = None) -> None:
     if stat.S_ISLNK(st.st_mode):
         if target.is_symlink() or target.exists():
             _remove_existing(target)
@@ -169,26 +175,43 @@ def _copy_entry(src: Path, target: Path, attrs: CopyAttrs, st: os.stat_result) -
     # link shared with a step-cache snapshot (engine.cache).
     if target.is_symlink() or target.exists():
         _remove_existing(target)
-    shutil.copyfile(src, target, follow_symlinks=False)
+    if digests is None:
+        shutil.copyfile(src, target, follow_symlinks=False)
+    else:
+        digests[os.path.normpath(src)] = _copy_hashing(src, target)
     _set_attrs(target, _mode_for(st, attrs), attrs)
 
 
-def _copy_tree(src_dir: Path, dest_dir: Path, rootfs: Path, attrs: CopyAttrs, rel: str, ignore, written: list[str]) -> None:
-    with os.scandir(src_dir) as it:
-        entries = sorted(it, key=lambda e: e.name)
-    for entry in entries:
-        child_rel = posixpath.join(rel, entry.name) if rel != "." else entry.name
-        if ignore is not None and ignore(child_rel):
-            continue
-        st = entry.stat(follow_symlinks=False)
-        target = dest_dir / entry.name
-        if stat.S_ISDIR(st.st_mode):
+def _copy_hashing(src: Path, target: Path) -> str:
+    """Copy a regular file and return the sha256 of the bytes written."""
+    h = hashlib.sha256()
+    fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)  # as copyfile(follow_symlinks=False)
+    with open(fd, "rb", buffering=0) as fin, open(target, "xb") as fout:
+        while chunk := fin.read(1 << 20):
+            h.update(chunk)
+            fout.write(chunk)
+    return h.hexdigest()
+
+
+def _copy_tree(src_dir: Path, dest_dir: Path, rootfs: Path, attrs: CopyAttrs, rel: str, ignore, written: list[str],
+               digests: dict[str, str] | None = None) -> None:
+    """Copy what is below src_dir into dest_dir, depth first with sorted names, on
+    an explicit stack (a context thousands of levels deep is fine); a directory's
+    attributes are set when its contents are done."""
+    from acbuild.files import walk
+
+    prefix = "" if rel == "." else rel + "/"
+    prune = None if ignore is None else (lambda child, _st: ignore(prefix + child))
+    for path, child, st, leaving in walk(os.fspath(src_dir), prune=prune, post_order=True):
+        target = dest_dir / child
+        if leaving:
+            _set_attrs(target, _mode_for(st, attrs), attrs)
+            written.append(_image_path(rootfs, target))
+        elif stat.S_ISDIR(st.st_mode):
             if target.is_symlink() or (target.exists() and not target.is_dir()):
                 target.unlink()
             if not target.exists():
                 target.mkdir()
-            _copy_tree(Path(entry.path), target, rootfs, attrs, child_rel, ignore, written)
-            _set_attrs(target, _mode_for(st, attrs), attrs)
         else:
-            _copy_entry(Path(entry.path), target, attrs, st)
-        written.append(_image_path(rootfs, target))
+            _copy_entry(Path(path), target, attrs, st, digests)
+            written.append(_image_path(rootfs, target))

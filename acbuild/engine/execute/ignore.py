@@ -17,11 +17,13 @@ Contract: pure (no I/O after loading), deterministic.
 
 from __future__ import annotations
 
+import os
 import posixpath
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from acbuild import limits
+from acbuild.engine.execute.ignore_glob import Glob
 from acbuild.errors import UsageError
 
 IGNORE_FILE = ".acbuildignore"
@@ -30,43 +32,8 @@ IGNORE_FILE = ".acbuildignore"
 @dataclass(frozen=True)
 class _Rule:
     pattern: str
-    regex: re.Pattern
+    glob: Glob
     exception: bool
-
-
-def _translate(pattern: str) -> re.Pattern:
-    out = []
-    i = 0
-    while i < len(pattern):
-        c = pattern[i]
-        if pattern.startswith("**", i):
-            i += 2
-            if pattern.startswith("/", i):  # "**/" : zero or more whole directories
-                out.append("(?:.*/)?")
-                i += 1
-            else:
-                out.append(".*")
-            continue
-        if c == "*":
-            out.append("[^/]*")
-        elif c == "?":
-            out.append("[^/]")
-        elif c == "[":
-            end = pattern.find("]", i + 2 if pattern.startswith("[!", i) or pattern.startswith("[^", i) else i + 1)
-            if end < 0:
-                raise ValueError(f"unclosed [ in {pattern!r}")
-            body = pattern[i + 1 : end]
-            if body.startswith("!"):
-                body = "^" + body[1:]
-            out.append("[" + body.replace("\\", "\\\\") + "]")
-            i = end
-        elif c == "\\" and i + 1 < len(pattern):
-            i += 1
-            out.append(re.escape(pattern[i]))
-        else:
-            out.append(re.escape(c))
-        i += 1
-    return re.compile("".join(out) + r"\Z")
 
 
 class IgnoreRules:
@@ -81,23 +48,24 @@ class IgnoreRules:
             exception = line.startswith("!")
             if exception:
                 line = line[1:].strip()
+            if len(line) > limits.MAX_IGNORE_PATTERN:
+                raise UsageError(f"{source}:{number}: pattern of {len(line)} characters "
+                                 f"(at most {limits.MAX_IGNORE_PATTERN})")
             pattern = posixpath.normpath(line.lstrip("/")) if line.lstrip("/") else "."
             try:
-                regex = _translate(pattern)
-            except (ValueError, re.error) as err:
+                glob = Glob(pattern)
+            except ValueError as err:
                 raise UsageError(f"{source}:{number}: bad pattern {raw.strip()!r}: {err}") from err
-            self.rules.append(_Rule(pattern, regex, exception))
+            self.rules.append(_Rule(pattern, glob, exception))
         self._exceptions = [r for r in self.rules if r.exception]
 
     def __bool__(self) -> bool:
         return bool(self.rules)
 
     def _excluded(self, rel: str) -> bool:
-        parts = rel.split("/")
-        prefixes = ["/".join(parts[: n + 1]) for n in range(len(parts))]
         excluded = False
         for rule in self.rules:
-            if any(rule.regex.match(p) for p in prefixes):
+            if rule.glob.match_prefix(rel):  # the path or a directory above it
                 excluded = not rule.exception
         return excluded
 
@@ -123,7 +91,7 @@ def _may_match_below(pattern: str, directory: str) -> bool:
     parts = directory.split("/")
     if len(pat) <= len(parts):
         return False
-    return all(_translate(pat[n]).match(parts[n]) for n in range(len(parts)))
+    return all(Glob(pat[n]).fullmatch(parts[n]) for n in range(len(parts)))
 
 
 def ignore_file(context: Path, build_file: Path | None = None) -> Path | None:
@@ -134,7 +102,7 @@ def ignore_file(context: Path, build_file: Path | None = None) -> Path | None:
     if build_file is not None:
         candidates.append(build_file.parent / f"{build_file.name}.dockerignore")
     candidates.append(context / ".dockerignore")
-    return next((c for c in candidates if c.is_file()), None)
+    return next((c for c in candidates if os.path.lexists(c)), None)  # a FIFO is chosen, then refused
 
 
 def load_ignore(context: Path, build_file: Path | None = None) -> IgnoreRules | None:
@@ -143,10 +111,10 @@ def load_ignore(context: Path, build_file: Path | None = None) -> IgnoreRules | 
     if path is None:
         return None
     try:
-        text = path.read_text()
+        text = limits.read_regular_file(path, IGNORE_FILE, limits.MAX_IGNORE_BYTES).decode()
     except FileNotFoundError:
         return None
-    except (OSError, UnicodeDecodeError) as err:
+    except UnicodeDecodeError as err:
         raise UsageError(f"read {path}: {err}") from err
     rules = IgnoreRules(text.splitlines(), str(path))
     return rules or None

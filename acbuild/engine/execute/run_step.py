@@ -4,12 +4,19 @@ run it, and fail the build on a non-zero status.
 The command sees the image's environment (plus a default PATH and the ARG values
 in scope), working directory, user and group; RUN --mount binds and cache dirs
 exist only for the step.
+
+RUN --mount=type=bind shows a private copy of the context path, made for the
+step and removed after it, as BuildKit does: .acbuildignore hides from it what
+it hides from COPY, and an `rw` mount is a writable scratch layer whose writes
+never reach the host's build context.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import shutil
+import stat
 import tempfile
 from pathlib import Path
 
@@ -22,11 +29,14 @@ def run_step(session, i: p.Run) -> None:
     """Run one RUN. Secrets and tmpfs mounts live in a private temp dir (0700, outside
     the work dir and the cache) that is removed when the step ends, whatever happens."""
     from acbuild.engine.execute.sandbox import Bind
+    from acbuild.files import remove_tree
 
-    with tempfile.TemporaryDirectory(prefix="acbuild-run-") as private:
-        os.chmod(private, 0o700)
-        binds = [b for mount in i.mounts if (b := _bind(session, mount, i, Bind, Path(private))) is not None]
+    private = Path(tempfile.mkdtemp(prefix="acbuild-run-"))  # 0700, as mkdtemp makes it
+    try:
+        binds = [b for mount in i.mounts if (b := _bind(session, mount, i, Bind, private)) is not None]
         _run(session, i, binds)
+    finally:
+        remove_tree(private)  # bind copies may hold read-only directories
 
 
 def _run(session, i: p.Run, binds: list) -> None:
@@ -74,14 +84,19 @@ def _bind(session, mount: p.RunMount, i: p.Run, bind_type, private: Path):
             root = session.options.stage_rootfs.get(mount.from_stage)
             if root is None:
                 raise BuildError(f'RUN --mount: stage "{mount.from_stage}" was not built', i.pos)
-            source = resolve_in_root(root, mount.source)
-            where = f'stage "{mount.from_stage}"'
+            where, ignore = f'stage "{mount.from_stage}"', None
         else:
-            source = resolve_in_root(session.options.context, mount.source)
-            where = "the build context"
+            root, where, ignore = session.options.context, "the build context", session.options.ignore
+        source = resolve_in_root(root, mount.source)
         if not source.exists():
             raise BuildError(f'RUN --mount: "{mount.source}" not found in {where}', i.pos)
-        return bind_type(source=source, target=mount.target, read_only=mount.read_only)
+        rel = os.path.relpath(source, Path(root).resolve())
+        copy = Path(tempfile.mkdtemp(dir=private)) / "bind"
+        try:
+            _private_copy(source, copy, "" if rel == "." else rel, ignore)
+        except OSError as err:
+            raise BuildError(f"RUN --mount: {err.filename or mount.source}: {err.strerror}", i.pos) from err
+        return bind_type(source=copy, target=mount.target, read_only=mount.read_only)
     if mount.type == "cache":
         return bind_type(source=cache_mount_dir(session, mount), target=mount.target, read_only=False)
     if mount.type == "tmpfs":  # an empty directory of this step only
@@ -105,6 +120,31 @@ def _bind(session, mount: p.RunMount, i: p.Run, bind_type, private: Path):
             raise BuildError(f'RUN --mount=type=ssh: no ssh agent "{mount.id}" (give --ssh {mount.id})', i.pos)
         return None
     return bind_type(source=Path(socket), target=mount.target, read_only=False)
+
+
+def _private_copy(source: Path, dest: Path, rel: str, ignore) -> None:
+    """Copy the context path `source` (at `rel` in the context) to `dest`, modes
+    and times kept, leaving out what .acbuildignore excludes."""
+    from acbuild.files import walk
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if not source.is_dir() or source.is_symlink():
+        shutil.copy2(source, dest, follow_symlinks=False)
+        return
+    dest.mkdir()
+    prefix = rel + "/" if rel else ""
+    prune = None if ignore is None else (lambda child, _st: ignore(prefix + child))
+    dirs = [(dest, os.lstat(source))]
+    for path, child, st, _ in walk(os.fspath(source), prune=prune):
+        target = dest / child
+        if stat.S_ISDIR(st.st_mode):
+            target.mkdir()
+            dirs.append((target, st))
+        elif stat.S_ISLNK(st.st_mode) or stat.S_ISREG(st.st_mode):
+            shutil.copy2(path, target, follow_symlinks=False)
+    for target, st in reversed(dirs):  # children first: filling a directory moves its mtime
+        os.chmod(target, stat.S_IMODE(st.st_mode))
+        os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
 def cache_mount_dir(session, mount: p.RunMount) -> Path:
