@@ -1,5 +1,6 @@
 """File-tree utilities every layer may use: removing a tree whatever modes a
-build left in it, and linking a file where possible (copying where not)."""
+build left in it, linking a file where possible (copying where not), and copying
+a tree as a root `cp -a` would, special files included."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import errno
 import os
 import shutil
 import stat
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -40,3 +42,54 @@ def link_or_copy(src: Path, dst: Path) -> None:
         if err.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
             raise
         shutil.copyfile(src, dst)
+
+
+def copy_tree(src: Path, dest: Path, *, owners: bool, skip: Callable[[Path], bool] = lambda _path: False) -> list[str]:
+    """`cp -a src dest` (dest must not exist): modes, times, hard links and, when
+    `owners`, owners kept. Device nodes and fifos are recreated as what they are and
+    never opened (reading /dev/full never ends); sockets cannot be copied and are
+    left out, and so are device nodes that cannot be made (not root). Returns those
+    left out, as paths relative to src. `skip(path)` prunes entries of src."""
+    left_out: list[str] = []
+    links: dict[tuple[int, int], str] = {}
+
+    def meta(path: str, st: os.stat_result, *, symlink: bool = False) -> None:
+        if owners:
+            os.chown(path, st.st_uid, st.st_gid, follow_symlinks=False)
+        if not symlink:
+            os.chmod(path, stat.S_IMODE(st.st_mode))  # after chown, which clears setuid
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
+
+    def copy(source: str, target: str, rel: str, st: os.stat_result) -> None:
+        mode = st.st_mode
+        if stat.S_ISDIR(mode):
+            os.mkdir(target, 0o700)
+            with os.scandir(source) as it:
+                entries = sorted(it, key=lambda e: e.name)
+            for entry in entries:
+                if not skip(Path(entry.path)):
+                    copy(entry.path, os.path.join(target, entry.name), os.path.join(rel, entry.name),
+                         entry.stat(follow_symlinks=False))
+            meta(target, st)  # after the children, which changed its mtime
+        elif stat.S_ISLNK(mode):
+            os.symlink(os.readlink(source), target)
+            meta(target, st, symlink=True)
+        elif stat.S_ISSOCK(mode):
+            left_out.append(rel)
+        elif st.st_nlink > 1 and (st.st_dev, st.st_ino) in links:
+            os.link(links[st.st_dev, st.st_ino], target)
+        else:
+            if stat.S_ISREG(mode):
+                shutil.copyfile(source, target, follow_symlinks=False)
+            else:  # character or block device, fifo: made, not read
+                try:
+                    os.mknod(target, stat.S_IFMT(mode) | 0o600, st.st_rdev)
+                except PermissionError:
+                    left_out.append(rel)
+                    return
+            meta(target, st)
+            if st.st_nlink > 1:
+                links[st.st_dev, st.st_ino] = target
+
+    copy(os.fspath(src), os.fspath(dest), ".", os.stat(src))
+    return [os.path.normpath(rel) for rel in left_out]

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from acbuild import plan as p
 from acbuild.engine.progress import Progress
-from acbuild.engine.session import BuildOptions, Session
+from acbuild.engine.session import BuildOptions, Session, base_path
 from acbuild.aci.writer import check_output_path
 from acbuild.errors import ImageError
 from acbuild.files import remove_tree
@@ -233,6 +233,10 @@ class _Build:
             session = Session(workdir, manifest, options)
             self.shared.add(stage.name)
             tree = self.cache.meta(keys[start])["tree"]
+        # A directory base is on disk already: a snapshot of it would only double the
+        # disk a RUN needs (it must copy every file it shares with a snapshot), so it is
+        # not stored, nor are the manifest-only steps up to the first that changes files.
+        unsnapshotted = start < 0 and stage.base.base != "scratch" and base_path(stage.base, options).is_dir()
         for idx in range(start + 1, len(stage.steps) + 1):
             step = stage.base if idx == 0 else stage.steps[idx - 1]
             record = self.report(stage, idx, cached=False)
@@ -248,7 +252,8 @@ class _Build:
                 session.apply(step)
             record.seconds = time.monotonic() - began
             self.progress.step_done(record.number, self.total, record.seconds)
-            if self.cache is not None:
+            unsnapshotted = unsnapshotted and not (idx > 0 and isinstance(step, _TREE_STEPS))
+            if self.cache is not None and not unsnapshotted:
                 tree = self.store(stage, session, keys[idx], step, tree)
         self.sessions[stage.name] = session
         return session

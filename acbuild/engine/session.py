@@ -28,6 +28,7 @@ from acbuild.engine.execute.hardening import DEFAULT_TMPFS_SIZE
 from acbuild.engine.execute.paths import resolve_in_root
 from acbuild.engine.execute.users import resolve_group, resolve_user
 from acbuild.errors import BuildError, ImageError, ManifestError, NotFoundError, OutputExistsError, PlanError
+from acbuild.files import copy_tree
 from acbuild.report import Reporter
 
 UNNAMED = "acbuild-unnamed"
@@ -363,15 +364,19 @@ class Session:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
+def base_path(base: p.From, options: BuildOptions) -> Path:
+    """Where a local base (a file or a directory) is: relative to the context."""
+    path = Path(base.base)
+    return path if path.is_absolute() else options.context / path
+
+
 def _start_from_base(base: p.From, rootfs: Path, options: BuildOptions) -> m.ImageManifest:
     name = base.base
     if name.startswith("docker://"):
         raise BuildError(f'FROM {name}: Docker images are not supported yet (convert with docker2aci for now)', base.pos)
-    path = Path(name)
-    if not path.is_absolute():
-        path = options.context / path
+    path = base_path(base, options)
     if path.is_dir():
-        return _start_from_directory(path, rootfs, base)
+        return _start_from_directory(path, rootfs, base, options)
     if name.endswith(".aci") or path.exists():
         if not path.exists():
             raise BuildError(f'FROM {name}: no such file', base.pos)
@@ -396,7 +401,7 @@ def _start_from_base(base: p.From, rootfs: Path, options: BuildOptions) -> m.Ima
     )
 
 
-def _start_from_directory(path: Path, rootfs: Path, base: p.From) -> m.ImageManifest:
+def _start_from_directory(path: Path, rootfs: Path, base: p.From, options: BuildOptions) -> m.ImageManifest:
     """An image layout (DIR/manifest + DIR/rootfs) or a bare rootfs directory."""
     if (path / "manifest").is_file() and (path / "rootfs").is_dir():
         manifest = m.ImageManifest.from_json((path / "manifest").read_bytes())
@@ -407,5 +412,11 @@ def _start_from_directory(path: Path, rootfs: Path, base: p.From) -> m.ImageMani
     # Never copy a work path's state (DIR/.acbuild, or a deeper one holding the
     # destination, as with `--work-path DIR/sub begin DIR`) nor the destination itself.
     skip = {(path / ".acbuild").resolve(), rootfs.resolve(), *(d.resolve() for d in rootfs.parents if d.name == ".acbuild")}
-    shutil.copytree(source, rootfs, symlinks=True, ignore=lambda d, names: [n for n in names if (Path(d) / n).resolve() in skip])
+    try:
+        left_out = copy_tree(source, rootfs, owners=os.geteuid() == 0, skip=lambda entry: entry.resolve() in skip)
+    except OSError as err:
+        raise BuildError(f"FROM {base.base}: copy {err.filename}: {err.strerror}", base.pos) from err
+    if left_out:  # sockets (and, rootless, device nodes): what COPY leaves out too
+        options.reporter.warning(f"FROM {base.base}: left out {len(left_out)} socket or device file(s) that "
+                                 f"cannot be part of the image, first /{left_out[0]}")
     return manifest
