@@ -73,10 +73,18 @@ def source_date_epoch_from_env() -> int:
     return value
 
 
-def check_output_path(out: Path) -> None:
-    """The one rule for where an image may be written: a name ending in .aci."""
-    if Path(out).suffix != ".aci":
+def check_output_path(out: str | os.PathLike) -> None:
+    """The one rule for where an image may be written: a name ending in .aci, in a
+    directory that exists. Checked before any work: a build must not run every
+    step to fail here (nor name its temp file)."""
+    text = os.fspath(out)
+    if not text:
+        raise UsageError("an empty output name (give OUT.aci)")
+    path = Path(text)
+    if path.suffix != ".aci":
         raise UsageError(f"{out}: the output file name must end in .aci")
+    if not path.parent.is_dir():
+        raise UsageError(f"{path.parent}: " + ("not a directory" if path.parent.exists() else "no such directory"))
 
 
 # --- the output stream -----------------------------------------------------

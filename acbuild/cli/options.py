@@ -118,6 +118,19 @@ def add_sandbox_options(parser, *, setuid: bool = False) -> None:
                                 "mounted nosuid and the app runs with no_new_privs)")
 
 
+def output_image(value: str) -> Path:
+    """argparse type of an OUT.aci argument: checked before anything is built."""
+    import argparse
+
+    from acbuild.aci.writer import check_output_path
+
+    try:
+        check_output_path(value)
+    except UsageError as err:
+        raise argparse.ArgumentTypeError(err.message) from None
+    return Path(value)
+
+
 def add_signing_options(parser) -> None:
     group = parser.add_argument_group("signing")
     group.add_argument("--sign", action="store_true", help="write OUT.aci.asc, a detached armored signature over OUT.aci")

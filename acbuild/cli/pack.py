@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from acbuild.cli.options import output_image
+
 DESCRIPTION = """\
 Pack the image layout LAYOUT_DIR (exactly LAYOUT_DIR/manifest and
 LAYOUT_DIR/rootfs/) into the .aci archive OUT, the way `actool build` does,
@@ -33,7 +35,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("layout", metavar="LAYOUT_DIR", help="directory holding manifest and rootfs/")
-    p.add_argument("out", metavar="OUT.aci", help="the archive to write (must end in .aci)")
+    p.add_argument("out", metavar="OUT.aci", type=output_image, help="the archive to write (must end in .aci)")
     p.add_argument("--compression", choices=["gzip", "xz", "bzip2", "none"], default="gzip",
                    help="compression of the archive (default: gzip)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")

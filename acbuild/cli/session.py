@@ -25,6 +25,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from acbuild import plan as p
+from acbuild.cli.options import output_image
 from acbuild.errors import ARGV, AcbuildError, InstructionError, NotFoundError, SourcePos, UsageError
 from acbuild.report import QUIET, Reporter
 
