@@ -8,6 +8,7 @@ import errno
 import os
 import shutil
 import stat
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -93,3 +94,31 @@ def copy_tree(src: Path, dest: Path, *, owners: bool, skip: Callable[[Path], boo
 
     copy(os.fspath(src), os.fspath(dest), ".", os.stat(src))
     return [os.path.normpath(rel) for rel in left_out]
+
+
+_CLOCK_REALTIME_COARSE = 5  # Linux's clock for file times (Python's time module does not name it)
+
+
+def file_clock_ns() -> int:
+    """Now, by the clock the kernel stamps file times with: anything written after
+    this call has an mtime at or after it (time.time_ns() may be ahead of it)."""
+    return time.clock_gettime_ns(_CLOCK_REALTIME_COARSE)
+
+
+def stamp_written_since(root: Path, since_ns: int, mtime: int) -> None:
+    """Give every entry under `root` (itself included) whose mtime is `since_ns` or
+    later the mtime `mtime`, never following symlinks: what a step wrote carries
+    SOURCE_DATE_EPOCH even when that lies ahead of the wall clock, where clamping
+    (min(mtime, epoch)) would keep the time of the build."""
+    def walk(path: str) -> None:
+        with os.scandir(path) as it:
+            for entry in it:
+                st = entry.stat(follow_symlinks=False)
+                if stat.S_ISDIR(st.st_mode):
+                    walk(entry.path)
+                if st.st_mtime_ns >= since_ns:
+                    os.utime(entry.path, (mtime, mtime), follow_symlinks=False)
+
+    walk(os.fspath(root))
+    if os.lstat(root).st_mtime_ns >= since_ns:
+        os.utime(root, (mtime, mtime), follow_symlinks=False)

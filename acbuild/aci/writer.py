@@ -47,12 +47,13 @@ from pathlib import Path
 from typing import BinaryIO
 
 from acbuild.aci.pgzip import ParallelGzipWriter
-from acbuild.aci.tarformat import BLOCK, ZERO_BLOCK, tar_header
+from acbuild.aci.tarformat import BLOCK, MAX_MTIME, ZERO_BLOCK, tar_header
 from acbuild.atomic import fsync_dir
 from acbuild.errors import ImageError, UsageError
 from acbuild.temps import locked_temp_file
 
 DEFAULT_SOURCE_DATE_EPOCH = 0
+MAX_SOURCE_DATE_EPOCH = MAX_MTIME  # the latest mtime a ustar header holds
 COMPRESSIONS = ("gzip", "xz", "bzip2", "none")
 GZIP_LEVEL = 6
 
@@ -70,6 +71,9 @@ def source_date_epoch_from_env() -> int:
         value = -1
     if value < 0:
         raise UsageError(f"SOURCE_DATE_EPOCH={raw!r} is not a non-negative integer (seconds since 1970)")
+    if value > MAX_SOURCE_DATE_EPOCH:
+        raise UsageError(f"SOURCE_DATE_EPOCH={raw!r} is beyond what a tar header holds ({MAX_SOURCE_DATE_EPOCH}, "
+                         "in the year 2242); the image would not carry it")
     return value
 
 

@@ -28,7 +28,7 @@ from acbuild.engine.execute.hardening import DEFAULT_TMPFS_SIZE
 from acbuild.engine.execute.paths import resolve_in_root
 from acbuild.engine.execute.users import resolve_group, resolve_user
 from acbuild.errors import BuildError, ImageError, ManifestError, NotFoundError, OutputExistsError, PlanError
-from acbuild.files import copy_tree
+from acbuild.files import copy_tree, file_clock_ns, stamp_written_since
 from acbuild.report import Reporter
 
 UNNAMED = "acbuild-unnamed"
@@ -65,6 +65,18 @@ def default_manifest() -> m.ImageManifest:
     return m.ImageManifest(name=UNNAMED, labels=[m.Label("arch", arch), m.Label("os", os_name)])
 
 
+def _stamps_what_it_writes(handler):
+    """For the handlers that write files: Session.stamp_written_since after them."""
+
+    @functools.wraps(handler)
+    def stamping(self, instruction):
+        started = file_clock_ns()
+        handler(self, instruction)
+        self.stamp_written_since(started)
+
+    return stamping
+
+
 class Session:
     def __init__(self, workdir: Path, manifest: m.ImageManifest, options: BuildOptions):
         self.workdir = workdir
@@ -78,6 +90,7 @@ class Session:
     @classmethod
     def begin(cls, workdir: Path, base: p.From, options: BuildOptions) -> Session:
         """Start from scratch, a local .aci or a rootfs directory (interactive)."""
+        started = file_clock_ns()
         workdir.mkdir(parents=True, exist_ok=True)
         rootfs = workdir / "rootfs"
         if base.base == "scratch":
@@ -87,6 +100,7 @@ class Session:
         else:
             manifest = _start_from_base(base, rootfs, options)
         session = cls(workdir, manifest, options)
+        session.stamp_written_since(started)
         session.save()
         return session
 
@@ -108,6 +122,14 @@ class Session:
     def apply(self, instruction: p.Instruction) -> None:
         """Carry out one instruction; each kind has its handler below, registered by type."""
         raise PlanError(f"{instruction.keyword} cannot be applied here", instruction.pos)
+
+    def stamp_written_since(self, started_ns: int) -> None:
+        """An epoch later than now: what this step wrote gets exactly the epoch (the
+        writer's clamp, min(mtime, epoch), would keep today's time). An earlier
+        epoch needs no walk: the clamp already maps everything new to it."""
+        epoch = self.options.source_date_epoch
+        if epoch * 1_000_000_000 >= started_ns:
+            stamp_written_since(self.rootfs, started_ns, epoch)
 
     def _app(self) -> m.App:
         return self.manifest.ensure_app()
@@ -136,6 +158,7 @@ class Session:
         self._app().exec = list(i.argv)
 
     @apply.register
+    @_stamps_what_it_writes
     def _workdir(self, i: p.WorkDir) -> None:
         # As in a Dockerfile, WORKDIR creates the directory for later steps.
         self._app().working_directory = i.path
@@ -234,6 +257,7 @@ class Session:
         return True
 
     @apply.register
+    @_stamps_what_it_writes
     def _copy(self, i: p.Copy) -> None:
         uid, gid = self._owner(i.chown, i)
         attrs = CopyAttrs(uid=uid, gid=gid, chmod=i.chmod, mtime=self.options.source_date_epoch, chown_allowed=not self.rootless)
@@ -317,6 +341,7 @@ class Session:
         return uid, gid
 
     @apply.register
+    @_stamps_what_it_writes
     def _run(self, i: p.Run) -> None:
         from acbuild.engine.execute.run_step import run_step
 
