@@ -14,6 +14,7 @@ is left as it was.
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -103,6 +104,7 @@ def publish(new_aci_tmp: Path, out: Path, signing: SigningOptions | None) -> Pat
                 replace_together(new_aci_tmp, asc_tmp, out)
         except OSError as e:
             raise SignatureError(f"write {signature_path(out)}: {e.strerror}") from e
+        print(f"acbuild: signed: wrote {signature_path(out)}", file=sys.stderr)
         return signature_path(out)
     except BaseException:
         new_aci_tmp.unlink(missing_ok=True)
@@ -119,10 +121,27 @@ def replace_together(new_aci_tmp: Path, new_asc_tmp: Path | None, out: Path) -> 
     """
     old_asc = signature_path(out)
     try:
-        old_asc.unlink(missing_ok=True)
+        drop_stale_signature(out, replaced=new_asc_tmp is not None)
         os.replace(new_aci_tmp, out)
         if new_asc_tmp is not None:
             os.replace(new_asc_tmp, old_asc)
     except OSError as e:
         raise SignatureError(f"write {out}: {e.strerror}") from e
     fsync_dir(out.parent)
+
+
+def drop_stale_signature(out: Path, *, replaced: bool = False) -> bool:
+    """Remove `out`.asc before `out` is rewritten: it signs the old bytes. Said
+    aloud unless a new signature takes its place. Every writer of an existing
+    image calls this first (build, write, pack, patch-manifest, --modify)."""
+    old_asc = signature_path(out)
+    try:
+        old_asc.unlink()
+    except FileNotFoundError:
+        return False
+    except OSError as e:
+        raise SignatureError(f"remove {old_asc}: {e.strerror}") from e
+    if not replaced:
+        print(f"acbuild: notice: removed {old_asc}: it signed the old {out.name} (re-sign with 'acbuild sign')",
+              file=sys.stderr)
+    return True

@@ -70,7 +70,7 @@ def verify_image(aci: Path, signature: Path | None, image_name: str, store: Trus
     sig = signature or signature_path(aci)
     if not sig.is_file():
         raise SignatureError(
-            f"no signature ({sig} does not exist): sign it with 'acbuild sign', or pass --signature FILE", path=aci)
+            f"no signature ({sig} does not exist): sign it with 'acbuild sign'", path=aci)
     trusted = store.trusted_for(image_name)
     return _judge(_gpg_verify(aci, sig, trusted), aci, image_name, store, trusted)
 
