@@ -5,6 +5,7 @@ a missing signature's message suggests only what the command can do."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -72,3 +73,17 @@ def test_require_signatures_suggests_no_flag_build_lacks(tmp_path):
                      "--trust-dir", tmp_path / "trust", check=False)
     assert result.returncode != 0 and "no signature" in result.stderr
     assert "--signature" not in result.stderr
+
+
+def test_unknown_signer_is_named_by_its_primary_key(tmp_path, gpg_homes):
+    """gpg signs with the newest signing subkey, and the signature names only that;
+    the error names the primary key (what `trust --list` and the signer show)."""
+    home = gpg_homes()
+    primary = home.make_key("Sub Signer <sub@example.com>")
+    home.gpg("--pinentry-mode", "loopback", "--passphrase", "", "--quick-add-key", primary, "ed25519", "sign", "0")
+    out = tmp_path / "app.aci"
+    acbuild("build", "-f", acifile(tmp_path), "-o", out, "--sign", "--gpg-home", home.path)
+    env = {**os.environ, "GNUPGHOME": str(home.path)}
+    result = acbuild("verify", out, "--trust-dir", tmp_path / "trust", env=env, check=False)
+    assert result.returncode != 0 and "unknown signer" in result.stderr
+    assert primary in result.stderr and "Sub Signer <sub@example.com>" in result.stderr
