@@ -47,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
     from acbuild.aci.validate import validate_layout
     from acbuild.aci.writer import check_output_path, source_date_epoch_from_env, write_aci
     from acbuild.errors import ManifestError, NotFoundError, OutputExistsError
+    from acbuild.report import Reporter
     from acbuild.trust.sign import drop_stale_signature
 
     layout, out = Path(args.layout), Path(args.out)
@@ -61,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
         raise ManifestError(f"pack: {layout}: " + "; ".join(problems), problems)
     manifest = ImageManifest.from_json((layout / "manifest").read_bytes())
     manifest.validate()
-    drop_stale_signature(out)  # the old image's .asc must not sign the new one
+    drop_stale_signature(out, reporter=Reporter())  # the old image's .asc must not sign the new one
     image_id = write_aci(out, manifest.to_json(), layout / "rootfs", compression=args.compression,
                          source_date_epoch=epoch)
     print(image_id)

@@ -168,7 +168,7 @@ class _Build:
         except OSError as err:
             raise ImageError(f"write {self.output}: {err.strerror}") from err
         try:
-            publish(tmp, self.output, self.signing)
+            publish(tmp, self.output, self.signing, reporter=self.options.reporter)
         finally:
             tmp.unlink(missing_ok=True)  # renaming onto the same inode leaves it in place
             os.close(fd)

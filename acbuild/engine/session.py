@@ -382,7 +382,7 @@ class Session:
                 compression=compression,
                 source_date_epoch=self.options.source_date_epoch,
                 id_map=id_map,
-                install=lambda tmp: publish(tmp, out, signing),  # one temp: signed, then renamed
+                install=lambda tmp: publish(tmp, out, signing, reporter=self.options.reporter),  # one temp: signed, then renamed
             )
 
     def discard(self) -> None:
