@@ -9,7 +9,7 @@ import os
 import shutil
 import stat
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 
@@ -96,6 +96,16 @@ def copy_tree(src: Path, dest: Path, *, owners: bool, skip: Callable[[Path], boo
     return [os.path.normpath(rel) for rel in left_out]
 
 
+def lstat_tree(root: str) -> Iterator[tuple[str, os.stat_result]]:
+    """(path, lstat) of every entry below `root`, depth first, never following a symlink."""
+    with os.scandir(root) as it:
+        for entry in it:
+            st = entry.stat(follow_symlinks=False)
+            yield entry.path, st
+            if stat.S_ISDIR(st.st_mode):
+                yield from lstat_tree(entry.path)
+
+
 _CLOCK_REALTIME_COARSE = 5  # Linux's clock for file times (Python's time module does not name it)
 
 
@@ -110,15 +120,8 @@ def stamp_written_since(root: Path, since_ns: int, mtime: int) -> None:
     later the mtime `mtime`, never following symlinks: what a step wrote carries
     SOURCE_DATE_EPOCH even when that lies ahead of the wall clock, where clamping
     (min(mtime, epoch)) would keep the time of the build."""
-    def walk(path: str) -> None:
-        with os.scandir(path) as it:
-            for entry in it:
-                st = entry.stat(follow_symlinks=False)
-                if stat.S_ISDIR(st.st_mode):
-                    walk(entry.path)
-                if st.st_mtime_ns >= since_ns:
-                    os.utime(entry.path, (mtime, mtime), follow_symlinks=False)
-
-    walk(os.fspath(root))
+    for path, st in lstat_tree(os.fspath(root)):
+        if st.st_mtime_ns >= since_ns:  # a child's utime leaves its directory's mtime alone
+            os.utime(path, (mtime, mtime), follow_symlinks=False)
     if os.lstat(root).st_mtime_ns >= since_ns:
         os.utime(root, (mtime, mtime), follow_symlinks=False)
