@@ -1,6 +1,7 @@
-"""File-tree utilities every layer may use: removing a tree whatever its depth
-and whatever modes a build left in it, and linking a file where possible
-(copying where not)."""
+"""File-tree utilities every layer may use: walking and removing a tree whatever
+its depth and whatever modes a build left in it, linking a file where possible
+(copying where not), and copying a tree as a root `cp -a` would, special files
+included."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import errno
 import os
 import shutil
 import stat
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 
@@ -147,3 +150,79 @@ def walk(top: str, *, sort_key=None, prune=None, post_order: bool = False):
         yield path, rel, st, False
         if stat.S_ISDIR(st.st_mode):
             stack.append(((path, rel, st), children(path, rel)))
+
+
+def copy_tree(src: Path, dest: Path, *, owners: bool, skip: Callable[[Path], bool] = lambda _path: False) -> list[str]:
+    """`cp -a src dest` (dest must not exist): modes, times, hard links and, when
+    `owners`, owners kept. Device nodes and fifos are recreated as what they are and
+    never opened (reading /dev/full never ends); sockets cannot be copied and are
+    left out, and so are device nodes that cannot be made (not root). Returns those
+    left out, as paths relative to src. `skip(path)` prunes entries of src. Walks
+    on an explicit stack: any depth."""
+    left_out: list[str] = []
+    links: dict[tuple[int, int], str] = {}
+
+    def meta(path: str, st: os.stat_result, *, symlink: bool = False) -> None:
+        if owners:
+            os.chown(path, st.st_uid, st.st_gid, follow_symlinks=False)
+        if not symlink:
+            os.chmod(path, stat.S_IMODE(st.st_mode))  # after chown, which clears setuid
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
+
+    top = os.fspath(src)
+    os.mkdir(dest, 0o700)
+    dirs = [(os.fspath(dest), os.stat(src))]
+    for source, rel, st, _ in walk(top, prune=lambda rel, _st: skip(Path(top, rel))):
+        target, mode = os.path.join(dest, rel), st.st_mode
+        if stat.S_ISDIR(mode):
+            os.mkdir(target, 0o700)
+            dirs.append((target, st))
+        elif stat.S_ISLNK(mode):
+            os.symlink(os.readlink(source), target)
+            meta(target, st, symlink=True)
+        elif stat.S_ISSOCK(mode):
+            left_out.append(rel)
+        elif st.st_nlink > 1 and (st.st_dev, st.st_ino) in links:
+            os.link(links[st.st_dev, st.st_ino], target)
+        else:
+            if stat.S_ISREG(mode):
+                shutil.copyfile(source, target, follow_symlinks=False)
+            else:  # character or block device, fifo: made, not read
+                try:
+                    os.mknod(target, stat.S_IFMT(mode) | 0o600, st.st_rdev)
+                except PermissionError:
+                    left_out.append(rel)
+                    continue
+            meta(target, st)
+            if st.st_nlink > 1:
+                links[st.st_dev, st.st_ino] = target
+    for target, st in reversed(dirs):  # children first: filling a directory moved its mtime
+        meta(target, st)
+    return left_out
+
+
+def lstat_tree(root: str) -> Iterator[tuple[str, os.stat_result]]:
+    """(path, lstat) of every entry below `root`, depth first, never following a symlink."""
+    for path, _rel, st, _leaving in walk(root):
+        yield path, st
+
+
+_CLOCK_REALTIME_COARSE = 5  # Linux's clock for file times (Python's time module does not name it)
+
+
+def file_clock_ns() -> int:
+    """Now, by the clock the kernel stamps file times with: anything written after
+    this call has an mtime at or after it (time.time_ns() may be ahead of it)."""
+    return time.clock_gettime_ns(_CLOCK_REALTIME_COARSE)
+
+
+def stamp_written_since(root: Path, since_ns: int, mtime: int) -> None:
+    """Give every entry under `root` (itself included) whose mtime is `since_ns` or
+    later the mtime `mtime`, never following symlinks: what a step wrote carries
+    SOURCE_DATE_EPOCH even when that lies ahead of the wall clock, where clamping
+    (min(mtime, epoch)) would keep the time of the build."""
+    for path, st in lstat_tree(os.fspath(root)):
+        if st.st_mtime_ns >= since_ns:  # a child's utime leaves its directory's mtime alone
+            os.utime(path, (mtime, mtime), follow_symlinks=False)
+    if os.lstat(root).st_mtime_ns >= since_ns:
+        os.utime(root, (mtime, mtime), follow_symlinks=False)

@@ -151,3 +151,10 @@ def _gpg_homes() -> Iterator[Callable[[], GpgHome]]:
 # (or, for module-scoped keys, its module). Call the fixture for each home wanted.
 gpg_homes = pytest.fixture(_gpg_homes, name="gpg_homes")
 module_gpg_homes = pytest.fixture(_gpg_homes, scope="module", name="module_gpg_homes")
+
+
+# ---------------------------------------------------------------- a Debian rootfs
+
+# mmdebstrap's minbase bookworm, cached between runs (tests/debian.py); imported last,
+# since that module uses `require` from here.
+from debian import debian_aci, debian_rootfs, debian_rootfs_tar  # noqa: E402, F401

@@ -15,6 +15,7 @@ from conftest import GpgHome
 
 from acbuild.config import Config, load_config
 from acbuild.errors import NotFoundError, SignatureError, UsageError
+from acbuild.report import QUIET
 from acbuild.trust.sign import SigningOptions, publish, sign_file
 from acbuild.trust.store import TrustStore
 from acbuild.trust.verify import check_image, image_name_of, verify_image
@@ -173,15 +174,15 @@ def test_publish_never_leaves_a_stale_signature(keyring, tmp_path, store):
     store.add(alice.pub.read_bytes(), None)
     out = tmp_path / "app.aci"
     opts = SigningOptions(key=alice.fingerprint, gpg_home=keyring.home)
-    assert publish(make_aci(tmp_path / ".app.aci.tmp1"), out, opts) == tmp_path / "app.aci.asc"
+    assert publish(make_aci(tmp_path / ".app.aci.tmp1"), out, opts, reporter=QUIET) == tmp_path / "app.aci.asc"
     assert verify_image(out, None, NAME, store).fingerprint == alice.fingerprint
     # Rewritten unsigned: the old signature must go with the old bytes.
-    assert publish(make_aci(tmp_path / ".app.aci.tmp2", "example.com/other"), out, None) is None
+    assert publish(make_aci(tmp_path / ".app.aci.tmp2", "example.com/other"), out, None, reporter=QUIET) is None
     assert not (tmp_path / "app.aci.asc").exists()
     # A failed signing leaves the old pair alone and no temp files.
     before = out.read_bytes()
     with pytest.raises(SignatureError):
-        publish(make_aci(tmp_path / ".app.aci.tmp3"), out, SigningOptions(key="nobody", gpg_home=keyring.home))
+        publish(make_aci(tmp_path / ".app.aci.tmp3"), out, SigningOptions(key="nobody", gpg_home=keyring.home), reporter=QUIET)
     assert out.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["app.aci", "keys", "trust"]
 

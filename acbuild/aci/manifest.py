@@ -470,7 +470,7 @@ def isolators_problems(isolators: list[Isolator], where: str, strict: bool) -> l
     for i in isolators:
         if i.name and (p := t.acidentifier_problem(i.name, strict)):
             out.append(f"{where}: {p}")
-        elif p := t.isolator_problem(i.name, i.value):
+        elif p := t.isolator_problem(i.name, i.value, strict):
             out.append(f"{where}: {i.name or '(no name)'}: {p}")
         counts[i.name] = counts.get(i.name, 0) + 1
     for name in sorted(counts):
@@ -509,8 +509,8 @@ def app_problems(app: App, where: str, strict: bool) -> list[str]:
     seen_mounts: set[str] = set()
     for i, m in enumerate(app.mount_points):
         mw = f"{where}.mountPoints[{i}]"
-        if (m.name or strict) and (p := t.acname_problem(m.name)):
-            out.append(f"{mw}: {p}" + ("" if m.name else S))
+        if p := t.acname_problem(m.name):
+            out.append(f"{mw}: {p}")
         if strict and m.name in seen_mounts:
             out.append(f'{mw}: duplicate mountPoint name "{m.name}"' + S)
         if strict and (p := t.absolute_path_problem(m.path, f'the path of "{m.name}"')):
@@ -519,12 +519,13 @@ def app_problems(app: App, where: str, strict: bool) -> list[str]:
     seen_ports: set[str] = set()
     for i, p in enumerate(app.ports):
         pw = f"{where}.ports[{i}]"
-        if (p.name or strict) and (msg := t.acname_problem(p.name)):
-            out.append(f"{pw}: {msg}" + ("" if p.name else S))
+        if msg := t.acname_problem(p.name):
+            out.append(f"{pw}: {msg}")
         if msg := t.port_problem(p.port, max(p.count, 1)):  # a count of 0 reads as 1
             out.append(f"{pw}: {msg}")
-        if strict and p.protocol not in PORT_PROTOCOLS:
-            out.append(f'{pw}: port "{p.name}" has protocol "{p.protocol}", must be one of {", ".join(PORT_PROTOCOLS)}' + S)
+        # The spec allows any protocol (executors may refuse one); only a missing one is refused.
+        if strict and not p.protocol:
+            out.append(f'{pw}: port "{p.name}" has no protocol (give one, such as {", ".join(PORT_PROTOCOLS)})' + S)
         if strict and p.name in seen_ports:
             out.append(f'{pw}: duplicate port name "{p.name}"' + S)
         seen_ports.add(p.name)

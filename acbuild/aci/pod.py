@@ -21,8 +21,8 @@ S = t.STRICT_SUFFIX
 
 @dataclass
 class RuntimeImage:
-    id: str = ""
-    name: str = ""
+    id: str | None = None  # None: not given (allowed); "" is given, and invalid
+    name: str | None = None
     labels: list[im.Label] = field(default_factory=list)
 
 
@@ -107,14 +107,14 @@ class PodManifest:
         names: set[str] = set()
         for i, app in enumerate(self.apps):
             where = f"apps[{i}]"
-            if (app.name or strict) and (p := t.acname_problem(app.name)):
-                out.append(f"{where}.name: {p}" + ("" if app.name else S))
+            if p := t.acname_problem(app.name):
+                out.append(f"{where}.name: {p}")
             if app.name in names:
                 out.append(f'duplicate apps of name "{app.name}"')
             names.add(app.name)
-            if app.image.id and (p := t.image_id_problem(app.image.id, strict)):
+            if app.image.id is not None and (p := t.image_id_problem(app.image.id, strict)):
                 out.append(f"{where}.image.id: {p}")
-            if app.image.name and (p := t.acidentifier_problem(app.image.name, strict)):
+            if app.image.name is not None and (p := t.acidentifier_problem(app.image.name, strict)):
                 out.append(f"{where}.image.name: {p}")
             out += im.labels_problems(app.image.labels, f"{where}.image.labels", strict)
             if app.app is not None:
@@ -135,11 +135,14 @@ class PodManifest:
                     out.append("source for host volume cannot be empty")
                 elif not v.source.startswith("/"):
                     out.append("source for host volume must be absolute path")
-            elif v.kind != "empty":
+            elif v.kind == "empty":
+                if v.source:
+                    out.append(f'volumes: "{v.name}": source for empty volume must be empty')
+            else:
                 out.append('unrecognized volume kind: should be one of "empty", "host"')
         # actool accepts unknown isolators at pod level; known ones get their value checks.
         for iso in self.isolators:
-            if iso.name in t.KNOWN_ISOLATORS and (p := t.isolator_problem(iso.name, iso.value)):
+            if iso.name in t.KNOWN_ISOLATORS and (p := t.isolator_problem(iso.name, iso.value, strict)):
                 out.append(f"isolators: {iso.name}: {p}")
         for p_ in self.ports:
             if p := t.acname_problem(p_.name):
@@ -166,8 +169,8 @@ def _decode_app(value: Any, where: str) -> RuntimeApp:
     return RuntimeApp(
         name=str_(field_of(obj, "name"), f"{where}.name"),
         image=RuntimeImage(
-            id=str_(field_of(image, "id"), f"{where}.image.id"),
-            name=str_(field_of(image, "name"), f"{where}.image.name"),
+            id=None if field_of(image, "id") is None else str_(field_of(image, "id"), f"{where}.image.id"),
+            name=None if field_of(image, "name") is None else str_(field_of(image, "name"), f"{where}.image.name"),
             labels=im.decode_labels(field_of(image, "labels"), f"{where}.image.labels"),
         ),
         app=None if app is None else im.decode_app(app, f"{where}.app"),

@@ -10,6 +10,7 @@ BLOCK = 512
 ZERO_BLOCK = bytes(BLOCK)
 _MAX_ID = 0o7777777  # largest uid/gid a 7-digit ustar field holds
 _MAX_SIZE = 0o77777777777
+MAX_MTIME = 0o77777777777  # 11 octal digits: 2242-03-16
 _PAX_NAME = b"././@PaxHeader"
 
 
@@ -110,7 +111,7 @@ def tar_header(
     if size > _MAX_SIZE:
         pax.append(_pax_record(b"size", b"%d" % size))
     block = _block(split[1], split[0], mode & 0o7777, uid, gid, size if size <= _MAX_SIZE else 0,
-                   min(mtime, 0o77777777777), typeflag, linkname, devmajor, devminor)
+                   min(mtime, MAX_MTIME), typeflag, linkname, devmajor, devminor)
     if not pax:
         return block
     records = b"".join(pax)

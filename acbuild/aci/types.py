@@ -45,7 +45,9 @@ KNOWN_ISOLATORS = RESOURCE_ISOLATORS | SINGLE_ISOLATORS | {
 }
 
 _ID_CHARS = re.compile(r"^[a-z0-9._~/-]*$")
-_ID_STRICT = re.compile(r"^[a-z0-9]+([-._~/][a-z0-9]+)*$")
+# The documented regex, plus "/~" (example.com/~bob/database is in the spec's own list
+# of valid identifiers).
+_ID_STRICT = re.compile(r"^[a-z0-9]+(([-._~/]|/~)[a-z0-9]+)*$")
 _NAME_CHARS = re.compile(r"^[a-z0-9-]*$")
 _ALNUM = re.compile(r"[a-z0-9]")
 _SEMVER = re.compile(r"^(\d+)\.(\d+)\.(\d+)(-[0-9A-Za-z.-]+)?(\+[0-9A-Za-z.-]+)?$")
@@ -173,19 +175,23 @@ def date_problem(s: str) -> str | None:
     return f'bad Date: parsing time "{s}" as "2006-01-02T15:04:05Z07:00"'
 
 
-def quantity_problem(s: Any) -> str | None:
-    """A resource quantity (Kubernetes syntax as vendored by appc 0.8.11)."""
+def quantity_problem(s: Any, strict: bool = False) -> str | None:
+    """A resource quantity (Kubernetes syntax as vendored by appc 0.8.11, which trims
+    surrounding spaces). strict also refuses a number with no digit ("." or "-."),
+    which actool reads as zero."""
     if isinstance(s, bool) or not isinstance(s, (str, int, float)):
         return "resource quantity must be a string or a number"
     if not isinstance(s, str):
         return None if math.isfinite(s) else "bad quantity"
+    s = s.strip()
     m = _QUANTITY.match(s)
     if not m:
         return "quantities must match the regular expression '^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$'"
-    try:
-        float(m.group(1))
-    except ValueError:
+    number = m.group(1)
+    if number.count(".") > 1:
         return "quantities must match the regular expression '^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$'"
+    if strict and not any(c.isdigit() for c in number):
+        return f'resource quantity "{s}" has no digits (actool reads it as 0)' + STRICT_SUFFIX
     if not _QUANTITY_SUFFIX.match(m.group(2)):
         return "unable to parse quantity's suffix"
     return None
@@ -226,7 +232,7 @@ def _set_problem(value: Any, seccomp: bool) -> str | None:
     return None
 
 
-def _resource_problem(name: str, value: Any) -> str | None:
+def _resource_problem(name: str, value: Any, strict: bool) -> str | None:
     if not isinstance(value, dict):
         return _go_type_error(value, "resource value")
     default = value.get("default", False)
@@ -234,7 +240,7 @@ def _resource_problem(name: str, value: Any) -> str | None:
         return _go_type_error(default, "bool")
     for key in ("request", "limit"):
         if value.get(key) is not None:
-            problem = quantity_problem(value[key])
+            problem = quantity_problem(value[key], strict)
             if problem:
                 return problem
     if name in ("resource/cpu", "resource/memory"):
@@ -248,7 +254,7 @@ def _resource_problem(name: str, value: Any) -> str | None:
     return None
 
 
-def isolator_problem(name: str, value: Any) -> str | None:
+def isolator_problem(name: str, value: Any, strict: bool = True) -> str | None:
     """The value check for one isolator (section 3.6); unknown names are invalid."""
     if name not in KNOWN_ISOLATORS:
         return "invalid isolator"
@@ -256,7 +262,7 @@ def isolator_problem(name: str, value: Any) -> str | None:
         # actool panics here (Go nil pointer); a missing value is simply invalid.
         return f"isolator {name} has no value"
     if name in RESOURCE_ISOLATORS:
-        return _resource_problem(name, value)
+        return _resource_problem(name, value, strict)
     if name.startswith("os/linux/capabilities-"):
         return _set_problem(value, seccomp=False)
     if name.startswith("os/linux/seccomp-"):

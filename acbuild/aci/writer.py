@@ -47,13 +47,14 @@ from pathlib import Path
 from typing import BinaryIO
 
 from acbuild.aci.pgzip import ParallelGzipWriter
-from acbuild.aci.tarformat import BLOCK, ZERO_BLOCK, tar_header
+from acbuild.aci.tarformat import BLOCK, MAX_MTIME, ZERO_BLOCK, tar_header
 from acbuild.atomic import fsync_dir
 from acbuild.errors import ImageError, UsageError
 from acbuild.files import walk
 from acbuild.temps import locked_temp_file
 
 DEFAULT_SOURCE_DATE_EPOCH = 0
+MAX_SOURCE_DATE_EPOCH = MAX_MTIME  # the latest mtime a ustar header holds
 COMPRESSIONS = ("gzip", "xz", "bzip2", "none")
 GZIP_LEVEL = 6
 
@@ -71,13 +72,24 @@ def source_date_epoch_from_env() -> int:
         value = -1
     if value < 0:
         raise UsageError(f"SOURCE_DATE_EPOCH={raw!r} is not a non-negative integer (seconds since 1970)")
+    if value > MAX_SOURCE_DATE_EPOCH:
+        raise UsageError(f"SOURCE_DATE_EPOCH={raw!r} is beyond what a tar header holds ({MAX_SOURCE_DATE_EPOCH}, "
+                         "in the year 2242); the image would not carry it")
     return value
 
 
-def check_output_path(out: Path) -> None:
-    """The one rule for where an image may be written: a name ending in .aci."""
-    if Path(out).suffix != ".aci":
+def check_output_path(out: str | os.PathLike) -> None:
+    """The one rule for where an image may be written: a name ending in .aci, in a
+    directory that exists. Checked before any work: a build must not run every
+    step to fail here (nor name its temp file)."""
+    text = os.fspath(out)
+    if not text:
+        raise UsageError("an empty output name (give OUT.aci)")
+    path = Path(text)
+    if path.suffix != ".aci":
         raise UsageError(f"{out}: the output file name must end in .aci")
+    if not path.parent.is_dir():
+        raise UsageError(f"{path.parent}: " + ("not a directory" if path.parent.exists() else "no such directory"))
 
 
 # --- the output stream -----------------------------------------------------

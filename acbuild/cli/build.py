@@ -11,6 +11,7 @@ from acbuild.cli.options import (
     add_sandbox_options,
     add_signing_options,
     add_trust_options,
+    output_image,
     compile_from_args,
     signing_from_args,
     trust_settings,
@@ -38,7 +39,7 @@ def add_parser(sub) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_acifile_options(parser)
-    parser.add_argument("-o", "--output", required=True, type=Path, metavar="OUT.aci", help="the image to write (must end in .aci)")
+    parser.add_argument("-o", "--output", required=True, type=output_image, metavar="OUT.aci", help="the image to write (must end in .aci)")
     parser.add_argument("--context", type=Path, metavar="DIR", help="build context (default: the ACIfile's directory)")
     parser.add_argument("--compression", choices=("gzip", "xz", "bzip2", "none"), default="gzip", help="default: gzip")
     parser.add_argument("--target", metavar="STAGE", help="build this stage (FROM ... AS STAGE) instead of the last")

@@ -39,7 +39,7 @@ def add_parser(sub) -> None:
     parser.add_argument("--network", choices=("none", "host"), default="none",
                         help="none: loopback only (default); host: the host's network")
     add_sandbox_options(parser, setuid=True)
-    add_trust_options(parser)
+    add_trust_options(parser, "the image")
     parser.set_defaults(run=run)
     _app_args_after_dashes(parser)
 

@@ -263,6 +263,8 @@ def run_patch(args: argparse.Namespace) -> int:
     from acbuild.aci.manifest import ImageManifest
     from acbuild.aci.writer import rewrite_aci
     from acbuild.errors import ImageError, ManifestError, NotFoundError, OutputExistsError
+    from acbuild.report import Reporter
+    from acbuild.trust.sign import drop_stale_signature
 
     _check_args(args)
     src = Path(args.input)
@@ -287,6 +289,7 @@ def run_patch(args: argparse.Namespace) -> int:
                             + "\n  ".join(problems), problems)
     compression = "none" if args.no_compression else args.compression
     try:
+        drop_stale_signature(out, reporter=Reporter())  # the old image's .asc must not sign the new one
         image_id = rewrite_aci(src, out, new.to_json(), compression)
     except OSError as e:
         raise ImageError(f"write {out}: {e}") from e

@@ -118,6 +118,19 @@ def add_sandbox_options(parser, *, setuid: bool = False) -> None:
                                 "mounted nosuid and the app runs with no_new_privs)")
 
 
+def output_image(value: str) -> Path:
+    """argparse type of an OUT.aci argument: checked before anything is built."""
+    import argparse
+
+    from acbuild.aci.writer import check_output_path
+
+    try:
+        check_output_path(value)
+    except UsageError as err:
+        raise argparse.ArgumentTypeError(err.message) from None
+    return Path(value)
+
+
 def add_signing_options(parser) -> None:
     group = parser.add_argument_group("signing")
     group.add_argument("--sign", action="store_true", help="write OUT.aci.asc, a detached armored signature over OUT.aci")
@@ -126,10 +139,12 @@ def add_signing_options(parser) -> None:
     group.add_argument("--passphrase-file", type=Path, metavar="FILE", help="read the key's passphrase from FILE")
 
 
-def add_trust_options(parser) -> None:
-    group = parser.add_argument_group("verification of base images")
-    group.add_argument("--insecure-skip-verify", action="store_true", help="do not verify base image signatures (printed loudly)")
-    group.add_argument("--require-signatures", action="store_true", default=None, help="refuse any base without a trusted signature")
+def add_trust_options(parser, what: str = "base images") -> None:
+    """The verification flags; `what` names the images they apply to in --help
+    (build and begin verify base images, launch the image it runs)."""
+    group = parser.add_argument_group(f"verification of {what}")
+    group.add_argument("--insecure-skip-verify", action="store_true", help=f"do not verify the signatures of {what} (printed loudly)")
+    group.add_argument("--require-signatures", action="store_true", default=None, help=f"refuse {what} without a trusted signature")
     group.add_argument("--trust-dir", type=Path, metavar="DIR", help="trust store root (default: $ACBUILD_TRUST_DIR, else system + user)")
     group.add_argument("--config", type=Path, metavar="FILE", help="acbuild.toml to read (default: $XDG_CONFIG_HOME/acbuild/acbuild.toml)")
 

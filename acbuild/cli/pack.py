@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from acbuild.cli.options import output_image
+
 DESCRIPTION = """\
 Pack the image layout LAYOUT_DIR (exactly LAYOUT_DIR/manifest and
 LAYOUT_DIR/rootfs/) into the .aci archive OUT, the way `actool build` does,
@@ -33,7 +35,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("layout", metavar="LAYOUT_DIR", help="directory holding manifest and rootfs/")
-    p.add_argument("out", metavar="OUT.aci", help="the archive to write (must end in .aci)")
+    p.add_argument("out", metavar="OUT.aci", type=output_image, help="the archive to write (must end in .aci)")
     p.add_argument("--compression", choices=["gzip", "xz", "bzip2", "none"], default="gzip",
                    help="compression of the archive (default: gzip)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
@@ -45,6 +47,8 @@ def run(args: argparse.Namespace) -> int:
     from acbuild.aci.validate import validate_layout
     from acbuild.aci.writer import check_output_path, source_date_epoch_from_env, write_aci
     from acbuild.errors import ManifestError, NotFoundError, OutputExistsError
+    from acbuild.report import Reporter
+    from acbuild.trust.sign import drop_stale_signature
 
     layout, out = Path(args.layout), Path(args.out)
     check_output_path(out)
@@ -58,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
         raise ManifestError(f"pack: {layout}: " + "; ".join(problems), problems)
     manifest = ImageManifest.from_json((layout / "manifest").read_bytes())
     manifest.validate()
+    drop_stale_signature(out, reporter=Reporter())  # the old image's .asc must not sign the new one
     image_id = write_aci(out, manifest.to_json(), layout / "rootfs", compression=args.compression,
                          source_date_epoch=epoch)
     print(image_id)

@@ -32,13 +32,15 @@ MAX_NESTING = 8
 
 def add_parser(sub) -> None:
     s = verb_parser(sub, "script", "run an acbuild script (one verb per line)",
-                    description=__doc__.split("\n\n", 1)[1], epilog="example:\n  acbuild script build-hello.acb")
+                    description=__doc__.split("\n\n", 1)[1], epilog="example:\n  acbuild script build-hello.acb", modify=False)
     s.add_argument("file", metavar="SCRIPT")
     s.set_defaults(run=run_script)
 
 
-def logical_lines(text: str) -> list[tuple[int, str]]:
-    """(first line number, text) with backslash-newline continuations joined."""
+def logical_lines(text: str, path: str = "") -> list[tuple[int, str]]:
+    """(first line number, text) with backslash-newline continuations joined. A
+    script whose last line continues is refused, as Go acbuild did ("ended with an
+    escape"): dropping the backslash would run a line the author did not finish."""
     out: list[tuple[int, str]] = []
     pending: tuple[int, str] | None = None
     for number, raw in enumerate(text.splitlines(), 1):
@@ -51,7 +53,9 @@ def logical_lines(text: str) -> list[tuple[int, str]]:
             continue
         out.append((number, line))
     if pending is not None:
-        out.append(pending)
+        lines = text.splitlines()
+        raise UsageError("the script ended with an escape: its last line ends in \\ and continues nothing",
+                         SourcePos(path, len(lines), len(lines[-1].rstrip()), lines[-1]))
     return out
 
 
@@ -77,7 +81,7 @@ def run_script(args) -> int:
     work, lock = (Path(args.work_path), None) if nested else locked_temp_dir("acbuild-script-")
     parser = build_parser()
     try:
-        for number, line in logical_lines(text):
+        for number, line in logical_lines(text, str(path)):
             pos = SourcePos(str(path), number, 1, line)
             try:
                 run_line(parser, line, pos, work, args, depth)

@@ -25,6 +25,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from acbuild import plan as p
+from acbuild.cli.options import output_image
 from acbuild.errors import ARGV, AcbuildError, InstructionError, NotFoundError, SourcePos, UsageError
 from acbuild.report import QUIET, Reporter
 
@@ -47,20 +48,26 @@ an ACIfile that `acbuild build` turns into the same image ID."""
 # -- options every verb takes --------------------------------------------------
 
 
-def add_global_options(parser: argparse.ArgumentParser, *, sub: bool = False) -> None:
-    """--work-path and --modify, before the verb (top level) or after it (sub)."""
+def add_global_options(parser: argparse.ArgumentParser, *, sub: bool = False, modify: bool = True) -> None:
+    """--work-path, --no-history and --modify, before the verb (top level) or after
+    it (sub; verbs that refuse --modify do not offer it)."""
     default = argparse.SUPPRESS if sub else None
     parser.add_argument("--work-path", metavar="DIR", default=default,
                         help="where the build state (.acbuild/) lives (default: the current directory)")
-    parser.add_argument("--modify", metavar="IMAGE.aci", default=default,
-                        help="apply this one verb to an existing image and rewrite it atomically")
+    # Go acbuild's flag, which its scripts pass to every verb. acbuild keeps history
+    # in the work path, not in the image; it only stops this verb's annotation.
+    parser.add_argument("--no-history", action="store_true", default=default,
+                        help="record no appc.io/acbuild/command-N annotation for this verb (see begin --record-annotations)")
+    if modify:
+        parser.add_argument("--modify", metavar="IMAGE.aci", default=default,
+                            help="apply this one verb to an existing image and rewrite it atomically")
 
 
 def verb_parser(sub, name: str, help: str, *, aliases: tuple[str, ...] = (), description: str | None = None,
-                epilog: str = EPILOG, verb_path: str | None = None) -> argparse.ArgumentParser:
+                epilog: str = EPILOG, verb_path: str | None = None, modify: bool = True) -> argparse.ArgumentParser:
     parser = sub.add_parser(name, aliases=list(aliases), help=help, description=description or help,
                             epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_global_options(parser, sub=True)
+    add_global_options(parser, sub=True, modify=modify)
     parser.set_defaults(verb_path=verb_path or name)
     return parser
 
@@ -141,7 +148,7 @@ def apply_to_session(edits: list[Edit], args) -> None:
             if not step.touches_rootfs and not history.compiles([*records, record]):
                 record = history.manifest_record(session.manifest.to_json(), step.instruction)
             wp.append_history(record)
-        if state.record_annotations:
+        if state.record_annotations and not getattr(args, "no_history", False):
             note = command_annotation(session.manifest, args)
             session.apply(note)
             session.save()
@@ -401,7 +408,7 @@ def make_replace_manifest(args) -> list[Edit]:
 def add_parser(sub) -> None:
     from acbuild.cli.options import add_trust_options
 
-    b = verb_parser(sub, "begin", "start a new interactive build", epilog=BEGIN_EPILOG)
+    b = verb_parser(sub, "begin", "start a new interactive build", epilog=BEGIN_EPILOG, modify=False)
     b.add_argument("start", nargs="?", metavar="scratch|IMAGE.aci|DIR", help="what to start from (default: scratch)")
     b.add_argument("--record-annotations", action="store_true",
                    help="also record each verb as an appc.io/acbuild/command-N annotation, as Go acbuild did "
@@ -451,8 +458,8 @@ def add_parser(sub) -> None:
     m.add_argument("file", metavar="FILE")
     m.set_defaults(run=mutating(make_replace_manifest))
 
-    w = verb_parser(sub, "write", "write the image being built to OUT.aci and print its image ID")
-    w.add_argument("out", metavar="OUT.aci")
+    w = verb_parser(sub, "write", "write the image being built to OUT.aci and print its image ID", modify=False)
+    w.add_argument("out", metavar="OUT.aci", type=output_image)
     w.add_argument("--overwrite", action="store_true", help="replace OUT.aci if it exists")
     w.add_argument("--sign", action="store_true", help="also write OUT.aci.asc (a detached signature)")
     w.add_argument("--key", help="signing key (default: gpg's)")
@@ -461,5 +468,5 @@ def add_parser(sub) -> None:
     w.add_argument("--compression", choices=("gzip", "xz", "bzip2", "none"), default="gzip", help="default: gzip")
     w.set_defaults(run=run_write)
 
-    verb_parser(sub, "end", "end the build and remove its state").set_defaults(run=run_end)
-    verb_parser(sub, "history", "print the build so far as an ACIfile").set_defaults(run=run_history)
+    verb_parser(sub, "end", "end the build and remove its state", modify=False).set_defaults(run=run_end)
+    verb_parser(sub, "history", "print the build so far as an ACIfile", modify=False).set_defaults(run=run_history)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from acbuild import plan as p
 from acbuild.engine.progress import Progress
-from acbuild.engine.session import BuildOptions, Session
+from acbuild.engine.session import BuildOptions, Session, base_path
 from acbuild.aci.writer import check_output_path
 from acbuild.errors import ImageError
 from acbuild.files import remove_tree
@@ -174,7 +174,7 @@ class _Build:
         except OSError as err:
             raise ImageError(f"write {self.output}: {err.strerror}") from err
         try:
-            publish(tmp, self.output, self.signing)
+            publish(tmp, self.output, self.signing, reporter=self.options.reporter)
         finally:
             tmp.unlink(missing_ok=True)  # renaming onto the same inode leaves it in place
             os.close(fd)
@@ -239,6 +239,10 @@ class _Build:
             session = Session(workdir, manifest, options)
             self.shared.add(stage.name)
             tree = self.cache.meta(keys[start])["tree"]
+        # A directory base is on disk already: a snapshot of it would only double the
+        # disk a RUN needs (it must copy every file it shares with a snapshot), so it is
+        # not stored, nor are the manifest-only steps up to the first that changes files.
+        unsnapshotted = start < 0 and stage.base.base != "scratch" and base_path(stage.base, options).is_dir()
         for idx in range(start + 1, len(stage.steps) + 1):
             step = stage.base if idx == 0 else stage.steps[idx - 1]
             record = self.report(stage, idx, cached=False)
@@ -256,7 +260,8 @@ class _Build:
                     self.check_copied(session.copied, record.number)
             record.seconds = time.monotonic() - began
             self.progress.step_done(record.number, self.total, record.seconds)
-            if self.cache is not None and not self.unstable:
+            unsnapshotted = unsnapshotted and not (idx > 0 and isinstance(step, _TREE_STEPS))
+            if self.cache is not None and not self.unstable and not unsnapshotted:
                 tree = self.store(stage, session, keys[idx], step, tree)
         self.sessions[stage.name] = session
         return session

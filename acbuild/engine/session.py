@@ -28,6 +28,7 @@ from acbuild.engine.execute.hardening import DEFAULT_TMPFS_SIZE
 from acbuild.engine.execute.paths import resolve_in_root
 from acbuild.engine.execute.users import resolve_group, resolve_user
 from acbuild.errors import BuildError, ImageError, ManifestError, NotFoundError, OutputExistsError, PlanError
+from acbuild.files import copy_tree, file_clock_ns, stamp_written_since
 from acbuild.report import Reporter
 
 UNNAMED = "acbuild-unnamed"
@@ -64,6 +65,18 @@ def default_manifest() -> m.ImageManifest:
     return m.ImageManifest(name=UNNAMED, labels=[m.Label("arch", arch), m.Label("os", os_name)])
 
 
+def _stamps_what_it_writes(handler):
+    """For the handlers that write files: Session.stamp_written_since after them."""
+
+    @functools.wraps(handler)
+    def stamping(self, instruction):
+        started = file_clock_ns()
+        handler(self, instruction)
+        self.stamp_written_since(started)
+
+    return stamping
+
+
 class Session:
     def __init__(self, workdir: Path, manifest: m.ImageManifest, options: BuildOptions):
         self.workdir = workdir
@@ -78,6 +91,7 @@ class Session:
     @classmethod
     def begin(cls, workdir: Path, base: p.From, options: BuildOptions) -> Session:
         """Start from scratch, a local .aci or a rootfs directory (interactive)."""
+        started = file_clock_ns()
         workdir.mkdir(parents=True, exist_ok=True)
         rootfs = workdir / "rootfs"
         if base.base == "scratch":
@@ -87,6 +101,7 @@ class Session:
         else:
             manifest = _start_from_base(base, rootfs, options)
         session = cls(workdir, manifest, options)
+        session.stamp_written_since(started)
         session.save()
         return session
 
@@ -108,6 +123,14 @@ class Session:
     def apply(self, instruction: p.Instruction) -> None:
         """Carry out one instruction; each kind has its handler below, registered by type."""
         raise PlanError(f"{instruction.keyword} cannot be applied here", instruction.pos)
+
+    def stamp_written_since(self, started_ns: int) -> None:
+        """An epoch later than now: what this step wrote gets exactly the epoch (the
+        writer's clamp, min(mtime, epoch), would keep today's time). An earlier
+        epoch needs no walk: the clamp already maps everything new to it."""
+        epoch = self.options.source_date_epoch
+        if epoch * 1_000_000_000 >= started_ns:
+            stamp_written_since(self.rootfs, started_ns, epoch)
 
     def _app(self) -> m.App:
         return self.manifest.ensure_app()
@@ -136,6 +159,7 @@ class Session:
         self._app().exec = list(i.argv)
 
     @apply.register
+    @_stamps_what_it_writes
     def _workdir(self, i: p.WorkDir) -> None:
         # As in a Dockerfile, WORKDIR creates the directory for later steps.
         self._app().working_directory = i.path
@@ -234,6 +258,7 @@ class Session:
         return True
 
     @apply.register
+    @_stamps_what_it_writes
     def _copy(self, i: p.Copy) -> None:
         uid, gid = self._owner(i.chown, i)
         attrs = CopyAttrs(uid=uid, gid=gid, chmod=i.chmod, mtime=self.options.source_date_epoch, chown_allowed=not self.rootless)
@@ -319,6 +344,7 @@ class Session:
         return uid, gid
 
     @apply.register
+    @_stamps_what_it_writes
     def _run(self, i: p.Run) -> None:
         from acbuild.engine.execute.run_step import run_step
 
@@ -359,7 +385,7 @@ class Session:
                 compression=compression,
                 source_date_epoch=self.options.source_date_epoch,
                 id_map=id_map,
-                install=lambda tmp: publish(tmp, out, signing),  # one temp: signed, then renamed
+                install=lambda tmp: publish(tmp, out, signing, reporter=self.options.reporter),  # one temp: signed, then renamed
             )
 
     def discard(self) -> None:
@@ -368,15 +394,19 @@ class Session:
         remove_tree(self.workdir)
 
 
+def base_path(base: p.From, options: BuildOptions) -> Path:
+    """Where a local base (a file or a directory) is: relative to the context."""
+    path = Path(base.base)
+    return path if path.is_absolute() else options.context / path
+
+
 def _start_from_base(base: p.From, rootfs: Path, options: BuildOptions) -> m.ImageManifest:
     name = base.base
     if name.startswith("docker://"):
         raise BuildError(f'FROM {name}: Docker images are not supported yet (convert with docker2aci for now)', base.pos)
-    path = Path(name)
-    if not path.is_absolute():
-        path = options.context / path
+    path = base_path(base, options)
     if path.is_dir():
-        return _start_from_directory(path, rootfs, base)
+        return _start_from_directory(path, rootfs, base, options)
     if name.endswith(".aci") or path.exists():
         if not path.exists():
             raise BuildError(f'FROM {name}: no such file', base.pos)
@@ -401,7 +431,7 @@ def _start_from_base(base: p.From, rootfs: Path, options: BuildOptions) -> m.Ima
     )
 
 
-def _start_from_directory(path: Path, rootfs: Path, base: p.From) -> m.ImageManifest:
+def _start_from_directory(path: Path, rootfs: Path, base: p.From, options: BuildOptions) -> m.ImageManifest:
     """An image layout (DIR/manifest + DIR/rootfs) or a bare rootfs directory."""
     if (path / "manifest").is_file() and (path / "rootfs").is_dir():
         manifest = m.ImageManifest.from_json((path / "manifest").read_bytes())
@@ -412,5 +442,11 @@ def _start_from_directory(path: Path, rootfs: Path, base: p.From) -> m.ImageMani
     # Never copy a work path's state (DIR/.acbuild, or a deeper one holding the
     # destination, as with `--work-path DIR/sub begin DIR`) nor the destination itself.
     skip = {(path / ".acbuild").resolve(), rootfs.resolve(), *(d.resolve() for d in rootfs.parents if d.name == ".acbuild")}
-    shutil.copytree(source, rootfs, symlinks=True, ignore=lambda d, names: [n for n in names if (Path(d) / n).resolve() in skip])
+    try:
+        left_out = copy_tree(source, rootfs, owners=os.geteuid() == 0, skip=lambda entry: entry.resolve() in skip)
+    except OSError as err:
+        raise BuildError(f"FROM {base.base}: copy {err.filename}: {err.strerror}", base.pos) from err
+    if left_out:  # sockets (and, rootless, device nodes): what COPY leaves out too
+        options.reporter.warning(f"FROM {base.base}: left out {len(left_out)} socket or device file(s) that "
+                                 f"cannot be part of the image, first /{left_out[0]}")
     return manifest

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from acbuild.atomic import fsync_dir, temp_beside
 from acbuild.errors import NotFoundError, SignatureError
+from acbuild.report import Reporter
 from acbuild.trust.gpg import last_gpg_message, open_gpg
 
 
@@ -90,26 +91,27 @@ def sign_file(path: Path, *, key: str | None = None, gpg_home: Path | None = Non
     return out
 
 
-def publish(new_aci_tmp: Path, out: Path, signing: SigningOptions | None) -> Path | None:
+def publish(new_aci_tmp: Path, out: Path, signing: SigningOptions | None, *, reporter: Reporter) -> Path | None:
     """Move a finished temp image to `out`, signed when `signing` is given; returns the .asc."""
     try:
         if signing is None:
-            replace_together(new_aci_tmp, None, out)
+            replace_together(new_aci_tmp, None, out, reporter=reporter)
             return None
         sig = detached_signature(new_aci_tmp, key=signing.key, gpg_home=signing.gpg_home,
                                  passphrase=signing.passphrase)
         try:
             with temp_beside(signature_path(out), sig) as asc_tmp:
-                replace_together(new_aci_tmp, asc_tmp, out)
+                replace_together(new_aci_tmp, asc_tmp, out, reporter=reporter)
         except OSError as e:
             raise SignatureError(f"write {signature_path(out)}: {e.strerror}") from e
+        reporter.info(f"signed: wrote {signature_path(out)}")
         return signature_path(out)
     except BaseException:
         new_aci_tmp.unlink(missing_ok=True)
         raise
 
 
-def replace_together(new_aci_tmp: Path, new_asc_tmp: Path | None, out: Path) -> None:
+def replace_together(new_aci_tmp: Path, new_asc_tmp: Path | None, out: Path, *, reporter: Reporter) -> None:
     """Install a new image (and its signature, if any) at `out`, `out`.asc.
 
     Order: drop the old .asc, rename the image, rename the new .asc. A crash at
@@ -119,10 +121,26 @@ def replace_together(new_aci_tmp: Path, new_asc_tmp: Path | None, out: Path) -> 
     """
     old_asc = signature_path(out)
     try:
-        old_asc.unlink(missing_ok=True)
+        drop_stale_signature(out, reporter=reporter, replaced=new_asc_tmp is not None)
         os.replace(new_aci_tmp, out)
         if new_asc_tmp is not None:
             os.replace(new_asc_tmp, old_asc)
     except OSError as e:
         raise SignatureError(f"write {out}: {e.strerror}") from e
     fsync_dir(out.parent)
+
+
+def drop_stale_signature(out: Path, *, reporter: Reporter, replaced: bool = False) -> bool:
+    """Remove `out`.asc before `out` is rewritten: it signs the old bytes. Said
+    aloud unless a new signature takes its place. Every writer of an existing
+    image calls this first (build, write, pack, patch-manifest, --modify)."""
+    old_asc = signature_path(out)
+    try:
+        old_asc.unlink()
+    except FileNotFoundError:
+        return False
+    except OSError as e:
+        raise SignatureError(f"remove {old_asc}: {e.strerror}") from e
+    if not replaced:
+        reporter.note(f"removed {old_asc}: it signed the old {out.name} (re-sign with 'acbuild sign')")
+    return True

@@ -13,6 +13,7 @@ For the engine (`FROM`, `begin`, `launch`): `check_image()` applies the policy
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,7 +71,7 @@ def verify_image(aci: Path, signature: Path | None, image_name: str, store: Trus
     sig = signature or signature_path(aci)
     if not sig.is_file():
         raise SignatureError(
-            f"no signature ({sig} does not exist): sign it with 'acbuild sign', or pass --signature FILE", path=aci)
+            f"no signature ({sig} does not exist): sign it with 'acbuild sign'", path=aci)
     trusted = store.trusted_for(image_name)
     return _judge(_gpg_verify(aci, sig, trusted), aci, image_name, store, trusted)
 
@@ -101,7 +102,7 @@ def _judge(result, aci: Path, name: str, store: TrustStore, trusted: list[Truste
                 f"signer {k.uids[0] if k.uids else ''} ({k.fingerprint}) is trusted for prefix "
                 f"{k.prefix}, not for {name}", path=aci)
         raise SignatureError(
-            f"unknown signer: key {key_id or '?'} is not trusted for {name} "
+            f"unknown signer: {_name_signer(key_id)} is not trusted for {name} "
             f"(trust it with 'acbuild trust --prefix {name} KEYFILE')", path=aci)
     primary = (result.pubkey_fingerprint or result.fingerprint or "").lower()
     who = f"{result.username or '?'} ({primary or key_id})"
@@ -124,6 +125,23 @@ def _judge(result, aci: Path, name: str, store: TrustStore, trusted: list[Truste
         trusted_for=scopes[0].prefix,
         signed_at=int(ts) if ts else None,
     )
+
+
+def _name_signer(key_id: str) -> str:
+    """The signer as `trust --list` would name it: a signature names its signing
+    key, often a subkey; the user's own keyring, when it has that key, gives the
+    primary key and user id. Only to name it: trust never comes from there."""
+    home = Path(os.environ.get("GNUPGHOME") or Path.home() / ".gnupg")
+    if not key_id or not home.is_dir():
+        return f"key {key_id or '?'}"
+    try:
+        found = open_gpg(home).list_keys(keys=[key_id])
+    except (OSError, ValueError):
+        found = []
+    if not found or found[0]["fingerprint"].lower() == key_id:
+        return f"key {key_id}"
+    primary, uids = found[0]["fingerprint"].lower(), found[0].get("uids") or [""]
+    return f"{uids[0]} (key {primary}, signing subkey {key_id})".lstrip()
 
 
 def _info(key: TrustedKey) -> KeyInfo:

@@ -46,7 +46,7 @@ from pathlib import Path
 
 from acbuild.atomic import write_atomic
 from acbuild.dirs import private_dir
-from acbuild.files import link_or_copy, remove_tree, walk
+from acbuild.files import link_or_copy, lstat_tree, remove_tree, walk
 
 SCRATCH = {"ovl-work", "ovl-probe", "out-stage", "manifest"}  # never part of a snapshot
 _VERSION = 2  # 2: snapshots as tree.json + files/
@@ -388,20 +388,17 @@ def unshare_files(rootfs: Path) -> int:
     Needed before a RUN, which may write into any file. Returns the files copied."""
     groups: dict[int, list] = {}
 
-    def walk(d: str) -> None:
-        with os.scandir(d) as it:
-            for e in it:
-                st = e.stat(follow_symlinks=False)
-                if stat.S_ISDIR(st.st_mode):
-                    walk(e.path)
-                elif stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
-                    groups.setdefault(st.st_ino, [st]).append(e.path)
-
-    walk(os.fspath(rootfs))
+    for path, st in lstat_tree(os.fspath(rootfs)):
+        if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
+            groups.setdefault(st.st_ino, [st]).append(path)
     copied = 0
+    dir_times: dict[str, int] = {}  # the directories touched keep their mtimes: the tree must not change
     for st, *paths in groups.values():
         if len(paths) >= st.st_nlink:
             continue  # hard links among the rootfs's own files only
+        for path in paths:
+            parent = os.path.dirname(path)
+            dir_times.setdefault(parent, os.lstat(parent).st_mtime_ns)
         first = paths[0]
         tmp = first + ".acbuild-unshare"
         shutil.copyfile(first, tmp, follow_symlinks=False)
@@ -412,6 +409,8 @@ def unshare_files(rootfs: Path) -> int:
             os.link(first, other + ".acbuild-unshare")
             os.replace(other + ".acbuild-unshare", other)
         copied += 1
+    for parent, mtime_ns in dir_times.items():
+        os.utime(parent, ns=(mtime_ns, mtime_ns), follow_symlinks=False)
     return copied
 
 

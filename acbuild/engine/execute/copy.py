@@ -69,13 +69,20 @@ def copy_into_rootfs(
         written: list[str] = []
         for rel, host, st in matches:
             if stat.S_ISDIR(st.st_mode):
-                make_dirs(rootfs, dest_host, attrs)
+                into = dest_host
+                created = make_dirs(rootfs, into, attrs)
                 _copy_tree(host, dest_host, rootfs, attrs, rel, ignore, written, digests)
             else:
                 target = dest_host / posixpath.basename(rel) if dest_is_dir else dest_host
-                make_dirs(rootfs, target.parent, attrs)
+                into = target.parent
+                created = make_dirs(rootfs, into, attrs)
                 _copy_entry(host, target, attrs, st, digests)
                 written.append(_image_path(rootfs, target))
+            # Directories this COPY wrote into carry the epoch too, as what it copied
+            # does (Go acbuild's copy-to-dir tests look at them on disk).
+            changed = {into, *created, *([created[0].parent] if created else [])}
+            for directory in changed:
+                os.utime(directory, (attrs.mtime, attrs.mtime), follow_symlinks=False)
     except OSError as err:
         raise BuildError(f"COPY: {err.filename or dest}: {err.strerror}", pos) from err
     return written
@@ -122,16 +129,19 @@ def _image_path(rootfs: Path, host: Path) -> str:
     return "/" + str(host.relative_to(rootfs))
 
 
-def make_dirs(rootfs: Path, path: Path, attrs: CopyAttrs) -> None:
-    """mkdir -p inside rootfs; new directories get 0755, the owner and the epoch."""
+def make_dirs(rootfs: Path, path: Path, attrs: CopyAttrs) -> list[Path]:
+    """mkdir -p inside rootfs; new directories get 0755, the owner and the epoch.
+    Returns them, outermost first."""
     missing = []
     current = path
     while not current.exists() and current != rootfs:
         missing.append(current)
         current = current.parent
-    for directory in reversed(missing):
+    missing.reverse()
+    for directory in missing:
         directory.mkdir()
         _set_attrs(directory, 0o755, attrs)
+    return missing
 
 
 def _set_attrs(path: Path, mode: int, attrs: CopyAttrs, *, link: bool = False) -> None:

@@ -2,7 +2,8 @@
 run it, and fail the build on a non-zero status.
 
 The command sees the image's environment (plus a default PATH and the ARG values
-in scope), working directory, user and group; RUN --mount binds and cache dirs
+in scope, and SOURCE_DATE_EPOCH: the build's), working directory, user and group;
+RUN --mount binds and cache dirs
 exist only for the step.
 
 RUN --mount=type=bind shows a private copy of the context path, made for the
@@ -51,6 +52,9 @@ def _run(session, i: p.Run, binds: list) -> None:
     ssh = [m for m in i.mounts if m.type == "ssh" and session.options.ssh.get(m.id)]
     if ssh:  # as BuildKit: the agent socket is where SSH_AUTH_SOCK says
         env["SSH_AUTH_SOCK"] = ssh[0].target
+    # As reproducible-builds tools expect: useradd, gzip, dpkg... stamp the build's
+    # time, not today's (the image would change from one day to the next).
+    env["SOURCE_DATE_EPOCH"] = str(session.options.source_date_epoch)
     network = i.network or session.options.network
     lower = prepare(session, i.pos)  # DEPENDENCY: their files below the rootfs (engine.layers)
     spec = SandboxSpec(

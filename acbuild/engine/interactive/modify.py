@@ -36,7 +36,7 @@ def modify_image(image: Path, steps: list[tuple[p.Instruction, Path | None]], op
     work, lock = locked_temp_dir("acbuild-modify-")
 
     def install(tmp: Path) -> None:  # drops the stale .asc, then renames
-        replace_together(tmp, None, image)
+        replace_together(tmp, None, image, reporter=options.reporter)
 
     try:
         if full:
