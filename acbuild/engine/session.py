@@ -14,7 +14,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 

@@ -30,14 +30,12 @@ def run_step(session, i: p.Run) -> None:
     """Run one RUN. Secrets and tmpfs mounts live in a private temp dir (0700, outside
     the work dir and the cache) that is removed when the step ends, whatever happens."""
     from acbuild.engine.execute.sandbox import Bind
-    from acbuild.files import remove_tree
+    from acbuild.temps import temp_dir
 
-    private = Path(tempfile.mkdtemp(prefix="acbuild-run-"))  # 0700, as mkdtemp makes it
-    try:
+    # locked while this step lives, so a later run removes it if this one is killed
+    with temp_dir("acbuild-run-") as private:
         binds = [b for mount in i.mounts if (b := _bind(session, mount, i, Bind, private)) is not None]
         _run(session, i, binds)
-    finally:
-        remove_tree(private)  # bind copies may hold read-only directories
 
 
 def _run(session, i: p.Run, binds: list) -> None:
