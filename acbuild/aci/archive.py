@@ -163,6 +163,13 @@ def _clean(name: str) -> tuple[str, list[str]]:
     return name, parts
 
 
+def escapes_root(base: list[str], target: str) -> bool:
+    """Does `target`, resolved lexically from the directory `base` (components
+    under rootfs; absolute targets start at rootfs), leave rootfs? (acbuild.oci.squash
+    applies the same rule to image layers.)"""
+    return _escapes({}, base, target) is not None
+
+
 def _escapes(links: dict[str, str], base: list[str], target: str) -> str | None:
     """Why `target`, resolved from the directory `base` (components under rootfs;
     absolute targets start at rootfs) through the archive's own symlinks `links`
