@@ -14,12 +14,14 @@ discovery pages, images, signatures and keys.
         for chunk in resp.chunks():   # streams; raises NetError on a short or too-long body
             ...
 
-`open_url(url, options, method="GET"|"HEAD", start=0, limit=None, headers=None)`
-is the one request function; `read_url` reads a whole (small) body. Contract:
+`open_url(url, options, method="GET", start=0, limit=None, headers=None, body=None,
+raise_for_status=True)` is the one request function (any method; `body` is sent as
+it is); `read_url` reads a whole (small) body. Contract:
 
-- Only http:// and https:// URLs. Redirects (301, 302, 303, 307, 308) are followed
-  up to `options.max_redirects` (10, as Go's client); an https URL that redirects to
-  http:// is refused unless `options.insecure`.
+- Only http:// and https:// URLs. Redirects (301, 302, 303, 307, 308) of GET and
+  HEAD are followed up to `options.max_redirects` (10, as Go's client); an https URL
+  that redirects to http:// is refused unless `options.insecure`; an Authorization
+  header is not sent on to another host.
 - TLS: certificates and host names are checked against `options.ca_file` if given,
   else the system store (OpenSSL's default paths, so SSL_CERT_FILE and SSL_CERT_DIR
   are honoured). `options.insecure` turns the check off.
@@ -33,7 +35,8 @@ is the one request function; `read_url` reads a whole (small) body. Contract:
   once it passes the limit.
 - A body shorter than its Content-Length raises NetError when it ends (so a
   caller can resume it with `start`).
-- A non-2xx status raises HttpStatusError (a NetError with `.status`).
+- A non-2xx status raises HttpStatusError (a NetError with `.status`), unless
+  raise_for_status=False, which returns the reply for the caller to read.
 - Every failure is a NetError whose message starts with the URL, e.g.
   "https://host/x: certificate verify failed: unable to get local issuer
   certificate (unknown CA; pass --ca-file or set SSL_CERT_FILE, or --insecure)".
@@ -147,12 +150,18 @@ def read_url(url: str, options: HttpOptions = HttpOptions(), limit: int = 1 << 2
 
 
 def open_url(url: str, options: HttpOptions = HttpOptions(), *, method: str = "GET", start: int = 0,
-             limit: int | None = None, headers: dict[str, str] | None = None) -> Response:
-    """Send one request, following redirects; the reply is open for reading."""
+             limit: int | None = None, headers: dict[str, str] | None = None, body: bytes | None = None,
+             raise_for_status: bool = True) -> Response:
+    """Send one request, following redirects (GET and HEAD only); the reply is
+    open for reading. With raise_for_status=False a non-2xx reply is returned
+    too (the registry client reads 401 challenges and error bodies)."""
     current = url
+    extra = dict(headers or {})
     for _ in range(options.max_redirects + 1):
-        conn, reply = _request_once(current, method, start, headers or {}, options)
-        if reply.status not in REDIRECTS:
+        conn, reply = _request_once(current, method, start, extra, options, body)
+        if reply.status not in REDIRECTS or method not in ("GET", "HEAD"):
+            if not raise_for_status and not (200 <= reply.status < 300):
+                return Response(current, conn, reply, 0, limit, options.timeout, method == "HEAD")
             return _accept(current, conn, reply, start, limit, options.timeout, method == "HEAD")
         location = reply.getheader("Location")
         reply.close()
@@ -162,6 +171,9 @@ def open_url(url: str, options: HttpOptions = HttpOptions(), *, method: str = "G
         target = urllib.parse.urljoin(current, location)
         if current.startswith("https:") and target.startswith("http:") and not options.insecure:
             raise NetError(current, f"redirect from https to plain http ({target}) refused without --insecure")
+        if urllib.parse.urlsplit(target).netloc != urllib.parse.urlsplit(current).netloc:
+            # Credentials are for the host they were meant for (registries redirect blobs to storage).
+            extra = {k: v for k, v in extra.items() if k.lower() != "authorization"}
         current = target
     raise NetError(url, f"more than {options.max_redirects} redirects")
 
@@ -180,8 +192,8 @@ def _accept(url: str, conn: http.client.HTTPConnection, reply: http.client.HTTPR
     raise HttpStatusError(url, reply.status, reply.reason)
 
 
-def _request_once(url: str, method: str, start: int, extra: dict[str, str],
-                  options: HttpOptions) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
+def _request_once(url: str, method: str, start: int, extra: dict[str, str], options: HttpOptions,
+                  body: bytes | None = None) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
     parts = urllib.parse.urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise NetError(url, "not an http:// or https:// URL")
@@ -207,7 +219,7 @@ def _request_once(url: str, method: str, start: int, extra: dict[str, str],
             target = url.split("#", 1)[0]  # a plain-http proxy gets the absolute URL
         else:
             conn = http.client.HTTPConnection(host, port, timeout=options.timeout)
-        conn.request(method, target, headers=headers)
+        conn.request(method, target, body=body, headers=headers)
         return conn, conn.getresponse()
     except (OSError, http.client.HTTPException) as e:
         if conn is not None:
