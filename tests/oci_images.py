@@ -4,7 +4,8 @@ Debian's buildah (as root, vfs storage, chroot isolation, one layer per step)
 builds a busybox image FROM scratch whose later layers delete a file and a
 directory and add hard links; a hand-made tar layer added with `umoci raw
 add-layer` replaces a directory with an opaque-directory marker, links a file
-of a lower layer (a hard link across layers) and holds a device node. skopeo
+of a lower layer (a hard link across layers) and holds a device node; `umoci
+config` tags a copy that claims to be arm64 (for manifest lists). skopeo
 writes the result as a docker-archive and an oci-archive beside the OCI layout,
 and `umoci unpack` gives the reference tree a runtime would see.
 
@@ -29,7 +30,8 @@ from tests.conftest import REPO, require
 
 BUSYBOX = Path("/bin/busybox")
 TAG = "latest"
-RECIPE_VERSION = "4"
+ARM_TAG = "arm64"  # the same image with config architecture arm64
+RECIPE_VERSION = "5"
 
 CONTAINERFILE = """\
 FROM scratch
@@ -134,6 +136,8 @@ def _build(out: Path) -> None:
     run("buildah", *storage, "push", "-q", "busytest", f"oci:{out / 'layout'}:{TAG}")
     (work / "opaque.tar").write_bytes(opaque_layer())
     run("umoci", "raw", "add-layer", "--image", f"{out / 'layout'}:{TAG}", str(work / "opaque.tar"))
+    # The same image claiming to be arm64 (a second platform for manifest lists).
+    run("umoci", "config", "--image", f"{out / 'layout'}:{TAG}", "--tag", ARM_TAG, "--architecture", "arm64")
     run("skopeo", "copy", "-q", f"oci:{out / 'layout'}:{TAG}", f"docker-archive:{out / 'image.docker.tar'}:busytest:{TAG}")
     run("skopeo", "copy", "-q", f"oci:{out / 'layout'}:{TAG}", f"oci-archive:{out / 'image.oci.tar'}:{TAG}")
     run("umoci", "unpack", "--image", f"{out / 'layout'}:{TAG}", str(out / "bundle"))

@@ -23,6 +23,7 @@ COMMANDS = [
     "build",
     "plan",
     "pack",
+    "convert",
     "validate",
     "manifest",
     "image_id",
@@ -40,7 +41,7 @@ COMMANDS = [
 # module's parsers (start-up matters for interactive verbs); --help builds all.
 # tests/test_cli.py checks this table against what the modules register.
 COMMAND_MODULES = {
-    "build": "build", "plan": "plan", "pack": "pack", "validate": "validate",
+    "build": "build", "plan": "plan", "pack": "pack", "convert": "convert", "validate": "validate",
     "cat-manifest": "manifest", "patch-manifest": "manifest", "image-id": "image_id",
     "sign": "signing", "trust": "signing", "verify": "signing", "cache": "cache",
     "launch": "launch", "script": "script", "discover": "discover", "serve": "serve",

@@ -1,0 +1,200 @@
+"""Docker/OCI image -> .aci: open the SOURCE, apply its layers, map its config,
+write the ACI. The recipe:
+
+    opened = open_source(parse_source("docker://busybox"), options)
+    outputs = convert(opened, Path("busybox.aci"), options)
+
+Contract: outputs are written atomically (acbuild.aci.writer); the rootfs is
+built in a temp dir beside the output and always removed; registry blobs go
+through the content-addressed BlobCache under the acbuild cache root
+(`CACHE/oci/blobs`), so a second pull of the same image downloads no blob.
+File mtimes are clamped to $SOURCE_DATE_EPOCH, else to the config's `created`
+(so the same image always converts to the same bytes).
+
+--no-squash writes one ACI per layer (see `_write_layers`): the base layer
+first, each named NAME-LAYER (LAYER = the first 12 hex digits of the layer's
+digest) with a `layer` label; the top one carries the app and depends on all
+the others, base first, by image ID; its pathWhitelist lists what exists after
+all layers (so whiteouts and opaque dirs hide lower files when rendered).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from acbuild.aci.manifest import Dependency, ImageManifest, Label
+from acbuild.aci.writer import source_date_epoch_from_env, write_aci
+from acbuild.dirs import cache_root
+from acbuild.errors import ImageError, UsageError
+from acbuild.oci import manifests as mt
+from acbuild.oci.blobs import BlobCache
+from acbuild.oci.layout import Layer, LocalImage, layout_name, read_docker_archive, read_oci
+from acbuild.oci.reference import DOCKER, DOCKER_ARCHIVE, OCI, Source, parse_reference
+from acbuild.oci.registry import RegistryClient, RegistryOptions
+from acbuild.oci.squash import SquashReport, apply_layers
+from acbuild.oci.toaci import Origin, created_epoch, image_manifest, sanitize_identifier
+
+
+@dataclass(frozen=True)
+class ConvertOptions:
+    registry: RegistryOptions = RegistryOptions()
+    platform: mt.Platform | None = None
+    compression: str = "gzip"
+    squash: bool = True
+    name: str = ""  # overrides the name taken from the source
+
+
+@dataclass(frozen=True)
+class Opened:
+    image: LocalImage
+    origin: Origin
+    downloaded: int = 0  # blobs fetched from a registry (0 when all were cached)
+
+
+def blob_cache() -> BlobCache:
+    return BlobCache(cache_root() / "oci" / "blobs")
+
+
+def open_source(source: Source, options: ConvertOptions = ConvertOptions()) -> Opened:
+    """Read (or pull) the image a SOURCE names."""
+    if source.transport == DOCKER:
+        ref = source.reference
+        assert ref is not None
+        cache = blob_cache()
+        with RegistryClient.for_reference(ref, options.registry) as client:
+            pulled = client.pull(ref, cache, options.platform)
+        config_digest = pulled.manifest.config.digest
+        import json
+
+        diff_ids = json.loads(pulled.config).get("rootfs", {}).get("diff_ids", [])
+        if not isinstance(diff_ids, list) or len(diff_ids) != len(pulled.manifest.layers):
+            raise ImageError(f"{source}: the config's diff_ids do not match the manifest's layers")
+        # Blobs in the cache were verified on the way in.
+        layers = [Layer(d.digest, (lambda p=cache.path(d.digest): open(p, "rb")), None, None, diff_id)
+                  for d, diff_id in zip(pulled.manifest.layers, diff_ids)]
+        image = LocalImage(pulled.config, layers, pulled.manifest_digest, ref.tag or "", ref.name)
+        origin = Origin(ref.name, ref.tag or "", source.text, ref.registry, ref.repository,
+                        pulled.manifest_digest, config_digest)
+        return Opened(image, origin, client.stats.blobs_downloaded)
+    if source.transport == DOCKER_ARCHIVE:
+        image = read_docker_archive(source.path, source.ref, source.text)
+    else:
+        image = read_oci(source.path, source.ref, options.platform, source.text)
+    name = image.name_hint or layout_name(source.path)
+    if image.name_hint:
+        try:
+            name = parse_reference(image.name_hint).name
+        except UsageError:
+            pass
+    kind = "docker-archive" if source.transport == DOCKER_ARCHIVE else source.transport
+    from acbuild.oci.blobs import digest_of
+
+    origin = Origin(name, image.tag_hint, source.text, kind, name, image.manifest_digest, digest_of(image.config))
+    return Opened(image, origin)
+
+
+def default_output(origin: Origin) -> Path:
+    """docker2aci's file name: REPO with / -> -, then -TAG (library-busybox-latest.aci)."""
+    repo = (origin.repository or origin.name).replace("/", "-")
+    return Path(sanitize_identifier(f"{repo}-{origin.tag or 'latest'}").replace("/", "-") + ".aci")
+
+
+def _remove_tree(path: Path) -> None:
+    """rmtree that first makes unwritable directories (an image's 0555 dirs) writable."""
+    def retry(func, failed, _exc):
+        parent = os.path.dirname(failed)
+        try:
+            os.chmod(parent, os.stat(parent).st_mode | stat.S_IRWXU)
+            if os.path.isdir(failed) and not os.path.islink(failed):
+                os.chmod(failed, stat.S_IRWXU)
+                shutil.rmtree(failed, onerror=retry)
+            else:
+                func(failed)
+        except OSError:
+            pass
+
+    shutil.rmtree(path, onerror=retry)
+
+
+def convert(opened: Opened, out: Path, options: ConvertOptions = ConvertOptions()) -> list[tuple[Path, str]]:
+    """Write the ACI(s); returns (path, image ID) for each, the image to run last."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    origin = opened.origin
+    if options.name:
+        origin = Origin(options.name, origin.tag, origin.original, origin.registry, origin.repository,
+                        origin.manifest_digest, origin.config_digest)
+    manifest = image_manifest(opened.image.config, origin)
+    if os.environ.get("SOURCE_DATE_EPOCH", "").strip():
+        epoch = source_date_epoch_from_env()
+    else:
+        epoch = created_epoch(opened.image.config) or 0
+    work = Path(tempfile.mkdtemp(prefix=".acbuild-convert-", dir=out.parent))
+    try:
+        if options.squash:
+            report = apply_layers(opened.image.layers, work / "rootfs")
+            image_id = write_aci(out, manifest.to_json(), work / "rootfs", compression=options.compression,
+                                 source_date_epoch=epoch)
+            _warn_skipped(report)
+            return [(out, image_id)]
+        return _write_layers(opened, manifest, out, work, options, epoch)
+    finally:
+        _remove_tree(work)
+
+
+def _warn_skipped(report: SquashReport) -> None:
+    if report.skipped:
+        import sys
+
+        shown = ", ".join(report.skipped[:5]) + (" ..." if len(report.skipped) > 5 else "")
+        print(f"acbuild: not created (device nodes come from the runtime): {shown}", file=sys.stderr)
+
+
+def _whitelist(rootfs: Path) -> list[str]:
+    """Every path under `rootfs` (directories included), sorted: what the rendered
+    image may contain."""
+    paths = []
+    for top, dirs, files in os.walk(rootfs):
+        rel = "/" + os.path.relpath(top, rootfs) if top != str(rootfs) else ""
+        for name in dirs + files:
+            paths.append(f"{rel}/{name}")
+    return sorted(paths)
+
+
+def _write_layers(opened: Opened, top: ImageManifest, out: Path, work: Path, options: ConvertOptions,
+                  epoch: int) -> list[tuple[Path, str]]:
+    image = opened.image
+    stem = out.name.removesuffix(".aci")
+    written: list[tuple[Path, str]] = []
+    deps: list[Dependency] = []
+    squashed = work / "squashed"
+    skipped = SquashReport()
+    for i, layer in enumerate(image.layers):
+        layer_id = (layer.digest or layer.diff_id or str(i)).split(":")[-1][:12]
+        # The layer alone (whiteout markers are not written; links to lower files are copies) ...
+        alone = apply_layers([layer], work / f"layer{i}", lower=squashed)
+        # ... and everything so far, for the whitelist.
+        apply_layers([layer], squashed)
+        skipped.skipped += alone.skipped
+        is_top = i == len(image.layers) - 1
+        name = top.name if is_top else f"{top.name}-{layer_id}"
+        labels = [lbl for lbl in top.labels if lbl.name in ("version", "os", "arch")]
+        manifest = ImageManifest(name=name, labels=[*labels, Label("layer", layer_id)] if not is_top else
+                                 list(top.labels))
+        if is_top:
+            manifest.app, manifest.annotations = top.app, top.annotations
+            manifest.dependencies = list(deps)
+            manifest.path_whitelist = _whitelist(squashed)
+        path = out if is_top else out.with_name(f"{stem}-{layer_id}.aci")
+        image_id = write_aci(path, manifest.to_json(), work / f"layer{i}", compression=options.compression,
+                             source_date_epoch=epoch)
+        _remove_tree(work / f"layer{i}")
+        written.append((path, image_id))
+        deps.append(Dependency(name, image_id, [lbl for lbl in manifest.labels if lbl.name != "version"]))
+    _warn_skipped(skipped)
+    return written
