@@ -337,3 +337,55 @@ def test_manifest_lists_and_indexes_resolve_to_a_platform(fmt, tag, media_type, 
                             check=False)
     assert missing.returncode == 1 and "no image for platform linux/s390x" in missing.stderr
     assert "linux/arm64" in missing.stderr
+
+
+# ---------------------------------------------------------------- FROM SOURCE in an ACIfile
+
+
+def test_from_docker_builds_with_run(registries, images, tmp_path, actool):  # noqa: F811
+    from tests.conftest import require
+
+    require(os.geteuid() == 0, "RUN needs root namespaces here (CI is root)")
+    reg = registries(tls=True, basic=True)
+    reg.push(f"oci:{images.layout}:{TAG}", "busybox:latest")
+    (tmp_path / "ACIfile").write_text(
+        f"FROM docker://{reg.host}/busybox:latest\n"
+        "NAME example.com/from-docker\n"
+        "USER 0\nGROUP 0\n"  # the image runs as 1000:1000, which cannot write to /
+        "RUN cat /etc/motd > /copied && ls /data/keep > /listing && test ! -e /etc/doomed\n")
+    env = _image_env(tmp_path)
+    out = tmp_path / "out.aci"
+    acbuild("build", "-f", tmp_path / "ACIfile", "-o", out, *reg.acbuild_flags(), env=env)
+    subprocess.run([actool, "validate", str(out)], check=True, capture_output=True)
+    rootfs = rootfs_of(out, tmp_path / "rootfs")
+    assert (rootfs / "copied").read_text() == "hi\n"
+    assert (rootfs / "listing").read_text() == "new\n"
+    manifest = ImageManifest.from_json(read_aci(out).manifest_bytes)
+    assert manifest.name == "example.com/from-docker"
+    assert manifest.app.exec == ["/bin/sh", "-c", "echo hello from busytest"]  # inherited from the image
+    bases = list((tmp_path / "cache/oci/bases").glob("*.aci"))
+    assert len(bases) == 1 and bases[0].name.startswith(
+        ImageManifest.from_json(read_aci(bases[0]).manifest_bytes)
+        .annotation("appc.io/docker/manifesthash").split(":")[1][:16])
+    # Again: every step from the cache (the tag still names the same manifest).
+    again = acbuild("build", "-f", tmp_path / "ACIfile", "-o", tmp_path / "again.aci", "--progress", "plain",
+                    *reg.acbuild_flags(), env=env)
+    assert read_aci(tmp_path / "again.aci").image_id == read_aci(out).image_id
+    assert "CACHED" in again.stderr or "cached" in again.stderr
+    # A wrong password is a clear error at the FROM line.
+    bad = acbuild("build", "-f", tmp_path / "ACIfile", "-o", tmp_path / "bad.aci", "--ca-file", str(reg.ca.ca),
+                  "--creds", "tester:wrong", env=dict(env, ACBUILD_CACHE_DIR=str(tmp_path / "cache2")), check=False)
+    assert bad.returncode == 1 and "FROM docker://" in bad.stderr and "refused" in bad.stderr
+    assert "Traceback" not in bad.stderr
+
+
+def test_from_oci_layout_relative_to_the_context(images, tmp_path):
+    from tests.conftest import require
+
+    require(os.geteuid() == 0, "RUN needs root namespaces here (CI is root)")
+    import shutil
+
+    shutil.copytree(images.layout, tmp_path / "layout", symlinks=True)
+    (tmp_path / "ACIfile").write_text("FROM oci:layout:latest\nNAME example.com/from-oci\nRUN test -f /data/hl\n")
+    acbuild("build", "-f", tmp_path / "ACIfile", "-o", tmp_path / "out.aci", env=_image_env(tmp_path))
+    assert (tmp_path / "out.aci").exists()

@@ -6,6 +6,7 @@ import argparse
 import os
 from pathlib import Path
 
+from acbuild.cli.oci_options import add_registry_options, registry_options
 from acbuild.cli.options import (
     add_acifile_options,
     add_sandbox_options,
@@ -54,6 +55,7 @@ def add_parser(sub) -> None:
     add_signing_options(parser)
     add_sandbox_options(parser)
     add_trust_options(parser)
+    add_registry_options(parser)
     parser.set_defaults(run=run)
 
 
@@ -123,7 +125,10 @@ def run(args) -> int:
         raise UsageError(f"--context {context}: not a directory")
     cache_dir = (args.cache_dir or cache_root()).absolute()
     progress = Progress("quiet" if args.quiet else args.progress)
+    registry, platform = registry_options(args)
     options = BuildOptions(
+        registry=registry,
+        platform=platform,
         context=context,
         ignore=load_ignore(context, acifile.resolve()),
         cache_dir=cache_dir,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 
 def add_registry_options(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("registry options (docker:// sources)")
+    g = p.add_argument_group("Docker/OCI sources (docker://, FROM docker://...)")
     g.add_argument("--creds", metavar="USER[:PASSWORD]",
                    help="credentials for the registry (default: from $REGISTRY_AUTH_FILE, "
                         "~/.config/containers/auth.json or ~/.docker/config.json, as skopeo reads them)")

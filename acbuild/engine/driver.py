@@ -287,9 +287,10 @@ class _Build:
 
     def verify_cached_base(self, base: p.From) -> None:
         """A cached FROM IMAGE.aci still passes the signature policy of this build."""
+        from acbuild.oci.reference import is_source
         from acbuild.trust.policy import verify_base
 
-        if base.base == "scratch" or base.base.startswith("docker://") or base.stage:
+        if base.base == "scratch" or is_source(base.base) or base.stage:
             return
         path = Path(base.base)
         if not path.is_absolute():

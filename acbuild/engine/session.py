@@ -56,6 +56,8 @@ class BuildOptions:
     # RUN --mount=type=secret: id -> content (read by the CLI from --secret; never in a key or the image)
     secrets: dict = field(default_factory=dict, repr=False)
     ssh: dict = field(default_factory=dict)  # RUN --mount=type=ssh: id -> agent socket path (--ssh)
+    registry: object = None  # acbuild.oci.registry.RegistryOptions for FROM docker://... (None = defaults)
+    platform: object = None  # acbuild.oci.manifests.Platform to pick from an index (None = the host's)
 
 
 def default_manifest() -> m.ImageManifest:
@@ -365,8 +367,10 @@ class Session:
 
 def _start_from_base(base: p.From, rootfs: Path, options: BuildOptions) -> m.ImageManifest:
     name = base.base
-    if name.startswith("docker://"):
-        raise BuildError(f'FROM {name}: Docker images are not supported yet (convert with docker2aci for now)', base.pos)
+    from acbuild.oci.reference import is_source
+
+    if is_source(name):
+        return _start_from_oci(base, rootfs, options)
     path = Path(name)
     if not path.is_absolute():
         path = options.context / path
@@ -394,6 +398,30 @@ def _start_from_base(base: p.From, rootfs: Path, options: BuildOptions) -> m.Ima
         f'FROM {name}: fetching images by name is not supported yet; give a local .aci file, a directory or "scratch"',
         base.pos,
     )
+
+
+def oci_convert_options(options: BuildOptions):
+    from acbuild.oci.convert import ConvertOptions
+    from acbuild.oci.registry import RegistryOptions
+
+    return ConvertOptions(registry=options.registry or RegistryOptions(), platform=options.platform)
+
+
+def _start_from_oci(base: p.From, rootfs: Path, options: BuildOptions) -> m.ImageManifest:
+    """A Docker/OCI image (docker://, docker-archive:, oci:, oci-archive:), converted
+    once into the cache (acbuild.oci.bases). Its digests are its proof: no appc
+    signature applies."""
+    from acbuild.aci.archive import extract_rootfs
+    from acbuild.errors import AcbuildError
+    from acbuild.oci.bases import anchored, converted_base
+
+    try:
+        aci = converted_base(anchored(base.base, options.context), oci_convert_options(options))
+    except AcbuildError as err:
+        raise BuildError(f"FROM {base.base}: {err.message}", base.pos) from err
+    rootfs.mkdir(mode=0o755)
+    contents = extract_rootfs(aci, rootfs)
+    return m.ImageManifest.from_json(contents.manifest_bytes)
 
 
 def _start_from_directory(path: Path, rootfs: Path, base: p.From) -> m.ImageManifest:

@@ -259,9 +259,9 @@ class RegistryClient:
         self.stats.bytes_downloaded += desc.size
         return path
 
-    def pull(self, ref: Reference, cache: BlobCache, platform: mt.Platform | None = None) -> Pulled:
-        """Resolve `ref` (through an index to `platform`, the host's by default),
-        fetch its config and layers into `cache`, and return what was pulled."""
+    def resolve(self, ref: Reference, platform: mt.Platform | None = None) -> tuple[str, mt.Manifest, bytes]:
+        """The image manifest `ref` names (through an index to `platform`, the
+        host's by default): (digest, manifest, bytes)."""
         data, media_type, digest = self.get_manifest(ref.repository, ref.reference)
         doc = mt.parse_document(data, media_type)
         if isinstance(doc, mt.Index):
@@ -270,6 +270,11 @@ class RegistryClient:
             doc = mt.parse_document(data, chosen.media_type or media_type)
             if isinstance(doc, mt.Index):
                 raise ImageError(f"{ref}: an index inside an index is not supported")
+        return digest, doc, data
+
+    def pull(self, ref: Reference, cache: BlobCache, platform: mt.Platform | None = None) -> Pulled:
+        """Resolve `ref`, fetch its config and layers into `cache`, and return what was pulled."""
+        digest, doc, data = self.resolve(ref, platform)
         cache.put_bytes(data, digest, what="manifest")
         config_path = self.fetch_blob(ref.repository, doc.config, cache)
         for layer in doc.layers:

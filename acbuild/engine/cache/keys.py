@@ -89,8 +89,18 @@ class KeyMaker:
         return keys
 
     def base_digest(self, base: p.From) -> str:
-        if base.base == "scratch" or base.base.startswith("docker://"):
+        from acbuild.oci.reference import is_source
+
+        if base.base == "scratch":
             return ""
+        if is_source(base.base):  # the manifest digest it resolves to now
+            from acbuild.engine.session import oci_convert_options
+            from acbuild.oci.bases import anchored, source_digest
+
+            try:
+                return "oci " + source_digest(anchored(base.base, self.options.context), oci_convert_options(self.options))
+            except AcbuildError as err:
+                raise AcbuildError(f"FROM {base.base}: {err.message}", base.pos) from err
         path = Path(base.base)
         if not path.is_absolute():
             path = self.options.context / path
