@@ -152,7 +152,7 @@ def _clean(name: str) -> tuple[str, list[str]]:
     return "/".join(parts), parts
 
 
-def _escapes(base: list[str], target: str) -> bool:
+def escapes_root(base: list[str], target: str) -> bool:
     """Does `target`, resolved lexically from the directory `base` (components
     under rootfs; absolute targets start at rootfs), leave rootfs?"""
     stack = [] if target.startswith("/") else list(base)
@@ -213,7 +213,7 @@ class _Checker:
                 self.problems.append("rootfs: not a directory")
         elif parts[0] != "rootfs":
             self.problems.append(f"{name}: unrecognized path in layout (only manifest and rootfs/ allowed)")
-        elif m.issym() and _escapes(parts[1:-1], m.linkname):
+        elif m.issym() and escapes_root(parts[1:-1], m.linkname):
             self._bad(f"{name}: symlink target {m.linkname!r} escapes rootfs", unsafe=True)
         elif m.islnk():
             target, tparts = _clean(m.linkname)
@@ -333,7 +333,7 @@ def copy_rootfs_entries(src: Path, sink) -> int:
 # --- safe extraction ---------------------------------------------------------
 
 
-class _Tree:
+class SafeTree:
     """Directory-fd access below `root`: every component is opened with
     O_NOFOLLOW, so no symlink is followed on the way."""
 
@@ -361,7 +361,7 @@ class _Tree:
         if self._cached and self._cached[0] == key:
             return self._cached[1]
         self.forget()
-        fd = _open_dir(self.root_fd, list(key), create=create)
+        fd = open_dir_nofollow(self.root_fd, list(key), create=create)
         self._cached = (key, fd)
         return fd
 
@@ -398,7 +398,7 @@ def extract_rootfs(
     manifest = b""
     skipped: list[str] = []
     dirs: list[tuple[list[str], tarfile.TarInfo]] = []
-    tree = _Tree(dest)
+    tree = SafeTree(dest)
     try:
         with _open_tar(path) as (tf, reader, compression):
             for m in _members(path, tf):
@@ -418,7 +418,7 @@ def extract_rootfs(
                 try:
                     if not rel:
                         dirs.append((rel, m))
-                    elif _extract_one(tf, tree, rel, m, owners, skipped):
+                    elif extract_entry(tf, tree, rel, m, owners, skipped):
                         dirs.append((rel, m))
                 except OSError as e:
                     raise ImageError(f"extract {name}: {e}", path=path) from e
@@ -426,7 +426,7 @@ def extract_rootfs(
         # Directory modes and times last, deepest first: children changed them.
         for rel, m in sorted(dirs, key=lambda d: -len(d[0])):
             try:
-                _set_dir_meta(tree, rel, m, owners)
+                set_dir_meta(tree, rel, m, owners)
             except OSError as e:
                 raise ImageError(f"extract {'/'.join(['rootfs', *rel])}: {e}", path=path) from e
     finally:
@@ -454,7 +454,7 @@ def is_tar_archive(path: Path) -> bool:
     return len(head) == 512 and head[257:262] == b"ustar"
 
 
-def _extract_one(tf: tarfile.TarFile, tree: _Tree, rel: list[str], m: tarfile.TarInfo,
+def extract_entry(tf: tarfile.TarFile, tree: SafeTree, rel: list[str], m: tarfile.TarInfo,
                  owners: bool, skipped: list[str]) -> bool:
     """Create one entry; True for a directory (its metadata is set at the end)."""
     tree.invalidate(rel)
@@ -484,7 +484,7 @@ def _extract_one(tf: tarfile.TarFile, tree: _Tree, rel: list[str], m: tarfile.Ta
     elif m.islnk():
         tparts = _clean(m.linkname)[1][1:]
         # The target's parent, walked without following symlinks (own fd, not the cache).
-        tfd = _open_dir(tree.root_fd, tparts[:-1])
+        tfd = open_dir_nofollow(tree.root_fd, tparts[:-1])
         try:
             os.link(tparts[-1], name, src_dir_fd=tfd, dst_dir_fd=pfd, follow_symlinks=False)
         finally:
@@ -511,7 +511,7 @@ def _extract_one(tf: tarfile.TarFile, tree: _Tree, rel: list[str], m: tarfile.Ta
     return False
 
 
-def _open_dir(root_fd: int, parts: list[str], *, create: bool = False) -> int:
+def open_dir_nofollow(root_fd: int, parts: list[str], *, create: bool = False) -> int:
     """An fd for root/parts, never through a symlink (O_NOFOLLOW at every step);
     with create, missing directories are made 0755 (not by the caller's umask)."""
     fd = os.dup(root_fd)
@@ -532,9 +532,9 @@ def _open_dir(root_fd: int, parts: list[str], *, create: bool = False) -> int:
     return fd
 
 
-def _set_dir_meta(tree: _Tree, rel: list[str], m: tarfile.TarInfo, owners: bool) -> None:
+def set_dir_meta(tree: SafeTree, rel: list[str], m: tarfile.TarInfo, owners: bool) -> None:
     try:
-        fd = _open_dir(tree.root_fd, rel)
+        fd = open_dir_nofollow(tree.root_fd, rel)
     except OSError as e:
         if e.errno in (errno.ENOTDIR, errno.ENOENT, errno.ELOOP):
             return  # a later entry replaced this directory

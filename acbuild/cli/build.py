@@ -6,13 +6,14 @@ import argparse
 import os
 from pathlib import Path
 
-from acbuild.cli.oci_options import add_registry_options, registry_options
 from acbuild.cli.options import (
     add_acifile_options,
+    add_registry_options,
     add_sandbox_options,
     add_signing_options,
     add_trust_options,
     compile_from_args,
+    registry_options,
     signing_from_args,
     trust_settings,
 )

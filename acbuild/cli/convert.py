@@ -6,7 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from acbuild.cli.oci_options import add_registry_options, registry_options
+from acbuild.cli.options import add_registry_options, registry_options
+
 
 DESCRIPTION = """\
 Convert the Docker/OCI image SOURCE into an .aci and print its image ID.

@@ -1,8 +1,8 @@
 """Options that several commands share, each defined once: the ACIfile and its
 build args (build, plan), signing (build, write), verification of images that
 are used (build, begin, launch), discovery and download (discover, fetch,
-trust, build, begin, launch), with acbuild.toml's defaults, and the sandbox's
-limits (build, launch)."""
+trust, build, begin, launch), with acbuild.toml's defaults, the sandbox's
+limits (build, launch), and registries (convert, build's FROM docker://...)."""
 
 from __future__ import annotations
 
@@ -224,3 +224,37 @@ def _seconds(text: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError(f"invalid timeout {text!r} (seconds, more than 0)")
     return value
+
+
+# ---------------------------------------------------------------- registries (Docker/OCI sources)
+
+
+def add_registry_options(p, tls: bool = True) -> None:
+    """--creds and --platform; with `tls` also --insecure and --ca-file, which mean
+    the same as discovery's (a command that has add_discovery_options passes
+    tls=False and registries use those)."""
+    g = p.add_argument_group("Docker/OCI sources (docker://, FROM docker://...)")
+    g.add_argument("--creds", metavar="USER[:PASSWORD]",
+                   help="credentials for the registry (default: from $REGISTRY_AUTH_FILE, "
+                        "~/.config/containers/auth.json or ~/.docker/config.json, as skopeo reads them)")
+    if tls:
+        g.add_argument("--ca-file", metavar="PEM", type=Path,
+                       help="trust the registry's certificate if it is signed by this CA bundle")
+        g.add_argument("--insecure", action="store_true",
+                       help="do not check the registry's TLS certificate, and use plain HTTP "
+                            "when the registry does not speak TLS (Docker's insecure registry)")
+    g.add_argument("--platform", metavar="OS/ARCH[/VARIANT]",
+                   help="the image to pick from a manifest list or OCI index (default: this host's)")
+
+
+def registry_options(args):
+    """The RegistryOptions and Platform (or None) the options give."""
+    from acbuild.oci.auth import parse_creds
+    from acbuild.oci.manifests import parse_platform
+    from acbuild.oci.registry import RegistryOptions
+
+    creds = parse_creds(args.creds) if getattr(args, "creds", None) else None
+    options = RegistryOptions(insecure=bool(getattr(args, "insecure", False)),
+                              ca_file=getattr(args, "ca_file", None), credentials=creds)
+    platform = parse_platform(args.platform) if getattr(args, "platform", None) else None
+    return options, platform

@@ -21,8 +21,6 @@ all layers (so whiteouts and opaque dirs hide lower files when rendered).
 from __future__ import annotations
 
 import os
-import shutil
-import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +29,7 @@ from acbuild.aci.manifest import Dependency, ImageManifest, Label
 from acbuild.aci.writer import source_date_epoch_from_env, write_aci
 from acbuild.dirs import cache_root
 from acbuild.errors import ImageError, UsageError
+from acbuild.files import remove_tree
 from acbuild.oci import manifests as mt
 from acbuild.oci.blobs import BlobCache
 from acbuild.oci.layout import Layer, LocalImage, layout_name, read_docker_archive, read_oci
@@ -104,23 +103,6 @@ def default_output(origin: Origin) -> Path:
     return Path(sanitize_identifier(f"{repo}-{origin.tag or 'latest'}").replace("/", "-") + ".aci")
 
 
-def _remove_tree(path: Path) -> None:
-    """rmtree that first makes unwritable directories (an image's 0555 dirs) writable."""
-    def retry(func, failed, _exc):
-        parent = os.path.dirname(failed)
-        try:
-            os.chmod(parent, os.stat(parent).st_mode | stat.S_IRWXU)
-            if os.path.isdir(failed) and not os.path.islink(failed):
-                os.chmod(failed, stat.S_IRWXU)
-                shutil.rmtree(failed, onerror=retry)
-            else:
-                func(failed)
-        except OSError:
-            pass
-
-    shutil.rmtree(path, onerror=retry)
-
-
 def convert(opened: Opened, out: Path, options: ConvertOptions = ConvertOptions()) -> list[tuple[Path, str]]:
     """Write the ACI(s); returns (path, image ID) for each, the image to run last."""
     out = Path(out)
@@ -144,7 +126,7 @@ def convert(opened: Opened, out: Path, options: ConvertOptions = ConvertOptions(
             return [(out, image_id)]
         return _write_layers(opened, manifest, out, work, options, epoch)
     finally:
-        _remove_tree(work)
+        remove_tree(work)
 
 
 def _warn_skipped(report: SquashReport) -> None:
@@ -193,7 +175,7 @@ def _write_layers(opened: Opened, top: ImageManifest, out: Path, work: Path, opt
         path = out if is_top else out.with_name(f"{stem}-{layer_id}.aci")
         image_id = write_aci(path, manifest.to_json(), work / f"layer{i}", compression=options.compression,
                              source_date_epoch=epoch)
-        _remove_tree(work / f"layer{i}")
+        remove_tree(work / f"layer{i}")
         written.append((path, image_id))
         deps.append(Dependency(name, image_id, [lbl for lbl in manifest.labels if lbl.name != "version"]))
     _warn_skipped(skipped)

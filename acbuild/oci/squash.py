@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from acbuild.aci.archive import _escapes, _extract_one, _open_dir, _set_dir_meta, _Tree
+from acbuild.aci.archive import SafeTree, escapes_root, extract_entry, open_dir_nofollow, set_dir_meta
 from acbuild.errors import ImageError
 from acbuild.oci.blobs import DigestReader
 from acbuild.oci.layout import Layer
@@ -99,8 +99,8 @@ def apply_layers(layers: list[Layer], dest: Path, *, owners: bool = os.geteuid()
     that is only in `lower` becomes a copy of it."""
     dest.mkdir(parents=True, exist_ok=True)
     report = SquashReport()
-    tree = _Tree(dest)
-    lower_tree = _Tree(lower) if lower is not None and lower.is_dir() else None
+    tree = SafeTree(dest)
+    lower_tree = SafeTree(lower) if lower is not None and lower.is_dir() else None
     try:
         for layer in layers:
             report.changes.append(_apply(layer, tree, owners, report.skipped, lower_tree))
@@ -111,7 +111,7 @@ def apply_layers(layers: list[Layer], dest: Path, *, owners: bool = os.geteuid()
     return report
 
 
-def _apply(layer: Layer, tree: _Tree, owners: bool, skipped: list[str], lower: _Tree | None) -> LayerChanges:
+def _apply(layer: Layer, tree: SafeTree, owners: bool, skipped: list[str], lower: SafeTree | None) -> LayerChanges:
     changes = LayerChanges()
     created: set[tuple[str, ...]] = set()
     dirs: list[tuple[list[str], tarfile.TarInfo]] = []
@@ -134,15 +134,15 @@ def _apply(layer: Layer, tree: _Tree, owners: bool, skipped: list[str], lower: _
             raise ImageError(f"layer {what}: {e}") from e
     for rel, m in sorted(dirs, key=lambda d: -len(d[0])):
         try:
-            _set_dir_meta(tree, rel, m, owners)
+            set_dir_meta(tree, rel, m, owners)
         except OSError as e:
             raise ImageError(f"layer {what}: {'/'.join(rel)}: {e}") from e
     return changes
 
 
-def _apply_entry(tf: tarfile.TarFile, tree: _Tree, m: tarfile.TarInfo, what: str, owners: bool,
+def _apply_entry(tf: tarfile.TarFile, tree: SafeTree, m: tarfile.TarInfo, what: str, owners: bool,
                  created: set[tuple[str, ...]], dirs: list, changes: LayerChanges, skipped: list[str],
-                 lower: _Tree | None) -> None:
+                 lower: SafeTree | None) -> None:
     parts = _parts(m.name, what)
     if not parts:
         return  # the layer's own root
@@ -162,7 +162,7 @@ def _apply_entry(tf: tarfile.TarFile, tree: _Tree, m: tarfile.TarInfo, what: str
         return
     entry = copy.copy(m)
     entry.name = "rootfs/" + "/".join(parts)
-    if m.issym() and _escapes(parts[:-1], m.linkname):
+    if m.issym() and escapes_root(parts[:-1], m.linkname):
         raise ImageError(f"layer {what}: refusing {path}: symlink target {m.linkname!r} leaves the root")
     target: list[str] = []
     if m.islnk():
@@ -173,7 +173,7 @@ def _apply_entry(tf: tarfile.TarFile, tree: _Tree, m: tarfile.TarInfo, what: str
     try:
         if m.islnk() and lower is not None and not _exists(tree, target):
             _copy_from(lower, target, tree, parts, owners)
-        elif _extract_one(tf, tree, parts, entry, owners, skipped):
+        elif extract_entry(tf, tree, parts, entry, owners, skipped):
             dirs.append((parts, entry))
     except OSError as e:
         if m.islnk() and e.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
@@ -183,7 +183,7 @@ def _apply_entry(tf: tarfile.TarFile, tree: _Tree, m: tarfile.TarInfo, what: str
     changes.added.append(path)
 
 
-def _exists(tree: _Tree, parts: list[str]) -> bool:
+def _exists(tree: SafeTree, parts: list[str]) -> bool:
     fd = _open_existing(tree, parts[:-1])
     if fd is None:
         return False
@@ -196,9 +196,9 @@ def _exists(tree: _Tree, parts: list[str]) -> bool:
         os.close(fd)
 
 
-def _copy_from(lower: _Tree, src: list[str], tree: _Tree, dst: list[str], owners: bool) -> None:
+def _copy_from(lower: SafeTree, src: list[str], tree: SafeTree, dst: list[str], owners: bool) -> None:
     """Copy the regular file lower/src to tree/dst with its mode, owner and mtime."""
-    sfd = _open_dir(lower.root_fd, src[:-1])
+    sfd = open_dir_nofollow(lower.root_fd, src[:-1])
     try:
         fd = os.open(src[-1], os.O_RDONLY | os.O_NOFOLLOW, dir_fd=sfd)
     finally:
@@ -222,17 +222,17 @@ def _copy_from(lower: _Tree, src: list[str], tree: _Tree, dst: list[str], owners
             os.utime(out.fileno(), ns=(st.st_mtime_ns, st.st_mtime_ns))
 
 
-def _open_existing(tree: _Tree, parts: list[str]) -> int | None:
+def _open_existing(tree: SafeTree, parts: list[str]) -> int | None:
     """An fd for the directory root/parts, or None if it is not there (or is a symlink)."""
     try:
-        return _open_dir(tree.root_fd, parts)
+        return open_dir_nofollow(tree.root_fd, parts)
     except OSError as e:
         if e.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
             return None
         raise
 
 
-def _delete(tree: _Tree, parts: list[str]) -> None:
+def _delete(tree: SafeTree, parts: list[str]) -> None:
     """Remove root/parts (a whiteout), if it is there."""
     tree.invalidate(parts)
     fd = _open_existing(tree, parts[:-1])
@@ -250,7 +250,7 @@ def _delete(tree: _Tree, parts: list[str]) -> None:
         os.close(fd)
 
 
-def _make_opaque(tree: _Tree, parts: list[str], created: set[tuple[str, ...]]) -> None:
+def _make_opaque(tree: SafeTree, parts: list[str], created: set[tuple[str, ...]]) -> None:
     """Delete what lower layers left in root/parts; keep what this layer made."""
     tree.invalidate(parts)
     fd = _open_existing(tree, parts)
