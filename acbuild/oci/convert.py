@@ -31,8 +31,8 @@ from acbuild.dirs import cache_root
 from acbuild.errors import ImageError, UsageError
 from acbuild.files import remove_tree
 from acbuild.oci import manifests as mt
-from acbuild.oci.blobs import BlobCache
-from acbuild.oci.layout import Layer, LocalImage, layout_name, read_docker_archive, read_oci
+from acbuild.oci.blobs import BlobCache, digest_of
+from acbuild.oci.layout import Layer, LocalImage, diff_ids, layout_name, read_docker_archive, read_oci
 from acbuild.oci.reference import DOCKER, DOCKER_ARCHIVE, OCI, Source, parse_reference
 from acbuild.oci.registry import RegistryClient, RegistryOptions
 from acbuild.oci.squash import SquashReport, apply_layers
@@ -68,14 +68,12 @@ def open_source(source: Source, options: ConvertOptions = ConvertOptions()) -> O
         with RegistryClient.for_reference(ref, options.registry) as client:
             pulled = client.pull(ref, cache, options.platform)
         config_digest = pulled.manifest.config.digest
-        import json
-
-        diff_ids = json.loads(pulled.config).get("rootfs", {}).get("diff_ids", [])
-        if not isinstance(diff_ids, list) or len(diff_ids) != len(pulled.manifest.layers):
+        layer_ids = diff_ids(pulled.config, str(source))
+        if len(layer_ids) != len(pulled.manifest.layers):
             raise ImageError(f"{source}: the config's diff_ids do not match the manifest's layers")
         # Blobs in the cache were verified on the way in.
         layers = [Layer(d.digest, (lambda p=cache.path(d.digest): open(p, "rb")), None, None, diff_id)
-                  for d, diff_id in zip(pulled.manifest.layers, diff_ids)]
+                  for d, diff_id in zip(pulled.manifest.layers, layer_ids)]
         image = LocalImage(pulled.config, layers, pulled.manifest_digest, ref.tag or "", ref.name)
         origin = Origin(ref.name, ref.tag or "", source.text, ref.registry, ref.repository,
                         pulled.manifest_digest, config_digest)
@@ -90,9 +88,7 @@ def open_source(source: Source, options: ConvertOptions = ConvertOptions()) -> O
             name = parse_reference(image.name_hint).name
         except UsageError:
             pass
-    kind = "docker-archive" if source.transport == DOCKER_ARCHIVE else source.transport
-    from acbuild.oci.blobs import digest_of
-
+    kind = source.transport
     origin = Origin(name, image.tag_hint, source.text, kind, name, image.manifest_digest, digest_of(image.config))
     return Opened(image, origin)
 

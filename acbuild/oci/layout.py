@@ -112,13 +112,12 @@ def _blob_name(digest: str) -> str:
     return f"blobs/{algo}/{hexpart}"
 
 
-def _diff_ids(config: bytes, what: str) -> list[str]:
-    try:
-        ids = json.loads(config).get("rootfs", {}).get("diff_ids", [])
-    except (ValueError, AttributeError):
-        raise ImageError(f"{what}: the image config is not a JSON object") from None
-    if not isinstance(ids, list):
-        raise ImageError(f"{what}: config rootfs.diff_ids is not a list")
+def diff_ids(config: bytes, what: str) -> list[str]:
+    """The config's rootfs.diff_ids: the digests of the uncompressed layer tars."""
+    rootfs = mt.json_object(config, f"{what}: the image config").get("rootfs")
+    ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
+    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+        raise ImageError(f"{what}: config rootfs.diff_ids is not a list of digests")
     return ids
 
 
@@ -129,8 +128,8 @@ def read_oci(path: str, ref: str, platform: mt.Platform | None, what: str) -> Lo
     _, layout = files.read_json("oci-layout")
     if not isinstance(layout, dict) or "imageLayoutVersion" not in layout:
         raise ImageError(f"{what}: oci-layout has no imageLayoutVersion (not an OCI image layout)")
-    _, index = files.read_json("index.json")
-    doc = mt.parse_document(json.dumps(index).encode(), mt.OCI_INDEX) if isinstance(index, dict) else None
+    index_bytes, _ = files.read_json("index.json")
+    doc = mt.parse_document(index_bytes, mt.OCI_INDEX)
     if not isinstance(doc, mt.Index):
         raise ImageError(f"{what}: index.json is not an image index")
     entries = doc.manifests
@@ -156,11 +155,11 @@ def read_oci(path: str, ref: str, platform: mt.Platform | None, what: str) -> Lo
     else:
         raise ImageError(f"{what}: indexes nested too deep")
     config, _ = files.read_json(_blob_name(doc.config.digest), doc.config.digest, doc.config.size)
-    diff_ids = _diff_ids(config, what)
-    if len(diff_ids) != len(doc.layers):
-        raise ImageError(f"{what}: {len(doc.layers)} layers but {len(diff_ids)} diff_ids in the config")
+    layer_ids = diff_ids(config, what)
+    if len(layer_ids) != len(doc.layers):
+        raise ImageError(f"{what}: {len(doc.layers)} layers but {len(layer_ids)} diff_ids in the config")
     layers = [Layer(d.digest, (lambda n=_blob_name(d.digest): files.open(n)), d.digest, d.size, diff_id)
-              for d, diff_id in zip(doc.layers, diff_ids)]
+              for d, diff_id in zip(doc.layers, layer_ids)]
     for d in doc.layers:
         if d.media_type and d.media_type not in mt.LAYER_TYPES:
             raise ImageError(f"{what}: layer {d.digest} has media type {d.media_type!r}, not a layer tar")
@@ -190,11 +189,11 @@ def read_docker_archive(path: str, ref: str, what: str) -> LocalImage:
     if not isinstance(config_name, str) or not isinstance(layer_names, list):
         raise ImageError(f"{what}: manifest.json entry without Config and Layers")
     config, _ = files.read_json(config_name)
-    diff_ids = _diff_ids(config, what)
-    if len(diff_ids) != len(layer_names):
-        raise ImageError(f"{what}: {len(layer_names)} layers but {len(diff_ids)} diff_ids in the config")
+    layer_ids = diff_ids(config, what)
+    if len(layer_ids) != len(layer_names):
+        raise ImageError(f"{what}: {len(layer_names)} layers but {len(layer_ids)} diff_ids in the config")
     layers = [Layer(str(n), (lambda n=str(n): files.open(n)), None, None, diff_id)
-              for n, diff_id in zip(layer_names, diff_ids)]
+              for n, diff_id in zip(layer_names, layer_ids)]
     repo_tags = entry.get("RepoTags") or []
     tag_hint = ref or (repo_tags[0] if repo_tags else "")
     name, _, tag = tag_hint.rpartition(":") if ":" in tag_hint.rsplit("/", 1)[-1] else (tag_hint, "", "")

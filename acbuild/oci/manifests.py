@@ -85,15 +85,21 @@ def _descriptor(obj: Any, where: str) -> Descriptor:
     return Descriptor(str(media_type), digest, size, plat, annotations)
 
 
-def parse_document(data: bytes, media_type: str = "") -> Manifest | Index:
-    """A manifest or an index. `media_type` is the Content-Type the registry sent
-    (or the descriptor's); the document's own mediaType is used when it has one."""
+def json_object(data: bytes, what: str) -> dict[str, Any]:
+    """`data` decoded as a JSON object (a manifest, an index, an image config)."""
     try:
         obj = json.loads(data)
     except (ValueError, UnicodeDecodeError) as e:
-        raise ImageError(f"manifest is not JSON: {e}") from None
+        raise ImageError(f"{what} is not JSON: {e}") from None
     if not isinstance(obj, dict):
-        raise ImageError("manifest is not a JSON object")
+        raise ImageError(f"{what} is not a JSON object")
+    return obj
+
+
+def parse_document(data: bytes, media_type: str = "") -> Manifest | Index:
+    """A manifest or an index. `media_type` is the Content-Type the registry sent
+    (or the descriptor's); the document's own mediaType is used when it has one."""
+    obj = json_object(data, "manifest")
     kind = obj.get("mediaType") or media_type.split(";")[0].strip()
     if kind in DOCKER_SCHEMA1 or obj.get("schemaVersion") == 1:
         raise ImageError("Docker schema 1 manifests are not supported (push the image again with a current Docker)")

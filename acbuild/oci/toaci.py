@@ -22,6 +22,7 @@ from typing import Any
 
 from acbuild.aci.manifest import Annotation, App, EnvVar, ImageManifest, Label, MountPoint, Port
 from acbuild.errors import ImageError
+from acbuild.oci.manifests import json_object
 
 # Go GOARCH (+ variant) -> appc arch.
 _ARCH = {"amd64": "amd64", "386": "i386", "arm64": "aarch64", "arm": "armv7l", "arm/v6": "armv6l",
@@ -53,13 +54,7 @@ def _acname(text: str) -> str:
 
 
 def _config(config_bytes: bytes) -> dict[str, Any]:
-    try:
-        doc = json.loads(config_bytes)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise ImageError(f"image config is not JSON: {e}") from None
-    if not isinstance(doc, dict):
-        raise ImageError("image config is not a JSON object")
-    return doc
+    return json_object(config_bytes, "image config")
 
 
 def _strings(value: Any, where: str) -> list[str]:
