@@ -155,8 +155,9 @@ def _layer(entries: list[tuple[str, bytes, dict]]) -> bytes:
     return buf.getvalue()
 
 
-def make_layout(dir: Path, layers: list[bytes], config: dict | None = None) -> None:
-    """A minimal OCI layout with uncompressed `layers` (and a matching config)."""
+def make_layout(dir: Path, layers: list[bytes], config: dict | None = None, wrong_diff_id: bool = False) -> None:
+    """A minimal OCI layout with uncompressed `layers` (and a matching config,
+    unless `wrong_diff_id`)."""
     blobs = dir / "blobs/sha256"
     blobs.mkdir(parents=True)
 
@@ -166,12 +167,15 @@ def make_layout(dir: Path, layers: list[bytes], config: dict | None = None) -> N
         return {"digest": f"sha256:{digest}", "size": len(data)}
 
     diff_ids = [put(layer)["digest"] for layer in layers]
+    layer_digests = list(diff_ids)
+    if wrong_diff_id:
+        diff_ids[-1] = "sha256:" + "0" * 64
     cfg = {"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": diff_ids},
            "config": config or {}}
     manifest = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
                 "config": {"mediaType": "application/vnd.oci.image.config.v1+json", **put(json.dumps(cfg).encode())},
                 "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": d,
-                            "size": len(layer)} for d, layer in zip(diff_ids, layers)]}
+                            "size": len(layer)} for d, layer in zip(layer_digests, layers)]}
     desc = put(json.dumps(manifest).encode())
     (dir / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
     (dir / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [
@@ -205,6 +209,29 @@ def test_a_corrupt_blob_in_a_layout_is_refused(tmp_path):
     done = acbuild("convert", f"oci:{tmp_path / 'layout'}", "-o", tmp_path / "out.aci", check=False)
     assert done.returncode == 1 and "digest mismatch" in done.stderr
     assert not (tmp_path / "out.aci").exists()
+
+
+def test_a_layer_that_is_not_its_diff_id_is_refused(tmp_path):
+    make_layout(tmp_path / "layout", [_layer([("f", b"content", {})])], wrong_diff_id=True)
+    done = acbuild("convert", f"oci:{tmp_path / 'layout'}", "-o", tmp_path / "out.aci", check=False)
+    assert done.returncode == 1 and "(uncompressed)" in done.stderr and "digest mismatch" in done.stderr
+
+
+def test_hard_links_keep_their_inode_when_the_target_changes(tmp_path):
+    """A link names the file, not the path: replacing or deleting the target in a
+    later layer leaves the link with the old content (as on overlayfs)."""
+    base = _layer([("a", b"old\n", {}), ("b", b"", {"type": tarfile.LNKTYPE, "linkname": "a"}),
+                   ("c", b"", {"type": tarfile.LNKTYPE, "linkname": "a"}), ("d", b"dee\n", {}),
+                   ("e", b"", {"type": tarfile.LNKTYPE, "linkname": "d"})])
+    upper = _layer([("a", b"new\n", {}), (".wh.d", b"", {})])
+    make_layout(tmp_path / "layout", [base, upper])
+    acbuild("convert", f"oci:{tmp_path / 'layout'}", "-o", tmp_path / "out.aci")
+    got = tree(rootfs_of(tmp_path / "out.aci", tmp_path / "rootfs"))
+    root = tmp_path / "rootfs"
+    assert (root / "a").read_text() == "new\n" and (root / "b").read_text() == "old\n"
+    assert got["/b"][5] == ("/b", "/c")  # still one file
+    assert got["/a"][5] == ("/a",)
+    assert not (root / "d").exists() and (root / "e").read_text() == "dee\n"
 
 
 @pytest.mark.parametrize("source, message, code", [

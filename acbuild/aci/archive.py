@@ -154,7 +154,8 @@ def _clean(name: str) -> tuple[str, list[str]]:
 
 def escapes_root(base: list[str], target: str) -> bool:
     """Does `target`, resolved lexically from the directory `base` (components
-    under rootfs; absolute targets start at rootfs), leave rootfs?"""
+    under rootfs; absolute targets start at rootfs), leave rootfs? (acbuild.oci.squash
+    applies the same rule to image layers.)"""
     stack = [] if target.startswith("/") else list(base)
     for part in target.split("/"):
         if part in ("", "."):
@@ -333,7 +334,7 @@ def copy_rootfs_entries(src: Path, sink) -> int:
 # --- safe extraction ---------------------------------------------------------
 
 
-class SafeTree:
+class _Tree:
     """Directory-fd access below `root`: every component is opened with
     O_NOFOLLOW, so no symlink is followed on the way."""
 
@@ -361,7 +362,7 @@ class SafeTree:
         if self._cached and self._cached[0] == key:
             return self._cached[1]
         self.forget()
-        fd = open_dir_nofollow(self.root_fd, list(key), create=create)
+        fd = _open_dir(self.root_fd, list(key), create=create)
         self._cached = (key, fd)
         return fd
 
@@ -398,7 +399,7 @@ def extract_rootfs(
     manifest = b""
     skipped: list[str] = []
     dirs: list[tuple[list[str], tarfile.TarInfo]] = []
-    tree = SafeTree(dest)
+    tree = _Tree(dest)
     try:
         with _open_tar(path) as (tf, reader, compression):
             for m in _members(path, tf):
@@ -418,7 +419,7 @@ def extract_rootfs(
                 try:
                     if not rel:
                         dirs.append((rel, m))
-                    elif extract_entry(tf, tree, rel, m, owners, skipped):
+                    elif _extract_one(tf, tree, rel, m, owners, skipped):
                         dirs.append((rel, m))
                 except OSError as e:
                     raise ImageError(f"extract {name}: {e}", path=path) from e
@@ -426,7 +427,7 @@ def extract_rootfs(
         # Directory modes and times last, deepest first: children changed them.
         for rel, m in sorted(dirs, key=lambda d: -len(d[0])):
             try:
-                set_dir_meta(tree, rel, m, owners)
+                _set_dir_meta(tree, rel, m, owners)
             except OSError as e:
                 raise ImageError(f"extract {'/'.join(['rootfs', *rel])}: {e}", path=path) from e
     finally:
@@ -454,7 +455,7 @@ def is_tar_archive(path: Path) -> bool:
     return len(head) == 512 and head[257:262] == b"ustar"
 
 
-def extract_entry(tf: tarfile.TarFile, tree: SafeTree, rel: list[str], m: tarfile.TarInfo,
+def _extract_one(tf: tarfile.TarFile, tree: _Tree, rel: list[str], m: tarfile.TarInfo,
                  owners: bool, skipped: list[str]) -> bool:
     """Create one entry; True for a directory (its metadata is set at the end)."""
     tree.invalidate(rel)
@@ -484,7 +485,7 @@ def extract_entry(tf: tarfile.TarFile, tree: SafeTree, rel: list[str], m: tarfil
     elif m.islnk():
         tparts = _clean(m.linkname)[1][1:]
         # The target's parent, walked without following symlinks (own fd, not the cache).
-        tfd = open_dir_nofollow(tree.root_fd, tparts[:-1])
+        tfd = _open_dir(tree.root_fd, tparts[:-1])
         try:
             os.link(tparts[-1], name, src_dir_fd=tfd, dst_dir_fd=pfd, follow_symlinks=False)
         finally:
@@ -511,7 +512,7 @@ def extract_entry(tf: tarfile.TarFile, tree: SafeTree, rel: list[str], m: tarfil
     return False
 
 
-def open_dir_nofollow(root_fd: int, parts: list[str], *, create: bool = False) -> int:
+def _open_dir(root_fd: int, parts: list[str], *, create: bool = False) -> int:
     """An fd for root/parts, never through a symlink (O_NOFOLLOW at every step);
     with create, missing directories are made 0755 (not by the caller's umask)."""
     fd = os.dup(root_fd)
@@ -532,9 +533,9 @@ def open_dir_nofollow(root_fd: int, parts: list[str], *, create: bool = False) -
     return fd
 
 
-def set_dir_meta(tree: SafeTree, rel: list[str], m: tarfile.TarInfo, owners: bool) -> None:
+def _set_dir_meta(tree: _Tree, rel: list[str], m: tarfile.TarInfo, owners: bool) -> None:
     try:
-        fd = open_dir_nofollow(tree.root_fd, rel)
+        fd = _open_dir(tree.root_fd, rel)
     except OSError as e:
         if e.errno in (errno.ENOTDIR, errno.ENOENT, errno.ELOOP):
             return  # a later entry replaced this directory

@@ -4,8 +4,8 @@ write the ACI. The recipe:
     opened = open_source(parse_source("docker://busybox"), options)
     outputs = convert(opened, Path("busybox.aci"), options)
 
-Contract: outputs are written atomically (acbuild.aci.writer); the rootfs is
-built in a temp dir beside the output and always removed; registry blobs go
+Contract: outputs are written atomically (acbuild.aci.writer's AciSink); the
+layers are streamed into the .aci (acbuild.oci.squash), never unpacked; registry blobs go
 through the content-addressed BlobCache under the acbuild cache root
 (`CACHE/oci/blobs`), so a second pull of the same image downloads no blob.
 File mtimes are clamped to $SOURCE_DATE_EPOCH, else to the config's `created`
@@ -21,21 +21,19 @@ all layers (so whiteouts and opaque dirs hide lower files when rendered).
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from acbuild.aci.manifest import Dependency, ImageManifest, Label
-from acbuild.aci.writer import source_date_epoch_from_env, write_aci
+from acbuild.aci.writer import AciSink, source_date_epoch_from_env, write_manifest
 from acbuild.dirs import cache_root
 from acbuild.errors import ImageError, UsageError
-from acbuild.files import remove_tree
 from acbuild.oci import manifests as mt
 from acbuild.oci.blobs import BlobCache, digest_of
 from acbuild.oci.layout import Layer, LocalImage, diff_ids, layout_name, read_docker_archive, read_oci
 from acbuild.oci.reference import DOCKER, DOCKER_ARCHIVE, OCI, Source, parse_reference
 from acbuild.oci.registry import RegistryClient, RegistryOptions
-from acbuild.oci.squash import SquashReport, apply_layers
+from acbuild.oci.squash import Squash, index, paths, write_layer, write_squashed
 from acbuild.oci.toaci import Origin, created_epoch, image_manifest, sanitize_identifier
 
 
@@ -71,8 +69,8 @@ def open_source(source: Source, options: ConvertOptions = ConvertOptions()) -> O
         layer_ids = diff_ids(pulled.config, str(source))
         if len(layer_ids) != len(pulled.manifest.layers):
             raise ImageError(f"{source}: the config's diff_ids do not match the manifest's layers")
-        # Blobs in the cache were verified on the way in.
-        layers = [Layer(d.digest, (lambda p=cache.path(d.digest): open(p, "rb")), None, None, diff_id)
+        # Checked on the way into the cache, and again as the squash reads them.
+        layers = [Layer(d.digest, (lambda p=cache.path(d.digest): open(p, "rb")), d.digest, d.size, diff_id)
                   for d, diff_id in zip(pulled.manifest.layers, layer_ids)]
         image = LocalImage(pulled.config, layers, pulled.manifest_digest, ref.tag or "", ref.name)
         origin = Origin(ref.name, ref.tag or "", source.text, ref.registry, ref.repository,
@@ -112,67 +110,52 @@ def convert(opened: Opened, out: Path, options: ConvertOptions = ConvertOptions(
         epoch = source_date_epoch_from_env()
     else:
         epoch = created_epoch(opened.image.config) or 0
-    work = Path(tempfile.mkdtemp(prefix=".acbuild-convert-", dir=out.parent))
-    try:
-        if options.squash:
-            report = apply_layers(opened.image.layers, work / "rootfs")
-            image_id = write_aci(out, manifest.to_json(), work / "rootfs", compression=options.compression,
-                                 source_date_epoch=epoch)
-            _warn_skipped(report)
-            return [(out, image_id)]
-        return _write_layers(opened, manifest, out, work, options, epoch)
-    finally:
-        remove_tree(work)
+    squash = index(opened.image.layers)
+    if options.squash:
+        written = [(out, _write(out, manifest, options, epoch, lambda sink: write_squashed(squash, sink, epoch)))]
+    else:
+        written = _write_layers(squash, manifest, out, options, epoch)
+    _warn_skipped(squash.skipped)
+    return written
 
 
-def _warn_skipped(report: SquashReport) -> None:
-    if report.skipped:
+def _write(out: Path, manifest: ImageManifest, options: ConvertOptions, epoch: int, rootfs) -> str:
+    """An .aci at `out` (atomically): `rootfs(sink)` writes the rootfs entries."""
+    with AciSink(out, options.compression) as sink:
+        try:
+            rootfs(sink)
+            write_manifest(sink, manifest.to_json(), epoch)
+        except OSError as e:
+            raise ImageError(f"write {out}: {e}") from e
+        return sink.commit()
+
+
+def _warn_skipped(skipped: list[str]) -> None:
+    if skipped:
         import sys
 
-        shown = ", ".join(report.skipped[:5]) + (" ..." if len(report.skipped) > 5 else "")
-        print(f"acbuild: not created (device nodes come from the runtime): {shown}", file=sys.stderr)
+        shown = ", ".join(skipped[:5]) + (" ..." if len(skipped) > 5 else "")
+        print(f"acbuild: not kept (device nodes come from the runtime): {shown}", file=sys.stderr)
 
 
-def _whitelist(rootfs: Path) -> list[str]:
-    """Every path under `rootfs` (directories included), sorted: what the rendered
-    image may contain."""
-    paths = []
-    for top, dirs, files in os.walk(rootfs):
-        rel = "/" + os.path.relpath(top, rootfs) if top != str(rootfs) else ""
-        for name in dirs + files:
-            paths.append(f"{rel}/{name}")
-    return sorted(paths)
-
-
-def _write_layers(opened: Opened, top: ImageManifest, out: Path, work: Path, options: ConvertOptions,
+def _write_layers(squash: Squash, top: ImageManifest, out: Path, options: ConvertOptions,
                   epoch: int) -> list[tuple[Path, str]]:
-    image = opened.image
+    layers = squash.layers
     stem = out.name.removesuffix(".aci")
     written: list[tuple[Path, str]] = []
     deps: list[Dependency] = []
-    squashed = work / "squashed"
-    skipped = SquashReport()
-    for i, layer in enumerate(image.layers):
+    for i, layer in enumerate(layers):
         layer_id = (layer.digest or layer.diff_id or str(i)).split(":")[-1][:12]
-        # The layer alone (whiteout markers are not written; links to lower files are copies) ...
-        alone = apply_layers([layer], work / f"layer{i}", lower=squashed)
-        # ... and everything so far, for the whitelist.
-        apply_layers([layer], squashed)
-        skipped.skipped += alone.skipped
-        is_top = i == len(image.layers) - 1
+        is_top = i == len(layers) - 1
         name = top.name if is_top else f"{top.name}-{layer_id}"
-        labels = [lbl for lbl in top.labels if lbl.name in ("version", "os", "arch")]
-        manifest = ImageManifest(name=name, labels=[*labels, Label("layer", layer_id)] if not is_top else
-                                 list(top.labels))
         if is_top:
-            manifest.app, manifest.annotations = top.app, top.annotations
-            manifest.dependencies = list(deps)
-            manifest.path_whitelist = _whitelist(squashed)
+            manifest = ImageManifest(name=name, labels=list(top.labels), app=top.app, annotations=top.annotations,
+                                     dependencies=list(deps), path_whitelist=paths(squash))
+        else:
+            labels = [lbl for lbl in top.labels if lbl.name in ("version", "os", "arch")]
+            manifest = ImageManifest(name=name, labels=[*labels, Label("layer", layer_id)])
         path = out if is_top else out.with_name(f"{stem}-{layer_id}.aci")
-        image_id = write_aci(path, manifest.to_json(), work / f"layer{i}", compression=options.compression,
-                             source_date_epoch=epoch)
-        remove_tree(work / f"layer{i}")
+        image_id = _write(path, manifest, options, epoch, lambda sink, i=i: write_layer(squash, i, sink, epoch))
         written.append((path, image_id))
         deps.append(Dependency(name, image_id, [lbl for lbl in manifest.labels if lbl.name != "version"]))
-    _warn_skipped(skipped)
     return written

@@ -1,60 +1,77 @@
-"""Apply image layers, base first, to a directory: what a container runtime
-shows as the image's root filesystem.
+"""Image layers, base first, squashed into one .aci without unpacking them:
+what a container runtime shows as the image's root filesystem.
 
-Rules (the OCI image spec's "Applying changesets"):
+Two passes over the layer tars. `index()` reads only the headers and keeps the
+tree they leave, by the OCI image spec's "Applying changesets":
 - `DIR/.wh.NAME` deletes NAME (and everything under it) from the lower layers;
 - `DIR/.wh..wh..opq` makes DIR opaque: what lower layers had in DIR goes, what
   this layer puts there stays (wherever the marker sits in the tar);
-- a hard link may point at a file of this layer or of a lower one;
-- character and block devices are not created (listed in `skipped`): a
-  converted image gets its /dev from the runtime.
+- an entry replaces what was at its path (a directory over a directory merges);
+- a hard link names an inode, so it keeps the content its target had, even if
+  a later layer replaces or deletes the target (file identity is tracked);
+- character and block devices are not kept (listed in `skipped`): a converted
+  image gets its /dev from the runtime.
+`write_squashed()` then streams the layers again and writes each surviving
+entry straight into the .aci (acbuild.aci.writer's AciSink: hashed,
+compressed, atomic), in layer order, the first path of each inode as the file
+and the others as hard links to it. Owners, modes and times come from the tar
+headers (mtimes clamped to the epoch), so no privilege is needed.
 
-Safety: everything is written through acbuild.aci.archive's safe extraction
-(directory fds and O_NOFOLLOW from the destination down, so a symlink in a
-layer is never followed, whatever a later entry says); names with `..` and
-symlinks whose target leaves the root are refused, as they are in an .aci.
-Layer blobs are verified while they stream (Layer.open), and the uncompressed
-tar against the config's diff_id.
+Nothing is written to disk but the .aci, so a hostile layer has no filesystem to
+escape; names with `..`, symlinks whose target leaves the root and entries
+under a symlinked directory are refused anyway, as they are in an .aci (whose
+extraction, acbuild.aci.archive, later walks the tree without following links).
+Layer blobs are verified while they stream (Layer.open), on both passes; the
+uncompressed tar is checked against the config's diff_id on the first pass (and
+on both when the blob has no digest of its own, as in a docker-archive).
 """
 
 from __future__ import annotations
 
-import copy
-import errno
 import gzip
-import os
 import shutil
-import stat
 import tarfile
+import tempfile
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import BinaryIO
 
-from acbuild.aci.archive import SafeTree, escapes_root, extract_entry, open_dir_nofollow, set_dir_meta
+from acbuild.aci.archive import escapes_root
+from acbuild.aci.tarformat import BLOCK, ZERO_BLOCK, tar_header
 from acbuild.errors import ImageError
 from acbuild.oci.blobs import DigestReader
 from acbuild.oci.layout import Layer
 
 WHITEOUT = ".wh."
 OPAQUE = ".wh..wh..opq"
+_DIR_INFO = tarfile.TarInfo("")
+_DIR_INFO.type, _DIR_INFO.mode = tarfile.DIRTYPE, 0o755
 
 
 @dataclass
-class LayerChanges:
-    """What one layer did, for --no-squash's pathWhitelist: the paths it adds and
-    the ones it deletes (a whiteout names a path; an opaque dir deletes its
-    lower contents, recorded as the dir with a trailing '/')."""
+class Node:
+    """One path of the squashed tree. `source` is the (layer, ordinal) of the tar
+    entry that made it (None for a directory no layer named: made 0755 root, as
+    runtimes do). Files and hard links share an `inode`."""
 
-    added: list[str] = field(default_factory=list)
-    deleted: list[str] = field(default_factory=list)
-    opaque: list[str] = field(default_factory=list)
+    info: tarfile.TarInfo
+    source: tuple[int, int] | None
+    layer: int
+    inode: int | None = None
+    children: dict[str, Node] | None = None  # directories only
 
 
 @dataclass
-class SquashReport:
-    skipped: list[str] = field(default_factory=list)  # device nodes not created
-    changes: list[LayerChanges] = field(default_factory=list)
+class Squash:
+    layers: list[Layer]
+    root: Node = field(default_factory=lambda: Node(_DIR_INFO, None, -1, children={}))
+    # inode -> the (layer, ordinal) and header of the entry holding its content
+    contents: dict[int, tuple[tuple[int, int], tarfile.TarInfo]] = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)  # device nodes not kept
+    # --no-squash: per layer, hard links to a lower layer's inode ((layer, ordinal) -> inode)
+    lower_links: dict[tuple[int, int], int] = field(default_factory=dict)
 
 
 class _Prefixed:
@@ -75,14 +92,42 @@ class _Prefixed:
         return self.inner.read(n)
 
 
-def _uncompressed(raw: BinaryIO, what: str) -> BinaryIO:
-    head = raw.read(4)
-    stream = _Prefixed(head, raw)
-    if head.startswith(b"\x1f\x8b"):
-        return gzip.GzipFile(fileobj=stream, mode="rb")  # type: ignore[return-value]
-    if head == b"\x28\xb5\x2f\xfd":
-        raise ImageError(f"layer {what}: zstd-compressed layers are not supported (Python has no zstd)")
-    return stream  # type: ignore[return-value]
+@contextmanager
+def _members(layer: Layer, both: bool = False) -> Iterator[tuple[tarfile.TarFile, Iterator[tarfile.TarInfo]]]:
+    """The layer's tar entries, streamed; the blob's digest is checked once the
+    iterator is exhausted, and the uncompressed tar's diff_id when the blob has no
+    digest or `both` (the first pass checks both; after that the blob digest
+    alone pins the same bytes)."""
+    with layer.open() as blob:
+        head = blob.read(4)
+        if head == b"\x28\xb5\x2f\xfd":
+            raise ImageError(f"layer {layer.what}: zstd-compressed layers are not supported (Python has no zstd)")
+        stream: BinaryIO = _Prefixed(head, blob)  # type: ignore[assignment]
+        if head.startswith(b"\x1f\x8b"):
+            stream = gzip.GzipFile(fileobj=stream, mode="rb")  # type: ignore[assignment]
+        checked = DigestReader(stream, layer.diff_id, what=f"layer {layer.what} (uncompressed)") \
+            if layer.diff_id and (both or not layer.digest) else None
+        try:
+            tf = tarfile.open(fileobj=checked or stream, mode="r|", errorlevel=2,  # type: ignore[arg-type]
+                              encoding="utf-8", errors="surrogateescape")
+
+            def entries() -> Iterator[tarfile.TarInfo]:
+                yield from tf
+                if checked is not None:
+                    checked.check()
+                if isinstance(blob, DigestReader):
+                    blob.check()
+
+            yield tf, _wrap_errors(entries(), layer)
+        except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
+            raise ImageError(f"layer {layer.what}: {e}") from e
+
+
+def _wrap_errors(entries: Iterator[tarfile.TarInfo], layer: Layer) -> Iterator[tarfile.TarInfo]:
+    try:
+        yield from entries
+    except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
+        raise ImageError(f"layer {layer.what}: {e}") from e
 
 
 def _parts(name: str, what: str) -> list[str]:
@@ -92,176 +137,238 @@ def _parts(name: str, what: str) -> list[str]:
     return parts
 
 
-def apply_layers(layers: list[Layer], dest: Path, *, owners: bool = os.geteuid() == 0,
-                 lower: Path | None = None) -> SquashReport:
-    """Apply `layers` in order into `dest` (created if missing). With `lower` (the
-    tree the layers sit on, for a layer written alone), a hard link to a file
-    that is only in `lower` becomes a copy of it."""
-    dest.mkdir(parents=True, exist_ok=True)
-    report = SquashReport()
-    tree = SafeTree(dest)
-    lower_tree = SafeTree(lower) if lower is not None and lower.is_dir() else None
-    try:
-        for layer in layers:
-            report.changes.append(_apply(layer, tree, owners, report.skipped, lower_tree))
-    finally:
-        tree.close()
-        if lower_tree:
-            lower_tree.close()
-    return report
+# ---------------------------------------------------------------- pass 1: the tree
 
 
-def _apply(layer: Layer, tree: SafeTree, owners: bool, skipped: list[str], lower: SafeTree | None) -> LayerChanges:
-    changes = LayerChanges()
-    created: set[tuple[str, ...]] = set()
-    dirs: list[tuple[list[str], tarfile.TarInfo]] = []
-    what = layer.what
-    with layer.open() as blob:
-        try:
-            plain = _uncompressed(blob, what)
-            checked = DigestReader(plain, layer.diff_id, what=f"layer {what} (uncompressed)") if layer.diff_id else None
-            tf = tarfile.open(fileobj=checked or plain, mode="r|", errorlevel=2,  # type: ignore[arg-type]
-                              encoding="utf-8", errors="surrogateescape")
-            for m in tf:
-                _apply_entry(tf, tree, m, what, owners, created, dirs, changes, skipped, lower)
-            if checked is not None:
-                checked.check()
-            if isinstance(blob, DigestReader):
-                blob.check()
-        except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as e:
-            raise ImageError(f"layer {what}: {e}") from e
-        except OSError as e:
-            raise ImageError(f"layer {what}: {e}") from e
-    for rel, m in sorted(dirs, key=lambda d: -len(d[0])):
-        try:
-            set_dir_meta(tree, rel, m, owners)
-        except OSError as e:
-            raise ImageError(f"layer {what}: {'/'.join(rel)}: {e}") from e
-    return changes
+def index(layers: list[Layer]) -> Squash:
+    """The squashed tree of `layers` (headers only; see the module docstring)."""
+    squash = Squash(layers)
+    inodes = iter(range(1 << 62))
+    for i, layer in enumerate(layers):
+        added: set[int] = set()  # id()s of the nodes this layer made (opaque dirs keep them)
+        with _members(layer, both=True) as (_, entries):
+            for k, m in enumerate(entries):
+                _index_entry(squash, i, k, m, added, inodes)
+    return squash
 
 
-def _apply_entry(tf: tarfile.TarFile, tree: SafeTree, m: tarfile.TarInfo, what: str, owners: bool,
-                 created: set[tuple[str, ...]], dirs: list, changes: LayerChanges, skipped: list[str],
-                 lower: SafeTree | None) -> None:
+def _index_entry(squash: Squash, i: int, k: int, m: tarfile.TarInfo, added: set[int], inodes) -> None:
+    what = squash.layers[i].what
     parts = _parts(m.name, what)
     if not parts:
-        return  # the layer's own root
-    base = parts[-1]
+        if m.isdir():
+            squash.root.info, squash.root.source = m, (i, k)
+        return
+    base, parent_parts = parts[-1], parts[:-1]
+    path = "/" + "/".join(parts)
+    parent = _directory(squash, parent_parts, i, path, added, create=not base.startswith(WHITEOUT))
     if base == OPAQUE:
-        _make_opaque(tree, parts[:-1], created)
-        changes.opaque.append("/" + "/".join(parts[:-1]))
+        if parent is not None:
+            _make_opaque(parent, added)
         return
     if base.startswith(WHITEOUT):
-        target = parts[:-1] + [base[len(WHITEOUT):]]
-        _delete(tree, target)
-        changes.deleted.append("/" + "/".join(target))
+        if parent is not None and parent.children is not None:
+            parent.children.pop(base[len(WHITEOUT):], None)
         return
-    path = "/" + "/".join(parts)
+    assert parent is not None and parent.children is not None
     if m.ischr() or m.isblk():
-        skipped.append(path)
+        squash.skipped.append(path)
+        parent.children.pop(base, None)
         return
-    entry = copy.copy(m)
-    entry.name = "rootfs/" + "/".join(parts)
-    if m.issym() and escapes_root(parts[:-1], m.linkname):
+    if m.issym() and escapes_root(parent_parts, m.linkname):
         raise ImageError(f"layer {what}: refusing {path}: symlink target {m.linkname!r} leaves the root")
-    target: list[str] = []
-    if m.islnk():
-        target = _parts(m.linkname, what)
-        if not target:
-            raise ImageError(f"layer {what}: {path}: hard link without a target")
-        entry.linkname = "rootfs/" + "/".join(target)
-    try:
-        if m.islnk() and lower is not None and not _exists(tree, target):
-            _copy_from(lower, target, tree, parts, owners)
-        elif extract_entry(tf, tree, parts, entry, owners, skipped):
-            dirs.append((parts, entry))
-    except OSError as e:
-        if m.islnk() and e.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
-            raise ImageError(f"layer {what}: {path}: hard link target /{entry.linkname[7:]} does not exist") from e
-        raise ImageError(f"layer {what}: {path}: {e}") from e
-    created.add(tuple(parts))
-    changes.added.append(path)
+    old = parent.children.get(base)
+    if m.isdir():
+        if old is not None and old.children is not None:
+            old.info, old.source, old.layer = m, (i, k), i  # a directory over a directory merges
+            added.add(id(old))
+            return
+        node = Node(m, (i, k), i, children={})
+    elif m.islnk():
+        target = _lookup(squash, _parts(m.linkname, what))
+        if target is None or target.inode is None:
+            raise ImageError(f"layer {what}: {path}: hard link target /{m.linkname.lstrip('/')} does not exist "
+                             "or is not a file")
+        node = Node(m, (i, k), i, inode=target.inode)
+        if squash.contents[target.inode][0][0] != i:
+            squash.lower_links[(i, k)] = target.inode
+    elif m.isreg():
+        node = Node(m, (i, k), i, inode=next(inodes))
+        squash.contents[node.inode] = ((i, k), m)  # type: ignore[index]
+    else:  # symlink, fifo
+        node = Node(m, (i, k), i)
+    parent.children[base] = node
+    added.add(id(node))
 
 
-def _exists(tree: SafeTree, parts: list[str]) -> bool:
-    fd = _open_existing(tree, parts[:-1])
-    if fd is None:
-        return False
-    try:
-        os.lstat(parts[-1], dir_fd=fd)
-        return True
-    except FileNotFoundError:
-        return False
-    finally:
-        os.close(fd)
+def _directory(squash: Squash, parts: list[str], i: int, entry: str, added: set[int], create: bool) -> Node | None:
+    """The directory node at `parts` (for the entry `entry` of layer `i`); missing
+    ones are made (when `create`), a symlink on the way is refused (the entry would
+    land elsewhere)."""
+    node = squash.root
+    for n, name in enumerate(parts):
+        assert node.children is not None
+        child = node.children.get(name)
+        if child is None or child.children is None:
+            if child is not None and child.info.issym():
+                raise ImageError(f"layer {squash.layers[i].what}: refusing {entry}: "
+                                 f"/{'/'.join(parts[:n + 1])} is a symlink")
+            if not create:
+                return None
+            child = Node(_DIR_INFO, None, i, children={})
+            node.children[name] = child
+            added.add(id(child))
+        node = child
+    return node
 
 
-def _copy_from(lower: SafeTree, src: list[str], tree: SafeTree, dst: list[str], owners: bool) -> None:
-    """Copy the regular file lower/src to tree/dst with its mode, owner and mtime."""
-    sfd = open_dir_nofollow(lower.root_fd, src[:-1])
-    try:
-        fd = os.open(src[-1], os.O_RDONLY | os.O_NOFOLLOW, dir_fd=sfd)
-    finally:
-        os.close(sfd)
-    with open(fd, "rb") as f:
-        st = os.fstat(f.fileno())
-        if not stat.S_ISREG(st.st_mode):
-            raise OSError(errno.EPERM, "hard link target is not a regular file")
-        tree.invalidate(dst)
-        pfd = tree.parent(dst, create=True)
-        try:
-            os.unlink(dst[-1], dir_fd=pfd)
-        except FileNotFoundError:
-            pass
-        out_fd = os.open(dst[-1], os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600, dir_fd=pfd)
-        with open(out_fd, "wb") as out:
-            shutil.copyfileobj(f, out, 1 << 20)
-            if owners:
-                os.fchown(out.fileno(), st.st_uid, st.st_gid)
-            os.fchmod(out.fileno(), stat.S_IMODE(st.st_mode))
-            os.utime(out.fileno(), ns=(st.st_mtime_ns, st.st_mtime_ns))
-
-
-def _open_existing(tree: SafeTree, parts: list[str]) -> int | None:
-    """An fd for the directory root/parts, or None if it is not there (or is a symlink)."""
-    try:
-        return open_dir_nofollow(tree.root_fd, parts)
-    except OSError as e:
-        if e.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+def _lookup(squash: Squash, parts: list[str]) -> Node | None:
+    node: Node | None = squash.root
+    for name in parts:
+        if node is None or node.children is None:
             return None
-        raise
+        node = node.children.get(name)
+    return node
 
 
-def _delete(tree: SafeTree, parts: list[str]) -> None:
-    """Remove root/parts (a whiteout), if it is there."""
-    tree.invalidate(parts)
-    fd = _open_existing(tree, parts[:-1])
-    if fd is None:
-        return
+def _make_opaque(directory: Node, added: set[int]) -> None:
+    """Drop what lower layers left in `directory`; keep what this layer made."""
+    assert directory.children is not None
+    for name, child in list(directory.children.items()):
+        if id(child) not in added:
+            del directory.children[name]
+        elif child.children is not None:
+            _make_opaque(child, added)
+
+
+def paths(squash: Squash) -> list[str]:
+    """Every path in the squashed tree, sorted (the --no-squash pathWhitelist)."""
+    out: list[str] = []
+
+    def walk(node: Node, prefix: str) -> None:
+        for name, child in (node.children or {}).items():
+            out.append(f"{prefix}/{name}")
+            walk(child, f"{prefix}/{name}")
+
+    walk(squash.root, "")
+    return sorted(out)
+
+
+# ---------------------------------------------------------------- pass 2: the .aci
+
+
+@dataclass(frozen=True)
+class _Emit:
+    name: str  # under rootfs/
+    info: tarfile.TarInfo  # the header fields to write
+    link: str = ""  # for a hard link: the earlier name (under rootfs/)
+
+
+def _plan(squash: Squash) -> tuple[dict[tuple[int, int], list[_Emit]], list[_Emit]]:
+    """What to write when each (layer, ordinal) comes by, and the directories no
+    layer named (written first)."""
+    plan: dict[tuple[int, int], list[_Emit]] = {}
+    implicit: list[_Emit] = []
+    groups: dict[int, list[str]] = {}
+
+    def walk(node: Node, prefix: str) -> None:
+        for name in sorted(node.children or {}):
+            child = node.children[name]  # type: ignore[index]
+            path = f"{prefix}/{name}"
+            if child.inode is not None:
+                groups.setdefault(child.inode, []).append(path)
+            elif child.source is None:
+                implicit.append(_Emit(path, child.info))
+            else:
+                plan.setdefault(child.source, []).append(_Emit(path, child.info))
+            walk(child, path)
+
+    walk(squash.root, "rootfs")
+    for inode, names in groups.items():
+        source, info = squash.contents[inode]
+        first = names[0]
+        plan.setdefault(source, []).append(_Emit(first, info))
+        plan[source] += [_Emit(name, info, link=first) for name in names[1:]]
+    return plan, implicit
+
+
+def _header(e: _Emit, epoch: int) -> bytes:
+    m = e.info
+    mtime = max(0, min(int(m.mtime), epoch))
+    name = e.name.encode("utf-8", "surrogateescape")
+    if e.link:
+        return tar_header(name, tarfile.LNKTYPE, mode=m.mode, uid=m.uid, gid=m.gid, mtime=mtime,
+                          linkname=e.link.encode("utf-8", "surrogateescape"))
+    kind = tarfile.REGTYPE if m.type == tarfile.AREGTYPE or m.isreg() else m.type
+    return tar_header(name, kind, mode=m.mode, uid=m.uid, gid=m.gid, size=m.size if m.isreg() else 0,
+                      mtime=mtime, linkname=m.linkname.encode("utf-8", "surrogateescape") if m.issym() else b"")
+
+
+def _copy_data(tf: tarfile.TarFile, m: tarfile.TarInfo, sink) -> None:
+    f = tf.extractfile(m)
+    assert f is not None
+    while data := f.read(1 << 20):
+        sink.write(data)
+    if m.size % BLOCK:
+        sink.write(ZERO_BLOCK[: -m.size % BLOCK])
+
+
+def write_squashed(squash: Squash, sink, epoch: int) -> None:
+    """The rootfs entries of the squashed image into `sink` (an AciSink)."""
+    plan, implicit = _plan(squash)
+    sink.write(_header(_Emit("rootfs", squash.root.info), epoch))
+    for e in implicit:
+        sink.write(_header(e, epoch))
+    for i, layer in enumerate(squash.layers):
+        with _members(layer) as (tf, entries):
+            for k, m in enumerate(entries):
+                for e in plan.get((i, k), ()):
+                    sink.write(_header(e, epoch))
+                    if not e.link and m.isreg():
+                        _copy_data(tf, m, sink)
+
+
+def write_layer(squash: Squash, i: int, sink, epoch: int) -> None:
+    """Layer `i` alone (for --no-squash): its entries without whiteout markers or
+    devices; a hard link to a lower layer's file is a copy of that file."""
+    copies = {key: inode for key, inode in squash.lower_links.items() if key[0] == i}
+    spooled = {key: _spool(squash, inode) for key, inode in copies.items()}
     try:
-        st = os.lstat(parts[-1], dir_fd=fd)
-        if stat.S_ISDIR(st.st_mode):
-            shutil.rmtree(parts[-1], dir_fd=fd)
-        else:
-            os.unlink(parts[-1], dir_fd=fd)
-    except FileNotFoundError:
-        pass
+        sink.write(_header(_Emit("rootfs", _DIR_INFO), epoch))
+        layer = squash.layers[i]
+        with _members(layer) as (tf, entries):
+            for k, m in enumerate(entries):
+                parts = _parts(m.name, layer.what)
+                if not parts or parts[-1].startswith(WHITEOUT) or m.ischr() or m.isblk():
+                    continue
+                name = "rootfs/" + "/".join(parts)
+                if (i, k) in spooled:
+                    info, data = spooled[(i, k)]
+                    sink.write(_header(_Emit(name, info), epoch))
+                    data.seek(0)
+                    shutil.copyfileobj(data, sink)
+                    if info.size % BLOCK:
+                        sink.write(ZERO_BLOCK[: -info.size % BLOCK])
+                elif m.islnk():
+                    link = "rootfs/" + "/".join(_parts(m.linkname, layer.what))
+                    sink.write(_header(_Emit(name, m, link=link), epoch))
+                else:
+                    sink.write(_header(_Emit(name, m), epoch))
+                    if m.isreg():
+                        _copy_data(tf, m, sink)
     finally:
-        os.close(fd)
+        for _, data in spooled.values():
+            data.close()
 
 
-def _make_opaque(tree: SafeTree, parts: list[str], created: set[tuple[str, ...]]) -> None:
-    """Delete what lower layers left in root/parts; keep what this layer made."""
-    tree.invalidate(parts)
-    fd = _open_existing(tree, parts)
-    if fd is None:
-        return
-    try:
-        for name in os.listdir(fd):
-            child = parts + [name]
-            if tuple(child) not in created:
-                _delete(tree, child)
-            elif stat.S_ISDIR(os.lstat(name, dir_fd=fd).st_mode):
-                _make_opaque(tree, child, created)  # this layer's dir over a lower one
-    finally:
-        os.close(fd)
+def _spool(squash: Squash, inode: int):
+    """The header and content of the file holding `inode`, read from its layer."""
+    (j, want), info = squash.contents[inode]
+    data = tempfile.SpooledTemporaryFile(max_size=16 << 20)
+    with _members(squash.layers[j]) as (tf, entries):
+        for k, m in enumerate(entries):
+            if k == want:
+                f = tf.extractfile(m)
+                assert f is not None
+                shutil.copyfileobj(f, data, 1 << 20)
+    return info, data
