@@ -25,3 +25,22 @@ def hand_made_aci(path: Path, manifest: bytes, files: dict[str, bytes] | None = 
         tar.addfile(info, io.BytesIO(manifest))
     path.write_bytes(gzip.compress(raw.getvalue(), mtime=0) if compress else raw.getvalue())
     return path
+
+
+def layer_tar(entries: list[tuple[str, bytes, dict]]) -> bytes:
+    """An image layer (a plain tar) of (name, content, fields) entries; fields set
+    TarInfo attributes (type, linkname, mode, devmajor...). Regular files carry
+    `content`; directories default to mode 0755, other entries to 0644."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        for name, data, fields in entries:
+            info = tarfile.TarInfo(name)
+            info.type = fields.get("type", tarfile.REGTYPE)
+            info.mode = 0o755 if info.type == tarfile.DIRTYPE else 0o644
+            info.mtime = 1_700_000_000
+            for key, value in fields.items():
+                setattr(info, key, value)
+            regular = info.type == tarfile.REGTYPE
+            info.size = len(data) if regular else 0
+            tf.addfile(info, io.BytesIO(data) if regular else None)
+    return buf.getvalue()

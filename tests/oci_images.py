@@ -17,7 +17,6 @@ dir and renamed, so an interrupted build leaves no half set.
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import shutil
 import subprocess
@@ -27,11 +26,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tests.conftest import REPO, require
+from tests.imagetools import layer_tar
 
 BUSYBOX = Path("/bin/busybox")
 TAG = "latest"
 ARM_TAG = "arm64"  # the same image with config architecture arm64
-RECIPE_VERSION = "5"
+RECIPE_VERSION = "6"
 
 CONTAINERFILE = """\
 FROM scratch
@@ -98,24 +98,15 @@ def _key() -> str:
 def opaque_layer() -> bytes:
     """data/keep becomes opaque (orig disappears, new appears), data/hl is a hard
     link to etc/motd of a lower layer, dev/testnull is a character device."""
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
-        def add(name: str, kind: bytes, data: bytes = b"", **kw) -> None:
-            info = tarfile.TarInfo(name)
-            info.type, info.mode, info.mtime = kind, kw.pop("mode", 0o644), 1_700_000_000
-            for k, v in kw.items():
-                setattr(info, k, v)
-            info.size = len(data) if kind == tarfile.REGTYPE else 0
-            tf.addfile(info, io.BytesIO(data) if kind == tarfile.REGTYPE else None)
-
-        add("data", tarfile.DIRTYPE, mode=0o755)
-        add("data/keep", tarfile.DIRTYPE, mode=0o755)
-        add("data/keep/.wh..wh..opq", tarfile.REGTYPE, mode=0)
-        add("data/keep/new", tarfile.REGTYPE, b"new\n")
-        add("data/hl", tarfile.LNKTYPE, linkname="etc/motd")
-        add("dev", tarfile.DIRTYPE, mode=0o755)
-        add("dev/testnull", tarfile.CHRTYPE, mode=0o666, devmajor=1, devminor=3)
-    return buf.getvalue()
+    return layer_tar([
+        ("data", b"", {"type": tarfile.DIRTYPE}),
+        ("data/keep", b"", {"type": tarfile.DIRTYPE}),
+        ("data/keep/.wh..wh..opq", b"", {"mode": 0}),
+        ("data/keep/new", b"new\n", {}),
+        ("data/hl", b"", {"type": tarfile.LNKTYPE, "linkname": "etc/motd"}),
+        ("dev", b"", {"type": tarfile.DIRTYPE}),
+        ("dev/testnull", b"", {"type": tarfile.CHRTYPE, "mode": 0o666, "devmajor": 1, "devminor": 3}),
+    ])
 
 
 def _build(out: Path) -> None:
@@ -155,6 +146,9 @@ def test_images() -> TestImages:
         try:
             _build(tmp)
             os.replace(tmp, final)
+            for old in base.iterdir():  # sets for older recipes or tools
+                if old != final and not old.name.startswith("."):
+                    shutil.rmtree(old, ignore_errors=True)
         except OSError:
             if not final.is_dir():
                 raise

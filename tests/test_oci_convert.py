@@ -7,7 +7,6 @@ blobs refused; a second pull downloads nothing; hostile layers refused."""
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import stat
@@ -22,6 +21,7 @@ from acbuild.aci.archive import extract_rootfs, read_aci
 from acbuild.aci.manifest import ImageManifest
 from acbuild.oci.toaci import Origin, image_manifest
 from tests.conftest import REPO
+from tests.imagetools import layer_tar
 from tests.oci_images import ARM_TAG, TAG, test_images
 from tests.registry_fixture import BlobProxy, registries  # noqa: F401 (fixture)
 
@@ -142,19 +142,6 @@ def test_config_mapping_details():
 # ---------------------------------------------------------------- hostile or broken input
 
 
-def _layer(entries: list[tuple[str, bytes, dict]]) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
-        for name, data, kw in entries:
-            info = tarfile.TarInfo(name)
-            info.type = kw.get("type", tarfile.REGTYPE)
-            info.linkname = kw.get("linkname", "")
-            info.mode = 0o755 if info.type == tarfile.DIRTYPE else 0o644
-            info.size = len(data) if info.type == tarfile.REGTYPE else 0
-            tf.addfile(info, io.BytesIO(data) if info.type == tarfile.REGTYPE else None)
-    return buf.getvalue()
-
-
 def make_layout(dir: Path, layers: list[bytes], config: dict | None = None, wrong_diff_id: bool = False) -> None:
     """A minimal OCI layout with uncompressed `layers` (and a matching config,
     unless `wrong_diff_id`)."""
@@ -190,7 +177,7 @@ def make_layout(dir: Path, layers: list[bytes], config: dict | None = None, wron
     ([("hl", b"", {"type": tarfile.LNKTYPE, "linkname": "etc/passwd"})], "does not exist"),
 ])
 def test_hostile_layers_are_refused_and_write_nothing_outside(entries, message, tmp_path):
-    make_layout(tmp_path / "layout", [_layer(entries)])
+    make_layout(tmp_path / "layout", [layer_tar(entries)])
     planted = Path("/tmp/planted")
     planted.unlink(missing_ok=True)
     done = acbuild("convert", f"oci:{tmp_path / 'layout'}", "-o", tmp_path / "out.aci", check=False)
@@ -202,7 +189,7 @@ def test_hostile_layers_are_refused_and_write_nothing_outside(entries, message, 
 
 
 def test_a_corrupt_blob_in_a_layout_is_refused(tmp_path):
-    make_layout(tmp_path / "layout", [_layer([("f", b"content", {})])])
+    make_layout(tmp_path / "layout", [layer_tar([("f", b"content", {})])])
     blob = next(p for p in (tmp_path / "layout/blobs/sha256").iterdir()
                 if p.read_bytes().startswith(b"f\0"))
     blob.write_bytes(blob.read_bytes().replace(b"content", b"CONTENT"))
@@ -212,7 +199,7 @@ def test_a_corrupt_blob_in_a_layout_is_refused(tmp_path):
 
 
 def test_a_layer_that_is_not_its_diff_id_is_refused(tmp_path):
-    make_layout(tmp_path / "layout", [_layer([("f", b"content", {})])], wrong_diff_id=True)
+    make_layout(tmp_path / "layout", [layer_tar([("f", b"content", {})])], wrong_diff_id=True)
     done = acbuild("convert", f"oci:{tmp_path / 'layout'}", "-o", tmp_path / "out.aci", check=False)
     assert done.returncode == 1 and "(uncompressed)" in done.stderr and "digest mismatch" in done.stderr
 
@@ -220,10 +207,10 @@ def test_a_layer_that_is_not_its_diff_id_is_refused(tmp_path):
 def test_hard_links_keep_their_inode_when_the_target_changes(tmp_path):
     """A link names the file, not the path: replacing or deleting the target in a
     later layer leaves the link with the old content (as on overlayfs)."""
-    base = _layer([("a", b"old\n", {}), ("b", b"", {"type": tarfile.LNKTYPE, "linkname": "a"}),
+    base = layer_tar([("a", b"old\n", {}), ("b", b"", {"type": tarfile.LNKTYPE, "linkname": "a"}),
                    ("c", b"", {"type": tarfile.LNKTYPE, "linkname": "a"}), ("d", b"dee\n", {}),
                    ("e", b"", {"type": tarfile.LNKTYPE, "linkname": "d"})])
-    upper = _layer([("a", b"new\n", {}), (".wh.d", b"", {})])
+    upper = layer_tar([("a", b"new\n", {}), (".wh.d", b"", {})])
     make_layout(tmp_path / "layout", [base, upper])
     acbuild("convert", f"oci:{tmp_path / 'layout'}", "-o", tmp_path / "out.aci")
     got = tree(rootfs_of(tmp_path / "out.aci", tmp_path / "rootfs"))

@@ -58,7 +58,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from acbuild.aci.types import acidentifier_problem
-    from acbuild.errors import ImageError, UsageError
+    from acbuild.errors import OutputExistsError, UsageError
     from acbuild.oci.convert import ConvertOptions, convert, default_output, open_source
     from acbuild.oci.reference import parse_source
 
@@ -71,11 +71,11 @@ def run(args: argparse.Namespace) -> int:
     options = ConvertOptions(registry=registry, platform=platform, compression=args.compression,
                              squash=not args.no_squash, name=args.name or "")
     if args.output is not None and args.output.exists() and not args.overwrite:
-        raise ImageError(f"convert: {args.output} exists (use --overwrite)")
+        raise OutputExistsError(args.output)
     opened = open_source(source, options)
     out = args.output or default_output(opened.origin)
     if args.output is None and out.exists() and not args.overwrite:
-        raise ImageError(f"convert: {out} exists (use --overwrite)")
+        raise OutputExistsError(out)
     written = convert(opened, out, options)
     for path, image_id in written[:-1]:
         print(f"{path} {image_id}", file=sys.stderr)

@@ -404,7 +404,8 @@ def oci_convert_options(options: BuildOptions):
     from acbuild.oci.convert import ConvertOptions
     from acbuild.oci.registry import RegistryOptions
 
-    return ConvertOptions(registry=options.registry or RegistryOptions(), platform=options.platform)
+    return ConvertOptions(registry=options.registry or RegistryOptions(), platform=options.platform,
+                          reporter=options.reporter)
 
 
 def _start_from_oci(base: p.From, rootfs: Path, options: BuildOptions) -> m.ImageManifest:

@@ -21,7 +21,7 @@ all layers (so whiteouts and opaque dirs hide lower files when rendered).
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from acbuild.aci.manifest import Dependency, ImageManifest, Label
@@ -31,10 +31,11 @@ from acbuild.errors import ImageError, UsageError
 from acbuild.oci import manifests as mt
 from acbuild.oci.blobs import BlobCache, digest_of
 from acbuild.oci.layout import Layer, LocalImage, diff_ids, layout_name, read_docker_archive, read_oci
-from acbuild.oci.reference import DOCKER, DOCKER_ARCHIVE, OCI, Source, parse_reference
+from acbuild.oci.reference import DOCKER, DOCKER_ARCHIVE, Source, parse_reference
 from acbuild.oci.registry import RegistryClient, RegistryOptions
 from acbuild.oci.squash import Squash, index, paths, write_layer, write_squashed
 from acbuild.oci.toaci import Origin, created_epoch, image_manifest, sanitize_identifier
+from acbuild.report import Reporter
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,7 @@ class ConvertOptions:
     compression: str = "gzip"
     squash: bool = True
     name: str = ""  # overrides the name taken from the source
+    reporter: Reporter = field(default_factory=Reporter)  # where the device-node notice goes
 
 
 @dataclass(frozen=True)
@@ -115,7 +117,9 @@ def convert(opened: Opened, out: Path, options: ConvertOptions = ConvertOptions(
         written = [(out, _write(out, manifest, options, epoch, lambda sink: write_squashed(squash, sink, epoch)))]
     else:
         written = _write_layers(squash, manifest, out, options, epoch)
-    _warn_skipped(squash.skipped)
+    if squash.skipped:
+        shown = ", ".join(squash.skipped[:5]) + (" ..." if len(squash.skipped) > 5 else "")
+        options.reporter.note(f"not kept (device nodes come from the runtime): {shown}")
     return written
 
 
@@ -128,14 +132,6 @@ def _write(out: Path, manifest: ImageManifest, options: ConvertOptions, epoch: i
         except OSError as e:
             raise ImageError(f"write {out}: {e}") from e
         return sink.commit()
-
-
-def _warn_skipped(skipped: list[str]) -> None:
-    if skipped:
-        import sys
-
-        shown = ", ".join(skipped[:5]) + (" ..." if len(skipped) > 5 else "")
-        print(f"acbuild: not kept (device nodes come from the runtime): {shown}", file=sys.stderr)
 
 
 def _write_layers(squash: Squash, top: ImageManifest, out: Path, options: ConvertOptions,
