@@ -178,3 +178,15 @@ def test_unknown_manifest_is_not_found(registries, tmp_path):  # noqa: F811
     with RegistryClient.for_reference(ref, RegistryOptions(insecure=True)) as client, \
             pytest.raises(NotFoundError, match="MANIFEST_UNKNOWN|NAME_UNKNOWN"):
         client.get_manifest(ref.repository, ref.reference)
+
+
+def test_credentials_from_registry_auth_file_reach_a_real_registry(registries, images, tmp_path, monkeypatch):  # noqa: F811
+    reg = registries(basic=True)
+    reg.push(f"oci:{images.layout}:{TAG}", "busybox:latest")
+    auth = tmp_path / "auth.json"
+    auth.write_text(json.dumps({"auths": {reg.host: {"auth": base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()}}}))
+    monkeypatch.setenv("REGISTRY_AUTH_FILE", str(auth))
+    ref = parse_reference(f"{reg.host}/busybox:latest")
+    with RegistryClient.for_reference(ref, RegistryOptions(insecure=True)) as client:
+        assert client.get_manifest(ref.repository, ref.reference)[2].startswith("sha256:")
+        assert client.credentials().origin == str(auth)
