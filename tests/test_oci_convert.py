@@ -256,6 +256,26 @@ def test_no_squash_writes_a_chain_of_layer_images(images, tmp_path, actool):
         ["data", "data/hl", "data/keep", "data/keep/new", "dev"]
 
 
+def test_no_squash_layers_render_to_what_the_runtime_shows(images, tmp_path):
+    """FROM the top layer image renders its dependencies (acbuild's appc renderer,
+    pathWhitelist included): the tree is the squashed one, except that a hard link
+    across layers is a copy in the layer that made it."""
+    from tests.conftest import require
+
+    require(os.geteuid() == 0, "building keeps file owners only as root (CI is root)")
+    acbuild("convert", "--no-squash", f"oci:{images.layout}:{TAG}", "-o", tmp_path / "app.aci")
+    (tmp_path / "ACIfile").write_text("FROM app.aci\nNAME example.com/flat\n")
+    acbuild("build", "-f", tmp_path / "ACIfile", "-o", tmp_path / "flat.aci", "--image-dir", tmp_path)
+    got = tree(rootfs_of(tmp_path / "flat.aci", tmp_path / "rootfs"))
+    want = {p: v for p, v in tree(images.unpacked).items() if p != "/dev/testnull"}
+    assert sorted(set(got) ^ set(want)) == []
+    for path in want:
+        if path in ("/data/hl", "/etc/motd"):
+            assert got[path][:5] == want[path][:5], path
+        else:
+            assert got[path] == want[path], path
+
+
 # ---------------------------------------------------------------- docker://
 
 
