@@ -406,6 +406,12 @@ def test_from_docker_builds_with_run(registries, images, tmp_path, actool):  # n
                     *reg.acbuild_flags(), env=env)
     assert read_aci(tmp_path / "again.aci").image_id == read_aci(out).image_id
     assert "CACHED" in again.stderr or "cached" in again.stderr
+    # The tag moves to another image: the FROM misses the cache and the new base is used.
+    reg.push(f"oci:{images.layout}:{ARM_TAG}", "busybox:latest")
+    moved = acbuild("build", "-f", tmp_path / "ACIfile", "-o", tmp_path / "moved.aci", *reg.acbuild_flags(), env=env)
+    assert moved.stdout.strip() != read_aci(out).image_id
+    assert ImageManifest.from_json(read_aci(tmp_path / "moved.aci").manifest_bytes).label("arch") == "aarch64"
+    assert len(list((tmp_path / "cache/oci/bases").glob("*.aci"))) == 2
     # A wrong password is a clear error at the FROM line.
     bad = acbuild("build", "-f", tmp_path / "ACIfile", "-o", tmp_path / "bad.aci", "--ca-file", str(reg.ca.ca),
                   "--creds", "tester:wrong", env=dict(env, ACBUILD_CACHE_DIR=str(tmp_path / "cache2")), check=False)
