@@ -11,8 +11,8 @@ from __future__ import annotations
 import tarfile
 from pathlib import Path
 
-from acbuild.aci.tarformat import BLOCK, tar_header
-from acbuild.aci.writer import CHUNK, AciSink
+from acbuild.aci.tarformat import file_member, tar_header
+from acbuild.aci.writer import AciSink, copy_file
 from acbuild.errors import ImageError
 from acbuild.oci.layout_writer import Layout, canonical_json
 
@@ -21,24 +21,10 @@ def _add_dir(sink: AciSink, name: str) -> None:
     sink.write(tar_header(name.encode(), tarfile.DIRTYPE, mode=0o755))
 
 
-def _add_bytes(sink: AciSink, name: str, data: bytes) -> None:
-    sink.write(tar_header(name.encode(), tarfile.REGTYPE, mode=0o644, size=len(data)))
-    sink.write(data)
-    sink.write(bytes(-len(data) % BLOCK))
-
-
 def _add_file(sink: AciSink, name: str, path: Path) -> None:
-    with open(path, "rb") as f:
-        size = path.stat().st_size
-        sink.write(tar_header(name.encode(), tarfile.REGTYPE, mode=0o644, size=size))
-        left = size
-        while left:
-            data = f.read(min(left, CHUNK))
-            if not data:
-                raise ImageError(f"{path} shrank while being archived")
-            sink.write(data)
-            left -= len(data)
-    sink.write(bytes(-size % BLOCK))
+    size = path.stat().st_size
+    sink.write(tar_header(name.encode(), tarfile.REGTYPE, mode=0o644, size=size))
+    copy_file(sink, path, size)
 
 
 def write_oci_archive(layout: Layout, out: Path) -> None:
@@ -68,7 +54,7 @@ def write_docker_archive(image, out: Path, repo_tag: str) -> None:
             _add_file(sink, config_name, image.layout.blob_path(image.config.digest))
             for name, layer in sorted(zip(layer_names, image.layers)):
                 _add_file(sink, name, image.layout.blob_path(layer.digest))
-            _add_bytes(sink, "manifest.json", canonical_json([entry]))
+            sink.write(file_member(b"manifest.json", canonical_json([entry])))
         except OSError as e:
             raise ImageError(f"write {out}: {e.strerror or e}") from e
         sink.commit()

@@ -45,7 +45,7 @@ class SharedCache:
 
 def pack_entry(cache, key: str, out: Path) -> None:
     """Entry `key` of `cache` (engine.cache.stepcache.StepCache) as a .tar.gz at `out`."""
-    from acbuild.aci.tarformat import BLOCK, tar_header
+    from acbuild.aci.tarformat import file_member
     from acbuild.aci.writer import AciSink
 
     entry = cache.steps / key
@@ -54,16 +54,11 @@ def pack_entry(cache, key: str, out: Path) -> None:
     names = [n for n in _NAMES if (entry / n).exists() and n != "meta.json"]
     files = sorted((entry / "files").iterdir(), key=lambda p: int(p.name)) if (entry / "files").is_dir() else []
     with AciSink(out, "gzip") as sink:
-        def add(name: str, data: bytes) -> None:
-            sink.write(tar_header(name.encode(), tarfile.REGTYPE, mode=0o644, size=len(data)))
-            sink.write(data)
-            sink.write(bytes(-len(data) % BLOCK))
-
-        add("meta.json", json.dumps(meta, sort_keys=True).encode())
+        sink.write(file_member(b"meta.json", json.dumps(meta, sort_keys=True).encode()))
         for name in names:
-            add(name, (entry / name).read_bytes())
+            sink.write(file_member(name.encode(), (entry / name).read_bytes()))
         for path in files:
-            add(f"files/{path.name}", path.read_bytes())
+            sink.write(file_member(f"files/{path.name}".encode(), path.read_bytes()))
         sink.commit()
 
 
