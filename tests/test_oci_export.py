@@ -217,6 +217,15 @@ def test_bad_destinations_are_usage_errors(tmp_path):
     assert result.returncode == 3 and "--format aci" in result.stderr
     result = acbuild("build", "-f", tmp_path / "ACIfile", check=False)
     assert result.returncode == 3 and "nothing to write" in result.stderr
+    result = acbuild("build", "-f", tmp_path / "ACIfile", "--format", "oci", "-o", tmp_path / "x.aci", check=False)
+    assert result.returncode == 3 and "give oci:DIR" in result.stderr
+    result = acbuild("build", "-f", tmp_path / "ACIfile", "--sign", "-o", f"oci:{tmp_path}/l", check=False)
+    assert result.returncode == 3 and "--sign signs the .aci" in result.stderr
+    result = acbuild("build", "-f", tmp_path / "ACIfile", "-o", f"oci:{tmp_path}/l", "--push", "127.0.0.1:1/x", check=False)
+    assert result.returncode == 3 and "expected docker://" in result.stderr
+    result = acbuild("convert", tmp_path / "missing.aci", "--to", f"oci:{tmp_path}/l", check=False)
+    assert result.returncode == 2 and "no such file" in result.stderr
+    assert not (tmp_path / "l").exists()
 
 
 def test_layout_keeps_other_tags_and_a_bare_dir_with_format_oci(tmp_path):
@@ -255,6 +264,14 @@ def test_image_config_mapping():
     assert c["ExposedPorts"] == {"53/udp": {}, "54/udp": {}, "55/udp": {}}
     assert c["Labels"] == {"version": "3", "homepage": "h"}
     assert "Volumes" not in c and "WorkingDir" not in c
+
+
+def test_convert_to_gives_the_build_s_image(exported, tmp_path):
+    d = exported[1]
+    result = acbuild("convert", d / "example.aci", "--to", f"oci-archive:{tmp_path}/c.tar",
+                     env={**os.environ, "SOURCE_DATE_EPOCH": "1700000000"})
+    assert result.stdout.strip() == index_manifest(d / "layout", "v1")["digest"]
+    assert (tmp_path / "c.tar").read_bytes() == (d / "example.oci.tar").read_bytes()
 
 
 def test_layered_image_is_refused(tmp_path):

@@ -188,9 +188,13 @@ def outputs_from_args(args):
             raise UsageError(f"-o {out}: --format aci writes an .aci file, not an OCI image")
         oci = parse_destination(out)
     elif out is not None and args.format == "oci":
+        if out.endswith(".aci"):
+            raise UsageError(f"-o {out}: --format oci writes an OCI layout directory; give oci:DIR, or drop --format")
         oci = parse_destination(f"oci:{out}")
     elif out is not None:
         aci = Path(out)
+    if args.sign and aci is None:
+        raise UsageError("--sign signs the .aci: give -o OUT.aci too (OCI images are not signed by acbuild)")
     for ref in args.push:
         if not ref.startswith("docker://"):
             raise UsageError(f"--push {ref}: expected docker://REGISTRY/NAME[:TAG]")

@@ -118,6 +118,8 @@ def pull_aci_artifact(ref_text: str, dest_dir: Path, *, options: RegistryOptions
         raise UsageError(f"{ref_text}: expected docker://REGISTRY/NAME[:TAG|@DIGEST]")
     ref = parse_reference(ref_text[len("docker://"):])
     dest_dir = Path(dest_dir)
+    if not dest_dir.is_dir():
+        raise UsageError(f"{dest_dir}: not a directory")
     with RegistryClient.for_reference(ref, options or RegistryOptions()) as client:
         data, _, _ = client.get_manifest(ref.repository, ref.reference)
         aci_desc, asc_desc = _appc_layers(data, ref_text)
@@ -159,11 +161,14 @@ def _download(client: RegistryClient, repository: str, desc: Descriptor, out: Pa
     if limit is not None and desc.size > limit:
         raise ImageError(f"{desc.digest}: {desc.size} bytes is too large for a signature")
     digester = Digester(desc.digest, desc.size, what=f"{client.registry}/{repository} blob")
-    with client.open_blob(repository, desc.digest, desc.size) as resp, open(out, "wb") as f:
-        for piece in resp.chunks():
-            digester.update(piece)
-            f.write(piece)
-        digester.check()
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with client.open_blob(repository, desc.digest, desc.size) as resp, open(out, "wb") as f:
+            for piece in resp.chunks():
+                digester.update(piece)
+                f.write(piece)
+            digester.check()
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        raise ImageError(f"write {out}: {e.strerror}") from e
     return out

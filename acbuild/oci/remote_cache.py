@@ -54,11 +54,14 @@ class RemoteCache:
     def download(self, layer: Descriptor, out: Path) -> None:
         """The entry blob into `out` (created), its digest and size checked as it streams."""
         digester = Digester(layer.digest, layer.size, what=f"cache entry {self.target}")
-        with self.client.open_blob(self.ref.repository, layer.digest, layer.size) as resp, open(out, "xb") as f:
-            for piece in resp.chunks():
-                digester.update(piece)
-                f.write(piece)
-            digester.check()
+        try:
+            with self.client.open_blob(self.ref.repository, layer.digest, layer.size) as resp, open(out, "xb") as f:
+                for piece in resp.chunks():
+                    digester.update(piece)
+                    f.write(piece)
+                digester.check()
+        except OSError as e:
+            raise ImageError(f"write {out}: {e.strerror}") from e
 
     def push(self, entries: dict[str, Path], scratch: Path) -> Pushed:
         """Upload the entry blobs (key -> file), then the manifest naming them; `scratch`

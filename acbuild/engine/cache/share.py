@@ -125,9 +125,12 @@ def _check_and_restamp(tmp: Path, key: str) -> None:
         path = tmp / "files" / str(number)
         if not isinstance(number, int) or not path.is_file() or path.stat().st_size != size:
             raise bad(f"files/{number} is missing or has the wrong size")
-        os.chown(path, uid, gid)
-        os.chmod(path, mode)
-        os.utime(path, ns=(mtime_ns, mtime_ns))
+        try:
+            os.chown(path, uid, gid)
+            os.chmod(path, mode)
+            os.utime(path, ns=(mtime_ns, mtime_ns))
+        except OSError as e:
+            raise bad(f"files/{number}: cannot give it owner {uid}:{gid} and mode {mode:o}: {e.strerror}") from e
 
 
 # -- with the registry ------------------------------------------------------------------
@@ -185,5 +188,8 @@ def export_entries(cache, keys: list[str], target: str, registry_options):
         blobs = {}
         for n, key in enumerate(wanted):
             blobs[key] = Path(tmp) / f"{n}.tar.gz"
-            pack_entry(cache, key, blobs[key])
+            try:
+                pack_entry(cache, key, blobs[key])
+            except (OSError, ValueError) as e:
+                raise ImageError(f"--cache-to {target}: pack cache entry {key}: {e}") from e
         return RemoteCache(target, registry_options).push(blobs, Path(tmp) / "config")
