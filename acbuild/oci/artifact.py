@@ -143,7 +143,7 @@ def pull_aci_artifact(ref_text: str, dest_dir: Path, *, options: RegistryOptions
 
 
 def _appc_layers(data: bytes, what: str) -> tuple[Descriptor, Descriptor | None]:
-    kind = media.artifact_type(data)
+    kind = media.artifact_type(data, f"{what} manifest")
     if kind != media.APPC_ARTIFACT:
         raise ImageError(f"{what}: not an appc image artifact (artifactType {kind!r}, want {media.APPC_ARTIFACT})")
     doc = parse_document(data, OCI_MANIFEST)

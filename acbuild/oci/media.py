@@ -20,12 +20,10 @@ ACBUILD_CACHE_ENTRY = "application/vnd.acbuild.cache.entry.v1.tar+gzip"
 ACBUILD_CACHE_KEY = "dev.acbuild.cache.key"
 
 
-def artifact_type(manifest_bytes: bytes) -> str:
+def artifact_type(manifest_bytes: bytes, what: str) -> str:
     """A manifest's artifactType (or, as older tools wrote it, its config's media type)."""
-    import json
+    from acbuild.oci.manifests import json_object
 
-    try:
-        doc = json.loads(manifest_bytes)
-        return str(doc.get("artifactType") or (doc.get("config") or {}).get("mediaType") or "")
-    except (ValueError, AttributeError):
-        return ""
+    doc = json_object(manifest_bytes, what)
+    config = doc.get("config")
+    return str(doc.get("artifactType") or (config.get("mediaType") if isinstance(config, dict) else "") or "")

@@ -41,7 +41,7 @@ class RemoteCache:
             data, _, _ = self.client.get_manifest(self.ref.repository, self.tag)
         except NotFoundError:
             return {}
-        kind = media.artifact_type(data)
+        kind = media.artifact_type(data, f"{self.target} manifest")
         if kind != media.ACBUILD_CACHE:
             raise ImageError(f"{self.target}: not an acbuild cache (artifactType {kind!r}); "
                              "give --cache-to/--cache-from a tag of its own")
