@@ -56,7 +56,8 @@ def exported(tmp_path_factory):
         acbuild("build", *common, "-o", d / "example.aci", env=env)
         acbuild("build", *common, "-o", f"oci:{d}/layout:v1", "--metadata-file", d / "meta.json", env=env)
         acbuild("build", *common, "-o", f"oci-archive:{d}/example.oci.tar", env=env)
-        acbuild("build", *common, "--format", "oci", "-o", f"docker-archive:{d}/example.docker.tar", env=env)
+        acbuild("build", *common, "--format", "oci", "-o", f"docker-archive:{d}/example.docker.tar",
+                "--metadata-file", d / "docker-meta.json", env=env)
         out[n] = d
     return out
 
@@ -157,6 +158,8 @@ def test_skopeo_reads_and_copies_every_form(exported, tmp_path):
         layer = tf.extractfile(entry["Layers"][0]).read()
         assert sha256(layer) == oci_config["rootfs"]["diff_ids"][0]
         assert sha256(tf.extractfile(entry["Config"]).read()) == "sha256:" + entry["Config"].removesuffix(".json")
+    meta = json.loads((d / "docker-meta.json").read_text())
+    assert meta["docker-image-id"] == "sha256:" + entry["Config"].removesuffix(".json")
     run("skopeo", "copy", "-q", f"docker-archive:{d}/example.docker.tar", f"oci:{tmp_path}/from-docker:z")
 
 

@@ -167,7 +167,8 @@ def run(args) -> int:
         if outputs.aci is not None:
             print(f"wrote {outputs.aci} ({published.aci_size} bytes)", file=sys.stderr)
         if outputs.oci is not None:
-            print(f"wrote {outputs.oci} (manifest {published.oci_manifest})", file=sys.stderr)
+            kind = "image ID" if outputs.oci.transport == "docker-archive" else "manifest"
+            print(f"wrote {outputs.oci} ({kind} {published.exported})", file=sys.stderr)
         for ref, digest in published.pushed:
             print(f"pushed {ref} ({digest})", file=sys.stderr)
     print(result.image_id)
@@ -234,8 +235,7 @@ def build_metadata(published, outputs, options) -> dict:
     }
     if outputs.oci is not None:
         meta["oci"] = str(outputs.oci)
-    if published.oci_manifest:
-        meta["oci-manifest-digest"] = published.oci_manifest
+        meta["docker-image-id" if outputs.oci.transport == "docker-archive" else "oci-manifest-digest"] = published.exported
     if published.pushed:
         meta["pushed"] = [{"reference": ref, "digest": digest} for ref, digest in published.pushed]
     return meta

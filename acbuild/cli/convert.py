@@ -21,7 +21,8 @@ SOURCE is one of:
 
 With --to, the other way: SOURCE is an .aci and DEST an OCI image
 (oci:DIR[:TAG], oci-archive:FILE[:TAG] or docker-archive:FILE[:NAME:TAG]),
-made as `acbuild build -o DEST` makes it; the manifest digest is printed.
+made as `acbuild build -o DEST` makes it; the manifest digest is printed (for a
+docker-archive, Docker's image ID: the config digest).
 
 The layers are applied in order (whiteouts and opaque directories honoured,
 hard links kept, device nodes left out, nothing written outside the rootfs)
@@ -72,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     if args.to:
         from acbuild.oci.export import convert_aci_to
 
-        print(convert_aci_to(Path(args.source), args.to).manifest.digest)
+        print(convert_aci_to(Path(args.source), args.to).digest)
         return 0
     source = parse_source(args.source)
     if args.name and (problem := acidentifier_problem(args.name)):

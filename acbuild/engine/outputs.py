@@ -43,7 +43,7 @@ class Published:
     result: BuildResult
     aci_sha256: str
     aci_size: int
-    oci_manifest: str = ""  # digest of the OCI manifest, when one was exported or pushed
+    exported: str = ""  # the -o OCI image's digest (acbuild.oci.export.OciImage.digest)
     pushed: list[tuple[str, str]] = field(default_factory=list)  # (reference, manifest digest)
 
 
@@ -70,8 +70,7 @@ def _export_and_push(aci: Path, outputs: Outputs, source_date_epoch: int, publis
     from acbuild.oci.layout_writer import Layout
 
     if outputs.oci is not None:
-        image = export_aci(aci, outputs.oci, source_date_epoch)
-        published.oci_manifest = image.manifest.digest
+        published.exported = export_aci(aci, outputs.oci, source_date_epoch).digest
     if not outputs.push:
         return
     from acbuild.oci.push import push_image
@@ -79,7 +78,6 @@ def _export_and_push(aci: Path, outputs: Outputs, source_date_epoch: int, publis
     staging = Path(tempfile.mkdtemp(prefix="acbuild-push-"))
     try:
         image = image_from_aci(aci, Layout(staging), source_date_epoch)
-        published.oci_manifest = image.manifest.digest
         known: dict[str, str] = {}  # blobs pushed so far: later pushes mount them
         for ref in outputs.push:
             pushed = push_image(image.layout, image.manifest, ref, outputs.registry, known=known)

@@ -23,7 +23,7 @@ import hashlib
 import re
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -88,6 +88,13 @@ class OciImage:
     layers: tuple[mt.Descriptor, ...]
     diff_ids: tuple[str, ...]
     name: str  # a Docker reference NAME:TAG for docker-archive's RepoTags, or ""
+    transport: str = "oci"
+
+    @property
+    def digest(self) -> str:
+        """What names the image where it was written: the manifest digest, or for a
+        docker-archive (which has no manifest blob) Docker's image ID, the config digest."""
+        return self.config.digest if self.transport == "docker-archive" else self.manifest.digest
 
 
 def created_time(source_date_epoch: int) -> str:
@@ -233,7 +240,8 @@ def export_aci(aci: Path, dest: Destination, source_date_epoch: int) -> OciImage
             image.layout.tag(image.manifest, dest.ref or "latest")
             write_oci_archive(image.layout, out)
         else:
-            image = image_from_aci(aci, Layout(staging), source_date_epoch, compress=False)
+            image = replace(image_from_aci(aci, Layout(staging), source_date_epoch, compress=False),
+                            transport="docker-archive")
             write_docker_archive(image, out, dest.ref or image.name)
         return image
     finally:
