@@ -42,8 +42,8 @@ def run(*argv, **kw) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    """ACIfile.example built twice (separate caches, --no-cache), each as an .aci and
-    as OCI in all three forms."""
+    """ACIfile.example built twice, independently (separate caches, the first build of
+    each --no-cache), each as an .aci and then, from its own cache, as OCI in all three forms."""
     require(os.geteuid() == 0 and Path("/bin/busybox").exists(), "needs root and busybox-static (RUN steps)")
     base = tmp_path_factory.mktemp("oci-export")
     ctx = example_context(base)
@@ -52,8 +52,8 @@ def exported(tmp_path_factory):
         d = base / f"build{n}"
         d.mkdir()
         env = {**os.environ, "SOURCE_DATE_EPOCH": "1700000000"}
-        common = ["-f", ctx / "ACIfile", "--cache-dir", d / "cache", "--no-cache", "-q"]
-        acbuild("build", *common, "-o", d / "example.aci", env=env)
+        common = ["-f", ctx / "ACIfile", "--cache-dir", d / "cache", "-q"]
+        acbuild("build", *common, "--no-cache", "-o", d / "example.aci", env=env)
         acbuild("build", *common, "-o", f"oci:{d}/layout:v1", "--metadata-file", d / "meta.json", env=env)
         acbuild("build", *common, "-o", f"oci-archive:{d}/example.oci.tar", env=env)
         acbuild("build", *common, "--format", "oci", "-o", f"docker-archive:{d}/example.docker.tar",

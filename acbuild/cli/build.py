@@ -25,10 +25,15 @@ examples:
   acbuild build -f app/ACIfile -o app.aci --build-arg VERSION=1.2 --compression xz
   SOURCE_DATE_EPOCH=1700000000 acbuild build -o app.aci   # mtimes clamped to that time
   acbuild build -f Dockerfile -t example.com/app:1.0 --secret id=token,src=token.txt -o app.aci
+  acbuild build -o oci:./layout:1.0                       # an OCI image layout, tag 1.0
+  acbuild build -o docker-archive:app.tar                 # for `docker load`
+  acbuild build -o app.aci --push docker://127.0.0.1:5000/app:1.0 --insecure
+  acbuild build -o app.aci --cache-from docker://reg/app:cache --cache-to docker://reg/app:cache
 
 Without -f: ./ACIfile, else ./Dockerfile, else ./Containerfile (in --context if
 given). The build context is the file's directory unless --context is given. The same
-inputs give the same image ID and the same bytes (see README, Reproducibility)."""
+inputs give the same image ID and the same bytes (see README, Reproducibility),
+and the same OCI manifest digest."""
 
 
 def add_parser(sub) -> None:

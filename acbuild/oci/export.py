@@ -42,8 +42,18 @@ _ARCH = {
     "amd64": ("amd64", ""), "i386": ("386", ""), "aarch64": ("arm64", ""), "armv6l": ("arm", "v6"),
     "armv7l": ("arm", "v7"), "ppc64": ("ppc64", ""), "ppc64le": ("ppc64le", ""), "s390x": ("s390x", ""),
 }
-_DOCKER_REF = re.compile(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*(?::[0-9]+)?(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*"
-                         r":[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+_OCI_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._:-]{0,127}")  # an org.opencontainers.image.ref.name
+
+
+def is_docker_tag(text: str) -> bool:
+    """Is `text` a Docker reference NAME:TAG (what docker-archive's RepoTags hold)?"""
+    from acbuild.oci.reference import parse_reference
+
+    try:
+        ref = parse_reference(text)
+    except UsageError:
+        return False
+    return ref.digest is None and text.endswith(f":{ref.tag}")
 
 
 @dataclass(frozen=True)
@@ -67,9 +77,9 @@ def parse_destination(text: str) -> Destination:
     path, _, ref = rest.partition(":")
     if not path:
         raise UsageError(f"{text}: no path after {transport}:")
-    if ref and transport == "docker-archive" and not _DOCKER_REF.match(ref):
+    if ref and transport == "docker-archive" and not is_docker_tag(ref):
         raise UsageError(f"{text}: {ref!r} is not a Docker reference NAME:TAG")
-    if ref and transport != "docker-archive" and not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9._:-]{0,127}", ref):
+    if ref and transport != "docker-archive" and not _OCI_TAG.fullmatch(ref):
         raise UsageError(f"{text}: {ref!r} is not a valid tag")
     return Destination(transport, Path(path), ref)
 
@@ -146,7 +156,7 @@ def docker_name(manifest: ImageManifest) -> str:
     """NAME:TAG for docker-archive's RepoTags (version label, else latest), or "" when
     the appc name is not a Docker reference."""
     name = f"{manifest.name}:{manifest.label('version') or 'latest'}"
-    return name if _DOCKER_REF.match(name) else ""
+    return name if is_docker_tag(name) else ""
 
 
 class _LayerStream:

@@ -152,8 +152,8 @@ class Layout:
             entry["annotations"] = {**entry.get("annotations", {}), REF_NAME: ref}
         index["manifests"] = kept + [entry]
         try:
+            fsync_dir(self.blob_dir)  # the blobs' renames are durable before the index names them
             write_atomic(self.root / "index.json", canonical_json(index))
-            fsync_dir(self.blob_dir)
         except OSError as e:
             raise ImageError(f"write {self.root}/index.json: {e.strerror or e}") from e
 
