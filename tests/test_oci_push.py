@@ -300,3 +300,20 @@ def test_tampered_cache_entry_is_refused(registries, tmp_path):
     assert not (tmp_path / "b.aci").exists()
     steps = tmp_path / "c2" / "steps"
     assert not steps.exists() or not [p for p in steps.iterdir()]
+
+
+def test_cache_from_an_empty_tag_builds_normally(registries, tmp_path):
+    """The first CI run: --cache-from names a tag nobody pushed yet."""
+    reg = registries()
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "ACIfile").write_text("FROM scratch\nNAME example.com/small\nCOPY data /data\n")
+    (ctx / "data").write_text("payload\n")
+    result = acbuild("build", "-f", ctx / "ACIfile", "--cache-dir", tmp_path / "c", "-o", tmp_path / "a.aci",
+                     "--cache-from", f"docker://{reg.host}/ci/none:cache", "--insecure", "--metadata-file",
+                     tmp_path / "m.json")
+    assert result.stdout.startswith("sha512-") and "imported" not in result.stderr
+    assert [s["cache"] for s in json.loads((tmp_path / "m.json").read_text())["steps"]] == ["miss"] * 3
+    bad = acbuild("build", "-f", ctx / "ACIfile", "--cache-dir", tmp_path / "c", "-o", tmp_path / "a.aci",
+                  "--cache-from", f"{reg.host}/ci/none:cache", check=False)
+    assert bad.returncode == 3 and "expected docker://" in bad.stderr
