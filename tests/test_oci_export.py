@@ -286,3 +286,17 @@ def test_layered_image_is_refused(tmp_path):
     with pytest.raises(ImageError, match="dependencies"):
         export_aci(tmp_path / "top.aci", parse_destination(f"oci-archive:{tmp_path}/top.tar"), 0)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ACIfile", "top.aci"]  # no staging left
+
+
+def test_a_damaged_aci_leaves_no_partial_output(exported, tmp_path):
+    """The .aci breaks off in the middle: every form fails with a message and leaves
+    nothing behind (no archive, no temp file, no layout)."""
+    data = (exported[1] / "example.aci").read_bytes()
+    bad = tmp_path / "bad.aci"
+    bad.write_bytes(data[: len(data) // 2])
+    out = tmp_path / "out"
+    out.mkdir()
+    for dest in (f"oci-archive:{out}/x.tar", f"docker-archive:{out}/x.tar", f"oci:{out}/layout:v1"):
+        result = acbuild("convert", bad, "--to", dest, check=False)
+        assert result.returncode == 1 and "bad.aci" in result.stderr, result.stderr
+    assert list(out.iterdir()) == []

@@ -317,3 +317,52 @@ def test_cache_from_an_empty_tag_builds_normally(registries, tmp_path):
     bad = acbuild("build", "-f", ctx / "ACIfile", "--cache-dir", tmp_path / "c", "-o", tmp_path / "a.aci",
                   "--cache-from", f"{reg.host}/ci/none:cache", check=False)
     assert bad.returncode == 3 and "expected docker://" in bad.stderr
+
+
+def test_an_upload_location_off_the_registry_is_refused(example, tmp_path):
+    """A registry (here a small hostile one written for the test) that sends the upload
+    to another host gets no blob: acbuild refuses before sending any byte there."""
+    import http.server
+    import threading
+
+    from acbuild.oci.layout_writer import Layout
+    from acbuild.oci.push import push_image
+
+    seen: list[str] = []
+
+    class Hostile(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_HEAD(self):
+            seen.append(f"HEAD {self.path}")
+            self.send_response(404)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def do_POST(self):
+            seen.append(f"POST {self.path}")
+            self.send_response(202)
+            self.send_header("Location", "http://127.0.0.2:9/steal")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def do_PUT(self):
+            seen.append(f"PUT {self.path}")
+            self.send_response(201)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        do_PATCH = do_PUT
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hostile)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        base, _ = example
+        layout = Layout(base / "layout")
+        with pytest.raises(ImageError, match="not on the registry"):
+            push_image(layout, layout.resolve("v1"), f"docker://127.0.0.1:{server.server_port}/x/y:v1", INSECURE)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert [line.split()[0] for line in seen] == ["HEAD", "POST"]
