@@ -335,29 +335,21 @@ def test_an_upload_location_off_the_registry_is_refused(example, tmp_path):
     seen: list[str] = []
 
     class Hostile(http.server.BaseHTTPRequestHandler):
+        answers = {"HEAD": (404, {}), "POST": (202, {"Location": "http://127.0.0.2:9/steal"}),
+                   "PUT": (201, {}), "PATCH": (202, {})}
+
         def log_message(self, *args):
             pass
 
-        def do_HEAD(self):
-            seen.append(f"HEAD {self.path}")
-            self.send_response(404)
-            self.send_header("Content-Length", "0")
+        def answer(self):
+            seen.append(f"{self.command} {self.path}")
+            status, headers = self.answers[self.command]
+            self.send_response(status)
+            for name, value in {**headers, "Content-Length": "0"}.items():
+                self.send_header(name, value)
             self.end_headers()
 
-        def do_POST(self):
-            seen.append(f"POST {self.path}")
-            self.send_response(202)
-            self.send_header("Location", "http://127.0.0.2:9/steal")
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-        def do_PUT(self):
-            seen.append(f"PUT {self.path}")
-            self.send_response(201)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-        do_PATCH = do_PUT
+        do_HEAD = do_POST = do_PUT = do_PATCH = answer
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hostile)
     threading.Thread(target=server.serve_forever, daemon=True).start()
