@@ -351,9 +351,11 @@ def image_id_of(path: Path) -> str:
 # --- copying entries into a new archive (rewrite_aci) ------------------------
 
 
-def copy_rootfs_entries(src: Path, sink) -> int:
+def copy_rootfs_entries(src: Path, sink, *, as_layer: bool = False) -> int:
     """Feed the rootfs entries of `src` to a writer.AciSink, in order, refusing
-    an unsafe or invalid layout. Returns the old manifest's mtime (for the new one)."""
+    an unsafe or invalid layout. Returns the old manifest's mtime (for the new one).
+    `as_layer` writes an OCI/Docker layer instead (acbuild.oci.export): names and
+    hard link targets lose their `rootfs/`, and the `rootfs` entry itself is left out."""
     from acbuild.aci.tarformat import BLOCK, tar_header
 
     checker = _Checker()
@@ -369,13 +371,17 @@ def copy_rootfs_entries(src: Path, sink) -> int:
             if name == "manifest":
                 mtime = int(m.mtime)
                 continue
-            link = m.linkname.encode("utf-8", "surrogateescape")
-            if m.islnk():
-                link = _clean(m.linkname)[0].encode("utf-8", "surrogateescape")
+            link = _clean(m.linkname)[0] if m.islnk() else m.linkname
+            if as_layer:
+                if name == "rootfs":
+                    continue
+                name = name.removeprefix("rootfs/")
+                link = link.removeprefix("rootfs/") if m.islnk() else link
             size = m.size if m.isreg() else 0
             sink.write(tar_header(name.encode("utf-8", "surrogateescape"), m.type if m.type != AREGTYPE else REGTYPE,
                                   mode=m.mode, uid=m.uid, gid=m.gid, size=size, mtime=max(0, int(m.mtime)),
-                                  linkname=link, devmajor=m.devmajor, devminor=m.devminor))
+                                  linkname=link.encode("utf-8", "surrogateescape"), devmajor=m.devmajor,
+                                  devminor=m.devminor))
             if size:
                 while data := tar.data(CHUNK):
                     sink.write(data)

@@ -117,3 +117,10 @@ def tar_header(
     records = b"".join(pax)
     pad = -len(records) % BLOCK
     return _block(_PAX_NAME, b"", 0o644, 0, 0, len(records), 0, b"x") + records + bytes(pad) + block
+
+
+def file_member(name: bytes, data: bytes, *, mode: int = 0o644, mtime: int = 0) -> bytes:
+    """A whole regular-file entry (header, content, padding) for small content held
+    in memory (typeflag "0": a regular file): the .aci manifest, OCI JSON documents,
+    step cache entries."""
+    return tar_header(name, b"0", mode=mode, size=len(data), mtime=mtime) + data + ZERO_BLOCK[: -len(data) % BLOCK]

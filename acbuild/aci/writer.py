@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from acbuild.aci.pgzip import ParallelGzipWriter
-from acbuild.aci.tarformat import BLOCK, MAX_MTIME, ZERO_BLOCK, tar_header
+from acbuild.aci.tarformat import BLOCK, MAX_MTIME, ZERO_BLOCK, file_member, tar_header
 from acbuild.atomic import fsync_dir
 from acbuild.errors import ImageError, UsageError
 from acbuild.files import walk
@@ -210,7 +210,7 @@ def _walk(top: str, rel: bytes) -> Iterator[tuple[str, bytes, os.stat_result]]:
         yield path, rel + b"/" + os.fsencode(child), st
 
 
-def _copy_file(sink: AciSink, path: str, size: int) -> None:
+def copy_file(sink: AciSink, path: str | Path, size: int) -> None:
     """Stream exactly `size` bytes of `path` and the block padding."""
     with open(path, "rb", buffering=0) as f:
         left = size
@@ -256,7 +256,7 @@ def write_tree(sink: AciSink, rootfs: Path, source_date_epoch: int, id_map: dict
             links[key] = name
         if stat.S_ISREG(mode):
             sink.write(entry(name, tarfile.REGTYPE, st, size=st.st_size))
-            _copy_file(sink, path, st.st_size)
+            copy_file(sink, path, st.st_size)
         elif stat.S_ISLNK(mode):
             sink.write(entry(name, tarfile.SYMTYPE, st, linkname=os.fsencode(os.readlink(path))))
         elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
@@ -267,11 +267,7 @@ def write_tree(sink: AciSink, rootfs: Path, source_date_epoch: int, id_map: dict
 
 
 def write_manifest(sink: AciSink, manifest_json: bytes, mtime: int) -> None:
-    sink.write(tar_header(b"manifest", tarfile.REGTYPE, mode=0o644, size=len(manifest_json), mtime=mtime))
-    sink.write(manifest_json)
-    pad = -len(manifest_json) % BLOCK
-    if pad:
-        sink.write(ZERO_BLOCK[:pad])
+    sink.write(file_member(b"manifest", manifest_json, mtime=mtime))
 
 
 def write_aci(

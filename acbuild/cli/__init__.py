@@ -27,6 +27,7 @@ COMMANDS = [
     "validate",
     "manifest",
     "image_id",
+    "push",
     "signing",
     "discover",
     "serve",
@@ -42,7 +43,7 @@ COMMANDS = [
 # tests/test_cli.py checks this table against what the modules register.
 COMMAND_MODULES = {
     "build": "build", "plan": "plan", "pack": "pack", "convert": "convert", "validate": "validate",
-    "cat-manifest": "manifest", "patch-manifest": "manifest", "image-id": "image_id",
+    "cat-manifest": "manifest", "patch-manifest": "manifest", "image-id": "image_id", "push": "push",
     "sign": "signing", "trust": "signing", "verify": "signing", "cache": "cache",
     "launch": "launch", "script": "script", "discover": "discover", "serve": "serve",
     **dict.fromkeys(

@@ -12,7 +12,6 @@ from acbuild.cli.options import (
     add_sandbox_options,
     add_signing_options,
     add_trust_options,
-    output_image,
     compile_from_args,
     registry_options,
     signing_from_args,
@@ -26,10 +25,15 @@ examples:
   acbuild build -f app/ACIfile -o app.aci --build-arg VERSION=1.2 --compression xz
   SOURCE_DATE_EPOCH=1700000000 acbuild build -o app.aci   # mtimes clamped to that time
   acbuild build -f Dockerfile -t example.com/app:1.0 --secret id=token,src=token.txt -o app.aci
+  acbuild build -o oci:./layout:1.0                       # an OCI image layout, tag 1.0
+  acbuild build -o docker-archive:app.tar                 # for `docker load`
+  acbuild build -o app.aci --push docker://127.0.0.1:5000/app:1.0 --insecure
+  acbuild build -o app.aci --cache-from docker://reg/app:cache --cache-to docker://reg/app:cache
 
 Without -f: ./ACIfile, else ./Dockerfile, else ./Containerfile (in --context if
 given). The build context is the file's directory unless --context is given. The same
-inputs give the same image ID and the same bytes (see README, Reproducibility)."""
+inputs give the same image ID and the same bytes (see README, Reproducibility),
+and the same OCI manifest digest."""
 
 
 def add_parser(sub) -> None:
@@ -41,7 +45,13 @@ def add_parser(sub) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_acifile_options(parser)
-    parser.add_argument("-o", "--output", required=True, type=output_image, metavar="OUT.aci", help="the image to write (must end in .aci)")
+    parser.add_argument("-o", "--output", metavar="OUT", help="the image to write: OUT.aci, or an OCI image as oci:DIR[:TAG], "
+                        "oci-archive:FILE[:TAG] or docker-archive:FILE[:NAME:TAG]")
+    parser.add_argument("--format", choices=("aci", "oci"), default=None,
+                        help="aci (the default for OUT.aci) or oci (the default for oci:, oci-archive:, docker-archive:; "
+                        "a bare -o DIR becomes oci:DIR)")
+    parser.add_argument("--push", action="append", default=[], metavar="docker://REF",
+                        help="also push the image, as OCI, to a registry (repeatable); prints the manifest digest")
     parser.add_argument("--context", type=Path, metavar="DIR", help="build context (default: the ACIfile's directory)")
     parser.add_argument("--compression", choices=("gzip", "xz", "bzip2", "none"), default="gzip", help="default: gzip")
     parser.add_argument("--target", metavar="STAGE", help="build this stage (FROM ... AS STAGE) instead of the last")
@@ -104,22 +114,26 @@ def add_cache_options(parser) -> None:
     group.add_argument("--progress", choices=("auto", "plain", "tty", "json"), default="auto", help="step lines (plain), with step times (tty; default on a terminal) or JSON events on stderr (json)")
     group.add_argument("--metadata-file", type=Path, metavar="FILE", help="write the image ID, digest, size, labels and per-step cache hits and times as JSON")
     group.add_argument("--iidfile", type=Path, metavar="FILE", help="write the image ID to FILE")
+    group.add_argument("--cache-from", metavar="docker://REF", help="take missing step cache entries from this registry "
+                       "tag (written by --cache-to on another machine); entries are verified by digest")
+    group.add_argument("--cache-to", metavar="docker://REF", help="after the build, push its step cache entries to this "
+                       "registry tag (one OCI manifest of entry blobs)")
 
 
 def run(args) -> int:
     import json
-    import os
     import sys
 
     from acbuild.aci.writer import source_date_epoch_from_env
     from acbuild.config import load_config
-    from acbuild.engine.driver import build_plan
+    from acbuild.engine.outputs import build_outputs
     from acbuild.engine.cache.stepcache import StepCache
     from acbuild.engine.execute.ignore import load_ignore
     from acbuild.engine.progress import Progress
     from acbuild.engine.session import BuildOptions
     from acbuild.dirs import cache_root
 
+    outputs = outputs_from_args(args)  # usage errors before any work
     config = load_config(args.config)
     acifile, plan = compile_from_args(args)
     context = (args.context or acifile.parent).resolve()
@@ -145,31 +159,78 @@ def run(args) -> int:
         **trust_settings(args, config),
     )
     signing = signing_from_args(args, config)
-    result = build_plan(plan, args.output, options, target=args.target, compression=args.compression, signing=signing,
-                        cache=StepCache(cache_dir), use_cache=not args.no_cache, progress=progress)
+    published = build_outputs(plan, outputs, options, target=args.target, compression=args.compression,
+                              signing=signing, cache=StepCache(cache_dir), use_cache=not args.no_cache,
+                              progress=progress, shared=shared_cache_from_args(args))
+    result = published.result
     if args.metadata_file is not None:
-        write_atomic(args.metadata_file, json.dumps(build_metadata(result, args.output, options), indent=2, sort_keys=True) + "\n")
+        write_atomic(args.metadata_file, json.dumps(build_metadata(published, outputs, options), indent=2, sort_keys=True) + "\n")
     if args.iidfile is not None:
         write_atomic(args.iidfile, result.image_id)
     if not args.quiet and progress.mode != "json":
-        print(f"wrote {args.output} ({os.path.getsize(args.output)} bytes)", file=sys.stderr)
+        if outputs.aci is not None:
+            print(f"wrote {outputs.aci} ({published.aci_size} bytes)", file=sys.stderr)
+        if outputs.oci is not None:
+            kind = "image ID" if outputs.oci.transport == "docker-archive" else "manifest"
+            print(f"wrote {outputs.oci} ({kind} {published.exported})", file=sys.stderr)
+        for ref, digest in published.pushed:
+            print(f"pushed {ref} ({digest})", file=sys.stderr)
     print(result.image_id)
+    for ref, digest in published.pushed:
+        print(f"{ref}@{digest}" if args.quiet else digest)
     return 0
 
 
-def build_metadata(result, output: Path, options) -> dict:
-    """--metadata-file: what was built, from what, and which steps the cache served."""
-    import hashlib
+def outputs_from_args(args):
+    """-o, --format and --push as engine.outputs.Outputs."""
+    from acbuild.engine.outputs import Outputs
+    from acbuild.oci.export import is_destination, parse_destination
 
-    with open(output, "rb") as f:
-        digest = hashlib.file_digest(f, "sha256").hexdigest()
-    return {
+    aci = oci = None
+    out = args.output
+    if out is not None and is_destination(out):
+        if args.format == "aci":
+            raise UsageError(f"-o {out}: --format aci writes an .aci file, not an OCI image")
+        oci = parse_destination(out)
+    elif out is not None and args.format == "oci":
+        if out.endswith(".aci"):
+            raise UsageError(f"-o {out}: --format oci writes an OCI layout directory; give oci:DIR, or drop --format")
+        oci = parse_destination(f"oci:{out}")
+    elif out is not None:
+        from acbuild.aci.writer import check_output_path
+
+        check_output_path(out)  # before any work: a build must not run every step to fail here
+        aci = Path(out)
+    if args.sign and aci is None:
+        raise UsageError("--sign signs the .aci: give -o OUT.aci too (OCI images are not signed by acbuild)")
+    for ref in args.push:
+        if not ref.startswith("docker://"):
+            raise UsageError(f"--push {ref}: expected docker://REGISTRY/NAME[:TAG]")
+    return Outputs(aci=aci, oci=oci, push=tuple(args.push), registry=registry_options(args)[0])
+
+
+def shared_cache_from_args(args):
+    """--cache-from/--cache-to as engine.cache.share.SharedCache (None without them)."""
+    from acbuild.engine.cache.share import SharedCache
+
+    for flag, ref in (("--cache-from", args.cache_from), ("--cache-to", args.cache_to)):
+        if ref is not None and not ref.startswith("docker://"):
+            raise UsageError(f"{flag} {ref}: expected docker://REGISTRY/NAME[:TAG]")
+    if args.cache_from is None and args.cache_to is None:
+        return None
+    return SharedCache(args.cache_from, args.cache_to, registry_options(args)[0])
+
+
+def build_metadata(published, outputs, options) -> dict:
+    """--metadata-file: what was built, from what, and which steps the cache served."""
+    result = published.result
+    meta = {
         "image-id": result.image_id,
         "name": result.name,
         "labels": result.labels,
-        "file": str(output),
-        "file-sha256": digest,
-        "size": os.path.getsize(output),
+        "file": str(outputs.aci) if outputs.aci is not None else None,
+        "file-sha256": published.aci_sha256,
+        "size": published.aci_size,
         "cached-image": result.cached_image,
         "context-files-hashed": result.files_hashed,
         "source-date-epoch": options.source_date_epoch,
@@ -179,6 +240,12 @@ def build_metadata(result, output: Path, options) -> dict:
             for r in result.steps
         ],
     }
+    if outputs.oci is not None:
+        meta["oci"] = str(outputs.oci)
+        meta["docker-image-id" if outputs.oci.transport == "docker-archive" else "oci-manifest-digest"] = published.exported
+    if published.pushed:
+        meta["pushed"] = [{"reference": ref, "digest": digest} for ref, digest in published.pushed]
+    return meta
 
 
 def write_atomic(path: Path, text: str) -> None:

@@ -19,6 +19,11 @@ SOURCE is one of:
   oci:DIR[:REF]                            an OCI image layout directory
   oci-archive:FILE[:REF]                   a tar of an OCI image layout
 
+With --to, the other way: SOURCE is an .aci and DEST an OCI image
+(oci:DIR[:TAG], oci-archive:FILE[:TAG] or docker-archive:FILE[:NAME:TAG]),
+made as `acbuild build -o DEST` makes it; the manifest digest is printed (for a
+docker-archive, Docker's image ID: the config digest).
+
 The layers are applied in order (whiteouts and opaque directories honoured,
 hard links kept, device nodes left out, nothing written outside the rootfs)
 and the config mapped as docker2aci did: Entrypoint+Cmd -> exec, Env, User,
@@ -37,7 +42,8 @@ examples:
   acbuild convert --ca-file ca.pem --creds me:pw docker://registry.example:5000/team/app@sha256:...
   acbuild convert docker-archive:saved.tar -o saved.aci
   acbuild convert oci:./layout:latest -o app.aci
-  acbuild convert --no-squash oci-archive:image.tar -o app.aci   # app.aci + app-LAYER.aci ..."""
+  acbuild convert --no-squash oci-archive:image.tar -o app.aci   # app.aci + app-LAYER.aci ...
+  acbuild convert app.aci --to oci-archive:app.oci.tar           # .aci -> OCI image"""
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -52,6 +58,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--compression", choices=["gzip", "xz", "bzip2", "none"], default="gzip",
                    help="compression of the .aci (default: gzip)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    p.add_argument("--to", metavar="DEST", help="convert the .aci SOURCE into an OCI image at DEST instead "
+                   "(oci:DIR[:TAG], oci-archive:FILE[:TAG], docker-archive:FILE[:NAME:TAG])")
     add_registry_options(p)
     p.set_defaults(run=run)
 
@@ -62,6 +70,11 @@ def run(args: argparse.Namespace) -> int:
     from acbuild.oci.convert import ConvertOptions, convert, default_output, open_source
     from acbuild.oci.reference import parse_source
 
+    if args.to:
+        from acbuild.oci.export import convert_aci_to
+
+        print(convert_aci_to(Path(args.source), args.to).digest)
+        return 0
     source = parse_source(args.source)
     if args.name and (problem := acidentifier_problem(args.name)):
         raise UsageError(f"convert: --name {args.name!r}: {problem}")

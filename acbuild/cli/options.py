@@ -244,11 +244,12 @@ def _seconds(text: str) -> float:
 # ---------------------------------------------------------------- registries (Docker/OCI sources)
 
 
-def add_registry_options(p, tls: bool = True) -> None:
+def add_registry_options(p, tls: bool = True, *, platform: bool = True) -> None:
     """--creds and --platform; with `tls` also --insecure and --ca-file, which mean
     the same as discovery's (a command that has add_discovery_options passes
-    tls=False and registries use those)."""
-    g = p.add_argument_group("Docker/OCI sources (docker://, FROM docker://...)")
+    tls=False and registries use those). `platform=False` for commands that only
+    write to registries (push)."""
+    g = p.add_argument_group("Docker/OCI registries (docker:// sources and destinations, FROM docker://...)")
     g.add_argument("--creds", metavar="USER[:PASSWORD]",
                    help="credentials for the registry (default: from $REGISTRY_AUTH_FILE, "
                         "~/.config/containers/auth.json or ~/.docker/config.json, as skopeo reads them)")
@@ -258,8 +259,9 @@ def add_registry_options(p, tls: bool = True) -> None:
         g.add_argument("--insecure", action="store_true",
                        help="do not check the registry's TLS certificate, and use plain HTTP "
                             "when the registry does not speak TLS (Docker's insecure registry)")
-    g.add_argument("--platform", metavar="OS/ARCH[/VARIANT]",
-                   help="the image to pick from a manifest list or OCI index (default: this host's)")
+    if platform:
+        g.add_argument("--platform", metavar="OS/ARCH[/VARIANT]",
+                       help="the image to pick from a manifest list or OCI index (default: this host's)")
 
 
 def registry_options(args):

@@ -24,7 +24,7 @@ from acbuild import plan as p
 from acbuild.engine.progress import Progress
 from acbuild.engine.session import BuildOptions, Session, base_path
 from acbuild.aci.writer import check_output_path
-from acbuild.errors import ImageError
+from acbuild.errors import ImageError, UsageError
 from acbuild.files import remove_tree
 from acbuild.temps import locked_temp_dir, remove_stale_dirs
 
@@ -76,12 +76,18 @@ def build_plan(
     cache=None,
     use_cache: bool = True,
     progress: Progress | None = None,
+    shared=None,
 ) -> BuildResult:
     """Build the plan into `output`. `cache` (engine.cache.StepCache) enables the step
-    cache; with use_cache=False nothing is looked up, and results replace old entries."""
+    cache; with use_cache=False nothing is looked up, and results replace old entries.
+    `shared` (engine.cache.share.SharedCache) imports entries from a registry before
+    the steps run and exports them after the build."""
     check_output_path(output)
+    if shared is not None and cache is None:
+        raise UsageError("--cache-from/--cache-to need the step cache")
     progress = progress or (options.reporter if isinstance(options.reporter, Progress) else Progress("auto"))
-    build = _Build(plan, needed_stages(plan, target), output, options, compression, signing, cache, use_cache, progress)
+    build = _Build(plan, needed_stages(plan, target), output, options, compression, signing, cache, use_cache, progress,
+                   shared)
     if cache is None:
         return build.run()
     with cache.locked():
@@ -89,8 +95,9 @@ def build_plan(
 
 
 class _Build:
-    def __init__(self, plan, stages, output, options, compression, signing, cache, use_cache, progress):
+    def __init__(self, plan, stages, output, options, compression, signing, cache, use_cache, progress, shared=None):
         self.plan, self.stages, self.output, self.options = plan, stages, output, options
+        self.shared_cache = shared
         self.compression, self.signing, self.cache, self.use_cache = compression, signing, cache, use_cache
         self.progress = progress
         self.total = sum(len(s.steps) + 1 for s in stages)
@@ -112,10 +119,17 @@ class _Build:
         self.unstable = False
 
     def run(self) -> BuildResult:
+        result = self.build()
+        if self.shared_cache is not None and self.shared_cache.cache_to:
+            self.export_shared()
+        return result
+
+    def build(self) -> BuildResult:
         final = self.stages[-1]
         remove_stale_dirs(WORK_PREFIX)  # work dirs of killed builds (a cache hit makes none)
         if self.cache is not None:
             self.compute_keys()
+            self.import_shared()
             cached = self.publish_cached(final) if self.use_cache else None
             if cached is not None:
                 return cached
@@ -138,6 +152,26 @@ class _Build:
         finally:
             remove_tree(self.work_root)
             os.close(lock)
+
+    # -- the step cache in a registry (--cache-from, --cache-to) -------------------------
+
+    def import_shared(self) -> None:
+        from acbuild.engine.cache.share import import_entries
+
+        if self.shared_cache is None or not self.shared_cache.cache_from or not self.use_cache:
+            return
+        count = import_entries(self.cache, [self.keys[s.name] for s in self.stages], self.shared_cache.cache_from,
+                               self.shared_cache.registry)
+        if count:
+            self.progress.note(f"imported {count} cache entries from {self.shared_cache.cache_from}")
+
+    def export_shared(self) -> None:
+        from acbuild.engine.cache.share import export_entries
+
+        pushed = export_entries(self.cache, [k for keys in self.keys.values() for k in keys],
+                                self.shared_cache.cache_to, self.shared_cache.registry)
+        self.progress.note(f"exported the step cache to {pushed.reference}@{pushed.digest} "
+                           f"({pushed.stats.uploaded} blobs uploaded, {pushed.stats.present} already there)")
 
     # -- keys and full hits ------------------------------------------------------------
 

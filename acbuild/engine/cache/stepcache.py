@@ -50,6 +50,7 @@ from acbuild.files import link_or_copy, lstat_tree, remove_tree, walk
 
 SCRATCH = {"ovl-work", "ovl-probe", "out-stage", "manifest"}  # never part of a snapshot
 _VERSION = 2  # 2: snapshots as tree.json + files/
+FORMAT_VERSION = _VERSION  # what meta.json's "version" says (engine.cache.share checks imports)
 
 
 class Damaged(Exception):
@@ -148,6 +149,11 @@ class StepCache:
         except OSError:
             _rmtree(tmp)
             return False
+
+    def install(self, tmp: Path, key: str) -> bool:
+        """Rename a complete entry made in `tmp` (a directory under steps/) into place
+        as `key`; False when the key exists already (tmp is then removed)."""
+        return self._install(tmp, self.steps / key, False)
 
     def _install(self, tmp: Path, final: Path, replace: bool) -> bool:
         if replace and final.exists():
