@@ -199,7 +199,10 @@ def outputs_from_args(args):
     elif out is not None:
         from acbuild.aci.writer import check_output_path
 
-        check_output_path(out)  # before any work: a build must not run every step to fail here
+        try:  # before any work: a build must not run every step to fail here
+            check_output_path(out)
+        except UsageError as err:
+            raise UsageError(f"-o: {err.message}") from None
         aci = Path(out)
     if args.sign and aci is None:
         raise UsageError("--sign signs the .aci: give -o OUT.aci too (OCI images are not signed by acbuild)")
