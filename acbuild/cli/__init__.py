@@ -31,6 +31,8 @@ COMMANDS = [
     "serve",
     "cache",
     "launch",
+    "fetch",
+    "image",
     "session",
     "metadata",
     "script",
@@ -43,7 +45,8 @@ COMMAND_MODULES = {
     "build": "build", "plan": "plan", "pack": "pack", "validate": "validate",
     "cat-manifest": "manifest", "patch-manifest": "manifest", "image-id": "image_id",
     "sign": "signing", "trust": "signing", "verify": "signing", "cache": "cache",
-    "launch": "launch", "script": "script", "discover": "discover", "serve": "serve",
+    "launch": "launch", "script": "script", "discover": "discover", "serve": "serve", "fetch": "fetch",
+    "image": "image",
     **dict.fromkeys(
         ["begin", "copy", "copy-to-dir", "run", "set-exec", "set-event-handler", "set-name", "set-user",
          "set-group", "set-working-directory", "set-wd", "set-working-dir", "set-supp-groups",
