@@ -126,3 +126,53 @@ def test_begin_and_dependency_by_name(user, repo, key):  # noqa: F811
     (ctx / "ACIfile").write_text("FROM localhost/missing:1.0\nNAME localhost/x\n")
     err = user.refused("build", "-f", ctx / "ACIfile", "-o", user.root / "x.aci", *repo.flags(), exit_code=1)
     assert "ACIfile:1:1: FROM localhost/missing:1.0:" in err and "discovery failed" in err
+
+
+def test_the_full_loop_with_acbuild_serve_and_trust_by_discovery(user, key, test_ca):  # noqa: F811
+    """build --sign -> acbuild serve -> acbuild trust --prefix (keys discovered) ->
+    FROM localhost/app:1.0 in another build -> acbuild launch NAME."""
+    from test_discover_cli import start_serve, stop
+
+    served = user.root / "served"
+    served.mkdir()
+
+    def publish(word: str) -> Path:
+        aci = user.image("localhost/app", "1.0", key=key, word=word,
+                         extra=f'RUN ["/bin/busybox", "sh", "-c", "echo {word} > /word"]\n')
+        for suffix in ("", ".asc"):
+            os.replace(f"{aci}{suffix}", served / f"app.aci{suffix}")  # rename: the server never sees half a file
+        return served / "app.aci"
+
+    publish("served")
+    proc, url = start_serve(str(served), "--port", "0", "--tls-cert", str(test_ca.cert), "--tls-key",
+                            str(test_ca.key), "--keys", str(key.pubkey))
+    flags = ["--port", url.rsplit(":", 1)[1].strip("/"), "--ca-file", str(test_ca.ca)]
+    try:
+        out = user.ok("trust", "--prefix", "localhost/app", *flags, "--yes")
+        assert key.fingerprint in out.lower() or key.fingerprint in user.ok("trust", "--list").lower()
+        user.trust(key, "localhost/consumer")  # the user's own output, signed with the same key here
+
+        ctx = user.root / "consumer"
+        ctx.mkdir()
+        (ctx / "ACIfile").write_text(CONSUMER)
+
+        def build(*more: str) -> dict:
+            meta = user.root / "meta.json"
+            user.ok("build", "-f", ctx / "ACIfile", "-o", user.root / "consumer.aci", "--metadata-file", meta,
+                    "--sign", "--gpg-home", key.home, *flags, *more)
+            return json.loads(meta.read_text())
+
+        assert [s["cache"] for s in build()["steps"]] == ["miss"] * 4
+        assert user.ok("launch", user.root / "consumer.aci").strip() == "built on served"
+        assert user.ok("launch", "localhost/app:1.0", *flags).strip() == "served"
+        assert [s["cache"] for s in build("--pull", "always")["steps"]] == ["hit"] * 4
+
+        publish("republished")
+        assert [s["cache"] for s in build("--pull", "always")["steps"]] == ["miss"] * 4
+        assert user.ok("launch", user.root / "consumer.aci").strip() == "built on republished"
+    finally:
+        log = stop(proc)
+    # The unchanged image was revalidated, not downloaded again; the new one was.
+    image_gets = [line.rsplit('"', 1)[1].split()[0] for line in log.splitlines()
+                  if '"GET /localhost/app-1.0-' in line and '.aci HTTP' in line]
+    assert image_gets == ["200", "304", "200"], log
