@@ -38,15 +38,6 @@ def key(module_gpg_homes, tmp_path_factory) -> Key:
     return Key(home.path, fpr, pub)
 
 
-@pytest.fixture(scope="module")
-def other_key(module_gpg_homes, tmp_path_factory) -> Key:
-    home = module_gpg_homes()
-    fpr = home.make_key("Mallory <mallory@example.com>")
-    pub = tmp_path_factory.mktemp("pub") / "mallory.asc"
-    pub.write_bytes(home.export(fpr))
-    return Key(home.path, fpr, pub)
-
-
 class User:
     """acbuild as a user runs it, with its own trust store, image store and step cache."""
 
@@ -178,7 +169,7 @@ def test_fetch_url_and_file_go_through_the_same_checks(user, repo, key):
     assert len(user.stored_ids()) == 2
 
 
-def test_dependencies_are_fetched_recursively_under_the_same_policy(user, repo, key, other_key):
+def test_dependencies_are_fetched_recursively_under_the_same_policy(user, repo, key):
     base = user.image("localhost/base", "1.0", key=key, word="base")
     base_id = image_id(user, base)
     app = user.image("localhost/app", "1.0", key=key,

@@ -16,7 +16,7 @@ import pytest
 from conftest import require
 from netfixtures import no_proxy_env, test_ca  # noqa: F401 (fixtures)
 from repofixtures import Repo
-from test_fetch import BUSYBOX, Key, User, image_id, key  # noqa: F401 (fixtures)
+from test_fetch import Key, User, image_id, key  # noqa: F401 (fixtures)
 
 
 @pytest.fixture
