@@ -347,6 +347,30 @@ def test_concurrent_fetches_of_one_name_store_one_entry(user, repo, key):
     assert sorted(p.name for p in (user.store / "tmp").iterdir() if not p.name.endswith(".lock")) == []
 
 
+def test_progress_is_a_bar_on_a_terminal(user, repo, key):
+    import pty
+
+    repo.publish("localhost/app", "1.0", user.image("localhost/app", "1.0", key=key))
+    user.trust(key, "localhost/app")
+    leader, follower = pty.openpty()
+    done = subprocess.run([sys.executable, "-m", "acbuild", "fetch", "localhost/app:1.0", *repo.flags()],
+                          cwd=user.root, env=user.env(), stdout=subprocess.PIPE, stderr=follower, timeout=300)
+    os.close(follower)
+    shown = b""
+    while True:
+        try:
+            piece = os.read(leader, 65536)
+        except OSError:  # EIO: the terminal's other end is closed
+            break
+        if not piece:
+            break
+        shown += piece
+    os.close(leader)
+    assert done.returncode == 0, shown.decode(errors="replace")
+    assert b"\r" in shown and b" MiB" in shown and b"%" in shown  # the bar, redrawn in place
+    assert b"downloading " not in shown  # the plain lines are for pipes and logs
+
+
 def test_bad_names_and_store_references_are_usage_errors(user):
     assert "expected NAME[:VERSION]" in user.refused("fetch", "Bad Name:1:2", exit_code=3)
     assert "no such image" in user.refused("image", "rm", "sha512-abc", exit_code=2)

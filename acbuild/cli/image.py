@@ -31,7 +31,7 @@ def add_parser(sub) -> None:
     parser = sub.add_parser("image", help="list, remove, export and collect images in the image store",
                             description="Manage the local image store.", epilog=EPILOG, formatter_class=fmt)
     verbs = parser.add_subparsers(title="subcommands", metavar="SUBCOMMAND", parser_class=type(parser))
-    parser.set_defaults(run=lambda args: _usage(parser))
+    parser.set_defaults(run=_usage)
 
     def verb(name: str, help_text: str, run) -> argparse.ArgumentParser:
         p = verbs.add_parser(name, help=help_text, description=help_text[0].upper() + help_text[1:] + ".",
@@ -55,7 +55,7 @@ def add_parser(sub) -> None:
     p.add_argument("--pretty", "--pretty-print", action="store_true", help="decode and print indented (4 spaces)")
 
 
-def _usage(parser) -> int:
+def _usage(_args) -> int:
     from acbuild.errors import UsageError
 
     raise UsageError("image: give a subcommand: list, rm, gc, export or cat-manifest (see acbuild image --help)")

@@ -63,7 +63,7 @@ class Pin:
 
     image_id: str = ""
     size: int = 0
-    by: str = ""  # the image that pins it, for messages
+    by: str = field(default="", compare=False)  # the image that pins it, for messages
 
 
 NO_PIN = Pin()
@@ -212,6 +212,8 @@ class Fetcher:
                 if pin.size and "more than" in err.message:
                     raise ImageError(f"{err.message} (the size {pin.size} pinned by {pin.by or 'the request'})") from err
                 raise
+            except OSError as err:  # the store's temp area: full disk, permissions
+                raise ImageError(f"{aci_url}: download into {self.store.tmp}: {err.strerror}") from err
             if got is None:  # 304: the stored copy is what the server has
                 self._note(f"{aci_url}: unchanged, using the stored {previous.short_id}")
                 return previous

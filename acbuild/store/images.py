@@ -248,7 +248,8 @@ class ImageStore:
     def gc(self, unused_days: float, now: float | None = None) -> list[StoredImage]:
         """Remove the images no name resolves to (another image with the same name and
         labels is newer) that no kept image depends on and that were not used for
-        `unused_days`; and partial downloads as old. Returns what was removed."""
+        `unused_days`; and partial downloads not touched for as long (a day at least,
+        so a download in progress keeps its file and its lock). Returns what was removed."""
         now = time.time() if now is None else now
         cutoff = now - unused_days * 86400
         removed = []
@@ -270,8 +271,9 @@ class ImageStore:
                 if image.image_id not in keep:
                     self.discard(image.path)
                     removed.append(image)
+            stale = now - max(unused_days, 1) * 86400
             for leftover in self.tmp.iterdir():
-                if leftover.stat().st_mtime < cutoff:
+                if leftover.lstat().st_mtime < stale:
                     remove_tree(leftover) if leftover.is_dir() else leftover.unlink(missing_ok=True)
         return removed
 
