@@ -142,7 +142,7 @@ def run(args) -> int:
         tmpfs_size=args.tmpfs_size,
         secrets=parse_secrets(args.secret),
         ssh=parse_ssh(args.ssh),
-        fetcher=fetcher_from_args(args, config, quiet=args.quiet),
+        fetcher=fetcher_from_args(args, config, reporter=progress),
         **trust_settings(args, config),
     )
     signing = signing_from_args(args, config)

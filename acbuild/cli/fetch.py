@@ -47,8 +47,9 @@ def run(args) -> int:
     from acbuild.errors import UsageError
     from acbuild.fetch.fetcher import Pin
     from acbuild.net.discovery import AppRequest
+    from acbuild.report import Reporter
 
-    fetcher = fetcher_from_args(args, quiet=args.quiet)
+    fetcher = fetcher_from_args(args, reporter=Reporter(quiet=args.quiet))
     pinned = bool(args.image_id or args.size)
     if pinned and len(args.images) != 1:
         raise UsageError("fetch: --image-id and --size pin one image; give one")

@@ -1,7 +1,7 @@
 """Downloads into the image store's temp area, resumed with HTTP Range after an interruption.
 
     with url_lock(store.tmp, url):
-        got = download(url, store.tmp, http_options, limit=N, etag=None, progress=Progress(...))
+        got = download(url, store.tmp, http_options, limit=N, etag=None, progress=Progress(reporter))
 
 A download of URL writes tmp/dl-<hash of URL>.part. The caller holds url_lock (an
 exclusive flock on tmp/dl-<hash>.lock) around it, so two fetchers of the same URL never
@@ -21,26 +21,34 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
 from acbuild.files import flock
 from acbuild.net.http import HttpOptions, HttpStatusError, NetError, open_url
+from acbuild.report import QUIET, Reporter
 
 
 class Progress:
-    """A bar on a terminal, plain lines otherwise, nothing when quiet."""
+    """What a download shows, through a Reporter (acbuild.report): a bar redrawn in
+    place when the reporter writes to a terminal, plain lines otherwise (JSON events
+    under --progress json), nothing when it is quiet."""
 
-    def __init__(self, mode: str = "auto", stream=None):
-        self.stream = stream or sys.stderr
-        self.mode = ("tty" if self.stream.isatty() else "plain") if mode == "auto" else mode
+    def __init__(self, reporter: Reporter | None = None):
+        self.reporter = reporter or QUIET
+        mode = getattr(self.reporter, "mode", None)  # engine.progress.Progress says how it prints
+        if self.reporter.quiet:
+            self.mode = "quiet"
+        elif mode in ("tty", "plain", "json"):
+            self.mode = "tty" if mode == "tty" else "plain"
+        else:
+            self.mode = "tty" if self.reporter.stream.isatty() else "plain"
         self._last = 0.0
 
     def start(self, url: str, offset: int, total: int | None) -> None:
         if self.mode == "plain":
             resumed = f" (resuming at byte {offset})" if offset else ""
-            self._line(f"downloading {url}{resumed}{f', {total} bytes' if total else ''}")
+            self.reporter.info(f"downloading {url}{resumed}{f', {total} bytes' if total else ''}")
 
     def advance(self, url: str, done: int, total: int | None) -> None:
         now = time.monotonic()
@@ -48,17 +56,18 @@ class Progress:
             return
         self._last = now
         share = f" {done * 100 // total:3d}%" if total else ""
-        self.stream.write(f"\r{_short(url)} {_mib(done)}{f' / {_mib(total)}' if total else ''}{share}\033[K")
-        self.stream.flush()
+        self.reporter.stream.write(f"\r{_short(url)} {_mib(done)}{f' / {_mib(total)}' if total else ''}{share}\033[K")
+        self.reporter.stream.flush()
+
+    def interrupted(self) -> None:
+        if self.mode == "tty":
+            self.reporter.stream.write("\n")
 
     def finish(self, url: str, size: int) -> None:
         if self.mode == "tty":
-            self.stream.write("\r\033[K")
-        if self.mode in ("tty", "plain"):
-            self._line(f"downloaded {url} ({size} bytes)")
-
-    def _line(self, text: str) -> None:
-        print(text, file=self.stream, flush=True)
+            self.reporter.stream.write("\r\033[K")
+        if self.mode != "quiet":
+            self.reporter.info(f"downloaded {url} ({size} bytes)")
 
 
 def _mib(n: int) -> str:
@@ -81,7 +90,7 @@ def url_lock(tmp: Path, url: str):
 def download(url: str, tmp: Path, options: HttpOptions, *, limit: int, etag: str | None = None,
              progress: Progress | None = None) -> tuple[Path, str] | None:
     """Fetch `url` into a new file in `tmp`; returns (file, ETag or "") or None on 304."""
-    progress = progress or Progress("quiet")
+    progress = progress or Progress()
     part, meta_path = tmp / f"{_key(url)}.part", tmp / f"{_key(url)}.part.json"
     for _attempt in range(2):
         start, if_range = _resume_point(part, meta_path, url)
@@ -126,8 +135,7 @@ def _receive(response, part: Path, progress: Progress) -> None:
         except NetError as err:
             f.flush()
             os.fsync(f.fileno())
-            if progress.mode == "tty":
-                progress.stream.write("\n")
+            progress.interrupted()
             raise NetError(err.url, err.message.removeprefix(f"{err.url}: ") +
                            f"; {done} bytes kept, the next fetch resumes from there") from err
         f.flush()

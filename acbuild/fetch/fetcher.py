@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -39,6 +38,7 @@ from acbuild.errors import AcbuildError, ImageError, NotFoundError, SignatureErr
 from acbuild.fetch import PULL_POLICIES
 from acbuild.net.discovery import AppRequest, DiscoveryOptions, discover
 from acbuild.net.http import HttpStatusError, NetError, read_url
+from acbuild.report import Reporter
 from acbuild.store.images import SHORT_ID, ImageStore, StoredImage
 
 DEFAULT_MAX_SIZE = 8 << 30  # bytes; a bigger image needs --max-image-size
@@ -54,7 +54,7 @@ class FetchOptions:
     pull: str = "missing"  # missing: ask discovery only when the store has no match; always; never
     max_size: int = DEFAULT_MAX_SIZE
     discovery: DiscoveryOptions = field(default_factory=DiscoveryOptions)
-    progress: str = "auto"  # auto, tty, plain, quiet
+    reporter: Reporter = field(default_factory=Reporter)  # what the user reads: notes, signers, progress
 
 
 @dataclass(frozen=True)
@@ -77,9 +77,10 @@ class Fetcher:
         if options.pull not in PULL_POLICIES:
             raise UsageError(f"--pull {options.pull}: expected one of {', '.join(PULL_POLICIES)}")
         self.options = options
-        self.store = ImageStore(options.store_dir)
+        self.reporter = options.reporter
+        self.store = ImageStore(options.store_dir, options.reporter)
         self.trust = TrustStore(list(options.trust_dirs) or default_trust_dirs())
-        self.progress = Progress(options.progress)
+        self.progress = Progress(options.reporter)
         self._resolved: dict[tuple[AppRequest, Pin], StoredImage | AcbuildError] = {}
         self._depth = 0
         self._insecure_twin: Fetcher | None = None
@@ -215,7 +216,7 @@ class Fetcher:
             except OSError as err:  # the store's temp area: full disk, permissions
                 raise ImageError(f"{aci_url}: download into {self.store.tmp}: {err.strerror}") from err
             if got is None:  # 304: the stored copy is what the server has
-                self._note(f"{aci_url}: unchanged, using the stored {previous.short_id}")
+                self.reporter.note(f"{aci_url}: unchanged, using the stored {previous.short_id}")
                 return previous
             aci, etag = got
             asc = None
@@ -275,7 +276,7 @@ class Fetcher:
                           "image-id": d.image_id or "", "size": d.size or 0} for d in manifest.dependencies)
         image = self.store.add(aci, asc, image_id=contents.image_id, name=manifest.name, labels=labels,
                                origin=origin, requires=requires, signer=signer)
-        self._note(f"stored {image.describe()}")
+        self.reporter.info(f"stored {image.describe()}")
         return image
 
     def _verify(self, aci: Path, asc: Path | None, name: str | None, shown: str, shown_asc: str) -> str:
@@ -284,8 +285,7 @@ class Fetcher:
         from acbuild.trust.verify import name_for_verification, verify_image
 
         if self.options.insecure_skip_verify:
-            print(f"acbuild: WARNING: NOT verifying the signature of {shown} (--insecure-skip-verify)",
-                  file=sys.stderr, flush=True)
+            self.reporter.alert(f"NOT verifying the signature of {shown} (--insecure-skip-verify)")
             return ""
         skip = " (--insecure-skip-verify skips this check)"
         if asc is None:
@@ -298,7 +298,7 @@ class Fetcher:
         except (SignatureError, ImageError) as err:
             message = err.message.replace(str(asc), shown_asc).replace(str(aci), shown)
             raise type(err)(message + (skip if isinstance(err, SignatureError) else "")) from err
-        self._note(f"signature verified: {signer.uid} ({signer.fingerprint})")
+        self.reporter.info(f"signature verified: {signer.uid} ({signer.fingerprint})")
         return str(signer)
 
     def _check(self, app: AppRequest | None, pin: Pin, name: str, labels: dict[str, str], image_id: str,
@@ -321,10 +321,6 @@ class Fetcher:
 
     def _temp_name(self, name: str) -> Path:
         return self.store.tmp / f"import-{os.getpid()}-{id(self)}-{name}"
-
-    def _note(self, text: str) -> None:
-        if self.progress.mode != "quiet":
-            print(text, file=sys.stderr, flush=True)
 
 
 def dependency_request(dep: dict, parent: str) -> tuple[AppRequest, Pin]:

@@ -26,7 +26,6 @@ import hashlib
 import json
 import os
 import shutil
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -35,6 +34,7 @@ from pathlib import Path
 from acbuild.atomic import fsync_dir, write_atomic
 from acbuild.errors import ImageError, NotFoundError, UsageError
 from acbuild.files import flock, remove_tree
+from acbuild.report import Reporter
 
 ACI = "image.aci"
 ASC = "image.aci.asc"
@@ -79,8 +79,9 @@ class StoredImage:
 
 
 class ImageStore:
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, reporter: Reporter | None = None):
         self.root = Path(root).absolute()
+        self.reporter = reporter or Reporter()
         self.entries_dir = self.root / "entries"
         self.tmp = self.root / "tmp"
 
@@ -163,8 +164,8 @@ class ImageStore:
         if image is not None and self._intact(image):
             return image
         self.discard(entry)
-        print(f"acbuild: image store: {image_id[:SHORT_ID]} was damaged (its file does not match the sha512 "
-              "recorded when it was stored); removed it", file=sys.stderr, flush=True)
+        self.reporter.warning(f"image store: {image_id[:SHORT_ID]} was damaged (its file does not match the "
+                              "sha512 recorded when it was stored); removed it")
         return None
 
     def find(self, name: str, labels: dict[str, str]) -> StoredImage | None:
