@@ -279,6 +279,12 @@ def test_refuses_a_pinned_dependency_that_does_not_match(user, repo, key):
     assert f"does not match the ID {image_id(user, base)[:19]}... pinned by localhost/app" in err
     assert user.stored_ids() == [image_id(user, app)]  # the app itself was verified and kept
 
+    size = impostor.stat().st_size
+    sized = user.image("localhost/sized", "1.0", key=key, extra=f"DEPENDENCY --size={size + 7} localhost/base version=1.0\n")
+    repo.publish("localhost/sized", "1.0", sized)
+    err = user.refused("fetch", "localhost/sized:1.0", *repo.flags())
+    assert f"the image is {size} bytes, not the size {size + 7} pinned by localhost/sized" in err
+
 
 def test_refuses_a_certificate_from_an_unknown_ca(user, repo, key):
     repo.publish("localhost/app", "1.0", user.image("localhost/app", "1.0", key=key))

@@ -266,10 +266,12 @@ class Fetcher:
         try:
             contents = read_aci(aci)
             if contents.problems:
-                raise ImageError(f"{shown}: not a valid image: {contents.problems[0]}")
+                raise ImageError(f"not a valid image: {contents.problems[0]}", path=shown)
             manifest = ImageManifest.from_json(contents.manifest_bytes or b"null")
-        except (ImageError, ManifestError) as err:
-            raise ImageError(err.message.replace(str(aci), shown)) from err
+        except ImageError as err:
+            raise err.at_path(shown) from err
+        except ManifestError as err:
+            raise ImageError(err.message, path=shown) from err
         labels = {label.name: label.value for label in manifest.labels}
         self._check(app, pin, manifest.name, labels, contents.image_id, aci.stat().st_size, shown)
         requires = tuple({"name": d.image_name, "labels": {label.name: label.value for label in d.labels},
@@ -295,9 +297,11 @@ class Fetcher:
             if name is None:
                 name = name_for_verification(aci, asc, self.trust)
             signer = verify_image(aci, asc, name, self.trust)
-        except (SignatureError, ImageError) as err:
-            message = err.message.replace(str(asc), shown_asc).replace(str(aci), shown)
-            raise type(err)(message + (skip if isinstance(err, SignatureError) else "")) from err
+        except (SignatureError, ImageError) as err:  # they name the temp file: name the URL or file instead
+            suffix = skip if isinstance(err, SignatureError) else ""
+            if err.path is None:
+                raise type(err)(err.message + suffix) from err
+            raise type(err)(err.detail + suffix, path=shown) from err
         self.reporter.info(f"signature verified: {signer.uid} ({signer.fingerprint})")
         return str(signer)
 
