@@ -141,6 +141,9 @@ def test_fetch_verifies_stores_and_revalidates(user, repo, key):
     assert "unchanged" in r.stderr
     revalidation = repo.gets(".aci")[before:]
     assert len(revalidation) == 1 and "If-None-Match" in revalidation[0]
+    # The same URL for other labels: "not modified" does not make it the image asked for.
+    assert "the image has no channel label, not channel=beta" in user.refused(
+        "fetch", "localhost/app:1.0,channel=beta", *repo.flags())
     # --pull missing: the store answers, the network is not asked at all.
     before = len(repo.site.requests)
     assert user.ok("fetch", "--pull", "missing", "localhost/app:1.0", *repo.flags()).strip() == image_id(user, aci)

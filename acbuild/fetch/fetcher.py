@@ -215,7 +215,8 @@ class Fetcher:
                 raise
             except OSError as err:  # the store's temp area: full disk, permissions
                 raise ImageError(f"{aci_url}: download into {self.store.tmp}: {err.strerror}") from err
-            if got is None:  # 304: the stored copy is what the server has
+            if got is None:  # 304: the stored copy is what the server has; it must still be what was asked
+                self._check(app, pin, previous.name, previous.labels, previous.image_id, previous.size, aci_url)
                 self.reporter.note(f"{aci_url}: unchanged, using the stored {previous.short_id}")
                 return previous
             aci, etag = got
