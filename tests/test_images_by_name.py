@@ -1,15 +1,17 @@
 """Images by name, end to end, as the appc walk-through ends: a publisher builds and signs
-an image and serves it; a user trusts the key, builds `FROM localhost/app:1.0` (fetched,
-verified and stored), launches it by name, and rebuilds: with nothing changed nothing is
-downloaded and every step is a cache hit; after a new 1.0 is published the build misses
-from the FROM step. Real parts: HTTPS on 127.0.0.1 with a test CA (openssl), GnuPG,
-namespaces (RUN and launch need root, as in CI).
+an image and serves it (acbuild serve, and serve --export behind Debian's nginx, and a
+test repository that logs request headers); a user trusts the key (found by discovery),
+builds `FROM localhost/app:1.0` (fetched, verified and stored), launches it by name, and
+rebuilds: with nothing changed nothing is downloaded and every step is a cache hit; after
+a new 1.0 is published the build misses from the FROM step. Real parts: HTTPS on
+127.0.0.1 with a test CA (openssl), GnuPG, namespaces (RUN and launch need root, as in CI).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -128,51 +130,84 @@ def test_begin_and_dependency_by_name(user, repo, key):  # noqa: F811
     assert "ACIfile:1:1: FROM localhost/missing:1.0:" in err and "discovery failed" in err
 
 
-def test_the_full_loop_with_acbuild_serve_and_trust_by_discovery(user, key, test_ca):  # noqa: F811
-    """build --sign -> acbuild serve -> acbuild trust --prefix (keys discovered) ->
-    FROM localhost/app:1.0 in another build -> acbuild launch NAME."""
-    from test_discover_cli import start_serve, stop
+def the_full_loop(user: User, key: Key, flags: list[str], publish) -> None:  # noqa: F811
+    """trust --prefix (keys discovered) -> FROM localhost/app:1.0 in another build ->
+    launch NAME -> rebuild (a hit) -> `publish` a new 1.0 -> rebuild (a miss from FROM)."""
+    publish("served")
+    out = user.ok("trust", "--prefix", "localhost/app", *flags, "--yes")
+    assert key.fingerprint in out.lower() or key.fingerprint in user.ok("trust", "--list").lower()
+    user.trust(key, "localhost/consumer")  # the user's own output, signed with the same key here
 
-    served = user.root / "served"
-    served.mkdir()
+    ctx = user.root / "consumer"
+    ctx.mkdir()
+    (ctx / "ACIfile").write_text(CONSUMER)
 
-    def publish(word: str) -> Path:
+    def build(*more: str) -> dict:
+        meta = user.root / "meta.json"
+        user.ok("build", "-f", ctx / "ACIfile", "-o", user.root / "consumer.aci", "--metadata-file", meta,
+                "--sign", "--gpg-home", key.home, *flags, *more)
+        return json.loads(meta.read_text())
+
+    assert [s["cache"] for s in build()["steps"]] == ["miss"] * 4
+    assert user.ok("launch", user.root / "consumer.aci").strip() == "built on served"
+    assert user.ok("launch", "localhost/app:1.0", *flags).strip() == "served"
+    assert [s["cache"] for s in build("--pull", "always")["steps"]] == ["hit"] * 4
+
+    publish("republished")
+    assert [s["cache"] for s in build("--pull", "always")["steps"]] == ["miss"] * 4
+    assert user.ok("launch", user.root / "consumer.aci").strip() == "built on republished"
+
+
+def publisher(user: User, key: Key, into: Path):  # noqa: F811
+    """A function that builds and signs localhost/app:1.0 saying WORD into `into`."""
+    into.mkdir(exist_ok=True)
+
+    def publish(word: str) -> None:
         aci = user.image("localhost/app", "1.0", key=key, word=word,
                          extra=f'RUN ["/bin/busybox", "sh", "-c", "echo {word} > /word"]\n')
         for suffix in ("", ".asc"):
-            os.replace(f"{aci}{suffix}", served / f"app.aci{suffix}")  # rename: the server never sees half a file
-        return served / "app.aci"
+            os.replace(f"{aci}{suffix}", into / f"app.aci{suffix}")  # rename: a server never sees half a file
 
-    publish("served")
+    return publish
+
+
+def image_statuses(log: str) -> list[str]:
+    """The HTTP status of each GET of the app's .aci in a server's access log (acbuild
+    serve's and nginx's both put it right after the quoted request line)."""
+    return [line.rsplit('"GET ', 1)[1].split('"', 1)[1].split()[0] for line in log.splitlines()
+            if '"GET /localhost/app-1.0-' in line and '.aci HTTP' in line]
+
+
+def test_the_full_loop_with_acbuild_serve_and_trust_by_discovery(user, key, test_ca):  # noqa: F811
+    from test_discover_cli import start_serve, stop
+
+    served = user.root / "served"
+    publish = publisher(user, key, served)
+    publish("placeholder")  # serve needs a directory with an image to start from
     proc, url = start_serve(str(served), "--port", "0", "--tls-cert", str(test_ca.cert), "--tls-key",
                             str(test_ca.key), "--keys", str(key.pubkey))
-    flags = ["--port", url.rsplit(":", 1)[1].strip("/"), "--ca-file", str(test_ca.ca)]
     try:
-        out = user.ok("trust", "--prefix", "localhost/app", *flags, "--yes")
-        assert key.fingerprint in out.lower() or key.fingerprint in user.ok("trust", "--list").lower()
-        user.trust(key, "localhost/consumer")  # the user's own output, signed with the same key here
-
-        ctx = user.root / "consumer"
-        ctx.mkdir()
-        (ctx / "ACIfile").write_text(CONSUMER)
-
-        def build(*more: str) -> dict:
-            meta = user.root / "meta.json"
-            user.ok("build", "-f", ctx / "ACIfile", "-o", user.root / "consumer.aci", "--metadata-file", meta,
-                    "--sign", "--gpg-home", key.home, *flags, *more)
-            return json.loads(meta.read_text())
-
-        assert [s["cache"] for s in build()["steps"]] == ["miss"] * 4
-        assert user.ok("launch", user.root / "consumer.aci").strip() == "built on served"
-        assert user.ok("launch", "localhost/app:1.0", *flags).strip() == "served"
-        assert [s["cache"] for s in build("--pull", "always")["steps"]] == ["hit"] * 4
-
-        publish("republished")
-        assert [s["cache"] for s in build("--pull", "always")["steps"]] == ["miss"] * 4
-        assert user.ok("launch", user.root / "consumer.aci").strip() == "built on republished"
+        the_full_loop(user, key, ["--port", url.rsplit(":", 1)[1].strip("/"), "--ca-file", str(test_ca.ca)], publish)
     finally:
         log = stop(proc)
     # The unchanged image was revalidated, not downloaded again; the new one was.
-    image_gets = [line.rsplit('"', 1)[1].split()[0] for line in log.splitlines()
-                  if '"GET /localhost/app-1.0-' in line and '.aci HTTP' in line]
-    assert image_gets == ["200", "304", "200"], log
+    assert image_statuses(log) == ["200", "304", "200"], log
+
+
+def test_the_full_loop_against_nginx_serving_the_export(user, key, test_ca):  # noqa: F811
+    """The same loop, with `acbuild serve --export` behind Debian's nginx (static files)."""
+    from test_serve_export import Nginx, free_port
+
+    require(shutil.which("nginx") is not None or Path("/usr/sbin/nginx").exists(), "nginx is not installed")
+    port = free_port()
+    images, site = user.root / "images", user.root / "site"
+    make = publisher(user, key, images)
+
+    def publish(word: str) -> None:
+        make(word)
+        user.ok("serve", "--export", images, site, "--base-url", f"https://localhost:{port}", "--keys", key.pubkey)
+
+    with Nginx(user.root / "nginx", site, test_ca, port) as nginx:
+        the_full_loop(user, key, ["--port", str(port), "--ca-file", str(test_ca.ca)], publish)
+    log = (nginx.work / "access.log").read_text()
+    assert image_statuses(log) == ["200", "304", "200"], log
