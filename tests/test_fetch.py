@@ -264,6 +264,10 @@ def test_refuses_a_pinned_image_id_or_size_that_does_not_match(user, repo, key):
         user, repo, "localhost/app:1.0", "--size", str(size + 1))
     # A pinned size below the file's: refused before a byte is read (Content-Length) ...
     assert f"more than the {size - 1} allowed" in refusal(user, repo, "localhost/app:1.0", "--size", str(size - 1))
+    # The image size limit (a global option) caps a download too.
+    assert "more than the 1024 allowed" in user.refused("--max-image-size", "1K", "fetch", "localhost/app:1.0",
+                                                        *repo.flags())
+    assert user.stored_ids() == []
     # ... and when the server does not say how much it sends, once it has sent too much.
     repo.overflow.add(repo.image_path("localhost/app", "1.0"))
     err = refusal(user, repo, "localhost/app:1.0", "--size", str(size))
