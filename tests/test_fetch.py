@@ -170,6 +170,12 @@ def test_fetch_url_and_file_go_through_the_same_checks(user, repo, key):
     r = user.run("fetch", unsigned, "--insecure-skip-verify")
     assert r.returncode == 0 and "WARNING: NOT verifying the signature" in r.stderr
     assert len(user.stored_ids()) == 2
+    # What was taken unverified is there only for those who skip verification too.
+    assert "not in the image store" in user.refused("fetch", "--pull", "never", "localhost/loose:1.0", exit_code=2)
+    r = user.run("fetch", "--pull", "never", "localhost/loose:1.0", "--insecure-skip-verify")
+    assert r.returncode == 0 and r.stdout.strip() == image_id(user, unsigned)
+    rows = {row["name"]: row for row in json.loads(user.ok("image", "list", "--json"))}
+    assert (rows["localhost/loose"]["verified"], rows["localhost/app"]["verified"]) == (False, True)
 
 
 def test_dependencies_are_fetched_recursively_under_the_same_policy(user, repo, key):

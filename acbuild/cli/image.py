@@ -72,7 +72,7 @@ def run_list(args) -> int:
     images = _store(args).list()
     if args.json:
         rows = [{"id": i.image_id, "name": i.name, "labels": i.labels, "size": i.size, "imported": i.imported,
-                 "used": i.used, "signed": i.signature is not None, "signer": i.signer, "origin": i.origin,
+                 "used": i.used, "signed": i.signature is not None, "verified": bool(i.signer), "signer": i.signer, "origin": i.origin,
                  "dependencies": list(i.dependencies)} for i in images]
         print(json.dumps(rows, indent=2, sort_keys=True))
         return 0

@@ -307,6 +307,8 @@ class LazyFetcher:
         self._args, self._config, self._fetcher = args, config, None
 
     def __getattr__(self, name: str):
+        if name.startswith("__"):  # copy, pickle and friends probe for these: not a reason to fetch
+            raise AttributeError(name)
         if self._fetcher is None:
             self._fetcher = fetcher_from_args(self._args, self._config)
         return getattr(self._fetcher, name)

@@ -189,7 +189,7 @@ class Fetcher:
             image = self.store.find(app.name, dict(app.labels))
         else:
             return None
-        if image is None or (image.signature is None and not self.options.insecure_skip_verify):
+        if image is None or (not image.signer and not self.options.insecure_skip_verify):
             return None
         if pin.image_id:
             self._check(app, pin, image.name, image.labels, image.image_id, image.size, image.describe())
@@ -236,7 +236,7 @@ class Fetcher:
         candidates = [i for i in self.store.list() if i.origin.get("aci") == aci_url and i.origin.get("etag")]
         for image in sorted(candidates, key=lambda i: i.imported, reverse=True):
             checked = self.store.get(image.image_id)
-            if checked is not None and (checked.signature or self.options.insecure_skip_verify):
+            if checked is not None and (checked.signer or self.options.insecure_skip_verify):
                 return checked
         return None
 

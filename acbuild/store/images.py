@@ -58,7 +58,7 @@ class StoredImage:
     origin: dict = field(default_factory=dict)  # {"aci": URL, "etag": ..., "asc": URL} or {"file": PATH}
     requires: tuple[dict, ...] = ()  # the manifest's dependencies: {"name", "labels", "image-id", "size"}
     dependencies: tuple[str, ...] = ()  # the image IDs they resolved to
-    signer: str = ""  # who signed it, "" when it was taken unverified
+    signer: str = ""  # who signed it, as verified when it was stored; "" when taken unverified
 
     @property
     def aci(self) -> Path:
@@ -106,13 +106,14 @@ class ImageStore:
     def add(self, aci: Path, signature: Path | None, *, image_id: str, name: str, labels: dict[str, str],
             origin: dict, requires: tuple[dict, ...] = (), signer: str = "") -> StoredImage:
         """Move `aci` (and `signature`), files in self.tmp the caller no longer needs, into
-        the store as the entry `image_id`; the caller has verified them. If the entry is
-        already there, the existing one is kept and returned."""
+        the store as the entry `image_id`; `signer` says who the caller verified them to be
+        signed by ("" when unverified). If the entry is already there, the existing one is
+        kept and returned, unless it was unverified and this one is verified."""
         with self.locked():
             existing = self.get(image_id)
-            if existing is not None and (existing.signature or signature is None):
+            if existing is not None and (existing.signer or not signer):
                 return existing
-            if existing is not None:  # taken unverified before: now it comes with its signature
+            if existing is not None:  # taken unverified before: now it comes verified
                 self.discard(existing.path)
             stage = Path(tempfile.mkdtemp(prefix="entry-", dir=self.tmp))
             try:
