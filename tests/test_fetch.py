@@ -318,7 +318,9 @@ def test_an_interrupted_download_resumes_with_range(user, repo, key):
     repo.truncate_once.add(path)
     err = user.refused("fetch", "localhost/app:1.0", *repo.flags())
     half = aci.stat().st_size // 2
-    assert f"connection closed after {half} of {aci.stat().st_size} bytes" in err
+    # (a clean close, or a TLS one without close_notify: either way, after half the body)
+    assert (f"connection closed after {half} of {aci.stat().st_size} bytes" in err
+            or f"connection lost after {half} bytes of the body" in err), err
     assert "the next fetch resumes from there" in err
     assert user.stored_ids() == []
     partials = list((user.store / "tmp").glob("*.part"))
