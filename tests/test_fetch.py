@@ -395,4 +395,5 @@ def test_progress_is_a_bar_on_a_terminal(user, repo, key):
 def test_bad_names_and_store_references_are_usage_errors(user):
     assert "expected NAME[:VERSION]" in user.refused("fetch", "Bad Name:1:2", exit_code=3)
     assert "no such image" in user.refused("image", "rm", "sha512-abc", exit_code=2)
+    assert "--image-id '..'" in user.refused("fetch", "--image-id", "..", "localhost/app", exit_code=3)
     assert "not in the image store" in user.refused("fetch", "--pull", "never", "localhost/app", exit_code=2)

@@ -43,6 +43,7 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
+    from acbuild.aci.types import image_id_problem
     from acbuild.cli.options import fetcher_from_args
     from acbuild.errors import UsageError
     from acbuild.fetch.fetcher import Pin
@@ -53,6 +54,8 @@ def run(args) -> int:
     pinned = bool(args.image_id or args.size)
     if pinned and len(args.images) != 1:
         raise UsageError("fetch: --image-id and --size pin one image; give one")
+    if args.image_id and image_id_problem(args.image_id):
+        raise UsageError(f"fetch: --image-id {args.image_id!r}: {image_id_problem(args.image_id)}")
     for what in args.images:
         if pinned:
             image = fetcher.by_name(AppRequest.parse(what), Pin(args.image_id, args.size, "--image-id/--size"))

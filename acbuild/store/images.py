@@ -14,7 +14,8 @@ made mode 0700, as it holds what the user chose to trust):
 
 Contract: an entry appears whole or not at all. It is assembled in tmp/ and renamed into
 entries/; two processes adding the same image race on that rename and the loser drops its
-copy, so the store holds one entry and both get it. An entry is never rewritten. `get` and
+copy, so the store holds one entry and both get it. An entry's image is never rewritten
+(only info.json's list of resolved dependencies is, atomically). `get` and
 `find` check the file against the sha512 recorded when it was added: a damaged entry is
 removed and reported absent, so the caller fetches it again and never uses it. Signatures
 are not checked here: acbuild.fetch checks them before `add`, the engine again on use.
@@ -31,6 +32,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from acbuild.aci.types import image_id_problem
 from acbuild.atomic import fsync_dir, write_atomic
 from acbuild.errors import ImageError, NotFoundError, UsageError
 from acbuild.files import flock, remove_tree
@@ -86,15 +88,14 @@ class ImageStore:
         self.tmp = self.root / "tmp"
 
     def ensure(self) -> None:
-        """Create the store (0700) on first use."""
+        """Create the store (0700: a umask only takes bits away) on first use. An existing
+        directory given as --store-dir keeps its mode: it may be one the user shares."""
         for d in (self.root, self.entries_dir, self.tmp):
             if not d.is_dir():
                 try:
                     d.mkdir(mode=0o700, parents=True, exist_ok=True)
                 except OSError as err:
                     raise ImageError(f"image store {self.root}: {err.strerror}") from err
-        if self.root.stat().st_mode & 0o077:
-            os.chmod(self.root, 0o700)
 
     def locked(self, exclusive: bool = False):
         """Shared: adding and reading; exclusive: removing (rm, gc)."""
@@ -149,9 +150,12 @@ class ImageStore:
         """Record the image IDs `image`'s dependencies resolved to (what gc keeps for it)."""
         if image.dependencies == dependencies:
             return
-        info = json.loads((image.path / INFO).read_bytes())
-        info["dependencies"] = list(dependencies)
-        write_atomic(image.path / INFO, json.dumps(info, indent=1, sort_keys=True).encode(), mode=0o600)
+        try:
+            info = json.loads((image.path / INFO).read_bytes())
+            info["dependencies"] = list(dependencies)
+            write_atomic(image.path / INFO, json.dumps(info, indent=1, sort_keys=True).encode(), mode=0o600)
+        except (OSError, ValueError):
+            pass  # removed meanwhile (rm, gc) or damaged: get() deals with it; this is only gc's hint
 
     # -- reading -------------------------------------------------------------------
 
@@ -159,7 +163,7 @@ class ImageStore:
         """The entry, checked against its recorded sha512; None if absent or damaged
         (a damaged entry is removed)."""
         entry = self.entries_dir / image_id
-        if "/" in image_id or not entry.is_dir():
+        if image_id_problem(image_id) or not entry.is_dir():  # only an image ID names an entry
             return None
         image = self._read(entry)
         if image is not None and self._intact(image):
