@@ -34,6 +34,7 @@ from pathlib import Path
 
 from acbuild.aci.types import image_id_problem
 from acbuild.atomic import fsync_dir, write_atomic
+from acbuild.dirs import private_dir
 from acbuild.errors import ImageError, NotFoundError, UsageError
 from acbuild.files import flock, remove_tree
 from acbuild.report import Reporter
@@ -88,14 +89,14 @@ class ImageStore:
         self.tmp = self.root / "tmp"
 
     def ensure(self) -> None:
-        """Create the store (0700: a umask only takes bits away) on first use. An existing
-        directory given as --store-dir keeps its mode: it may be one the user shares."""
-        for d in (self.root, self.entries_dir, self.tmp):
-            if not d.is_dir():
-                try:
-                    d.mkdir(mode=0o700, parents=True, exist_ok=True)
-                except OSError as err:
-                    raise ImageError(f"image store {self.root}: {err.strerror}") from err
+        """Create the store on first use, 0700 as dirs.private_dir makes it (the step
+        cache's rule: images and their setuid binaries are out of other users' reach)."""
+        try:
+            private_dir(self.root)
+            for d in (self.entries_dir, self.tmp):
+                d.mkdir(mode=0o700, exist_ok=True)
+        except OSError as err:
+            raise ImageError(f"image store {self.root}: {err.strerror}") from err
 
     def locked(self, exclusive: bool = False):
         """Shared: adding and reading; exclusive: removing (rm, gc)."""
