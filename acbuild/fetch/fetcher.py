@@ -36,12 +36,12 @@ from pathlib import Path
 
 from acbuild.errors import AcbuildError, ImageError, NotFoundError, SignatureError, UsageError
 from acbuild.fetch import PULL_POLICIES
+from acbuild.limits import max_image_size
 from acbuild.net.discovery import AppRequest, DiscoveryOptions, discover
 from acbuild.net.http import HttpStatusError, NetError, read_url
 from acbuild.report import Reporter
 from acbuild.store.images import SHORT_ID, ImageStore, StoredImage
 
-DEFAULT_MAX_SIZE = 8 << 30  # bytes; a bigger image needs --max-image-size
 SIGNATURE_LIMIT = 1 << 20
 MAX_DEPTH = 64  # deeper than any real image; stops a dependency cycle
 
@@ -52,7 +52,7 @@ class FetchOptions:
     trust_dirs: tuple[Path, ...] = ()  # () = the default system + user roots
     insecure_skip_verify: bool = False
     pull: str = "missing"  # missing: ask discovery only when the store has no match; always; never
-    max_size: int = DEFAULT_MAX_SIZE
+    max_size: int = field(default_factory=max_image_size)  # acbuild.limits: the image size limit
     discovery: DiscoveryOptions = field(default_factory=DiscoveryOptions)
     reporter: Reporter = field(default_factory=Reporter)  # what the user reads: notes, signers, progress
 

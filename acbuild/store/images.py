@@ -290,20 +290,21 @@ class ImageStore:
         return read_aci(image.aci).manifest_bytes
 
 
-def copy_out(image: StoredImage, out: Path) -> None:
+def copy_out(image: StoredImage, out: Path, reporter: Reporter | None = None) -> None:
     """`image export`: the .aci and its .asc to `out` and `out`.asc, together
     (acbuild.trust.sign.replace_together: never an image beside another's signature)."""
     from acbuild.trust.sign import replace_together, signature_path
 
     if out.suffix != ".aci":
         raise UsageError(f"{out}: the output file name must end in .aci")
+    reporter = reporter or Reporter()
     aci_tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     asc_tmp = signature_path(aci_tmp) if image.signature else None
     try:
         shutil.copyfile(image.aci, aci_tmp)
         if asc_tmp is not None:
             shutil.copyfile(image.signature, asc_tmp)
-        replace_together(aci_tmp, asc_tmp, out)
+        replace_together(aci_tmp, asc_tmp, out, reporter=reporter)
     except OSError as err:
         raise ImageError(f"write {out}: {err.strerror}") from err
     finally:
