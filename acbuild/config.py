@@ -8,6 +8,7 @@ Read from `--config FILE`, else `$XDG_CONFIG_HOME/acbuild/acbuild.toml`
     trust-dirs = ["/etc/acbuild/trustedkeys", "~/.config/acbuild/trustedkeys"]
     require-signatures = true             # every base image must be signed and trusted
     max-image-size = "16G"                # uncompressed bytes one image may hold (acbuild.limits)
+    store-dir = "~/images"                # the image store (default $XDG_DATA_HOME/acbuild/images)
 
     [discovery]                           # defaults for --ca-file, --port, --timeout, --insecure
     ca-file = "/etc/ssl/private-ca.pem"   # CAs to trust for discovery and downloads
@@ -35,7 +36,7 @@ try:
 except ModuleNotFoundError:  # Python < 3.11
     import tomli as tomllib  # type: ignore[no-redef]
 
-KEYS = ("signing-key", "gpg-home", "trust-dirs", "require-signatures", "max-image-size", "discovery")
+KEYS = ("signing-key", "gpg-home", "trust-dirs", "require-signatures", "store-dir", "max-image-size", "discovery")
 DISCOVERY_KEYS = ("ca-file", "port", "timeout", "insecure")
 
 
@@ -55,6 +56,7 @@ class Config:
     gpg_home: Path | None = None
     trust_dirs: tuple[Path, ...] | None = None  # None: the built-in system + user dirs
     require_signatures: bool = False
+    store_dir: Path | None = None
     discovery: DiscoveryConfig = DiscoveryConfig()
     max_image_size: str | None = None  # as written ("16G"); acbuild.limits reads it
     source: Path | None = None  # the file read, if any
@@ -109,6 +111,9 @@ def _from_table(data: dict[str, Any], path: Path) -> Config:
     size = data.get("max-image-size")
     if size is not None and (not isinstance(size, (str, int)) or isinstance(size, bool)):
         raise bad('max-image-size must be a size ("16G", "512M" or a number of bytes)')
+    store = data.get("store-dir")
+    if store is not None and (not isinstance(store, str) or not store):
+        raise bad("store-dir must be a non-empty string path")
     return Config(
         discovery=_discovery(data.get("discovery", {}), path, bad),
         signing_key=key,
@@ -116,6 +121,7 @@ def _from_table(data: dict[str, Any], path: Path) -> Config:
         trust_dirs=tuple(_path(d, path) for d in dirs) if dirs else None,
         require_signatures=require,
         max_image_size=None if size is None else str(size),
+        store_dir=_path(store, path) if store else None,
         source=path,
     )
 

@@ -23,3 +23,13 @@ def cache_root() -> Path:
         return Path(explicit)
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "acbuild"
+
+
+def store_root() -> Path:
+    """The image store: $ACBUILD_STORE_DIR, else $XDG_DATA_HOME/acbuild/images, else
+    ~/.local/share/acbuild/images."""
+    explicit = os.environ.get("ACBUILD_STORE_DIR")
+    if explicit:
+        return Path(explicit)
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return Path(base) / "acbuild" / "images"

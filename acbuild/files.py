@@ -1,16 +1,18 @@
 """File-tree utilities every layer may use: walking and removing a tree whatever
 its depth and whatever modes a build left in it, linking a file where possible
-(copying where not), and copying a tree as a root `cp -a` would, special files
-included."""
+(copying where not), copying a tree as a root `cp -a` would, special files
+included, and an flock held for a with-block (the step cache and the image store)."""
 
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import shutil
 import stat
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -226,3 +228,15 @@ def stamp_written_since(root: Path, since_ns: int, mtime: int) -> None:
             os.utime(path, (mtime, mtime), follow_symlinks=False)
     if os.lstat(root).st_mtime_ns >= since_ns:
         os.utime(root, (mtime, mtime), follow_symlinks=False)
+
+
+@contextmanager
+def flock(path: Path, exclusive: bool) -> Iterator[None]:
+    """Hold flock on `path` (created, with its directory) for the with-block."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        yield
+    finally:
+        os.close(fd)

@@ -33,6 +33,8 @@ COMMANDS = [
     "serve",
     "cache",
     "launch",
+    "fetch",
+    "image",
     "session",
     "metadata",
     "script",
@@ -45,7 +47,8 @@ COMMAND_MODULES = {
     "build": "build", "plan": "plan", "pack": "pack", "convert": "convert", "validate": "validate",
     "cat-manifest": "manifest", "patch-manifest": "manifest", "image-id": "image_id", "push": "push",
     "sign": "signing", "trust": "signing", "verify": "signing", "cache": "cache",
-    "launch": "launch", "script": "script", "discover": "discover", "serve": "serve",
+    "launch": "launch", "script": "script", "discover": "discover", "serve": "serve", "fetch": "fetch",
+    "image": "image",
     **dict.fromkeys(
         ["begin", "copy", "copy-to-dir", "run", "set-exec", "set-event-handler", "set-name", "set-user",
          "set-group", "set-working-directory", "set-wd", "set-working-dir", "set-supp-groups",

@@ -9,11 +9,14 @@ from pathlib import Path
 from acbuild.cli.options import (
     add_acifile_options,
     add_registry_options,
+    add_discovery_options,
     add_sandbox_options,
     add_signing_options,
+    add_store_options,
     add_trust_options,
     compile_from_args,
     registry_options,
+    fetcher_from_args,
     signing_from_args,
     trust_settings,
 )
@@ -29,6 +32,7 @@ examples:
   acbuild build -o docker-archive:app.tar                 # for `docker load`
   acbuild build -o app.aci --push docker://127.0.0.1:5000/app:1.0 --insecure
   acbuild build -o app.aci --cache-from docker://reg/app:cache --cache-to docker://reg/app:cache
+  acbuild build -o app.aci --pull always   # FROM example.com/base:1.0: ask the server again
 
 Without -f: ./ACIfile, else ./Dockerfile, else ./Containerfile (in --context if
 given). The build context is the file's directory unless --context is given. The same
@@ -58,7 +62,7 @@ def add_parser(sub) -> None:
     parser.add_argument("--network", choices=("none", "host"), default="none", help="network for RUN steps (default: none, loopback only)")
     parser.add_argument("-q", "--quiet", action="store_true", help="print only the image ID")
     add_cache_options(parser)
-    parser.add_argument("--image-dir", action="append", default=[], type=Path, metavar="DIR", help="look for dependency .aci files here (repeatable; default: the context, then $XDG_DATA_HOME/acbuild/images)")
+    parser.add_argument("--image-dir", action="append", default=[], type=Path, metavar="DIR", help="look for dependency .aci files here (repeatable; default: the context); then the image store")
     group = parser.add_argument_group("secrets for RUN --mount=type=secret|ssh (never in the image, cache or records)")
     group.add_argument("--secret", action="append", default=[], metavar="id=ID,src=FILE|env=VAR",
                        help="a secret RUN --mount=type=secret,id=ID sees (repeatable)")
@@ -67,7 +71,9 @@ def add_parser(sub) -> None:
     add_signing_options(parser)
     add_sandbox_options(parser)
     add_trust_options(parser)
-    add_registry_options(parser)
+    add_store_options(parser)
+    add_discovery_options(parser)
+    add_registry_options(parser, tls=False)  # --insecure and --ca-file: discovery's, which registries use too
     parser.set_defaults(run=run)
 
 
@@ -156,6 +162,7 @@ def run(args) -> int:
         tmpfs_size=args.tmpfs_size,
         secrets=parse_secrets(args.secret),
         ssh=parse_ssh(args.ssh),
+        fetcher=fetcher_from_args(args, config, reporter=progress),
         **trust_settings(args, config),
     )
     signing = signing_from_args(args, config)

@@ -10,6 +10,7 @@ from acbuild.errors import UsageError
 EPILOG = """\
 examples:
   acbuild launch hello.aci                      # prints "signature verified: ...", runs the app
+  acbuild launch example.com/hello:1.0          # by name: the image store's copy, else fetched
   acbuild launch app.aci --volume data:/srv/data -- --verbose   # ARGS go after the app's exec
   acbuild launch app.aci --network host
   acbuild launch unsigned.aci --insecure-skip-verify             # runs it, with a loud warning
@@ -23,23 +24,25 @@ is thrown away afterwards: nothing the app writes outside its volumes is kept.""
 
 
 def add_parser(sub) -> None:
-    from acbuild.cli.options import add_sandbox_options, add_trust_options
+    from acbuild.cli.options import add_discovery_options, add_sandbox_options, add_store_options, add_trust_options
 
     parser = sub.add_parser(
         "launch",
         help="verify a signed image and run its app",
         description="Verify IMAGE's signature, then run its app in a namespace sandbox.",
-        usage="acbuild launch [options] IMAGE.aci [-- ARGS...]",
+        usage="acbuild launch [options] IMAGE.aci|NAME[:VERSION][,LABEL=VALUE...] [-- ARGS...]",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("image", type=Path, metavar="IMAGE.aci")
+    parser.add_argument("image", metavar="IMAGE", help="an .aci file, or an image name (the image store, then discovery)")
     parser.add_argument("--volume", action="append", default=[], metavar="NAME:HOSTPATH",
                         help="bind HOSTPATH on the image's mount point NAME (repeatable)")
     parser.add_argument("--network", choices=("none", "host"), default="none",
                         help="none: loopback only (default); host: the host's network")
     add_sandbox_options(parser, setuid=True)
     add_trust_options(parser, "the image")
+    add_store_options(parser)
+    add_discovery_options(parser)
     parser.set_defaults(run=run)
     _app_args_after_dashes(parser)
 
@@ -74,12 +77,18 @@ def parse_volume(value: str):
 
 
 def run(args) -> int:
-    from acbuild.cli.options import trust_settings
+    from acbuild.cli.options import fetcher_from_args, trust_settings
     from acbuild.config import load_config
     from acbuild.engine.launch import LaunchOptions, launch
 
     config = load_config(args.config)
     trust = trust_settings(args, config)
+    fetcher = fetcher_from_args(args, config)
+    image = Path(args.image)
+    if not (image.is_file() or args.image.endswith(".aci")):  # a name: the store's copy (fetched if need be)
+        from acbuild.net.discovery import AppRequest
+
+        image = fetcher.by_name(AppRequest.parse(args.image)).aci
     options = LaunchOptions(
         args=tuple(args.args),
         volumes=tuple(parse_volume(v) for v in args.volume),
@@ -89,5 +98,6 @@ def run(args) -> int:
         debug=args.debug,
         allow_setuid=args.allow_setuid,
         tmpfs_size=args.tmpfs_size,
+        fetcher=fetcher,
     )
-    return launch(args.image, options)
+    return launch(image, options)

@@ -102,15 +102,19 @@ def run_cat(args: argparse.Namespace) -> int:
         return run_cat_current(args)
     from acbuild.aci.archive import read_manifest_bytes
 
-    data = read_manifest_bytes(args.image)
-    if args.pretty:
+    print_manifest(read_manifest_bytes(args.image), args.pretty)
+    return 0
+
+
+def print_manifest(data: bytes, pretty: bool) -> None:
+    """A manifest on stdout, exactly as stored or (pretty) decoded and indented."""
+    if pretty:
         from acbuild.aci.manifest import ImageManifest
 
         data = ImageManifest.from_json(data).to_json(pretty=True)
     out = sys.stdout.buffer
     out.write(data if data.endswith(b"\n") else data + b"\n")
     out.flush()
-    return 0
 
 
 def _check_args(args: argparse.Namespace) -> None:

@@ -1,12 +1,14 @@
 """Options that several commands share, each defined once: the ACIfile and its
 build args (build, plan), signing (build, write), verification of images that
-are used (build, begin, launch), discovery and download (discover, fetch,
-trust, build, begin, launch), with acbuild.toml's defaults, the sandbox's
-limits (build, launch), and registries (convert, build's FROM docker://...)."""
+are used (build, begin, launch, fetch), discovery and download (discover, fetch,
+trust, build, begin, launch), the image store (fetch, image, build, begin, launch),
+with acbuild.toml's defaults, the sandbox's limits (build, launch), and registries
+(convert, push, build's FROM docker://... and OCI outputs)."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -139,12 +141,14 @@ def add_signing_options(parser) -> None:
     group.add_argument("--passphrase-file", type=Path, metavar="FILE", help="read the key's passphrase from FILE")
 
 
-def add_trust_options(parser, what: str = "base images") -> None:
+def add_trust_options(parser, what: str = "base images", require_option: bool = True) -> None:
     """The verification flags; `what` names the images they apply to in --help
-    (build and begin verify base images, launch the image it runs)."""
+    (build and begin verify base images, launch the image it runs). fetch leaves out
+    --require-signatures: an image by name always needs a signature."""
     group = parser.add_argument_group(f"verification of {what}")
     group.add_argument("--insecure-skip-verify", action="store_true", help=f"do not verify the signatures of {what} (printed loudly)")
-    group.add_argument("--require-signatures", action="store_true", default=None, help=f"refuse {what} without a trusted signature")
+    if require_option:
+        group.add_argument("--require-signatures", action="store_true", default=None, help=f"refuse {what} without a trusted signature")
     group.add_argument("--trust-dir", type=Path, metavar="DIR", help="trust store root (default: $ACBUILD_TRUST_DIR, else system + user)")
     group.add_argument("--config", type=Path, metavar="FILE", help="acbuild.toml to read (default: $XDG_CONFIG_HOME/acbuild/acbuild.toml)")
 
@@ -275,3 +279,73 @@ def registry_options(args):
                               ca_file=getattr(args, "ca_file", None), credentials=creds)
     platform = parse_platform(args.platform) if getattr(args, "platform", None) else None
     return options, platform
+
+
+def add_store_dir_option(parser) -> None:
+    parser.add_argument("--store-dir", type=Path, metavar="DIR",
+                        help="the image store (default: $ACBUILD_STORE_DIR, else $XDG_DATA_HOME/acbuild/images)")
+
+
+def add_store_options(parser, pull_default: str = "missing") -> None:
+    """The image store and fetching of images by name (build, begin, launch, fetch)."""
+    from acbuild.fetch import PULL_POLICIES
+
+    group = parser.add_argument_group("images by name (the image store)")
+    add_store_dir_option(group)
+    group.add_argument("--pull", choices=PULL_POLICIES, default=pull_default,
+                       help=f"missing: ask discovery only when the store has no match; always: ask every time "
+                            f"(an unchanged image is not downloaded again); never: the store only (default: {pull_default})")
+
+
+def store_dir_from_args(args, config=None) -> Path:
+    from acbuild.config import load_config
+    from acbuild.dirs import store_root
+
+    if getattr(args, "store_dir", None):
+        return args.store_dir
+    if os.environ.get("ACBUILD_STORE_DIR"):
+        return store_root()
+    config = config or load_config(getattr(args, "config", None))
+    return config.store_dir or store_root()
+
+
+def fetcher_from_args(args, config=None, *, reporter=None):
+    """The Fetcher (acbuild.fetch) that a command's store, discovery and trust flags describe."""
+    from acbuild.config import load_config
+    from acbuild.fetch.fetcher import FetchOptions, Fetcher
+    from acbuild.limits import max_image_size
+    from acbuild.report import Reporter
+
+    config = config or load_config(getattr(args, "config", None))
+    trust = trust_settings(args, config)
+    return Fetcher(FetchOptions(
+        store_dir=store_dir_from_args(args, config).absolute(),
+        trust_dirs=trust["trust_dirs"],
+        insecure_skip_verify=trust["insecure_skip_verify"],
+        pull=getattr(args, "pull", "missing"),
+        max_size=max_image_size(),  # acbuild --max-image-size: what one image may hold caps its download
+        discovery=discovery_from_args(_discovery_defaults(args), config),
+        reporter=reporter or Reporter(),
+    ))
+
+
+def _discovery_defaults(args) -> argparse.Namespace:
+    """`args`, with the discovery flags' defaults where the command has none (the
+    interactive verbs that may render a dependency by name: acbuild.toml decides)."""
+    defaults = {"insecure": False, "discovery_port": None, "ca_file": None, "timeout": None}
+    return argparse.Namespace(**{**defaults, **vars(args)})
+
+
+class LazyFetcher:
+    """fetcher_from_args, built on first use: verbs that never fetch (most interactive
+    ones) do not pay for the network modules' imports."""
+
+    def __init__(self, args, config=None):
+        self._args, self._config, self._fetcher = args, config, None
+
+    def __getattr__(self, name: str):
+        if name.startswith("__"):  # copy, pickle and friends probe for these: not a reason to fetch
+            raise AttributeError(name)
+        if self._fetcher is None:
+            self._fetcher = fetcher_from_args(self._args, self._config)
+        return getattr(self._fetcher, name)

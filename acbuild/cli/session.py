@@ -38,6 +38,7 @@ examples:
   acbuild begin                     # an empty image (scratch)
   acbuild begin ./base.aci          # start from a local image
   acbuild begin ./rootfs            # start from a directory (a rootfs, or manifest + rootfs/)
+  acbuild begin example.com/base:1.0 --ca-file ca.pem   # by name: the image store, else fetched
 
 State lives in WORK-PATH/.acbuild (WORK-PATH: --work-path, default the current
 directory); every verb locks it while it runs. SOURCE_DATE_EPOCH is read here,
@@ -121,13 +122,14 @@ def mutating(make):
 def _options(args, source_date_epoch: int):
     """The engine's options for a verb; base and dependency verification follow
     acbuild.toml and the trust flags, as in `acbuild build`."""
-    from acbuild.cli.options import trust_settings
+    from acbuild.cli.options import LazyFetcher, trust_settings
     from acbuild.config import load_config
     from acbuild.engine.session import BuildOptions
 
-    trust = trust_settings(args, load_config(getattr(args, "config", None)))
+    config = load_config(getattr(args, "config", None))
+    trust = trust_settings(args, config)
     return BuildOptions(source_date_epoch=source_date_epoch, debug=bool(getattr(args, "debug", False)), reporter=QUIET,
-                        **trust)
+                        fetcher=LazyFetcher(args, config), **trust)
 
 
 def apply_to_session(edits: list[Edit], args) -> None:
@@ -406,14 +408,18 @@ def make_replace_manifest(args) -> list[Edit]:
 
 
 def add_parser(sub) -> None:
-    from acbuild.cli.options import add_trust_options
+    from acbuild.cli.options import add_discovery_options, add_store_options, add_trust_options
 
     b = verb_parser(sub, "begin", "start a new interactive build", epilog=BEGIN_EPILOG, modify=False)
-    b.add_argument("start", nargs="?", metavar="scratch|IMAGE.aci|DIR", help="what to start from (default: scratch)")
+    b.add_argument("start", nargs="?", metavar="scratch|IMAGE.aci|DIR|NAME",
+                   help="what to start from (default: scratch); a NAME[:VERSION][,LABEL=VALUE...] comes from the "
+                        "image store, else is discovered and fetched")
     b.add_argument("--record-annotations", action="store_true",
                    help="also record each verb as an appc.io/acbuild/command-N annotation, as Go acbuild did "
                         "(off by default: it changes the image ID)")
     add_trust_options(b)
+    add_store_options(b)
+    add_discovery_options(b)
     b.set_defaults(run=run_begin)
 
     c = verb_parser(sub, "copy", "copy a host file or directory into the image")

@@ -343,16 +343,17 @@ class _Build:
         return record
 
     def verify_cached_base(self, base: p.From) -> None:
-        """A cached FROM IMAGE.aci still passes the signature policy of this build."""
-        from acbuild.oci.reference import is_source
+        """A cached FROM still passes the signature policy of this build (the trust
+        store may have changed since the step was cached)."""
+        from acbuild.engine.base import classify_base, stored_base
         from acbuild.trust.policy import verify_base
 
-        if base.base == "scratch" or is_source(base.base) or base.stage:
+        if base.stage:  # an earlier stage of this build: nothing signed
             return
-        path = Path(base.base)
-        if not path.is_absolute():
-            path = self.options.context / path
-        if path.is_file():
+        kind, path = classify_base(base, self.options.context)
+        if kind == "name":
+            verify_base(stored_base(base, self.options).aci, base, self.options, by_name=True)
+        elif kind == "file" and path.is_file():
             verify_base(path, base, self.options)
 
     def step_records(self) -> list[StepRecord]:

@@ -42,6 +42,7 @@ class LaunchOptions:
     reporter: Reporter = field(default_factory=Reporter)
     allow_setuid: bool = False  # the image's setuid binaries work (no nosuid, no no_new_privs)
     tmpfs_size: int = DEFAULT_TMPFS_SIZE  # the app's /tmp, /run and /dev/shm, each
+    fetcher: object = None  # acbuild.fetch.Fetcher for dependencies not beside the image
 
 
 def launch(image: Path, options: LaunchOptions) -> int:
@@ -81,7 +82,7 @@ def render_image(image: Path, work: Path, options: LaunchOptions, *, source: Pat
                  ) -> tuple[Path, m.ImageManifest]:
     """The image's rootfs (dependencies rendered below it) in `work`/rootfs, and its
     manifest. `source` is the file to read (the verified copy); dependencies are
-    looked for beside `image`."""
+    looked for beside `image`, then in the image store."""
     from acbuild.aci.archive import extract_rootfs
 
     rootfs = work / "rootfs"
@@ -97,7 +98,8 @@ def render_image(image: Path, work: Path, options: LaunchOptions, *, source: Pat
 
         deps = BuildOptions(context=image.parent.resolve(), network=options.network, reporter=QUIET,
                             insecure_skip_verify=options.insecure_skip_verify,
-                            require_signatures=True, trust_dirs=options.trust_dirs, debug=options.debug)
+                            require_signatures=True, trust_dirs=options.trust_dirs, debug=options.debug,
+                            fetcher=options.fetcher)
         render_dependencies(manifest, rootfs, deps, None)
     return rootfs, manifest
 

@@ -51,13 +51,14 @@ class BuildOptions:
     ignore: object = None  # callable(relpath) -> bool for COPY from the context
     stage_rootfs: dict = field(default_factory=dict)  # stage name -> rootfs Path (COPY --from)
     reporter: Reporter = field(default_factory=Reporter)  # notices and warnings go here, never to print
-    image_dirs: tuple[Path, ...] = ()  # dependency .aci search path (engine.render); () = its default
+    image_dirs: tuple[Path, ...] = ()  # dependency .aci search path (engine.deps.render); () = the context
     tmpfs_size: int = DEFAULT_TMPFS_SIZE  # RUN's /tmp, /run and /dev/shm, each (--tmpfs-size)
     # RUN --mount=type=secret: id -> content (read by the CLI from --secret; never in a key or the image)
     secrets: dict = field(default_factory=dict, repr=False)
     ssh: dict = field(default_factory=dict)  # RUN --mount=type=ssh: id -> agent socket path (--ssh)
     registry: object = None  # acbuild.oci.registry.RegistryOptions for FROM docker://... (None = defaults)
     platform: object = None  # acbuild.oci.manifests.Platform to pick from an index (None = the host's)
+    fetcher: object = None  # acbuild.fetch.Fetcher: images by name (FROM NAME, dependencies); None = local only
 
 
 def default_manifest() -> m.ImageManifest:
@@ -402,36 +403,37 @@ def base_path(base: p.From, options: BuildOptions) -> Path:
 
 
 def _start_from_base(base: p.From, rootfs: Path, options: BuildOptions) -> m.ImageManifest:
-    name = base.base
-    from acbuild.oci.reference import is_source
+    from acbuild.engine.base import classify_base, stored_base
 
-    if is_source(name):
+    kind, path = classify_base(base, options.context)
+    if kind == "oci":
         return _start_from_oci(base, rootfs, options)
-    path = base_path(base, options)
-    if path.is_dir():
+    if kind == "dir":
         return _start_from_directory(path, rootfs, base, options)
-    if name.endswith(".aci") or path.exists():
-        if not path.exists():
-            raise BuildError(f'FROM {name}: no such file', base.pos)
-        from acbuild.aci.archive import extract_rootfs
-        from acbuild.trust.policy import verified_base
+    if kind == "name":
+        return _start_from_aci(stored_base(base, options).aci, rootfs, base, options, by_name=True)
+    if not path.exists():
+        raise BuildError(f'FROM {base.base}: no such file', base.pos)
+    return _start_from_aci(path, rootfs, base, options)
 
-        rootfs.mkdir(mode=0o755)
-        with verified_base(path, base, options) as source:  # the very bytes that were verified
-            try:
-                contents = extract_rootfs(source, rootfs)
-            except ImageError as err:
-                raise BuildError(f"FROM {name}: {err.at_path(path).message}", base.pos) from err
-        manifest = m.ImageManifest.from_json(contents.manifest_bytes)
-        if manifest.dependencies:
-            from acbuild.engine.deps.render import render_dependencies
 
-            render_dependencies(manifest, rootfs, options, base.pos)
-        return manifest
-    raise BuildError(
-        f'FROM {name}: fetching images by name is not supported yet; give a local .aci file, a directory or "scratch"',
-        base.pos,
-    )
+def _start_from_aci(path: Path, rootfs: Path, base: p.From, options: BuildOptions, *,
+                    by_name: bool = False) -> m.ImageManifest:
+    from acbuild.aci.archive import extract_rootfs
+    from acbuild.trust.policy import verified_base
+
+    rootfs.mkdir(mode=0o755)
+    with verified_base(path, base, options, by_name=by_name) as source:  # the very bytes that were verified
+        try:
+            contents = extract_rootfs(source, rootfs)
+        except ImageError as err:
+            raise BuildError(f"FROM {base.base}: {err.at_path(path).message}", base.pos) from err
+    manifest = m.ImageManifest.from_json(contents.manifest_bytes)
+    if manifest.dependencies:
+        from acbuild.engine.deps.render import render_dependencies
+
+        render_dependencies(manifest, rootfs, options, base.pos)
+    return manifest
 
 
 def oci_convert_options(options: BuildOptions):

@@ -71,14 +71,15 @@ def verified(path: Path, what: str, *, insecure: bool, require: bool, trust_dirs
         yield copy
 
 
-def verify_base(path: Path, base: p.From, options) -> None:
+def verify_base(path: Path, base: p.From, options, *, by_name: bool = False) -> None:
     """The policy for a FROM base whose bytes are not read here (a cached step)."""
-    with verified_base(path, base, options):
+    with verified_base(path, base, options, by_name=by_name):
         pass
 
 
-def verified_base(path: Path, base: p.From, options):
-    """`verified` for a FROM base: the file to extract the base from."""
+def verified_base(path: Path, base: p.From, options, *, by_name: bool = False):
+    """`verified` for a FROM base: the file to extract the base from. A base fetched
+    by name (`by_name`: the image store's copy) must be signed, as it was to be fetched."""
     return verified(path, f"FROM {base.base}", insecure=options.insecure_skip_verify or base.insecure_skip_verify,
-                    require=options.require_signatures, trust_dirs=options.trust_dirs, reporter=options.reporter,
-                    pos=base.pos)
+                    require=options.require_signatures or by_name, trust_dirs=options.trust_dirs,
+                    reporter=options.reporter, pos=base.pos)

@@ -14,7 +14,8 @@
   source stage's final key. RUN --mount=type=bind: the bound path's content with full
   modes, after .acbuildignore. RUN --mount=type=cache: not keyed (as in BuildKit).
   FROM IMAGE.aci: the file's sha256; FROM DIR: its content with full modes; FROM an
-  earlier stage: that stage's final key; FROM scratch: nothing more.
+  earlier stage: that stage's final key; FROM NAME: the image ID it resolves to
+  (engine.base); FROM scratch: nothing more.
 
 A source that cannot be read is keyed as such; the step then misses and runs, and
 reports the real error. Contract: pure apart from reading files; the same inputs give
@@ -93,11 +94,12 @@ class KeyMaker:
         return keys
 
     def base_digest(self, base: p.From) -> str:
-        from acbuild.oci.reference import is_source
+        from acbuild.engine.base import classify_base, stored_base
 
-        if base.base == "scratch":
+        kind, path = classify_base(base, self.options.context)
+        if kind == "scratch":
             return ""
-        if is_source(base.base):  # the manifest digest it resolves to now
+        if kind == "oci":  # the manifest digest it resolves to now
             from acbuild.engine.session import oci_convert_options
             from acbuild.oci.bases import anchored, source_digest
 
@@ -105,9 +107,11 @@ class KeyMaker:
                 return "oci " + source_digest(anchored(base.base, self.options.context), oci_convert_options(self.options))
             except AcbuildError as err:
                 raise AcbuildError(f"FROM {base.base}: {err.message}", base.pos) from err
-        path = Path(base.base)
-        if not path.is_absolute():
-            path = self.options.context / path
+        if kind == "name":  # the image it resolves to: a new upstream image is a miss
+            try:
+                return "image " + stored_base(base, self.options).image_id
+            except AcbuildError as err:  # the step itself will fail and say why
+                return f"unresolved {err}"
         try:
             st = os.stat(path)
             if stat.S_ISDIR(st.st_mode):
@@ -145,12 +149,12 @@ class KeyMaker:
         """The .aci files a dependency resolves to (with its own dependencies), by
         content: a dependency found by name that is replaced must not hit the cache."""
         from acbuild.aci import manifest as m
-        from acbuild.engine.deps.render import ImageIndex, flatten, image_dirs
+        from acbuild.engine.deps.render import flatten, image_index
 
         dep = m.Dependency(step.image_name, step.image_id, [m.Label(k, v) for k, v in step.labels], step.size)
         try:
             layers = flatten(m.ImageManifest(name="acbuild-dependencies", dependencies=[dep]),
-                             ImageIndex(image_dirs(self.options)), step.pos)
+                             image_index(self.options), step.pos)
             return " ".join(self.stat.digest(os.fspath(layer.aci), os.stat(layer.aci)) for layer in layers[1:])
         except (OSError, AcbuildError) as err:  # the step itself will fail and say why
             return f"unresolved {err}"

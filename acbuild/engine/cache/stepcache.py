@@ -31,7 +31,6 @@ to an output changes it.
 from __future__ import annotations
 
 import errno
-import fcntl
 import hashlib
 import json
 import os
@@ -39,14 +38,12 @@ import shutil
 import stat
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from acbuild.atomic import write_atomic
 from acbuild.dirs import private_dir
-from acbuild.files import link_or_copy, lstat_tree, remove_tree, walk
+from acbuild.files import flock, link_or_copy, lstat_tree, remove_tree, walk
 
 SCRATCH = {"ovl-work", "ovl-probe", "out-stage", "manifest"}  # never part of a snapshot
 _VERSION = 2  # 2: snapshots as tree.json + files/
@@ -77,7 +74,7 @@ class StepCache:
 
     def locked(self, exclusive: bool = False):
         """Shared while a build runs, exclusive for prune."""
-        return _flock(self.root / "lock", exclusive)
+        return flock(self.root / "lock", exclusive)
 
     # -- lookup and restore ----------------------------------------------------------
 
@@ -188,7 +185,7 @@ class StepCache:
 
     def _images_locked(self, exclusive: bool):
         """The image and its .json change together under this lock."""
-        return _flock(self.images / ".lock", exclusive)
+        return flock(self.images / ".lock", exclusive)
 
     def image(self, key: str, compression: str) -> tuple[Path, str, dict] | None:
         """(cached .aci, image ID, {name, labels}) when present and unchanged since stored."""
@@ -265,18 +262,6 @@ class StepCache:
         for leftover in (self.steps.glob(".*") if self.steps.exists() else ()):  # interrupted builds
             _rmtree(leftover)
         return removed, freed
-
-
-@contextmanager
-def _flock(path: Path, exclusive: bool) -> Iterator[None]:
-    """Hold flock on `path` (created, with its directory) for the with-block."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
-        yield
-    finally:
-        os.close(fd)
 
 
 # -- snapshots ---------------------------------------------------------------------

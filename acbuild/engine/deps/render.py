@@ -1,11 +1,13 @@
-"""Dependency rendering, the appc way (pkg/acirenderer), from local .aci files.
+"""Dependency rendering, the appc way (pkg/acirenderer), from local .aci files and the
+image store.
 
 Resolution: a dependency with an imageID is the .aci whose image ID (sha512 of the
 uncompressed tar) is exactly that; without one, the first .aci (search-path order, then
 file name) whose manifest has the dependency's name and every one of its labels. The
 search path is BuildOptions.image_dirs (`acbuild build --image-dir DIR`, repeatable),
-by default the build context and $XDG_DATA_HOME/acbuild/images. Fetching by name over
-the network is not done here.
+by default the build context. When it has no match, the image store answers through
+BuildOptions.fetcher (acbuild.fetch: the stored image, else discovered, fetched and
+verified, as --pull says); an image from the store must be signed.
 
 Order: the image and its dependencies are flattened as acirenderer does (the image at
 level 0, each dependency inserted right after its parent: A -> [B, C], C -> [D] gives
@@ -18,7 +20,7 @@ walking back through the flattened list, as acirenderer does) filters all of tha
 image's entries, directories included. There are no whiteouts in ACI.
 
 Trust: every dependency's stream must hash to the image ID its parent pins, and its
-signature follows the FROM policy (engine.verify_base: an IMAGE.aci.asc beside it must
+signature follows the FROM policy (trust.policy: an IMAGE.aci.asc beside it must
 verify; --require-signatures needs one; --insecure-skip-verify skips, loudly). Go
 acbuild never verified the dependencies it rendered.
 
@@ -39,12 +41,6 @@ from acbuild.errors import AcbuildError, BuildError, SourcePos
 _MAX_DEPTH = 64  # deeper than any real image; stops a dependency cycle
 
 
-def default_image_dirs(context: Path) -> tuple[Path, ...]:
-    """The build context, then $XDG_DATA_HOME/acbuild/images (~/.local/share/...)."""
-    data = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
-    return (context, Path(data) / "acbuild" / "images")
-
-
 @dataclass(frozen=True)
 class Layer:
     """One image of the flattened list: level 0 is the image being rendered."""
@@ -53,13 +49,18 @@ class Layer:
     image_id: str
     manifest: m.ImageManifest
     level: int
+    by_name: bool = False  # the image store's copy, fetched by name: it must be signed
 
 
 class ImageIndex:
-    """The .aci files of the search path; manifests and image IDs read once, lazily."""
+    """The .aci files of the search path, then the image store (through `fetcher`,
+    acbuild.fetch: stored, else discovered and fetched); manifests and image IDs read
+    once, lazily."""
 
-    def __init__(self, dirs: tuple[Path, ...]):
+    def __init__(self, dirs: tuple[Path, ...], fetcher=None):
         self.dirs = tuple(dict.fromkeys(Path(d) for d in dirs))
+        self.fetcher = fetcher
+        self.stored: set[Path] = set()  # what came from the store
         self._files: list[Path] | None = None
         self._manifests: dict[Path, m.ImageManifest | None] = {}
         self._ids: dict[Path, str] = {}
@@ -97,7 +98,19 @@ class ImageIndex:
             man = self.manifest(aci)
             if man is not None and man.name == dep.image_name and _has_labels(man, dep.labels):
                 return aci
-        return None
+        return self.fetch(dep)
+
+    def fetch(self, dep: m.Dependency) -> Path | None:
+        if self.fetcher is None:
+            return None
+        from acbuild.net.discovery import AppRequest
+        from acbuild.fetch.fetcher import Pin
+
+        app = AppRequest.make(dep.image_name, {label.name: label.value for label in dep.labels})
+        image = self.fetcher.by_name(app, Pin(dep.image_id or "", dep.size or 0))
+        self.stored.add(image.aci)
+        self._ids[image.aci] = image.image_id  # checked when it was stored, and again on extraction
+        return image.aci
 
 
 def _has_labels(manifest: m.ImageManifest, wanted: list[m.Label]) -> bool:
@@ -117,13 +130,17 @@ def flatten(top: m.ImageManifest, index: ImageIndex, pos: SourcePos | None, *, t
         if parent.level >= _MAX_DEPTH:
             raise BuildError(f"dependencies of {top.name} nest deeper than {_MAX_DEPTH} levels (a cycle?)", pos)
         for dep in parent.manifest.dependencies:  # each one inserted right after the parent
-            aci = index.find(dep)
+            try:
+                aci = index.find(dep)
+            except AcbuildError as err:  # not in the search path, and fetching it by name failed or was refused
+                text = _not_found(dep, parent.manifest, index).removesuffix(" (add --image-dir DIR)")
+                raise BuildError(f"{text}; by name: {err.message}", pos) from err
             if aci is None:
                 raise BuildError(_not_found(dep, parent.manifest, index), pos)
             man = index.manifest(aci)
             if man is None:
                 raise BuildError(f"dependency {_describe(dep)}: {aci} is not a valid image", pos)
-            layers.insert(i + 1, Layer(aci, index.image_id(aci), man, parent.level + 1))
+            layers.insert(i + 1, Layer(aci, index.image_id(aci), man, parent.level + 1, aci in index.stored))
         i += 1
     return layers
 
@@ -233,13 +250,14 @@ def verified_dependency(layer: Layer, options, pos: SourcePos | None):
     from acbuild.trust.policy import verified
 
     return verified(layer.aci, f"dependency {layer.manifest.name} ({layer.aci})", insecure=options.insecure_skip_verify,
-                    require=options.require_signatures, trust_dirs=options.trust_dirs, reporter=options.reporter, pos=pos)
+                    require=options.require_signatures or layer.by_name, trust_dirs=options.trust_dirs,
+                    reporter=options.reporter, pos=pos)
 
 
 def render_dependencies(manifest: m.ImageManifest, rootfs: Path, options, pos: SourcePos | None) -> None:
     """Render `manifest`'s dependencies below the image files already in `rootfs`, then
     drop `dependencies` and `pathWhitelist` from the manifest (the image is flat now)."""
-    index = ImageIndex(image_dirs(options))
+    index = image_index(options)
     layers = flatten(manifest, index, pos)
     provided = provided_from_tree(rootfs, manifest.path_whitelist)
     render_layers(layers, rootfs, provided, options, pos)
@@ -249,12 +267,13 @@ def render_dependencies(manifest: m.ImageManifest, rootfs: Path, options, pos: S
 
 def render_into(dependencies: list[m.Dependency], target: Path, options, pos: SourcePos | None) -> None:
     """Render a dependency list alone (no image on top) into the empty dir `target`."""
-    index = ImageIndex(image_dirs(options))
+    index = image_index(options)
     virtual = m.ImageManifest(name="acbuild-dependencies", dependencies=list(dependencies))
     layers = flatten(virtual, index, pos)
     render_layers(layers, target, Provided(), options, pos)
 
 
-def image_dirs(options) -> tuple[Path, ...]:
-    dirs = getattr(options, "image_dirs", ()) or ()
-    return tuple(dirs) or default_image_dirs(Path(options.context))
+def image_index(options) -> ImageIndex:
+    """--image-dir DIR... (default: the build context), then the image store."""
+    dirs = tuple(getattr(options, "image_dirs", ()) or ()) or (Path(options.context),)
+    return ImageIndex(dirs, getattr(options, "fetcher", None))

@@ -1,0 +1,1 @@
+"""The local image store: images kept by image ID (acbuild.store.images)."""
