@@ -652,22 +652,21 @@ class Compiler:
         return p.EventHandler(event=self.expand(st.words[0]), argv=argv, pos=st.pos, at={"event": st.words[0].pos})
 
     def _label(self, st: Statement) -> p.Label:
-        state = self.stage
-        pairs = self._pairs(st)
-        for w, name, _ in pairs:
-            if name in state.labels:
-                raise PlanError(f'duplicate label "{name}" (first set at line {state.labels[name].pos.line})', w.pos)
-            state.labels[name] = w
+        pairs = self._unique_pairs(st, self.stage.labels, "label")
         return p.Label(items=tuple((n, v) for _, n, v in pairs), pos=st.pos, at=_item_positions(pairs))
 
     def _annotation(self, st: Statement) -> p.Annotation:
-        state = self.stage
+        pairs = self._unique_pairs(st, self.stage.annotations, "annotation")
+        return p.Annotation(items=tuple((n, v) for _, n, v in pairs), pos=st.pos, at=_item_positions(pairs))
+
+    def _unique_pairs(self, st: Statement, seen: dict, what: str):
+        """The statement's NAME=VALUE pairs; a name set before in this stage is an error."""
         pairs = self._pairs(st)
         for w, name, _ in pairs:
-            if name in state.annotations:
-                raise PlanError(f'duplicate annotation "{name}" (first set at line {state.annotations[name].pos.line})', w.pos)
-            state.annotations[name] = w
-        return p.Annotation(items=tuple((n, v) for _, n, v in pairs), pos=st.pos, at=_item_positions(pairs))
+            if name in seen:
+                raise PlanError(f'duplicate {what} "{name}" (first set at line {seen[name].pos.line})', w.pos)
+            seen[name] = w
+        return pairs
 
     def _env(self, st: Statement) -> p.Env:
         # As in a Dockerfile, $VARS in an ENV see the values from before this line.
