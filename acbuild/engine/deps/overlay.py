@@ -36,6 +36,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from acbuild.aci import manifest as m
+from acbuild.engine.execute.paths import walk_path
 from acbuild.errors import BuildError, SourcePos
 
 NO_OVERLAY_ENV = "ACBUILD_NO_OVERLAY"
@@ -172,30 +173,21 @@ def copy_up(session, path: str, pos: SourcePos | None) -> str:
     if not lower:
         return path
     upper, deps = session.rootfs, lower[0]
-    parts = [x for x in path.split("/") if x not in ("", ".")]
-    done: list[str] = []
-    links = 0
-    while parts:
-        part = parts.pop(0)
-        if part == "..":
-            done = done[:-1]
-            continue
+
+    def entry(done: list[str], part: str):
+        """The merged view's entry: the rootfs's, else the dependencies' (a directory
+        of theirs is recreated in the rootfs on the way)."""
         up, low = upper.joinpath(*done, part), deps.joinpath(*done, part)
         st = _lstat(up)
-        if st is None:
-            st = _lstat(low)
-            if st is not None and stat.S_ISDIR(st.st_mode):
-                up.mkdir()
-                _copy_meta(low, up, st)
-        if st is not None and stat.S_ISLNK(st.st_mode):
-            links += 1
-            if links > 40:
-                raise BuildError(f"{path}: too many levels of symbolic links", pos)
-            target = os.readlink(up if os.path.lexists(up) else low)
-            done = [] if target.startswith("/") else done
-            parts = [x for x in target.split("/") if x not in ("", ".")] + parts
-            continue
-        done.append(part)
+        if st is not None:
+            return st, up
+        st = _lstat(low)
+        if st is not None and stat.S_ISDIR(st.st_mode):
+            up.mkdir()
+            _copy_meta(low, up, st)
+        return st, low
+
+    done = walk_path(path, entry, error=BuildError(f"{path}: too many levels of symbolic links", pos))
     return "/" + "/".join(done) + ("/" if path.endswith("/") and done else "")
 
 
