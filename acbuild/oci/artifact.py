@@ -30,6 +30,7 @@ from acbuild.oci.layout_writer import Layout, canonical_json
 from acbuild.oci.manifests import OCI_MANIFEST, Descriptor, Manifest, parse_document
 from acbuild.oci.push import CHUNK_SIZE, Pushed, Pusher, docker_reference
 from acbuild.oci.registry import RegistryClient, RegistryOptions
+from acbuild.report import Reporter
 
 TITLE = "org.opencontainers.image.title"
 MAX_SIGNATURE = 1 << 20
@@ -103,7 +104,8 @@ def _safe_name(title: str, fallback: str, suffix: str) -> str:
 
 
 def pull_aci_artifact(ref_text: str, dest_dir: Path, *, options: RegistryOptions | None = None,
-                      trust_dirs: list[Path] | None = None, insecure_skip_verify: bool = False) -> tuple[Path, Path | None]:
+                      trust_dirs: list[Path] | None = None, insecure_skip_verify: bool = False,
+                      reporter: Reporter | None = None) -> tuple[Path, Path | None]:
     """Fetch the appc artifact `docker://REGISTRY/NAME[:TAG|@DIGEST]` into `dest_dir`:
     returns (aci_path, asc_path or None). The .aci's bytes are exactly those pushed
     (digests checked while streaming); its signature is verified against the trust
@@ -136,7 +138,7 @@ def pull_aci_artifact(ref_text: str, dest_dir: Path, *, options: RegistryOptions
                 verify_image(aci_tmp, asc_tmp, image_name_of(aci_tmp), store)
             out = dest_dir / aci_name
             try:
-                replace_together(aci_tmp, asc_tmp, out)
+                replace_together(aci_tmp, asc_tmp, out, reporter=reporter or Reporter())
             except OSError as e:
                 raise ImageError(f"write {out}: {e.strerror}") from e
     return out, (Path(str(out) + ".asc") if asc_tmp is not None else None)
