@@ -140,3 +140,38 @@ def test_the_debian_fixture_is_a_real_minbase_rootfs(debian_rootfs_tar, debian_r
     assert stat.S_ISCHR(full.st_mode) and full.st_rdev == os.makedev(1, 7)
     status = (debian_rootfs / "var/lib/dpkg/status").read_text()
     assert "Package: dpkg\n" in status and "Package: apt\n" in status
+
+
+def test_sigterm_during_from_directory_leaves_no_work_dir(tmp_path):
+    """issue 9: SIGTERM while FROM DIR copies the base left the acbuild-build-* dir
+    behind (SIGINT cleaned up). The base is big enough that the copy is still running
+    when the signal comes; the test waits for the work dir to appear first."""
+    import signal
+    import time
+
+    base = tmp_path / "base"
+    for n in range(40):
+        d = base / f"d{n}"
+        d.mkdir(parents=True)
+        for m in range(50):
+            (d / f"f{m}").write_bytes(os.urandom(64 << 10))  # 128 MB in all
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "ACIfile").write_text(f"FROM {base}\nNAME example.com/big\n")
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    proc = subprocess.Popen([*acbuild_argv(), "build", "--no-cache", "-f", str(ctx / "ACIfile"), "-o",
+                             str(tmp_path / "big.aci"), "--cache-dir", str(tmp_path / "cache")],
+                            env=dict(os.environ, TMPDIR=str(scratch)), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not any(p.name.startswith("acbuild-build-") for p in scratch.iterdir()):
+        assert proc.poll() is None and time.monotonic() < deadline, "the build never started its work dir"
+        time.sleep(0.01)
+    time.sleep(0.2)  # inside the copy of the base
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode in (130, -signal.SIGTERM), err
+    assert "Traceback" not in err, err
+    assert list(scratch.iterdir()) == [], sorted(p.name for p in scratch.iterdir())
+    assert not (tmp_path / "big.aci").exists()
