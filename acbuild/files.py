@@ -15,6 +15,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from acbuild import placeholders
+
 
 def remove_tree_at(parent_fd: int, name: str) -> None:
     """Remove the directory `name` in `parent_fd` and everything below it: no
@@ -154,34 +156,37 @@ def walk(top: str, *, sort_key=None, prune=None, post_order: bool = False):
             stack.append(((path, rel, st), children(path, rel)))
 
 
-def copy_tree(src: Path, dest: Path, *, owners: bool, skip: Callable[[Path], bool] = lambda _path: False) -> list[str]:
-    """`cp -a src dest` (dest must not exist): modes, times, hard links and, when
-    `owners`, owners kept. Device nodes and fifos are recreated as what they are and
-    never opened (reading /dev/full never ends); sockets cannot be copied and are
-    left out, and so are device nodes that cannot be made (not root). Returns those
+def copy_tree(src: Path, dest: Path, *, owner: Callable[[str, os.stat_result], tuple[int, int] | None],
+              skip: Callable[[Path], bool] = lambda _path: False) -> list[str]:
+    """`cp -a src dest` (dest must not exist): modes, times, hard links and the
+    owners `owner(path, lstat)` gives (None: leave the copier's). Device nodes and fifos are recreated as what they are and
+    never opened (reading /dev/full never ends), device nodes as placeholders where
+    mknod is not allowed (acbuild.placeholders); sockets cannot be copied and are
+    left out, and so are devices on a file system without user xattrs. Returns those
     left out, as paths relative to src. `skip(path)` prunes entries of src. Walks
     on an explicit stack: any depth."""
     left_out: list[str] = []
     links: dict[tuple[int, int], str] = {}
 
-    def meta(path: str, st: os.stat_result, *, symlink: bool = False) -> None:
-        if owners:
-            os.chown(path, st.st_uid, st.st_gid, follow_symlinks=False)
+    def meta(path: str, st: os.stat_result, source: str, *, symlink: bool = False) -> None:
+        ids = owner(source, st)
+        if ids is not None:
+            os.chown(path, *ids, follow_symlinks=False)
         if not symlink:
             os.chmod(path, stat.S_IMODE(st.st_mode))  # after chown, which clears setuid
         os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
 
     top = os.fspath(src)
     os.mkdir(dest, 0o700)
-    dirs = [(os.fspath(dest), os.stat(src))]
+    dirs = [(os.fspath(dest), os.stat(src), top)]
     for source, rel, st, _ in walk(top, prune=lambda rel, _st: skip(Path(top, rel))):
         target, mode = os.path.join(dest, rel), st.st_mode
         if stat.S_ISDIR(mode):
             os.mkdir(target, 0o700)
-            dirs.append((target, st))
+            dirs.append((target, st, source))
         elif stat.S_ISLNK(mode):
             os.symlink(os.readlink(source), target)
-            meta(target, st, symlink=True)
+            meta(target, st, source, symlink=True)
         elif stat.S_ISSOCK(mode):
             left_out.append(rel)
         elif st.st_nlink > 1 and (st.st_dev, st.st_ino) in links:
@@ -189,17 +194,16 @@ def copy_tree(src: Path, dest: Path, *, owners: bool, skip: Callable[[Path], boo
         else:
             if stat.S_ISREG(mode):
                 shutil.copyfile(source, target, follow_symlinks=False)
-            else:  # character or block device, fifo: made, not read
-                try:
-                    os.mknod(target, stat.S_IFMT(mode) | 0o600, st.st_rdev)
-                except PermissionError:
-                    left_out.append(rel)
-                    continue
-            meta(target, st)
+                if not st.st_size:
+                    placeholders.copy_mark(source, target)
+            elif not placeholders.make_node(target, stat.S_IFMT(mode) | 0o600, st.st_rdev):
+                left_out.append(rel)  # a device node, fifo: made, not read
+                continue
+            meta(target, st, source)
             if st.st_nlink > 1:
                 links[st.st_dev, st.st_ino] = target
-    for target, st in reversed(dirs):  # children first: filling a directory moved its mtime
-        meta(target, st)
+    for target, st, source in reversed(dirs):  # children first: filling a directory moved its mtime
+        meta(target, st, source)
     return left_out
 
 

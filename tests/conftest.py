@@ -74,24 +74,55 @@ def require(condition: bool, reason: str) -> None:
 
 # ---------------------------------------------------------------- an unprivileged user
 
-TEST_USER = "acbuild-test"
+TEST_USER = "acbuild-test"  # with subordinate id ranges (what Debian's useradd gives)
+SINGLE_ID_USER = "acbuild-single"  # without any: the single-id fallback
+
+
+def _subordinate_ranges(name: str, path: str) -> list[str]:
+    with open(path) as f:
+        return [f"{int(s)}-{int(s) + int(c) - 1}" for n, s, c in
+                (line.strip().split(":") for line in f if line.count(":") == 2) if n == name]
+
+
+def _ensure_ranges(name: str, wanted: bool) -> None:
+    """Give the user one subordinate range of 65536 uids and gids, or none at all."""
+    for option, path in (("--add-subuids", "/etc/subuid"), ("--add-subgids", "/etc/subgid")):
+        have = _subordinate_ranges(name, path)
+        if wanted and not have:
+            start = 100000 + 65536 * (1 + pwd.getpwnam(name).pw_uid % 512)
+            subprocess.run(["usermod", option, f"{start}-{start + 65535}", name], check=True, capture_output=True)
+        if not wanted:
+            for r in have:
+                subprocess.run(["usermod", option.replace("add", "del"), r, name], check=True, capture_output=True)
+
+
+def _test_user(name: str, *, subordinate_ids: bool) -> Iterator[pwd.struct_passwd]:
+    """A user created if missing, and then deleted (with its home) when the session
+    ends; a user that was already there is left alone (its ranges set as asked)."""
+    require(os.geteuid() == 0, "creating an unprivileged user needs root (CI is root)")
+    try:
+        pwd.getpwnam(name)
+        created = False
+    except KeyError:
+        subprocess.run(["useradd", "-m", name], check=True, capture_output=True)
+        created = True
+    _ensure_ranges(name, subordinate_ids)
+    yield pwd.getpwnam(name)
+    if created:
+        gone = subprocess.run(["userdel", "-r", name], capture_output=True, text=True)
+        assert gone.returncode == 0, f"userdel -r {name}: {gone.stderr}"
 
 
 @pytest.fixture(scope="session")
 def unprivileged_user() -> Iterator[pwd.struct_passwd]:
-    """The user rootless tests run as. Created if missing, and then deleted (with its
-    home) when the session ends; a user that was already there is left alone."""
-    require(os.geteuid() == 0, "creating an unprivileged user needs root (CI is root)")
-    try:
-        pwd.getpwnam(TEST_USER)
-        created = False
-    except KeyError:
-        subprocess.run(["useradd", "-m", TEST_USER], check=True, capture_output=True)
-        created = True
-    yield pwd.getpwnam(TEST_USER)
-    if created:
-        gone = subprocess.run(["userdel", "-r", TEST_USER], capture_output=True, text=True)
-        assert gone.returncode == 0, f"userdel -r {TEST_USER}: {gone.stderr}"
+    """The user rootless tests run as, with a subordinate id range (acbuild.userns)."""
+    yield from _test_user(TEST_USER, subordinate_ids=True)
+
+
+@pytest.fixture(scope="session")
+def single_id_user() -> Iterator[pwd.struct_passwd]:
+    """A user without subordinate ids: acbuild falls back to mapping that user alone."""
+    yield from _test_user(SINGLE_ID_USER, subordinate_ids=False)
 
 
 # ---------------------------------------------------------------- GnuPG homes

@@ -17,7 +17,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "acbuild"
 # the order the README draws.
 LAYERS = [
     ("base", ["acbuild", "acbuild.__init__", "acbuild.errors", "acbuild.atomic", "acbuild.dirs",
-              "acbuild.files", "acbuild.temps", "acbuild.config", "acbuild.limits"]),
+              "acbuild.files", "acbuild.temps", "acbuild.config", "acbuild.limits",
+              "acbuild.userns", "acbuild.placeholders"]),
     ("values", ["acbuild.aci.types"]),
     ("plan", ["acbuild.plan"]),
     ("frontend", ["acbuild.frontend"]),

@@ -15,13 +15,7 @@ from pathlib import Path
 
 import pytest
 from conftest import require
-
-REPO = Path(__file__).resolve().parent.parent
-BUSYBOX = Path("/bin/busybox")
-PYTHON = Path("/usr/bin/python3")
-# what the CLI imports, copied from the project's venv (same interpreter: Debian's 3.11)
-PACKAGES = ("lark", "yaml", "_yaml", "gnupg.py", "pyroute2")
-
+from rootlesstools import BUSYBOX, PYTHON, REPO, acbuild, owned_tree, pythonpath, shared_dir  # noqa: F401 (pythonpath: a fixture)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -36,48 +30,12 @@ def user(unprivileged_user) -> pwd.struct_passwd:
     return unprivileged_user
 
 
-def shared_dir(prefix: str) -> Path:
-    """A dir in /tmp the test user can reach (pytest's basetemp is 0700, re-tightened by
-    every pytest run that starts, so it cannot hold the user's files)."""
-    top = Path(tempfile.mkdtemp(prefix=prefix))
-    top.chmod(0o755)
-    return top
-
-
-@pytest.fixture(scope="module")
-def pythonpath():
-    """A world-readable PYTHONPATH: this checkout's acbuild and the venv's dependencies."""
-    import yaml
-
-    site = Path(yaml.__file__).resolve().parent.parent
-    top = shared_dir("acbuild-rootless-py-")
-    for part in ("acbuild", "grammar"):  # a checkout's layout: parse.py finds grammar/ beside it
-        shutil.copytree(REPO / part, top / part, ignore=shutil.ignore_patterns("__pycache__"))
-    for name in PACKAGES:
-        src = site / name
-        if src.is_dir():
-            shutil.copytree(src, top / name, ignore=shutil.ignore_patterns("__pycache__"))
-        elif src.exists():
-            shutil.copy2(src, top / name)
-    for p in [top, *top.rglob("*")]:
-        p.chmod(p.stat().st_mode | (0o755 if p.is_dir() else 0o644))
-    yield str(top)
-    shutil.rmtree(top)
-
-
 @pytest.fixture
 def tmp_path():
     """Shadows pytest's tmp_path: see shared_dir."""
     top = shared_dir("acbuild-rootless-")
     yield top
     shutil.rmtree(top, ignore_errors=True)
-
-
-def owned_tree(base: Path, user: pwd.struct_passwd) -> Path:
-    """A world-traversable dir owned by the test user."""
-    base.mkdir(parents=True, exist_ok=True)
-    os.chown(base, user.pw_uid, user.pw_gid)
-    return base
 
 
 def example_context(top: Path, user: pwd.struct_passwd) -> Path:
@@ -89,19 +47,6 @@ def example_context(top: Path, user: pwd.struct_passwd) -> Path:
     for p in [ctx, *ctx.rglob("*")]:
         os.lchown(p, user.pw_uid, user.pw_gid)
     return ctx
-
-
-def acbuild(args: list[str], pythonpath: str, user: pwd.struct_passwd | None, extra_env: dict | None = None):
-    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "PYTHONPATH": pythonpath, "LANG": "C.UTF-8", **(extra_env or {})}
-    if user is not None:
-        env["HOME"] = user.pw_dir
-        cmd = ["runuser", "-u", user.pw_name, "--", "/usr/bin/env", "-i", *(f"{k}={v}" for k, v in env.items())]
-    else:
-        env["HOME"] = os.environ.get("HOME", "/root")
-        cmd = ["/usr/bin/env", "-i", *(f"{k}={v}" for k, v in env.items())]
-    proc = subprocess.run([*cmd, str(PYTHON), "-m", "acbuild", *args], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    return proc.stdout.strip()
 
 
 def validate(actool: str, aci: Path) -> None:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 from conftest import require
-from test_rootless import pythonpath  # noqa: F401 (a fixture: the world-readable acbuild and its deps)
+from rootlesstools import pythonpath  # noqa: F401 (a fixture: the world-readable acbuild and its deps)
 
 REPO = Path(__file__).resolve().parent.parent
 PROBES = REPO / "tests/data/probes"

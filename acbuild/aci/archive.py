@@ -38,9 +38,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from acbuild import limits
+from acbuild import limits, placeholders
 from acbuild.aci.tarstream import AREGTYPE, REGTYPE, STREAM_ERRORS, Entry, TarReader
 from acbuild.errors import ImageError, NotFoundError
+from acbuild.userns import owner_for
 
 CHUNK = 1 << 20
 
@@ -489,7 +490,6 @@ def extract_rootfs(
     path: Path,
     dest: Path,
     *,
-    owners: bool = os.geteuid() == 0,
     path_filter: PathFilter | None = None,
     tarball: bool = False,
 ) -> AciContents:
@@ -498,7 +498,10 @@ def extract_rootfs(
     reports raises ImageError naming the entry; `dest` may then hold a partial
     tree, which the caller removes. With `tarball`, `path` is a plain tar archive
     (Dockerfile ADD): every entry is taken as if it were under rootfs/, with the
-    same checks, so nothing lands outside `dest`."""
+    same checks, so nothing lands outside `dest`. Owners are kept as far as this
+    process can (acbuild.userns.owner_for: an owner that would be lost raises
+    OwnerError); device nodes that cannot be made become placeholders
+    (acbuild.placeholders)."""
     path, dest = Path(path), Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     checker = _Checker()
@@ -528,7 +531,7 @@ def extract_rootfs(
                 try:
                     if not rel:
                         dirs.append((rel, m))
-                    elif _extract_one(tar, tree, rel, m, owners, skipped):
+                    elif _extract_one(tar, tree, rel, m, owner_for(m.uid, m.gid, f"{path}: {name}"), skipped):
                         dirs.append((rel, m))
                 except (OSError, OverflowError) as e:
                     raise ImageError(f"extract {name}: {e}", path=path) from e
@@ -542,7 +545,7 @@ def extract_rootfs(
         dirs.sort(key=lambda d: d[0], reverse=True)
         for rel, m in dirs:
             try:
-                _set_dir_meta(tree, rel, m, owners)
+                _set_dir_meta(tree, rel, m, owner_for(m.uid, m.gid, f"{path}: rootfs/{'/'.join(rel)}"))
             except (OSError, OverflowError) as e:
                 raise ImageError(f"extract {'/'.join(['rootfs', *rel])}: {e}", path=path) from e
     finally:
@@ -571,8 +574,9 @@ def is_tar_archive(path: Path) -> bool:
 
 
 def _extract_one(tar: TarReader, tree: _Tree, rel: list[str], m: Entry,
-                 owners: bool, skipped: list[str]) -> bool:
-    """Create one entry; True for a directory (its metadata is set at the end)."""
+                 owner: tuple[int, int] | None, skipped: list[str]) -> bool:
+    """Create one entry, owned by `owner` (None: as made); True for a directory
+    (its metadata is set at the end)."""
     tree.invalidate(rel)
     pfd = tree.parent(rel, create=True)
     name = rel[-1]
@@ -589,8 +593,8 @@ def _extract_one(tar: TarReader, tree: _Tree, rel: list[str], m: Entry,
             while data := tar.data(CHUNK):
                 out.write(data)
             out.flush()
-            if owners:
-                os.fchown(fd, m.uid, m.gid)
+            if owner is not None:
+                os.fchown(fd, *owner)
             os.fchmod(fd, m.mode & 0o7777)  # after chown, which clears setuid
             os.utime(fd, (m.mtime, m.mtime))
         return False
@@ -607,21 +611,19 @@ def _extract_one(tar: TarReader, tree: _Tree, rel: list[str], m: Entry,
         return False  # shares the target's inode and metadata
     elif m.ischr() or m.isblk() or m.isfifo():
         kind = stat.S_IFCHR if m.ischr() else stat.S_IFBLK if m.isblk() else stat.S_IFIFO
-        try:
-            os.mknod(name, kind | 0o600, os.makedev(m.devmajor, m.devminor), dir_fd=pfd)
-        except PermissionError:
-            skipped.append("/".join(["rootfs", *rel]))
-            return False
-        if owners:
-            os.chown(name, m.uid, m.gid, dir_fd=pfd, follow_symlinks=False)
+        if not placeholders.make_node(name, kind | 0o600, os.makedev(m.devmajor, m.devminor), dir_fd=pfd):
+            raise ImageError(f"cannot keep device node rootfs/{'/'.join(rel)}: this file system holds "
+                             "no user xattrs for its placeholder")
+        if owner is not None:
+            os.chown(name, *owner, dir_fd=pfd, follow_symlinks=False)
         os.chmod(name, m.mode & 0o7777, dir_fd=pfd)
         os.utime(name, (m.mtime, m.mtime), dir_fd=pfd, follow_symlinks=False)
         return False
     else:
         skipped.append("/".join(["rootfs", *rel]))
         return False
-    if owners:
-        os.chown(name, m.uid, m.gid, dir_fd=pfd, follow_symlinks=False)
+    if owner is not None:
+        os.chown(name, *owner, dir_fd=pfd, follow_symlinks=False)
     os.utime(name, (m.mtime, m.mtime), dir_fd=pfd, follow_symlinks=False)
     return False
 
@@ -640,14 +642,14 @@ def _open_dir(root_fd: int, parts: list[str]) -> int:
     return fd
 
 
-def _set_dir_meta(tree: _Tree, rel: list[str], m: Entry, owners: bool) -> None:
+def _set_dir_meta(tree: _Tree, rel: list[str], m: Entry, owner: tuple[int, int] | None) -> None:
     try:
         fd = tree.dir(rel)
     except OSError as e:
         if e.errno in (errno.ENOTDIR, errno.ENOENT, errno.ELOOP):
             return  # a later entry replaced this directory
         raise
-    if owners:
-        os.fchown(fd, m.uid, m.gid)
+    if owner is not None:
+        os.fchown(fd, *owner)
     os.fchmod(fd, m.mode & 0o7777)
     os.utime(fd, (m.mtime, m.mtime))

@@ -26,6 +26,8 @@ Normalisation, entry by entry:
   (typeflag 1) whose linkname is the first path, `rootfs/...`.
 - symlink targets are stored verbatim.
 - char/block devices (with major/minor) and fifos are kept; sockets are skipped.
+  An empty file marked as a device's placeholder (acbuild.placeholders: where
+  mknod was not allowed) is written as that device.
 - xattrs and ACLs are dropped.
 - manifest: mode 0644, uid/gid 0, mtime = source_date_epoch.
 - compression: gzip at level 6 (Go's default) with a header holding no name
@@ -46,6 +48,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+from acbuild import placeholders
 from acbuild.aci.pgzip import ParallelGzipWriter
 from acbuild.aci.tarformat import BLOCK, MAX_MTIME, ZERO_BLOCK, file_member, tar_header
 from acbuild.atomic import fsync_dir
@@ -254,7 +257,12 @@ def write_tree(sink: AciSink, rootfs: Path, source_date_epoch: int, id_map: dict
                 sink.write(entry(name, tarfile.LNKTYPE, st, linkname=first))
                 continue
             links[key] = name
-        if stat.S_ISREG(mode):
+        device = placeholders.device_of(path, st) if stat.S_ISREG(mode) else None
+        if device is not None:  # a device node kept where mknod was not allowed
+            mode, rdev = device
+            kind = tarfile.CHRTYPE if stat.S_ISCHR(mode) else tarfile.BLKTYPE
+            sink.write(entry(name, kind, st, devmajor=os.major(rdev), devminor=os.minor(rdev)))
+        elif stat.S_ISREG(mode):
             sink.write(entry(name, tarfile.REGTYPE, st, size=st.st_size))
             copy_file(sink, path, st.st_size)
         elif stat.S_ISLNK(mode):

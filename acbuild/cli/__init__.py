@@ -38,6 +38,7 @@ COMMANDS = [
     "session",
     "metadata",
     "script",
+    "unshare",
 ]
 
 # Which module defines each command: `acbuild CMD ...` imports and builds only that
@@ -48,7 +49,7 @@ COMMAND_MODULES = {
     "cat-manifest": "manifest", "patch-manifest": "manifest", "image-id": "image_id", "push": "push",
     "sign": "signing", "trust": "signing", "verify": "signing", "cache": "cache",
     "launch": "launch", "script": "script", "discover": "discover", "serve": "serve", "fetch": "fetch",
-    "image": "image",
+    "image": "image", "unshare": "unshare",
     **dict.fromkeys(
         ["begin", "copy", "copy-to-dir", "run", "set-exec", "set-event-handler", "set-name", "set-user",
          "set-group", "set-working-directory", "set-wd", "set-working-dir", "set-supp-groups",
@@ -110,6 +111,18 @@ def command_of(argv: list[str]) -> str | None:
     return None
 
 
+def _enter_user_namespace(args) -> None:
+    """Commands that make image trees work, run as a user, in the namespace of the
+    user's subordinate ids (before anything starts a thread: unshare needs one)."""
+    from acbuild import userns
+
+    userns.set_squash_owners(getattr(args, "squash_owners", False))
+    userns.enter_for_rootfs_work()
+    notice = userns.squash_notice()
+    if notice:
+        print(f"acbuild: {notice}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv == ["--version"]:  # the fast path: no command modules to import
@@ -123,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
         if not hasattr(args, "run"):
             parser.print_help(sys.stderr)
             return EXIT_USAGE
+        if getattr(args, "rootfs_work", False):
+            _enter_user_namespace(args)
         if args.max_image_size:
             from acbuild import limits
 

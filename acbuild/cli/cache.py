@@ -28,7 +28,7 @@ def add_parser(sub) -> None:
     prune = verbs.add_parser("prune", help="remove least recently used entries")
     prune.add_argument("--keep-bytes", metavar="N", type=parse_size, help="keep at most N bytes (suffixes K, M, G, T)")
     prune.add_argument("--all", action="store_true", help="remove everything, RUN cache mounts and the stat cache too")
-    parser.set_defaults(run=run)
+    parser.set_defaults(run=run, rootfs_work=True)  # the cache holds trees owned by subordinate ids
 
 
 def human(n: float) -> str:

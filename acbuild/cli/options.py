@@ -114,10 +114,21 @@ def add_sandbox_options(parser, *, setuid: bool = False) -> None:
     group = parser.add_argument_group("sandbox")
     group.add_argument("--tmpfs-size", type=parse_size, default=DEFAULT_TMPFS_SIZE, metavar="SIZE",
                        help=f"size limit of each of /tmp, /run and /dev/shm (default: {DEFAULT_TMPFS_SIZE >> 20}M)")
+    add_owner_options(group)
     if setuid:
         group.add_argument("--allow-setuid", action="store_true",
                            help="let the image's setuid binaries work, as Docker does (default: the rootfs is "
                                 "mounted nosuid and the app runs with no_new_privs)")
+
+
+def add_owner_options(parser) -> None:
+    """--squash-owners, and the mark that the command makes image trees: run as a
+    user, it first enters the user namespace of the user's subordinate ids
+    (acbuild.userns, called by cli.main)."""
+    parser.add_argument("--squash-owners", action="store_true",
+                        help="rootless: give files whose owner this user cannot keep (no range in /etc/subuid, "
+                             "or an id beyond it) owner 0 instead of failing")
+    parser.set_defaults(rootfs_work=True)
 
 
 def output_image(value: str) -> Path:

@@ -69,7 +69,9 @@ def verb_parser(sub, name: str, help: str, *, aliases: tuple[str, ...] = (), des
     parser = sub.add_parser(name, aliases=list(aliases), help=help, description=description or help,
                             epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_global_options(parser, sub=True, modify=modify)
-    parser.set_defaults(verb_path=verb_path or name)
+    # every verb may touch the rootfs (or, with --modify, unpack an image): as a user,
+    # in the namespace of its subordinate ids (acbuild.userns)
+    parser.set_defaults(verb_path=verb_path or name, rootfs_work=True)
     return parser
 
 
@@ -408,7 +410,7 @@ def make_replace_manifest(args) -> list[Edit]:
 
 
 def add_parser(sub) -> None:
-    from acbuild.cli.options import add_discovery_options, add_store_options, add_trust_options
+    from acbuild.cli.options import add_discovery_options, add_owner_options, add_store_options, add_trust_options
 
     b = verb_parser(sub, "begin", "start a new interactive build", epilog=BEGIN_EPILOG, modify=False)
     b.add_argument("start", nargs="?", metavar="scratch|IMAGE.aci|DIR|NAME",
@@ -420,20 +422,24 @@ def add_parser(sub) -> None:
     add_trust_options(b)
     add_store_options(b)
     add_discovery_options(b)
+    add_owner_options(b)
     b.set_defaults(run=run_begin)
 
     c = verb_parser(sub, "copy", "copy a host file or directory into the image")
     c.add_argument("src", metavar="SRC", help="a host path (relative to the current directory, or absolute)")
     c.add_argument("dest", metavar="DEST", help="the path in the image")
+    add_owner_options(c)
     c.set_defaults(run=mutating(make_copy))
 
     c = verb_parser(sub, "copy-to-dir", "copy host files or directories into a directory of the image")
     c.add_argument("paths", nargs="+", metavar="SRC... DIR")
+    add_owner_options(c)
     c.set_defaults(run=mutating(make_copy_to_dir))
 
     r = verb_parser(sub, "run", "run a command in the image (acbuild run -- CMD [ARG...])")
     r.add_argument("--network", choices=("none", "host"), help="network for the command (default: none, loopback only)")
     r.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD...")
+    add_owner_options(r)
     r.set_defaults(run=mutating(make_run))
 
     e = verb_parser(sub, "set-exec", "set the command the image runs (acbuild set-exec -- CMD [ARG...])")

@@ -29,6 +29,7 @@ from acbuild.engine.execute.users import resolve_group, resolve_user
 from acbuild.errors import BuildError, ImageError, ManifestError, NotFoundError, OutputExistsError, PlanError
 from acbuild.files import copy_tree, file_clock_ns, stamp_written_since
 from acbuild.report import Reporter
+from acbuild.userns import OwnerError, host_owner_for, owner_for
 
 UNNAMED = "acbuild-unnamed"
 # Where a Dockerfile's ENTRYPOINT and CMD are kept (docker2aci's annotations).
@@ -85,7 +86,7 @@ class Session:
         self.rootfs = workdir / "rootfs"
         self.manifest = manifest
         self.options = options
-        self.rootless = os.geteuid() != 0
+        self.rootless = os.geteuid() != 0  # IdSpace.SINGLE: files are the user's, 0 in the image
         self.copied: dict[str, str] = {}  # the last context COPY: host path -> sha256 of the bytes copied
 
     # -- life cycle -------------------------------------------------------------
@@ -313,9 +314,9 @@ class Session:
         for rel in archives:
             target = resolve_in_root(self.rootfs, dest)
             make_dirs(self.rootfs, target, attrs)
-            try:  # the archive's owners only as root; mtimes are clamped when the image is written
-                extract_rootfs(self.options.context / rel, target, owners=not self.rootless, tarball=True)
-            except ImageError as err:
+            try:  # the archive's owners as far as kept (userns.owner_for); mtimes are clamped when written
+                extract_rootfs(self.options.context / rel, target, tarball=True)
+            except (ImageError, OwnerError) as err:
                 raise BuildError(f"ADD {rel}: {err.message}", i.pos) from err
 
     def _add_urls(self, i: p.Add, urls: list[str], dest: str, attrs: CopyAttrs) -> None:
@@ -343,6 +344,10 @@ class Session:
             gid = resolve_group(self.rootfs, group) if group else primary_gid
         except BuildError as err:
             raise BuildError(f"COPY --chown: {err.message}", i.pos) from None
+        try:  # the one rule for which owners a rootless build can keep
+            owner_for(uid, gid, f"COPY --chown={chown}")
+        except OwnerError as err:
+            raise BuildError(err.message, i.pos) from None
         return uid, gid
 
     @apply.register
@@ -473,7 +478,9 @@ def _start_from_directory(path: Path, rootfs: Path, base: p.From, options: Build
     # destination, as with `--work-path DIR/sub begin DIR`) nor the destination itself.
     skip = {(path / ".acbuild").resolve(), rootfs.resolve(), *(d.resolve() for d in rootfs.parents if d.name == ".acbuild")}
     try:
-        left_out = copy_tree(source, rootfs, owners=os.geteuid() == 0, skip=lambda entry: entry.resolve() in skip)
+        left_out = copy_tree(source, rootfs, owner=host_owner_for, skip=lambda entry: entry.resolve() in skip)
+    except OwnerError as err:
+        raise BuildError(f"FROM {base.base}: {err.message}", base.pos) from err
     except OSError as err:
         raise BuildError(f"FROM {base.base}: copy {err.filename}: {err.strerror}", base.pos) from err
     if left_out:  # sockets (and, rootless, device nodes): what COPY leaves out too

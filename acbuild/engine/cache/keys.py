@@ -4,7 +4,8 @@
     key(step k) = sha256(key(k-1), the instruction without its position, inputs)
 
 - settings: what changes the bytes of every step: SOURCE_DATE_EPOCH, the effective
-  uid (rootless builds own their files), the default RUN network, overlay on/off,
+  uid (rootless builds own their files) and the user namespace's id maps
+  (acbuild.userns), the default RUN network, overlay on/off,
   the dependency search path.
 - the instruction: `as_dict()` minus the position; ARG values are already
   substituted and a RUN's ARG environment (arg_env) is part of it.
@@ -37,6 +38,7 @@ from acbuild.engine.execute.paths import resolve_in_root
 from acbuild.engine.cache.statcache import StatCache
 from acbuild.errors import AcbuildError
 from acbuild.files import walk
+from acbuild.userns import describe_mapping
 
 VERSION = "acbuild-step-cache-1"
 
@@ -47,6 +49,7 @@ def settings_text(options) -> str:
     return json.dumps({
         "source_date_epoch": options.source_date_epoch,
         "euid": os.geteuid(),
+        "id_maps": describe_mapping(),  # the same files on disk are other ids under another map
         "network": options.network,
         "no_overlay": os.environ.get(NO_OVERLAY_ENV, "") not in ("", "0"),
         "image_dirs": [str(d) for d in options.image_dirs],

@@ -41,6 +41,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from acbuild import placeholders
 from acbuild.atomic import write_atomic
 from acbuild.dirs import private_dir
 from acbuild.files import flock, link_or_copy, lstat_tree, remove_tree, walk
@@ -339,7 +340,8 @@ def _materialize(entry: Path, workdir: Path, meta: dict) -> None:
             os.symlink(extra, target)
             _set_meta(target, *owner_mode_time, symlink=True)
         else:
-            os.mknod(target, mode | _TYPE[kind], rdev)
+            if not placeholders.make_node(target, mode | _TYPE[kind], rdev):
+                raise Damaged(meta["key"])  # cannot be restored here
             _set_meta(target, *owner_mode_time)
     for target, owner_mode_time in reversed(directories):  # children first: creating them moved the mtimes
         _set_meta(target, *owner_mode_time)

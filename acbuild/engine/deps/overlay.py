@@ -35,9 +35,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from acbuild import placeholders
 from acbuild.aci import manifest as m
 from acbuild.engine.execute.paths import walk_path
 from acbuild.errors import BuildError, SourcePos
+from acbuild.userns import in_initial_namespace
 
 NO_OVERLAY_ENV = "ACBUILD_NO_OVERLAY"
 _OPAQUE = ("trusted.overlay.opaque", "user.overlay.opaque")
@@ -134,7 +136,7 @@ def probe_overlay(lower: Path, upper: Path, work: Path) -> int:
     from acbuild.engine.execute.sandbox import CLONE_NEWNS, CLONE_NEWUSER, MakePrivate, MountOverlay, unshare
 
     rootless = os.geteuid() != 0
-    step = MountOverlay((lower,), upper, work, rootless)
+    step = MountOverlay((lower,), upper, work, rootless or not in_initial_namespace())
     rfd, wfd = os.pipe()
     pid = os.fork()
     if pid == 0:
@@ -229,8 +231,10 @@ def merge_below(src: Path, dst: Path) -> None:
             os.symlink(os.readlink(entry.path), target)
         elif stat.S_ISREG(st.st_mode):
             shutil.copyfile(entry.path, target, follow_symlinks=False)
+            placeholders.copy_mark(entry.path, os.fspath(target))
         elif stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) or stat.S_ISFIFO(st.st_mode):
-            os.mknod(target, st.st_mode, st.st_rdev)
+            if not placeholders.make_node(os.fspath(target), st.st_mode, st.st_rdev):
+                continue
         else:
             continue
         _copy_meta(Path(entry.path), target, st)

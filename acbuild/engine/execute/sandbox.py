@@ -46,6 +46,7 @@ from typing import IO, Callable, Protocol, Union
 from acbuild.engine.execute import hardening
 from acbuild.engine.execute.users import in_image, resolve_group, resolve_user
 from acbuild.errors import BuildError
+from acbuild.userns import OwnerError, check_process_ids, in_initial_namespace
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 INIT_NAME = b"acbuild-init"
@@ -505,7 +506,8 @@ def root_step(spec: SandboxSpec, root: Path, rootless: bool, scratch: Path | Non
         lower, work = (scratch / "lower",), scratch / "root-work"
     else:
         return MountRoot(root, flags, None, may_bind=True)
-    return MountRoot(root, flags, MountOverlay(lower, root, work, rootless, flags), may_bind=not spec.lower_layers)
+    userxattr = rootless or not in_initial_namespace()  # trusted.* xattrs need the host's root
+    return MountRoot(root, flags, MountOverlay(lower, root, work, userxattr, flags), may_bind=not spec.lower_layers)
 
 
 def make_scratch(root: Path) -> Path | None:
@@ -722,12 +724,11 @@ def _resolve_ids(spec: SandboxSpec, root: Path, rootless: bool):
     except BuildError as e:
         raise BuildError(f"RUN: {e}") from e
     groups = tuple(sorted(set(spec.supplementary_gids)))
-    if rootless:
-        if uid or gid or groups:
-            raise BuildError(f"RUN: rootless builds can only run as user 0 (asked for {spec.user}:{spec.group}); "
-                             "other ids need subordinate id ranges, not supported yet")
-        return None
-    return uid, gid, groups
+    try:  # the one rule for which ids a rootless build has (acbuild.userns)
+        check_process_ids((uid, gid, *groups), f"RUN: cannot run as {spec.user or 0}:{spec.group or 0}")
+    except OwnerError as e:
+        raise BuildError(e.message) from None
+    return None if rootless else (uid, gid, groups)
 
 
 def run_sandboxed(spec: SandboxSpec, *, stdin: Stream = None, stdout: Stream = None,
