@@ -42,8 +42,9 @@ def listing(aci: Path) -> list[tuple]:
 
 
 def synthetic_base(out: Path) -> Path:
-    """An .aci with what a real rootfs has: owners 1000 and 0:42, a setgid dir, a char
-    and a block device, a fifo, a hard link, a symlink owned by 1000, and busybox."""
+    """An .aci with what a real rootfs has: owners 1000 and 0:42, a setgid dir, setuid and
+    setgid files, a sticky dir, a char and a block device, a fifo, a hard link, a symlink
+    owned by 1000, and busybox."""
     def add(t: tarfile.TarFile, name: str, kind=tarfile.DIRTYPE, mode=0o755, uid=0, gid=0, data=b"", **kw):
         info = tarfile.TarInfo(name)
         info.type, info.mode, info.uid, info.gid, info.size = kind, mode, uid, gid, len(data)
@@ -70,6 +71,9 @@ def synthetic_base(out: Path) -> Path:
         add(t, "rootfs/data/mine-too", tarfile.LNKTYPE, linkname="rootfs/data/mine")
         add(t, "rootfs/data/link", tarfile.SYMTYPE, 0o777, uid=1000, gid=1000, linkname="mine")
         add(t, "rootfs/data/file", tarfile.REGTYPE, 0o644, data=b"chown me\n")
+        add(t, "rootfs/data/setuid", tarfile.REGTYPE, 0o4755, data=b"#!/bin/sh\n")
+        add(t, "rootfs/data/setgid", tarfile.REGTYPE, 0o2755, gid=50, data=b"#!/bin/sh\n")
+        add(t, "rootfs/tmp", mode=0o1777)
     out.chmod(0o644)
     return out
 
@@ -113,6 +117,8 @@ def test_synthetic_base_round_trip_is_identical_root_and_rootless(unprivileged_u
     assert entries["rootfs/data/link"][3:5] == (1000, 1000)
     assert entries["rootfs/data/file"][3:5] == (1234, 5678)
     assert entries["rootfs/run/initctl"][1] == tarfile.FIFOTYPE
+    assert entries["rootfs/data/setuid"][2] == 0o4755 and entries["rootfs/data/setgid"][2:5] == (0o2755, 0, 50)
+    assert entries["rootfs/tmp"][2] == 0o1777
     assert entries["rootfs/home/app"][3:5] == (2000, 2000)
     assert entries["rootfs/home/app/.profile"][3:5] == (2000, 2000)
     assert images["rootless"].read_bytes() == images["root"].read_bytes()
