@@ -29,7 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from acbuild.errors import NotFoundError, SourcePos, UsageError
+from acbuild.errors import SourcePos, UsageError
+from acbuild.files import read_user_text
 
 try:
     import tomllib
@@ -73,12 +74,7 @@ def load_config(path: Path | None = None) -> Config:
         path = default_config_path()
         if not path.is_file():
             return Config()
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError as e:
-        raise NotFoundError(f"config file {path} does not exist") from e
-    except (OSError, UnicodeDecodeError) as e:
-        raise UsageError(f"read {path}: {e}") from e
+    text = read_user_text(path, "config file")
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:

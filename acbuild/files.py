@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from acbuild import placeholders
+from acbuild.errors import NotFoundError, UsageError
 
 
 def remove_tree_at(parent_fd: int, name: str) -> None:
@@ -154,6 +155,18 @@ def walk(top: str, *, sort_key=None, prune=None, post_order: bool = False):
         yield path, rel, st, False
         if stat.S_ISDIR(st.st_mode):
             stack.append(((path, rel, st), children(path, rel)))
+
+
+def read_user_text(path: Path, what: str) -> str:
+    """The UTF-8 text of a file the user named (a config, a passphrase file): a
+    missing one is NotFoundError, an unreadable or undecodable one a UsageError,
+    each naming `what` and the path."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError as e:
+        raise NotFoundError(f"{what} {path} does not exist") from e
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"read {what} {path}: {e}") from e
 
 
 def copy_tree(src: Path, dest: Path, *, owner: Callable[[str, os.stat_result], tuple[int, int] | None],

@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from acbuild.errors import NotFoundError, UsageError
+from acbuild.errors import UsageError
 
 
 BUILD_FILES = ("ACIfile", "Dockerfile", "Containerfile")
@@ -190,12 +190,9 @@ def trust_settings(args, config) -> dict:
 
 def read_passphrase(path: Path) -> str:
     """The first line of `path`, without its line ending."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError as e:
-        raise NotFoundError(f"passphrase file {path} does not exist") from e
-    except (OSError, UnicodeDecodeError) as e:
-        raise UsageError(f"read passphrase file {path}: {e}") from e
+    from acbuild.files import read_user_text
+
+    text = read_user_text(path, "passphrase file")
     return text.splitlines()[0] if text else ""
 
 
