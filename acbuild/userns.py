@@ -21,13 +21,13 @@ The three cases, `id_space()`:
 
 from __future__ import annotations
 
-import ctypes
 import enum
 import functools
 import os
 import pwd
 import shutil
-import subprocess
+import signal
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,6 +66,12 @@ def can_make_devices() -> bool:
     return id_space() is IdSpace.ROOT
 
 
+def overlay_userxattr() -> bool:
+    """overlayfs keeps its markers in trusted.* xattrs, which need the host's root;
+    in any user namespace it must use user.overlay.* (the userxattr option)."""
+    return id_space() is not IdSpace.ROOT
+
+
 @functools.cache
 def mapped_ids() -> int:
     """How many container ids, from 0, both maps hold without a gap (ROOT: all)."""
@@ -89,6 +95,7 @@ def describe_mapping() -> str:
 # --- owners ----------------------------------------------------------------------
 
 _squash_owners = False
+_squashed: list[str] = []  # what --squash-owners made 0 (beyond a range: said at the end)
 
 
 def set_squash_owners(on: bool) -> None:
@@ -107,7 +114,8 @@ def usable_ids() -> int:
     return 1 << 32 if space is IdSpace.ROOT else 1 if space is IdSpace.SINGLE else mapped_ids()
 
 
-def _why_not() -> str:
+def why_not_mapped() -> str:
+    """Why ids beyond usable_ids() are not there, and what gives them."""
     if id_space() is IdSpace.SINGLE and planned_mapping() is not None:
         return f"acbuild runs without the subordinate ids of {_user()} here (ACBUILD_USERNS=single?)"
     if id_space() is IdSpace.SINGLE:
@@ -127,8 +135,9 @@ def owner_for(uid: int, gid: int, what: str) -> tuple[int, int] | None:
     if uid < limit and gid < limit:
         return None if single else (uid, gid)
     if _squash_owners:
+        _squashed.append(what)
         return None if single else (0, 0)
-    raise OwnerError(f"{what}: owned by {uid}:{gid}, which this rootless build cannot keep: {_why_not()}; "
+    raise OwnerError(f"{what}: owned by {uid}:{gid}, which this rootless build cannot keep: {why_not_mapped()}; "
                      "or pass --squash-owners to make such owners 0")
 
 
@@ -136,7 +145,7 @@ def check_process_ids(ids: tuple[int, ...], what: str) -> None:
     """A process (RUN, the app) can only take ids that are mapped: no squashing those."""
     beyond = [i for i in ids if i >= usable_ids()]
     if beyond:
-        raise OwnerError(f"{what}: id {beyond[0]} is not mapped: {_why_not()}")
+        raise OwnerError(f"{what}: id {beyond[0]} is not mapped: {why_not_mapped()}")
 
 
 def host_owner_for(path: str, st: os.stat_result) -> tuple[int, int] | None:
@@ -147,6 +156,7 @@ def host_owner_for(path: str, st: os.stat_result) -> tuple[int, int] | None:
     space = id_space()
     if space is IdSpace.SUBORDINATE and _overflow() in (st.st_uid, st.st_gid):
         if _squash_owners:
+            _squashed.append(path)
             return 0, 0
         raise OwnerError(f"{path}: owned by a host user or group outside this user namespace (shown as "
                          f"{_overflow()}), which the image cannot keep: copy the tree as that user, or pass "
@@ -166,11 +176,18 @@ def _overflow() -> int:
 
 
 def squash_notice() -> str | None:
-    """The one line to print when owners will be squashed, or None."""
+    """The one line to print up front when every owner will be squashed, or None."""
     if id_space() is IdSpace.SINGLE and _squash_owners:
-        return (f"--squash-owners: {_user()} has no subordinate ids in {SUBUID}: every file of the image "
-                "is owned by 0:0")
+        return f"--squash-owners: every file of the image is owned by 0:0 ({why_not_mapped()})"
     return None
+
+
+def squashed_report() -> str | None:
+    """The one line to print at the end when owners beyond a range were made 0."""
+    if id_space() is IdSpace.SINGLE or not _squashed:
+        return None  # SINGLE: said up front
+    return (f"--squash-owners: {len(_squashed)} file(s) owned beyond the ids this user namespace maps "
+            f"became 0:0, first {_squashed[0]}")
 
 
 _invoker: str | None = None  # set by enter(): inside, getuid() is 0
@@ -249,64 +266,121 @@ class NamespaceError(AcbuildError):
     pass
 
 
-def enter(mapping: Mapping) -> None:
-    """Move this (single-threaded) process into a new user namespace with `mapping`,
-    as its root. A child left in the host namespace runs newuidmap/newgidmap on us
-    (only a process outside may write our maps); we wait for it, then become 0:0
-    without the host's supplementary groups (they are not mapped)."""
+def _unshare_user() -> str:
+    """unshare(CLONE_NEWUSER); "" or why not."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.unshare(CLONE_NEWUSER) == 0:
+        return ""
+    return os.strerror(ctypes.get_errno())
+
+
+def _write_maps(mapping: Mapping, pid: int) -> str:
+    """newuidmap and newgidmap on `pid`; "" or what they said."""
+    import subprocess
+
+    for tool, args in (("newuidmap", mapping.uid_args()), ("newgidmap", mapping.gid_args())):
+        path = shutil.which(tool)
+        if path is None:
+            return f"{tool} is missing (Debian package uidmap)"
+        done = subprocess.run([path, str(pid), *args], capture_output=True, text=True)
+        if done.returncode != 0:
+            return done.stderr.strip() or f"{tool} exited with status {done.returncode}"
+    return ""
+
+
+def enter(mapping: Mapping) -> str:
+    """Continue in a new user namespace with `mapping`, as its root; or return why
+    not ("") and stay. Only a process outside a namespace may write its maps, so
+    the work goes on in a child: it unshares, this process maps it and then only
+    waits, forwarding SIGTERM and SIGHUP (the terminal sends SIGINT to both) and
+    exiting with its status. If the maps cannot be written (a nested namespace, a
+    nosuid newuidmap), the child ends and this process goes on as it was."""
+    import threading
+
     global _invoker
-    tools = [shutil.which(t) for t in ("newuidmap", "newgidmap")]
-    if None in tools:
-        raise NamespaceError("subordinate ids need newuidmap and newgidmap (Debian package uidmap)")
-    ready_r, ready_w = os.pipe()
-    err_r, err_w = os.pipe()
+    if threading.active_count() > 1:
+        return "acbuild started a thread before entering the user namespace (a bug)"
+    invoker = _user()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    unshared_r, unshared_w = os.pipe()
+    verdict_r, verdict_w = os.pipe()
     parent = os.getpid()
     child = os.fork()
-    if child == 0:  # pragma: no cover - runs in the child
-        code = 1
+    if child == 0:
+        os.close(unshared_r)
+        os.close(verdict_w)
+        failure = _unshare_user()
+        os.write(unshared_w, failure.encode() or b"ok")
+        os.close(unshared_w)
+        if failure or os.read(verdict_r, 2) != b"ok":
+            os._exit(0)
+        os.close(verdict_r)
+        os.setresgid(0, 0, 0)  # the supplementary groups stay: they still open the user's files
+        os.setresuid(0, 0, 0)
+        _die_with_parent(parent)
+        _invoker = invoker
+        in_initial_namespace.cache_clear()
+        mapped_ids.cache_clear()
+        return ""
+    os.close(unshared_w)
+    os.close(verdict_r)
+    with os.fdopen(unshared_r, "rb") as f:
+        said = f.read().decode(errors="replace")
+    failure = "" if said == "ok" else f"cannot make a user namespace: {said}"
+    if not failure:
+        failure = _write_maps(mapping, child)
+    os.write(verdict_w, b"no" if failure else b"ok")
+    os.close(verdict_w)
+    if failure:
+        os.waitpid(child, 0)
+        return failure
+    _wait_for(child)
+
+
+def _die_with_parent(parent: int) -> None:
+    """SIGTERM when the waiting parent dies (set after the id change, which clears it)."""
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() != parent:  # it died before that
+        os._exit(143)
+
+
+def _wait_for(child: int):
+    """Wait for the child doing the work; end as it ended (never returns)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the child gets the terminal's too
+    signal.signal(signal.SIGQUIT, signal.SIG_IGN)
+    def forward(number: int, _frame) -> None:
         try:
-            os.close(ready_w)
-            os.close(err_r)
-            if os.read(ready_r, 1) == b"1":
-                for tool, args in zip(tools, (mapping.uid_args(), mapping.gid_args())):
-                    done = subprocess.run([tool, str(parent), *args], capture_output=True, text=True)
-                    if done.returncode != 0:
-                        os.write(err_w, f"{os.path.basename(tool)}: {done.stderr.strip()}".encode())
-                        break
-                else:
-                    code = 0
-        finally:
-            os._exit(code)
-    os.close(ready_r)
-    os.close(err_w)
-    libc = ctypes.CDLL(None, use_errno=True)
-    unshared = libc.unshare(CLONE_NEWUSER) == 0
-    failure = "" if unshared else os.strerror(ctypes.get_errno())
-    os.write(ready_w, b"1" if unshared else b"0")
-    os.close(ready_w)
+            os.kill(child, number)
+        except ProcessLookupError:
+            pass  # it has just ended: waitpid says how
+
+    for forwarded in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(forwarded, forward)
     _, status = os.waitpid(child, 0)
-    with os.fdopen(err_r, "rb") as f:
-        reason = f.read().decode(errors="replace")
-    if not unshared:
-        raise NamespaceError(f"cannot make a user namespace: {failure} "
-                             "(is kernel.unprivileged_userns_clone or user.max_user_namespaces 0?)")
-    if status != 0:
-        raise NamespaceError(f"cannot map the subordinate ids of {SUBUID} and {SUBGID}: "
-                             f"{reason or 'newuidmap failed'}")
-    _invoker = _user()
-    os.setgroups([])
-    os.setresgid(0, 0, 0)
-    os.setresuid(0, 0, 0)
-    in_initial_namespace.cache_clear()
-    mapped_ids.cache_clear()
+    if os.WIFSIGNALED(status):
+        signal.signal(os.WTERMSIG(status), signal.SIG_DFL)
+        os.kill(os.getpid(), os.WTERMSIG(status))
+    os._exit(os.waitstatus_to_exitcode(status))
 
 
-def enter_for_rootfs_work() -> IdSpace:
+def enter_for_rootfs_work() -> str | None:
     """What commands that make image trees call first: an unprivileged user with
-    subordinate ranges moves into the namespace that maps them (SUBORDINATE); root
-    stays ROOT; a user without ranges stays SINGLE."""
-    if os.geteuid() != 0 and os.environ.get("ACBUILD_USERNS") != "single":
-        mapping = planned_mapping()
-        if mapping is not None:
-            enter(mapping)
-    return id_space()
+    subordinate ranges continues in the namespace that maps them (SUBORDINATE);
+    root stays ROOT; a user without ranges stays SINGLE. Returns the one line to
+    print when a user with ranges could not enter (and stays SINGLE)."""
+    if os.geteuid() == 0 or os.environ.get("ACBUILD_USERNS") == "single":
+        return None
+    mapping = planned_mapping()
+    if mapping is None:
+        return None
+    failure = enter(mapping)
+    if failure:
+        return (f"cannot use the subordinate ids of {_user()} ({failure}): building with the user's id "
+                "alone; set ACBUILD_USERNS=single to say so and not try")
+    return None

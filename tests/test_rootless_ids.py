@@ -6,11 +6,13 @@ base with other owners is a clear error unless --squash-owners. Nothing mocked."
 
 from __future__ import annotations
 
+import grp
 import io
 import os
 import pwd
 import shutil
 import stat
+import subprocess
 import tarfile
 from pathlib import Path
 
@@ -39,6 +41,11 @@ def listing(aci: Path) -> list[tuple]:
     """What the tests compare: every entry's name, type, mode, owner, device numbers, link."""
     with tarfile.open(aci) as t:
         return [(i.name, i.type, i.mode, i.uid, i.gid, i.devmajor, i.devminor, i.linkname) for i in t.getmembers()]
+
+
+def error_lines(stderr: str) -> list[str]:
+    """The messages, without the caret excerpt under a FILE:LINE:COL one."""
+    return [line for line in stderr.splitlines() if line and not line.startswith(" ")]
 
 
 def synthetic_base(out: Path) -> Path:
@@ -137,7 +144,8 @@ def test_without_subordinate_ids_other_owners_fail_unless_squashed(single_id_use
     failed = acbuild_proc(args, pythonpath, user)
     assert failed.returncode == 1, failed.stderr
     assert "/etc/subuid" in failed.stderr and "--squash-owners" in failed.stderr, failed.stderr
-    assert "Traceback" not in failed.stderr and len(failed.stderr.strip().splitlines()) == 1, failed.stderr
+    assert "Traceback" not in failed.stderr and len(error_lines(failed.stderr)) == 1, failed.stderr
+    assert error_lines(failed.stderr)[0].startswith(f"{d / 'ACIfile'}:1:1: FROM base.aci: ")
     assert not (d / "out.aci").exists()
     squashed = acbuild_proc([*args, "--squash-owners"], pythonpath, user)
     assert squashed.returncode == 0, squashed.stderr
@@ -158,7 +166,7 @@ def test_from_an_unreadable_root_owned_directory_is_one_clear_error(unprivileged
     proc = acbuild_proc(["build", "-q", "--cache-dir", str(d / "cache"), "-f", str(d / "ACIfile"),
                          "-o", str(d / "out.aci")], pythonpath, unprivileged_user)
     assert proc.returncode != 0
-    lines = [line for line in proc.stderr.splitlines() if line and not line.startswith(" ")]  # not the excerpt
+    lines = error_lines(proc.stderr)
     assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert f"{tree}/etc/secret" in lines[0] and "Permission denied" in lines[0], lines[0]
 
@@ -229,3 +237,48 @@ def test_unshare_shows_the_mapping_and_can_remove_what_builds_left(unprivileged_
     assert host.st_uid == int(shown[4]) + 999  # container 1000 is the range's 1000th id on the host
     gone = acbuild_proc(["unshare", "--", "rm", "-rf", f"{d}/x"], pythonpath, user)
     assert gone.returncode == 0 and not (d / "x").exists(), gone.stderr
+
+
+def test_copy_from_a_stage_leaves_device_placeholders_out_as_root_leaves_devices(unprivileged_user, pythonpath, top):
+    acifile = "FROM base.aci AS a\nFROM base.aci\nNAME example.com/copied\nCOPY --from=a /dev /devcopy\n"
+    images = build_both(top, unprivileged_user, pythonpath, acifile, synthetic_base(top / "base.aci"))
+    assert listing(images["rootless"]) == listing(images["root"])
+    assert not any(e[0].startswith("rootfs/devcopy/") for e in listing(images["root"]))
+
+
+def test_where_newuidmap_cannot_map_acbuild_says_why_and_builds_with_one_id(unprivileged_user, pythonpath, top):
+    """In a user namespace of its own (as in a rootless container) the user keeps its
+    range in /etc/subuid, but newuidmap cannot write maps from there."""
+    user = unprivileged_user
+    d = owned_tree(top / "nested", user)
+    (d / "ACIfile").write_text('FROM scratch\nNAME example.com/nested\nLABEL a=b\n')
+    os.lchown(d / "ACIfile", user.pw_uid, user.pw_gid)
+    env = ["env", "-i", "PATH=/usr/sbin:/usr/bin:/sbin:/bin", f"PYTHONPATH={pythonpath}", f"HOME={user.pw_dir}"]
+    proc = subprocess.run(["runuser", "-u", user.pw_name, "--", "unshare", "--user", "--map-current-user", *env,
+                           str(PYTHON), "-m", "acbuild", "build", "-q", "--cache-dir", str(d / "cache"),
+                           "-f", str(d / "ACIfile"), "-o", str(d / "out.aci")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "cannot use the subordinate ids" in proc.stderr and "ACBUILD_USERNS=single" in proc.stderr, proc.stderr
+    assert proc.stdout.startswith("sha512-")
+
+
+def test_the_users_supplementary_groups_still_open_its_files(unprivileged_user, pythonpath, top):
+    user = unprivileged_user
+    group = "acbuild-test-grp"
+    subprocess.run(["groupadd", "-f", group], check=True)
+    subprocess.run(["usermod", "-a", "-G", group, user.pw_name], check=True)
+    try:
+        ctx = top / "grp"
+        ctx.mkdir()
+        (ctx / "ACIfile").write_text("FROM scratch\nNAME example.com/grp\nCOPY f /f\n")
+        (ctx / "f").write_text("x")
+        gid = grp.getgrnam(group).gr_gid
+        for p in (ctx, ctx / "ACIfile", ctx / "f"):
+            os.chown(p, 0, gid)
+        ctx.chmod(0o750)
+        out = owned_tree(top / "grp-out", user)
+        acbuild(["build", "-q", "--cache-dir", str(out / "cache"), "-f", str(ctx / "ACIfile"),
+                 "-o", str(out / "out.aci")], pythonpath, user)
+    finally:
+        subprocess.run(["gpasswd", "-d", user.pw_name, group], capture_output=True)
+        subprocess.run(["groupdel", group], capture_output=True)

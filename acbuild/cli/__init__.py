@@ -117,10 +117,17 @@ def _enter_user_namespace(args) -> None:
     from acbuild import userns
 
     userns.set_squash_owners(getattr(args, "squash_owners", False))
-    userns.enter_for_rootfs_work()
-    notice = userns.squash_notice()
-    if notice:
-        print(f"acbuild: {notice}", file=sys.stderr)
+    for notice in (userns.enter_for_rootfs_work(), userns.squash_notice()):
+        if notice:
+            print(f"acbuild: {notice}", file=sys.stderr)
+
+
+def _report_squashed() -> None:
+    from acbuild import userns
+
+    report = userns.squashed_report()
+    if report:
+        print(f"acbuild: {report}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -142,7 +149,10 @@ def main(argv: list[str] | None = None) -> int:
             from acbuild import limits
 
             limits.set_max_image_size(limits.parse_size(args.max_image_size, "--max-image-size"))
-        return args.run(args) or 0
+        code = args.run(args) or 0
+        if getattr(args, "rootfs_work", False):
+            _report_squashed()
+        return code
     except AcbuildError as err:
         if debug:
             import traceback

@@ -35,7 +35,7 @@ def build_file(args) -> Path:
         return args.file
     where = getattr(args, "context", None) or Path(".")
     for name in BUILD_FILES:
-        if (where / name).is_file():
+        if os.path.isfile(where / name):  # never raises: an unreadable dir is reported when the file is read
             return where / name
     return where / BUILD_FILES[0]  # "cannot read ./ACIfile" names what was looked for first
 

@@ -11,7 +11,8 @@ Run COMMAND (default: $SHELL, else /bin/sh) as root of the user namespace that
 rootless acbuild works in: container id 0 is you, 1..N your range in /etc/subuid
 and /etc/subgid (through newuidmap/newgidmap). Files acbuild made there (the step
 cache, a session's rootfs) are owned by your subordinate ids on the host, which
-you cannot remove or change outside; here you can. As root it runs COMMAND as is."""
+you cannot remove or change outside; here you can. As root it runs COMMAND as is;
+without subordinate ids it refuses (there is nothing to enter)."""
 
 EPILOG = """\
 examples:
@@ -28,7 +29,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from acbuild import userns
     from acbuild.errors import NotFoundError, UsageError
+
+    if userns.id_space() is userns.IdSpace.SINGLE:
+        raise UsageError(f"unshare: no user namespace to enter: {userns.why_not_mapped()}")
 
     argv = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not argv:

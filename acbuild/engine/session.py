@@ -433,6 +433,8 @@ def _start_from_aci(path: Path, rootfs: Path, base: p.From, options: BuildOption
             contents = extract_rootfs(source, rootfs)
         except ImageError as err:
             raise BuildError(f"FROM {base.base}: {err.at_path(path).message}", base.pos) from err
+        except OwnerError as err:
+            raise BuildError(f"FROM {base.base}: {err.message}", base.pos) from err
     manifest = m.ImageManifest.from_json(contents.manifest_bytes)
     if manifest.dependencies:
         from acbuild.engine.deps.render import render_dependencies
@@ -462,7 +464,10 @@ def _start_from_oci(base: p.From, rootfs: Path, options: BuildOptions) -> m.Imag
     except AcbuildError as err:
         raise BuildError(f"FROM {base.base}: {err.message}", base.pos) from err
     rootfs.mkdir(mode=0o755)
-    contents = extract_rootfs(aci, rootfs)
+    try:
+        contents = extract_rootfs(aci, rootfs)
+    except OwnerError as err:
+        raise BuildError(f"FROM {base.base}: {err.message}", base.pos) from err
     return m.ImageManifest.from_json(contents.manifest_bytes)
 
 

@@ -39,7 +39,7 @@ from acbuild import placeholders
 from acbuild.aci import manifest as m
 from acbuild.engine.execute.paths import walk_path
 from acbuild.errors import BuildError, SourcePos
-from acbuild.userns import in_initial_namespace
+from acbuild.userns import overlay_userxattr
 
 NO_OVERLAY_ENV = "ACBUILD_NO_OVERLAY"
 _OPAQUE = ("trusted.overlay.opaque", "user.overlay.opaque")
@@ -136,7 +136,7 @@ def probe_overlay(lower: Path, upper: Path, work: Path) -> int:
     from acbuild.engine.execute.sandbox import CLONE_NEWNS, CLONE_NEWUSER, MakePrivate, MountOverlay, unshare
 
     rootless = os.geteuid() != 0
-    step = MountOverlay((lower,), upper, work, rootless or not in_initial_namespace())
+    step = MountOverlay((lower,), upper, work, overlay_userxattr())
     rfd, wfd = os.pipe()
     pid = os.fork()
     if pid == 0:
@@ -234,7 +234,8 @@ def merge_below(src: Path, dst: Path) -> None:
             placeholders.copy_mark(entry.path, os.fspath(target))
         elif stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) or stat.S_ISFIFO(st.st_mode):
             if not placeholders.make_node(os.fspath(target), st.st_mode, st.st_rdev):
-                continue
+                raise BuildError(f"cannot keep device node {target}: its file system holds no user xattrs "
+                                 "for a placeholder (set TMPDIR to a dir on ext4, xfs or btrfs)")
         else:
             continue
         _copy_meta(Path(entry.path), target, st)
@@ -315,6 +316,8 @@ def _same(a: Path, sa: os.stat_result, b: Path, sb: os.stat_result) -> bool:
     if (sa.st_mode, sa.st_uid, sa.st_gid) != (sb.st_mode, sb.st_uid, sb.st_gid):
         return False
     if stat.S_ISREG(sa.st_mode):
+        if placeholders.device_of(os.fspath(a), sa) != placeholders.device_of(os.fspath(b), sb):
+            return False  # a device's placeholder is that device, not an empty file
         return sa.st_size == sb.st_size and _digest(a) == _digest(b)
     if stat.S_ISLNK(sa.st_mode):
         return os.readlink(a) == os.readlink(b)

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from acbuild.engine.execute.paths import resolve_in_root
+from acbuild import placeholders
 from acbuild.errors import BuildError, SourcePos
 
 _GLOB_CHARS = set("*?[")
@@ -179,8 +180,8 @@ def _copy_entry(src: Path, target: Path, attrs: CopyAttrs, st: os.stat_result,
         os.symlink(os.readlink(src), target)
         _set_attrs(target, 0, attrs, link=True)
         return
-    if not stat.S_ISREG(st.st_mode):
-        return  # sockets, fifos, devices in a build context are not copied
+    if not stat.S_ISREG(st.st_mode) or placeholders.device_of(os.fspath(src), st) is not None:
+        return  # sockets, fifos, devices (and rootless, their placeholders) are not copied
     # Always a new inode: never write into an existing file, which may be a hard
     # link shared with a step-cache snapshot (engine.cache).
     if target.is_symlink() or target.exists():

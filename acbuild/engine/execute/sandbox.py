@@ -46,7 +46,7 @@ from typing import IO, Callable, Protocol, Union
 from acbuild.engine.execute import hardening
 from acbuild.engine.execute.users import in_image, resolve_group, resolve_user
 from acbuild.errors import BuildError
-from acbuild.userns import OwnerError, check_process_ids, in_initial_namespace
+from acbuild.userns import OwnerError, check_process_ids, overlay_userxattr
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 INIT_NAME = b"acbuild-init"
@@ -506,8 +506,8 @@ def root_step(spec: SandboxSpec, root: Path, rootless: bool, scratch: Path | Non
         lower, work = (scratch / "lower",), scratch / "root-work"
     else:
         return MountRoot(root, flags, None, may_bind=True)
-    userxattr = rootless or not in_initial_namespace()  # trusted.* xattrs need the host's root
-    return MountRoot(root, flags, MountOverlay(lower, root, work, userxattr, flags), may_bind=not spec.lower_layers)
+    return MountRoot(root, flags, MountOverlay(lower, root, work, overlay_userxattr(), flags),
+                     may_bind=not spec.lower_layers)
 
 
 def make_scratch(root: Path) -> Path | None:
