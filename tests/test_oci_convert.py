@@ -142,9 +142,11 @@ def test_config_mapping_details():
 # ---------------------------------------------------------------- hostile or broken input
 
 
-def make_layout(dir: Path, layers: list[bytes], config: dict | None = None, wrong_diff_id: bool = False) -> None:
-    """A minimal OCI layout with uncompressed `layers` (and a matching config,
-    unless `wrong_diff_id`)."""
+def make_layout(dir: Path, layers: list[bytes], config: dict | None = None, wrong_diff_id: bool = False,
+                gzipped: tuple[int, ...] = ()) -> None:
+    """A minimal OCI layout with `layers` (plain tars; those at the indexes
+    `gzipped` stored gzip-compressed, deterministically) and a matching config,
+    unless `wrong_diff_id`."""
     blobs = dir / "blobs/sha256"
     blobs.mkdir(parents=True)
 
@@ -153,8 +155,11 @@ def make_layout(dir: Path, layers: list[bytes], config: dict | None = None, wron
         (blobs / digest).write_bytes(data)
         return {"digest": f"sha256:{digest}", "size": len(data)}
 
-    diff_ids = [put(layer)["digest"] for layer in layers]
-    layer_digests = list(diff_ids)
+    import gzip
+
+    diff_ids = ["sha256:" + hashlib.sha256(layer).hexdigest() for layer in layers]
+    layers = [gzip.compress(layer, mtime=0) if n in gzipped else layer for n, layer in enumerate(layers)]
+    layer_digests = [put(layer)["digest"] for layer in layers]
     if wrong_diff_id:
         diff_ids[-1] = "sha256:" + "0" * 64
     cfg = {"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": diff_ids},
@@ -429,3 +434,79 @@ def test_from_oci_layout_relative_to_the_context(images, tmp_path):
     (tmp_path / "ACIfile").write_text("FROM oci:layout:latest\nNAME example.com/from-oci\nRUN test -f /data/hl\n")
     acbuild("build", "-f", tmp_path / "ACIfile", "-o", tmp_path / "out.aci", env=_image_env(tmp_path))
     assert (tmp_path / "out.aci").exists()
+
+
+# ---------------------------------------------------------------- the squash's bytes are pinned
+
+
+def _known_layers() -> list[bytes]:
+    """Three layers exercising every rule of the squash: implicit parents, long
+    (PAX) names and big ids, files across the 1 MiB chunk size, hard links within
+    and across layers, a link that keeps its content when its target is replaced,
+    whiteouts of a file and a directory, an opaque directory, a directory over a
+    directory (its header changes), a file over a directory, a device (dropped)."""
+    big = bytes(range(256)) * 5000  # 1.28 MB, not a multiple of 512
+    deep = "usr/share/" + "very-long-directory-name/" * 5 + "file.txt"
+    base = layer_tar([
+        (".", b"", {"type": tarfile.DIRTYPE, "mode": 0o700}),
+        ("etc", b"", {"type": tarfile.DIRTYPE}), ("etc/motd", b"hi\n", {}),
+        ("etc/doomed", b"bye\n", {}), ("etc/old", b"old\n", {"mtime": 4_000_000_000}),
+        ("etc/keep-old", b"", {"type": tarfile.LNKTYPE, "linkname": "etc/old"}),
+        ("data/keep/orig", b"orig\n", {}),  # data/ and data/keep/ are implicit
+        ("data/gone/f", b"f\n", {}), ("data/big", big, {"uid": 3_000_000, "gid": 3_000_001}),
+        ("bin/sh", b"#!fake\n", {"mode": 0o755}), ("bin/ash", b"", {"type": tarfile.SYMTYPE, "linkname": "sh"}),
+        (deep, b"deep\n", {}), ("dev/null", b"", {"type": tarfile.CHRTYPE, "devmajor": 1, "devminor": 3}),
+        ("run/fifo", b"", {"type": tarfile.FIFOTYPE}), ("opt", b"", {"type": tarfile.DIRTYPE}),
+        ("opt/x", b"x\n", {}),
+    ])
+    middle = layer_tar([
+        ("etc", b"", {"type": tarfile.DIRTYPE, "mode": 0o750}),  # merges, new mode
+        ("etc/.wh.doomed", b"", {}), ("data/.wh.gone", b"", {}),
+        ("etc/old", b"new\n", {}),  # etc/keep-old keeps "old"
+        ("data/hl", b"", {"type": tarfile.LNKTYPE, "linkname": "etc/motd"}),
+        ("data/links/a", big[:700], {}), ("data/links/b", b"", {"type": tarfile.LNKTYPE, "linkname": "data/links/a"}),
+        ("opt", b"a file now\n", {}),  # a file over a directory
+    ])
+    top = layer_tar([
+        ("data/keep", b"", {"type": tarfile.DIRTYPE}), ("data/keep/.wh..wh..opq", b"", {}),
+        ("data/keep/new", b"new\n", {}), ("bin/sh", b"#!replaced\n", {"mode": 0o755}),
+    ])
+    return [base, middle, top]
+
+
+# The image IDs `acbuild convert` gave for _known_layers before the one-pass
+# squash (commit 4fad00c): a change to the squash must not change a byte.
+KNOWN_SQUASHED_ID = ("sha512-3f0a79036521cc012a21e3e9fca6652b32430e9f0c83ff300a4cbbe581d87cf4"
+                     "e4997c4a7e7adef51cedaa3f2e384814ef991dd9b8d7d44d2fe2d3c83d07d36f")
+KNOWN_LAYER_IDS = [
+    "sha512-1b10e38c8be1066918c68600b4d021fecd20c199741b76417eb740d2c09f1367cf3fcdfe4f9ca8ca9b4d8836162823c4"
+    "1e0ad4314450a2cd228c4c949293d3da",
+    "sha512-bb3c9f0fab332bad12ddc39882cda78dacb9f8821cd00847be76489b78293ebc586fd58b95c08fd2bdff2d8684db832a"
+    "afb04096812293b9c77e67b8794ad659",
+    "sha512-3e711cd7364889ad47cee893e58607e2199a559183277afcbf73e3cce154a637901716b65d2021e6b3ab067d70ce3186"
+    "6942adfa5609221717726886648b7659",
+]
+
+
+def test_the_image_id_of_a_known_image_does_not_change(tmp_path):
+    make_layout(tmp_path / "layout", _known_layers(), config={"Cmd": ["/bin/sh"]}, gzipped=(1,))
+    env = dict(os.environ, SOURCE_DATE_EPOCH="1700000500")
+    done = acbuild("convert", f"oci:{tmp_path / 'layout'}", "-o", tmp_path / "out.aci", env=env)
+    assert done.stdout.strip() == KNOWN_SQUASHED_ID
+    acbuild("convert", "--no-squash", f"oci:{tmp_path / 'layout'}", "-o", tmp_path / "split/out.aci", env=env)
+    got = sorted(read_aci(p).image_id for p in (tmp_path / "split").glob("*.aci"))
+    assert got == sorted(KNOWN_LAYER_IDS)
+
+
+def test_a_layer_cannot_escape_through_a_lower_layers_symlink(tmp_path):
+    """Each link stays inside on its own (`a/p -> ..` is the root, `q ->
+    a/p/../outside` is lexically /outside), but resolved through the lower
+    layer's link, q leaves the root: refused, as an .aci holding it would be."""
+    lower = layer_tar([("a", b"", {"type": tarfile.DIRTYPE}),
+                       ("a/p", b"", {"type": tarfile.SYMTYPE, "linkname": ".."})])
+    upper = layer_tar([("q", b"", {"type": tarfile.SYMTYPE, "linkname": "a/p/../outside"})])
+    make_layout(tmp_path / "layout", [lower, upper])
+    done = acbuild("convert", f"oci:{tmp_path / 'layout'}", "-o", tmp_path / "out.aci", check=False)
+    assert done.returncode == 1, done.stderr
+    assert "/q: symlink target 'a/p/../outside' escapes rootfs" in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "out.aci").exists()
