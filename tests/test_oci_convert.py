@@ -510,3 +510,13 @@ def test_a_layer_cannot_escape_through_a_lower_layers_symlink(tmp_path):
     assert done.returncode == 1, done.stderr
     assert "/q: symlink target 'a/p/../outside' escapes rootfs" in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "out.aci").exists()
+
+
+def test_a_truncated_gzip_layer_is_refused(tmp_path):
+    """The layer is gunzipped by a reader thread; its failure is the convert's error."""
+    make_layout(tmp_path / "layout", [layer_tar([("f", os.urandom(3 << 20), {})])], gzipped=(0,))
+    blob = max((tmp_path / "layout/blobs/sha256").iterdir(), key=lambda p: p.stat().st_size)
+    blob.write_bytes(blob.read_bytes()[:-100])
+    done = acbuild("convert", f"oci:{tmp_path / 'layout'}", "-o", tmp_path / "out.aci", check=False)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert "layer" in done.stderr and not (tmp_path / "out.aci").exists()

@@ -164,11 +164,12 @@ def _clean(name: str) -> tuple[str, list[str]]:
     return name, parts
 
 
-def escapes_root(base: list[str], target: str) -> bool:
-    """Does `target`, resolved lexically from the directory `base` (components
-    under rootfs; absolute targets start at rootfs), leave rootfs? (acbuild.oci.squash
-    applies the same rule to image layers.)"""
-    return _escapes({}, base, target) is not None
+def escapes_root(base: list[str], target: str, links: dict[str, str] | None = None) -> bool:
+    """Does `target`, resolved from the directory `base` (components under rootfs;
+    absolute targets start at rootfs) lexically, or through the symlinks `links`
+    (path under rootfs -> target) when given, leave rootfs? (acbuild.oci.squash
+    applies the same rule to the tree image layers leave.)"""
+    return _escapes(links or {}, base, target) is not None
 
 
 def _escapes(links: dict[str, str], base: list[str], target: str) -> str | None:

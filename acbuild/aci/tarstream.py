@@ -25,6 +25,7 @@ from acbuild.errors import ImageError
 from acbuild.limits import MAX_PATH_DEPTH, MAX_TAR_META_BYTES
 
 BLOCK = 512
+READ_AHEAD = 1 << 16  # bytes asked of the stream at a time (at least)
 
 REGTYPE, AREGTYPE, LNKTYPE, SYMTYPE = b"0", b"\0", b"1", b"2"
 CHRTYPE, BLKTYPE, DIRTYPE, FIFOTYPE, CONTTYPE = b"3", b"4", b"5", b"6", b"7"
@@ -99,6 +100,9 @@ class TarReader:
         self.offset = 0  # bytes consumed so far
         self._left = 0  # unread data bytes of the current entry
         self._pad = 0  # padding after them
+        # Read ahead in READ_AHEAD pieces, so that a header costs a slice, not a read call.
+        self._buf = b""
+        self._pos = 0
 
     def _bad(self, message: str) -> ImageError:
         return ImageError(message, path=self.where)
@@ -107,18 +111,29 @@ class TarReader:
 
     def _take(self, n: int, what: str) -> bytes:
         """Exactly n bytes, or an ImageError for a truncated or damaged stream."""
-        out = bytearray()
+        pos = self._pos
+        if len(self._buf) - pos >= n:
+            self._pos = pos + n
+            self.offset += n
+            return self._buf[pos:pos + n]
+        out = bytearray(self._buf[pos:])
+        self._buf, self._pos = b"", 0
         while len(out) < n:
             try:
-                chunk = self._read(n - len(out))
+                chunk = self._read(max(n - len(out), READ_AHEAD))
             except STREAM_ERRORS as err:
                 raise self._bad(f"cannot read: damaged or truncated compressed stream "
                                  f"at tar offset {self.offset + len(out)}: {err}") from None
             if not chunk:
                 raise self._bad(f"truncated archive: ends inside {what} at offset {self.offset + len(out)}")
+            if not out and len(chunk) >= n:  # the common case: no copy into `out`
+                self._buf, self._pos = chunk, n
+                self.offset += n
+                return chunk[:n] if len(chunk) > n else chunk
             out += chunk
+        self._buf, self._pos = bytes(out[n:]), 0
         self.offset += n
-        return bytes(out)
+        return bytes(out[:n])
 
     def _skip(self, n: int, what: str) -> None:
         while n:
@@ -214,7 +229,7 @@ class TarReader:
         text = _cstr(field).strip(b" \0")
         if not text:
             return 0
-        if not all(0x30 <= b <= 0x37 for b in text):
+        if text.translate(None, b"01234567"):  # anything left is not an octal digit
             raise self._bad(f"corrupt archive: bad {what} field {field!r} in the header at offset {at}")
         return int(text, 8)
 

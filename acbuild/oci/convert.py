@@ -5,7 +5,7 @@ write the ACI. The recipe:
     outputs = convert(opened, Path("busybox.aci"), options)
 
 Contract: outputs are written atomically (acbuild.aci.writer's AciSink); the
-layers are streamed into the .aci (acbuild.oci.squash), never unpacked; registry blobs go
+layers are read once each into the .aci (acbuild.oci.squash), never unpacked; registry blobs go
 through the content-addressed BlobCache under the acbuild cache root
 (`CACHE/oci/blobs`), so a second pull of the same image downloads no blob.
 File mtimes are clamped to $SOURCE_DATE_EPOCH, else to the config's `created`
@@ -112,11 +112,11 @@ def convert(opened: Opened, out: Path, options: ConvertOptions = ConvertOptions(
         epoch = source_date_epoch_from_env()
     else:
         epoch = created_epoch(opened.image.config) or 0
-    squash = index(opened.image.layers)
-    if options.squash:
-        written = [(out, _write(out, manifest, options, epoch, lambda sink: write_squashed(squash, sink, epoch)))]
-    else:
-        written = _write_layers(squash, manifest, out, options, epoch)
+    with index(opened.image.layers) as squash:
+        if options.squash:
+            written = [(out, _write(out, manifest, options, epoch, lambda sink: write_squashed(squash, sink, epoch)))]
+        else:
+            written = _write_layers(squash, manifest, out, options, epoch)
     if squash.skipped:
         shown = ", ".join(squash.skipped[:5]) + (" ..." if len(squash.skipped) > 5 else "")
         options.reporter.note(f"not kept (device nodes come from the runtime): {shown}")

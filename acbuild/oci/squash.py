@@ -1,8 +1,11 @@
 """Image layers, base first, squashed into one .aci without unpacking them:
 what a container runtime shows as the image's root filesystem.
 
-Two passes over the layer tars. `index()` reads only the headers and keeps the
-tree they leave, by the OCI image spec's "Applying changesets":
+`index()` reads each layer once, through acbuild.aci.tarstream (the strict tar
+reader that decides what a well-formed entry is, as it does for .aci files): it
+keeps the headers as the tree they leave and copies each regular file's content
+into one anonymous spool file. The tree follows the OCI image spec's "Applying
+changesets":
 - `DIR/.wh.NAME` deletes NAME (and everything under it) from the lower layers;
 - `DIR/.wh..wh..opq` makes DIR opaque: what lower layers had in DIR goes, what
   this layer puts there stays (wherever the marker sits in the tar);
@@ -11,43 +14,52 @@ tree they leave, by the OCI image spec's "Applying changesets":
   a later layer replaces or deletes the target (file identity is tracked);
 - character and block devices are not kept (listed in `skipped`): a converted
   image gets its /dev from the runtime.
-`write_squashed()` then streams the layers again and writes each surviving
-entry straight into the .aci (acbuild.aci.writer's AciSink: hashed,
-compressed, atomic), in layer order, the first path of each inode as the file
-and the others as hard links to it. Owners, modes and times come from the tar
-headers (mtimes clamped to the epoch), so no privilege is needed.
+`write_squashed()` then writes each surviving entry into the .aci
+(acbuild.aci.writer's AciSink: hashed, compressed, atomic), in layer order, the
+first path of each inode as the file and the others as hard links to it, the
+content from the spool. Owners, modes and times come from the tar headers
+(mtimes clamped to the epoch), so no privilege is needed.
 
-Nothing is written to disk but the .aci, so a hostile layer has no filesystem to
-escape; names with `..`, symlinks whose target leaves the root and entries
-under a symlinked directory are refused anyway, as they are in an .aci (whose
-extraction, acbuild.aci.archive, later walks the tree without following links).
-Layer blobs are verified while they stream (Layer.open), on both passes; the
-uncompressed tar is checked against the config's diff_id on the first pass (and
-on both when the blob has no digest of its own, as in a docker-archive).
+Why not top-down in one pass: the .aci lists entries base layer first (its
+bytes, hence its image ID, are kept as they were), so the upper layers' content
+waits somewhere either way; and a base file that an upper layer deletes may
+still be the content of a later hard link in the base, which a reader going top
+down cannot know when it skips the file. The spool holds every file once; what
+the upper layers shadow costs a copy into the page cache, no second read.
+
+Nothing is written to disk but the .aci and the spool, so a hostile layer has no
+filesystem to escape; names with `..`, symlinks whose target leaves the root
+(lexically, and once the tree is complete, through the other symlinks of all
+layers, as acbuild.aci.archive resolves an .aci's links) and entries under a
+symlinked directory are refused anyway, as they are in an .aci. Layer blobs are
+verified while they stream (Layer.open), and the uncompressed tar against the
+config's diff_id.
 """
 
 from __future__ import annotations
 
 import gzip
-import shutil
-import tarfile
+import os
 import tempfile
+import threading
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from queue import Queue
 from typing import BinaryIO
 
 from acbuild.aci.archive import escapes_root
 from acbuild.aci.tarformat import BLOCK, ZERO_BLOCK, tar_header
-from acbuild.errors import ImageError
+from acbuild.aci.tarstream import AREGTYPE, DIRTYPE, LNKTYPE, REGTYPE, STREAM_ERRORS, Entry, TarReader
+from acbuild.errors import AcbuildError, ImageError
 from acbuild.oci.blobs import DigestReader
 from acbuild.oci.layout import Layer
 
 WHITEOUT = ".wh."
 OPAQUE = ".wh..wh..opq"
-_DIR_INFO = tarfile.TarInfo("")
-_DIR_INFO.type, _DIR_INFO.mode = tarfile.DIRTYPE, 0o755
+CHUNK = 1 << 20
+_DIR_INFO = Entry("", DIRTYPE, 0o755, 0, 0, 0, 0, "", 0, 0, 0)
 
 
 @dataclass
@@ -56,7 +68,7 @@ class Node:
     entry that made it (None for a directory no layer named: made 0755 root, as
     runtimes do). Files and hard links share an `inode`."""
 
-    info: tarfile.TarInfo
+    info: Entry
     source: tuple[int, int] | None
     layer: int
     inode: int | None = None
@@ -65,13 +77,45 @@ class Node:
 
 @dataclass
 class Squash:
+    """The tree, and the layers' entries and file contents as read (close() frees the spool)."""
+
     layers: list[Layer]
     root: Node = field(default_factory=lambda: Node(_DIR_INFO, None, -1, children={}))
     # inode -> the (layer, ordinal) and header of the entry holding its content
-    contents: dict[int, tuple[tuple[int, int], tarfile.TarInfo]] = field(default_factory=dict)
+    contents: dict[int, tuple[tuple[int, int], Entry]] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)  # device nodes not kept
     # --no-squash: per layer, hard links to a lower layer's inode ((layer, ordinal) -> inode)
     lower_links: dict[tuple[int, int], int] = field(default_factory=dict)
+    entries: list[list[Entry]] = field(default_factory=list)  # per layer, in tar order
+    # (layer, ordinal) of a regular file -> where its content starts in the spool
+    data: dict[tuple[int, int], int] = field(default_factory=dict)
+    spool: BinaryIO | None = None
+
+    def close(self) -> None:
+        if self.spool is not None:
+            self.spool.close()
+            self.spool = None
+
+    def __enter__(self) -> Squash:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def copy_content(self, key: tuple[int, int], size: int, sink) -> None:
+        """The content of the regular file (layer, ordinal) `key`, and its padding, into `sink`."""
+        assert self.spool is not None
+        fd, offset = self.spool.fileno(), self.data[key]
+        left = size
+        while left:
+            piece = os.pread(fd, min(left, CHUNK), offset)
+            if not piece:
+                raise ImageError(f"spool file ended early at offset {offset}")
+            sink.write(piece)
+            offset += len(piece)
+            left -= len(piece)
+        if size % BLOCK:
+            sink.write(ZERO_BLOCK[: -size % BLOCK])
 
 
 class _Prefixed:
@@ -92,12 +136,59 @@ class _Prefixed:
         return self.inner.read(n)
 
 
+class _ReadAhead:
+    """The uncompressed layer read by a second thread, CHUNK by CHUNK, so that
+    reading the file, gunzipping and hashing (which release the GIL) overlap with
+    parsing the tar in this one. `read(n)` returns at most one chunk; the thread's
+    failure is raised here, in the reader."""
+
+    def __init__(self, read, depth: int = 4):
+        self._queue: Queue = Queue(depth)
+        self._rest = b""
+        self._done = False
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, args=(read,), daemon=True, name="layer-read")
+        self._thread.start()
+
+    def _run(self, read) -> None:
+        try:
+            while not self._stop:
+                chunk = read(CHUNK)
+                self._queue.put(chunk)
+                if not chunk:
+                    return
+        except BaseException as e:  # handed to the reader
+            self._queue.put(e)
+
+    def read(self, n: int) -> bytes:
+        if not self._rest:
+            if self._done:
+                return b""
+            got = self._queue.get()
+            if isinstance(got, BaseException):
+                self._done = True
+                raise got
+            if not got:
+                self._done = True
+                return b""
+            self._rest = got
+        data, self._rest = self._rest[:n], self._rest[n:]
+        return data
+
+    def close(self) -> None:
+        """Stop the thread (it may be blocked on a full queue: drain it)."""
+        self._stop = True
+        while self._thread.is_alive():
+            while not self._queue.empty():
+                self._queue.get_nowait()
+            self._thread.join(0.05)
+
+
 @contextmanager
-def _members(layer: Layer, both: bool = False) -> Iterator[tuple[tarfile.TarFile, Iterator[tarfile.TarInfo]]]:
-    """The layer's tar entries, streamed; the blob's digest is checked once the
-    iterator is exhausted, and the uncompressed tar's diff_id when the blob has no
-    digest or `both` (the first pass checks both; after that the blob digest
-    alone pins the same bytes)."""
+def _layer_tar(layer: Layer) -> Iterator[TarReader]:
+    """The layer's tar entries, streamed and strictly parsed; after the reader is
+    exhausted, `_finish_layer` checks the blob's digest and the uncompressed
+    tar's diff_id."""
     with layer.open() as blob:
         head = blob.read(4)
         if head == b"\x28\xb5\x2f\xfd":
@@ -106,28 +197,22 @@ def _members(layer: Layer, both: bool = False) -> Iterator[tuple[tarfile.TarFile
         if head.startswith(b"\x1f\x8b"):
             stream = gzip.GzipFile(fileobj=stream, mode="rb")  # type: ignore[assignment]
         checked = DigestReader(stream, layer.diff_id, what=f"layer {layer.what} (uncompressed)") \
-            if layer.diff_id and (both or not layer.digest) else None
+            if layer.diff_id else stream
+        ahead = _ReadAhead(checked.read)
         try:
-            tf = tarfile.open(fileobj=checked or stream, mode="r|", errorlevel=2,  # type: ignore[arg-type]
-                              encoding="utf-8", errors="surrogateescape")
-
-            def entries() -> Iterator[tarfile.TarInfo]:
-                yield from tf
-                if checked is not None:
-                    checked.check()
-                if isinstance(blob, DigestReader):
-                    blob.check()
-
-            yield tf, _wrap_errors(entries(), layer)
-        except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
+            tar = TarReader(ahead.read, f"layer {layer.what}")
+            yield tar
+            ahead.close()
+            if isinstance(checked, DigestReader):
+                checked.check()
+            if isinstance(blob, DigestReader):
+                blob.check()
+        except STREAM_ERRORS as e:
+            if isinstance(e, AcbuildError):
+                raise
             raise ImageError(f"layer {layer.what}: {e}") from e
-
-
-def _wrap_errors(entries: Iterator[tarfile.TarInfo], layer: Layer) -> Iterator[tarfile.TarInfo]:
-    try:
-        yield from entries
-    except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
-        raise ImageError(f"layer {layer.what}: {e}") from e
+        finally:
+            ahead.close()
 
 
 def _parts(name: str, what: str) -> list[str]:
@@ -137,22 +222,64 @@ def _parts(name: str, what: str) -> list[str]:
     return parts
 
 
-# ---------------------------------------------------------------- pass 1: the tree
+# ---------------------------------------------------------------- reading: the tree and the spool
 
 
 def index(layers: list[Layer]) -> Squash:
-    """The squashed tree of `layers` (headers only; see the module docstring)."""
-    squash = Squash(layers)
-    inodes = iter(range(1 << 62))
-    for i, layer in enumerate(layers):
-        added: set[int] = set()  # id()s of the nodes this layer made (opaque dirs keep them)
-        with _members(layer, both=True) as (_, entries):
-            for k, m in enumerate(entries):
-                _index_entry(squash, i, k, m, added, inodes)
+    """The squashed tree of `layers`, each read once (see the module docstring);
+    close the Squash (or use it with `with`) to free its spool."""
+    squash = Squash(layers, spool=tempfile.TemporaryFile(prefix="acbuild-squash-"))
+    try:
+        inodes = iter(range(1 << 62))
+        for i, layer in enumerate(layers):
+            added: set[int] = set()  # id()s of the nodes this layer made (opaque dirs keep them)
+            kept: list[Entry] = []
+            squash.entries.append(kept)
+            with _layer_tar(layer) as tar:
+                for k, m in enumerate(tar):
+                    kept.append(m)
+                    if m.isreg() and m.size:
+                        _spool(squash, (i, k), tar)
+                    _index_entry(squash, i, k, m, added, inodes)
+        _check_links(squash)
+        squash.spool.flush()  # type: ignore[union-attr]  # copy_content reads the fd
+    except BaseException:
+        squash.close()
+        raise
     return squash
 
 
-def _index_entry(squash: Squash, i: int, k: int, m: tarfile.TarInfo, added: set[int], inodes) -> None:
+def _spool(squash: Squash, key: tuple[int, int], tar: TarReader) -> None:
+    assert squash.spool is not None
+    squash.data[key] = squash.spool.tell()
+    try:
+        while piece := tar.data(CHUNK):
+            squash.spool.write(piece)
+    except OSError as e:
+        raise ImageError(f"spool file: {e}") from e
+
+
+def _check_links(squash: Squash) -> None:
+    """Each symlink of the squashed tree, resolved through all the others (a layer
+    may point into a link a lower one made), stays inside the root."""
+    links: dict[str, str] = {}
+    made: dict[str, int] = {}
+
+    def walk(node: Node, prefix: str) -> None:
+        for name, child in (node.children or {}).items():
+            path = f"{prefix}/{name}" if prefix else name
+            if child.info.issym():
+                links[path], made[path] = child.info.linkname, child.layer
+            walk(child, path)
+
+    walk(squash.root, "")
+    for path, target in links.items():
+        if escapes_root(path.split("/")[:-1], target, links):
+            raise ImageError(f"layer {squash.layers[made[path]].what}: refusing /{path}: symlink target "
+                             f"{target!r} escapes rootfs (through the symlinks of the layers)")
+
+
+def _index_entry(squash: Squash, i: int, k: int, m: Entry, added: set[int], inodes) -> None:
     what = squash.layers[i].what
     parts = _parts(m.name, what)
     if not parts:
@@ -254,13 +381,13 @@ def paths(squash: Squash) -> list[str]:
     return sorted(out)
 
 
-# ---------------------------------------------------------------- pass 2: the .aci
+# ---------------------------------------------------------------- writing: the .aci
 
 
 @dataclass(frozen=True)
 class _Emit:
     name: str  # under rootfs/
-    info: tarfile.TarInfo  # the header fields to write
+    info: Entry  # the header fields to write
     link: str = ""  # for a hard link: the earlier name (under rootfs/)
 
 
@@ -297,20 +424,11 @@ def _header(e: _Emit, epoch: int) -> bytes:
     mtime = max(0, min(int(m.mtime), epoch))
     name = e.name.encode("utf-8", "surrogateescape")
     if e.link:
-        return tar_header(name, tarfile.LNKTYPE, mode=m.mode, uid=m.uid, gid=m.gid, mtime=mtime,
+        return tar_header(name, LNKTYPE, mode=m.mode, uid=m.uid, gid=m.gid, mtime=mtime,
                           linkname=e.link.encode("utf-8", "surrogateescape"))
-    kind = tarfile.REGTYPE if m.type == tarfile.AREGTYPE or m.isreg() else m.type
+    kind = REGTYPE if m.type == AREGTYPE or m.isreg() else m.type
     return tar_header(name, kind, mode=m.mode, uid=m.uid, gid=m.gid, size=m.size if m.isreg() else 0,
                       mtime=mtime, linkname=m.linkname.encode("utf-8", "surrogateescape") if m.issym() else b"")
-
-
-def _copy_data(tf: tarfile.TarFile, m: tarfile.TarInfo, sink) -> None:
-    f = tf.extractfile(m)
-    assert f is not None
-    while data := f.read(1 << 20):
-        sink.write(data)
-    if m.size % BLOCK:
-        sink.write(ZERO_BLOCK[: -m.size % BLOCK])
 
 
 def write_squashed(squash: Squash, sink, epoch: int) -> None:
@@ -319,56 +437,32 @@ def write_squashed(squash: Squash, sink, epoch: int) -> None:
     sink.write(_header(_Emit("rootfs", squash.root.info), epoch))
     for e in implicit:
         sink.write(_header(e, epoch))
-    for i, layer in enumerate(squash.layers):
-        with _members(layer) as (tf, entries):
-            for k, m in enumerate(entries):
-                for e in plan.get((i, k), ()):
-                    sink.write(_header(e, epoch))
-                    if not e.link and m.isreg():
-                        _copy_data(tf, m, sink)
+    for key in sorted(plan):  # layer order, then tar order
+        for e in plan[key]:
+            sink.write(_header(e, epoch))
+            if not e.link and e.info.isreg() and e.info.size:
+                squash.copy_content(key, e.info.size, sink)
 
 
 def write_layer(squash: Squash, i: int, sink, epoch: int) -> None:
     """Layer `i` alone (for --no-squash): its entries without whiteout markers or
     devices; a hard link to a lower layer's file is a copy of that file."""
-    copies = {key: inode for key, inode in squash.lower_links.items() if key[0] == i}
-    spooled = {key: _spool(squash, inode) for key, inode in copies.items()}
-    try:
-        sink.write(_header(_Emit("rootfs", _DIR_INFO), epoch))
-        layer = squash.layers[i]
-        with _members(layer) as (tf, entries):
-            for k, m in enumerate(entries):
-                parts = _parts(m.name, layer.what)
-                if not parts or parts[-1].startswith(WHITEOUT) or m.ischr() or m.isblk():
-                    continue
-                name = "rootfs/" + "/".join(parts)
-                if (i, k) in spooled:
-                    info, data = spooled[(i, k)]
-                    sink.write(_header(_Emit(name, info), epoch))
-                    data.seek(0)
-                    shutil.copyfileobj(data, sink)
-                    if info.size % BLOCK:
-                        sink.write(ZERO_BLOCK[: -info.size % BLOCK])
-                elif m.islnk():
-                    link = "rootfs/" + "/".join(_parts(m.linkname, layer.what))
-                    sink.write(_header(_Emit(name, m, link=link), epoch))
-                else:
-                    sink.write(_header(_Emit(name, m), epoch))
-                    if m.isreg():
-                        _copy_data(tf, m, sink)
-    finally:
-        for _, data in spooled.values():
-            data.close()
-
-
-def _spool(squash: Squash, inode: int):
-    """The header and content of the file holding `inode`, read from its layer."""
-    (j, want), info = squash.contents[inode]
-    data = tempfile.SpooledTemporaryFile(max_size=16 << 20)
-    with _members(squash.layers[j]) as (tf, entries):
-        for k, m in enumerate(entries):
-            if k == want:
-                f = tf.extractfile(m)
-                assert f is not None
-                shutil.copyfileobj(f, data, 1 << 20)
-    return info, data
+    sink.write(_header(_Emit("rootfs", _DIR_INFO), epoch))
+    layer = squash.layers[i]
+    for k, m in enumerate(squash.entries[i]):
+        parts = _parts(m.name, layer.what)
+        if not parts or parts[-1].startswith(WHITEOUT) or m.ischr() or m.isblk():
+            continue
+        name = "rootfs/" + "/".join(parts)
+        if (i, k) in squash.lower_links:
+            source, info = squash.contents[squash.lower_links[(i, k)]]
+            sink.write(_header(_Emit(name, info), epoch))
+            if info.size:
+                squash.copy_content(source, info.size, sink)
+        elif m.islnk():
+            link = "rootfs/" + "/".join(_parts(m.linkname, layer.what))
+            sink.write(_header(_Emit(name, m, link=link), epoch))
+        else:
+            sink.write(_header(_Emit(name, m), epoch))
+            if m.isreg() and m.size:
+                squash.copy_content((i, k), m.size, sink)
