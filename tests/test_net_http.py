@@ -10,7 +10,7 @@ import threading
 import pytest
 from netfixtures import ConnectProxy, Site, no_proxy_env, page, redirect, send, test_ca  # noqa: F401
 
-from acbuild.net.http import HttpOptions, HttpStatusError, NetError, open_url, read_url
+from acbuild.net.http import ConnectionPool, HttpOptions, HttpStatusError, NetError, open_url, read_url
 
 pytestmark = pytest.mark.usefixtures("no_proxy_env")
 
@@ -190,3 +190,37 @@ def test_bad_ca_file_is_a_clear_error(tmp_path):
 
     with pytest.raises(AcbuildError, match=f"CA bundle {tmp_path}/none.pem: No such file"):
         read_url("https://127.0.0.1:1/", HttpOptions(ca_file=tmp_path / "none.pem"))
+
+
+def test_a_pool_keeps_connections_alive_and_replaces_one_the_server_closed(test_ca):
+    """Seen from the server: the client's port stays the same while the pool reuses
+    the connection (a 404's unread body is read so that it can); a connection the
+    server closed after its reply (saying nothing) is replaced by a new one."""
+    ports: list[int] = []
+
+    def note(h, body=b"hello", status=200, close=False):
+        ports.append(h.client_address[1])
+        send(h, body, status)
+        h.close_connection = close
+
+    with Site(tls=test_ca) as site, ConnectionPool() as pool:
+        site.routes["/x"] = note
+        site.routes["/gone"] = lambda h: note(h, b"no such thing\n", 404)
+        site.routes["/bye"] = lambda h: note(h, b"bye", close=True)
+        options = HttpOptions(ca_file=test_ca.ca)
+        for _ in range(3):
+            with open_url(site.url("/x"), options, pool=pool) as resp:
+                assert resp.read() == b"hello"
+        with open_url(site.url("/gone"), options, pool=pool, raise_for_status=False) as resp:
+            assert resp.status == 404  # body left unread
+        with open_url(site.url("/x"), options, pool=pool, method="HEAD") as resp:
+            assert resp.status == 200
+        assert len(set(ports)) == 1 and (pool.opened, pool.reused) == (1, 4)
+        assert read_url(site.url("/x"), options) == b"hello"  # no pool: a connection of its own
+        assert len(set(ports)) == 2
+        with open_url(site.url("/bye"), options, pool=pool) as resp:
+            assert resp.read() == b"bye"
+        with open_url(site.url("/x"), options, pool=pool) as resp:
+            assert resp.read() == b"hello"
+        assert len(set(ports)) == 3 and ports[-2] != ports[-1]
+        assert pool.opened == 2

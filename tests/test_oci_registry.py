@@ -102,6 +102,13 @@ def _layout_manifest(images) -> tuple[str, mt.Manifest]:
     return digest, mt.parse_document(data)
 
 
+def _requests(reg, manifest: mt.Manifest) -> int:
+    """The HTTP requests of test_pull_by_tag_and_digest's two pulls: manifest,
+    config and layers, then the manifest by digest; a 401 and a retry on the first
+    call with auth, and the token request with bearer auth."""
+    return 1 + 1 + len(manifest.layers) + 1 + (1 if reg.needs_creds or reg.token else 0) + bool(reg.token)
+
+
 @pytest.mark.parametrize("kind", ["plain", "tls", "basic", "bearer", "tls+bearer"])
 def test_pull_by_tag_and_digest(kind, registries, images, tmp_path):  # noqa: F811
     reg = registries(tls="tls" in kind, basic="basic" in kind, bearer="bearer" in kind)
@@ -121,6 +128,10 @@ def test_pull_by_tag_and_digest(kind, registries, images, tmp_path):  # noqa: F8
         again = client.pull(parse_reference(f"{reg.host}/busybox@{digest}"), cache)
         assert again.manifest_digest == digest
         assert client.stats.blobs_downloaded == len(manifest.layers) + 1
+        # Keep-alive: every request after the first goes over the same connection
+        # (plus one to the token server; a plain registry is first tried with TLS).
+        opened = 1 + bool(reg.token) + (not reg.tls)
+        assert (client.pool.opened, client.pool.reused) == (opened, _requests(reg, manifest) - 1 - bool(reg.token))
     if reg.token:
         # One token per scope: the token server was asked once, for this repository's pull scope.
         assert reg.token.requests == [["repository:busybox:pull"]]

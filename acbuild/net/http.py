@@ -15,8 +15,8 @@ discovery pages, images, signatures and keys.
             ...
 
 `open_url(url, options, method="GET", start=0, limit=None, headers=None, body=None,
-raise_for_status=True)` is the one request function (any method; `body` is sent as
-it is); `read_url` reads a whole (small) body. Contract:
+raise_for_status=True, pool=None)` is the one request function (any method; `body` is
+sent as it is); `read_url` reads a whole (small) body. Contract:
 
 - Only http:// and https:// URLs. Redirects (301, 302, 303, 307, 308) of GET and
   HEAD are followed up to `options.max_redirects` (10, as Go's client); an https URL
@@ -37,6 +37,14 @@ it is); `read_url` reads a whole (small) body. Contract:
   caller can resume it with `start`).
 - A non-2xx status raises HttpStatusError (a NetError with `.status`), unless
   raise_for_status=False, which returns the reply for the caller to read.
+- Without a `pool` each request has its own connection. With a ConnectionPool (a
+  client making many requests to one host: a registry pull) a connection whose
+  reply was read to its end and that the server keeps open goes back to the pool
+  and the next request to the same host (same scheme, port, proxy and TLS
+  settings) reuses it: HTTP/1.1 keep-alive, no new TCP and TLS handshake. A
+  small unread body (an error page, a 401) is read first so the connection can
+  be reused; a pooled connection the server has closed meanwhile is replaced by
+  a new one, once, before anything is reported.
 - Every failure is a NetError whose message starts with the URL, e.g.
   "https://host/x: certificate verify failed: unable to get local issuer
   certificate (unknown CA; pass --ca-file or set SSL_CERT_FILE, or --insecure)".
@@ -50,6 +58,7 @@ import http.client
 import os
 import socket
 import ssl
+import threading
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
@@ -92,10 +101,75 @@ class HttpOptions:
     max_redirects: int = 10
 
 
+# The largest unread body read to keep its connection open (error pages, 401s).
+_DRAIN_LIMIT = 64 << 10
+
+
+class ConnectionPool:
+    """Idle keep-alive connections, by what they were opened for (see the module
+    docstring). Safe to share between threads; `close()` closes the idle ones."""
+
+    def __init__(self) -> None:
+        self._idle: dict[tuple, list[http.client.HTTPConnection]] = {}
+        self._lock = threading.Lock()
+        self.opened = 0  # connections made (for the benchmark and the tests)
+        self.reused = 0  # requests sent on a pooled connection
+
+    def take(self, key: tuple) -> http.client.HTTPConnection | None:
+        with self._lock:
+            idle = self._idle.get(key)
+            return idle.pop() if idle else None
+
+    def give(self, key: tuple, conn: http.client.HTTPConnection) -> None:
+        with self._lock:
+            self._idle.setdefault(key, []).append(conn)
+
+    def close(self) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, {}
+        for conns in idle.values():
+            for conn in conns:
+                conn.close()
+
+    def __enter__(self) -> ConnectionPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class _Connection:
+    """A connection with the pool it may go back to, under its key."""
+
+    def __init__(self, conn: http.client.HTTPConnection, pool: ConnectionPool | None, key: tuple):
+        self.conn, self.pool, self.key = conn, pool, key
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def release(self, reply: http.client.HTTPResponse) -> None:
+        """Back to the pool if the server keeps it open and the reply is read to
+        its end (a small rest is read now); otherwise closed."""
+        if self.pool is None or reply.will_close:
+            reply.close()
+            self.conn.close()
+            return
+        if not reply.isclosed() and reply.length is not None and reply.length <= _DRAIN_LIMIT:
+            try:
+                reply.read()
+            except (OSError, http.client.HTTPException):
+                pass
+        if reply.isclosed():
+            self.pool.give(self.key, self.conn)
+        else:
+            reply.close()
+            self.conn.close()
+
+
 class Response:
     """An open reply. Use it as a context manager; `chunks()` streams the body."""
 
-    def __init__(self, url: str, conn: http.client.HTTPConnection, reply: http.client.HTTPResponse,
+    def __init__(self, url: str, conn: _Connection, reply: http.client.HTTPResponse,
                  offset: int, limit: int | None, timeout: float, head: bool = False):
         self.url = url
         self._head = head  # a HEAD reply has a Content-Length but no body
@@ -133,8 +207,9 @@ class Response:
         return b"".join(self.chunks())
 
     def close(self) -> None:
-        self._reply.close()
-        self._conn.close()
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.release(self._reply)
 
     def __enter__(self) -> Response:
         return self
@@ -151,14 +226,14 @@ def read_url(url: str, options: HttpOptions = HttpOptions(), limit: int = 1 << 2
 
 def open_url(url: str, options: HttpOptions = HttpOptions(), *, method: str = "GET", start: int = 0,
              limit: int | None = None, headers: dict[str, str] | None = None, body: bytes | None = None,
-             raise_for_status: bool = True) -> Response:
+             raise_for_status: bool = True, pool: ConnectionPool | None = None) -> Response:
     """Send one request, following redirects (GET and HEAD only); the reply is
     open for reading. With raise_for_status=False a non-2xx reply is returned
     too (the registry client reads 401 challenges and error bodies)."""
     current = url
     extra = dict(headers or {})
     for _ in range(options.max_redirects + 1):
-        conn, reply = _request_once(current, method, start, extra, options, body)
+        conn, reply = _request_once(current, method, start, extra, options, body, pool)
         if reply.status not in REDIRECTS or method not in ("GET", "HEAD"):
             if not raise_for_status and not (200 <= reply.status < 300):
                 return Response(current, conn, reply, 0, limit, options.timeout, method == "HEAD")
@@ -178,7 +253,7 @@ def open_url(url: str, options: HttpOptions = HttpOptions(), *, method: str = "G
     raise NetError(url, f"more than {options.max_redirects} redirects")
 
 
-def _accept(url: str, conn: http.client.HTTPConnection, reply: http.client.HTTPResponse, start: int,
+def _accept(url: str, conn: _Connection, reply: http.client.HTTPResponse, start: int,
             limit: int | None, timeout: float, head: bool) -> Response:
     if reply.status == 206 and start:
         first = _range_start(reply.getheader("Content-Range", ""))
@@ -193,7 +268,8 @@ def _accept(url: str, conn: http.client.HTTPConnection, reply: http.client.HTTPR
 
 
 def _request_once(url: str, method: str, start: int, extra: dict[str, str], options: HttpOptions,
-                  body: bytes | None = None) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
+                  body: bytes | None = None, pool: ConnectionPool | None = None
+                  ) -> tuple[_Connection, http.client.HTTPResponse]:
     parts = urllib.parse.urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise NetError(url, "not an http:// or https:// URL")
@@ -207,6 +283,19 @@ def _request_once(url: str, method: str, start: int, extra: dict[str, str], opti
     if start:
         headers["Range"] = f"bytes={start}-"
     proxy = _proxy_for(parts.scheme, host)
+    if parts.scheme == "http" and proxy:
+        target = url.split("#", 1)[0]  # a plain-http proxy gets the absolute URL
+    key = (parts.scheme, host, port, proxy, options.ca_file, options.insecure, options.timeout)
+    if pool is not None:
+        while (idle := pool.take(key)) is not None:
+            try:
+                idle.request(method, target, body=body, headers=headers)
+                reply = idle.getresponse()
+                pool.reused += 1
+                return _Connection(idle, pool, key), reply
+            except (OSError, http.client.HTTPException):
+                idle.close()  # the server closed it while it was idle: take another, or a new one
+        pool.opened += 1
     conn: http.client.HTTPConnection | None = None
     try:
         if parts.scheme == "https":
@@ -216,11 +305,10 @@ def _request_once(url: str, method: str, start: int, extra: dict[str, str], opti
                 conn.set_tunnel(host, port)
         elif proxy:
             conn = http.client.HTTPConnection(*proxy, timeout=options.timeout)
-            target = url.split("#", 1)[0]  # a plain-http proxy gets the absolute URL
         else:
             conn = http.client.HTTPConnection(host, port, timeout=options.timeout)
         conn.request(method, target, body=body, headers=headers)
-        return conn, conn.getresponse()
+        return _Connection(conn, pool, key), conn.getresponse()
     except (OSError, http.client.HTTPException) as e:
         if conn is not None:
             conn.close()
