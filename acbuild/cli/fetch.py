@@ -11,27 +11,36 @@ examples:
   acbuild fetch https://example.com/images/app-1.0.aci # a URL (its signature: URL.asc)
   acbuild fetch ./app.aci                              # a local file (and app.aci.asc beside it)
   acbuild fetch localhost/app:1.0 --port 8443 --ca-file ca.pem
+  acbuild fetch docker://registry.example.com/appc/app:1.0   # an .aci pushed with acbuild push
+  acbuild fetch --insecure docker://127.0.0.1:5000/busybox   # a Docker/OCI image: converted
 
 Prints the image ID. The signature must verify against the keys trusted for the image's
 name (acbuild trust --prefix) before anything is stored; --insecure-skip-verify is the
 only way past, and it is printed each time. The manifest must carry the requested name
 and labels; the image's dependencies are fetched the same way. An interrupted download
-is resumed (HTTP Range) by the next fetch of the same URL. See 'acbuild image --help'
-for the store."""
+is resumed (HTTP Range) by the next fetch of the same URL.
+
+docker://REGISTRY/NAME[:TAG|@DIGEST]: an .aci that `acbuild push` stored as an OCI
+artifact comes back byte for byte and is verified like any other (its .asc is the
+artifact's second layer); any other image there is converted as `acbuild convert` does
+and stored without a signature (there is none; the registry's digests are checked).
+--insecure and --ca-file apply to the registry too. See 'acbuild image --help' for the
+store."""
 
 
 def add_parser(sub) -> None:
-    from acbuild.cli.options import add_discovery_options, add_store_options, add_trust_options
+    from acbuild.cli.options import add_discovery_options, add_registry_options, add_store_options, add_trust_options
 
     parser = sub.add_parser(
         "fetch",
         help="fetch an image by name, URL or file into the image store",
         description="Fetch images into the image store, verified, and print their image IDs.",
-        usage="acbuild fetch [options] NAME[:VERSION][,LABEL=VALUE...]|URL|FILE...",
+        usage="acbuild fetch [options] NAME[:VERSION][,LABEL=VALUE...]|URL|FILE|docker://REF...",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("images", nargs="+", metavar="IMAGE", help="an image name, an http(s) URL or an .aci file")
+    parser.add_argument("images", nargs="+", metavar="IMAGE",
+                        help="an image name, an http(s) URL, an .aci file or docker://REGISTRY/NAME[:TAG|@DIGEST]")
     pins = parser.add_argument_group("pins (as a dependency gives them)")
     pins.add_argument("--image-id", metavar="ID", default="", help="the image must have exactly this image ID")
     pins.add_argument("--size", type=int, metavar="BYTES", default=0, help="the .aci must be exactly this many bytes")
@@ -39,6 +48,7 @@ def add_parser(sub) -> None:
     add_store_options(parser, pull_default="always")
     add_discovery_options(parser)
     add_trust_options(parser, require_option=False)  # a fetched image always needs a signature
+    add_registry_options(parser, tls=False)  # --creds, --platform (docker://)
     parser.set_defaults(run=run)
 
 

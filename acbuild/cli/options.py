@@ -326,6 +326,8 @@ def fetcher_from_args(args, config=None, *, reporter=None):
 
     config = config or load_config(getattr(args, "config", None))
     trust = trust_settings(args, config)
+    # docker:// images: --creds and --platform where the command has them (TLS from discovery's flags).
+    registry, platform = registry_options(args) if hasattr(args, "creds") else (None, None)
     return Fetcher(FetchOptions(
         store_dir=store_dir_from_args(args, config).absolute(),
         trust_dirs=trust["trust_dirs"],
@@ -334,6 +336,8 @@ def fetcher_from_args(args, config=None, *, reporter=None):
         max_size=max_image_size(),  # acbuild --max-image-size: what one image may hold caps its download
         discovery=discovery_from_args(_discovery_defaults(args), config),
         reporter=reporter or Reporter(),
+        registry=registry,
+        platform=platform,
     ))
 
 

@@ -20,7 +20,12 @@ The recipe for a name (`by_name`):
     dependencies    each dependency of the image, the same way, recursively
 
 A URL or a file goes through the same download (for URLs), verify (keys trusted for the
-manifest's name), check and store. Contract: nothing unverified is stored or returned
+manifest's name), check and store. So does `docker://REGISTRY/NAME[:TAG|@DIGEST]` when it
+names an appc image pushed as an OCI artifact (`acbuild push`, acbuild.oci.artifact): its
+.aci and .asc layers, byte for byte, digests checked as they stream. Any other image there
+is a Docker/OCI image: it is converted (acbuild.oci.convert, as `acbuild convert` does)
+and stored unverified-by-signature (none exists: the registry's digests are the check),
+so a verifying fetch by name does not answer with it. Contract: nothing unverified is stored or returned
 unless insecure_skip_verify; every refusal is an AcbuildError with its own message; temp
 files are removed whatever happens (an interrupted download keeps its .part for resume).
 Within one Fetcher each name is resolved once: a build that keys and then runs a FROM
@@ -55,6 +60,10 @@ class FetchOptions:
     max_size: int = field(default_factory=max_image_size)  # acbuild.limits: the image size limit
     discovery: DiscoveryOptions = field(default_factory=DiscoveryOptions)
     reporter: Reporter = field(default_factory=Reporter)  # what the user reads: notes, signers, progress
+    # docker://: acbuild.oci.registry.RegistryOptions (default: discovery's TLS settings) and
+    # acbuild.oci.manifests.Platform (default: this host's); untyped to keep oci out of start-up.
+    registry: object | None = None
+    platform: object | None = None
 
 
 @dataclass(frozen=True)
@@ -96,10 +105,12 @@ class Fetcher:
     # -- entry points ----------------------------------------------------------------
 
     def fetch(self, what: str) -> StoredImage:
-        """`acbuild fetch`'s argument: an http(s) URL, an existing file (or a *.aci path),
-        else an image name."""
+        """`acbuild fetch`'s argument: an http(s) URL, a docker:// reference, an existing
+        file (or a *.aci path), else an image name."""
         if what.startswith(("http://", "https://")):
             return self.by_url(what)
+        if what.startswith("docker://"):
+            return self.by_docker(what)
         if Path(what).is_file() or what.endswith(".aci"):
             return self.by_file(Path(what))
         return self.by_name(AppRequest.parse(what))
@@ -158,6 +169,50 @@ class Fetcher:
         finally:
             _remove(aci, asc)
         return self._with_dependencies(image)
+
+    def by_docker(self, source: str) -> StoredImage:
+        """An image in a Docker/OCI registry (see the module docstring)."""
+        from acbuild.oci.artifact import artifact_reference, download_artifact, is_appc_artifact
+        from acbuild.oci.registry import RegistryClient, RegistryOptions
+
+        ref = artifact_reference(source)
+        http = self.options.discovery.http
+        options = self.options.registry or RegistryOptions(insecure=http.insecure, ca_file=http.ca_file,
+                                                           timeout=http.timeout)
+        self.store.ensure()
+        with RegistryClient.for_reference(ref, options) as client:  # type: ignore[arg-type]
+            data, _, digest = client.get_manifest(ref.repository, ref.reference)
+            if not is_appc_artifact(data, source):
+                return self._converted(source, options)
+            into = self._temp_name("artifact")
+            into.mkdir()
+            try:
+                aci, asc = download_artifact(client, ref, data, into, source)
+                origin = {"docker": source, "manifest-digest": digest}
+                image = self._take(aci, asc, None, NO_PIN, origin, source, f"{source} (its signature layer)")
+            except OSError as err:
+                raise ImageError(f"{source}: download into {into}: {err.strerror}") from err
+            finally:
+                shutil.rmtree(into, ignore_errors=True)
+        return self._with_dependencies(image)
+
+    def _converted(self, source: str, registry) -> StoredImage:
+        """A Docker/OCI image converted into the store (no signature to verify)."""
+        from acbuild.oci.convert import ConvertOptions, convert, open_source
+        from acbuild.oci.reference import parse_source
+
+        options = ConvertOptions(registry=registry, platform=self.options.platform,  # type: ignore[arg-type]
+                                 reporter=self.reporter)
+        opened = open_source(parse_source(source), options)
+        aci = self._temp_name("converted.aci")
+        try:
+            convert(opened, aci, options)
+            self.reporter.note(f"{source}: a Docker/OCI image, converted; it has no appc signature "
+                               "(the registry's digests were checked)")
+            origin = {"docker": source, "manifest-digest": opened.origin.manifest_digest}
+            return self._store_checked(aci, None, None, NO_PIN, origin, source, signer="")
+        finally:
+            aci.unlink(missing_ok=True)
 
     # -- by name -----------------------------------------------------------------------
 
@@ -259,11 +314,16 @@ class Fetcher:
     def _take(self, aci: Path, asc: Path | None, app: AppRequest | None, pin: Pin, origin: dict,
               shown: str, shown_asc: str) -> StoredImage:
         """Verify and check the downloaded `aci`, then store it."""
+        signer = self._verify(aci, asc, app.name if app else None, shown, shown_asc)
+        return self._store_checked(aci, asc, app, pin, origin, shown, signer)
+
+    def _store_checked(self, aci: Path, asc: Path | None, app: AppRequest | None, pin: Pin, origin: dict,
+                       shown: str, signer: str) -> StoredImage:
+        """Check `aci` (layout, manifest, what was asked for) and store it, as verified by `signer`."""
         from acbuild.aci.archive import read_aci
         from acbuild.aci.manifest import ImageManifest
         from acbuild.errors import ManifestError
 
-        signer = self._verify(aci, asc, app.name if app else None, shown, shown_asc)
         try:
             contents = read_aci(aci)
             if contents.problems:

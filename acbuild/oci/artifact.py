@@ -110,38 +110,60 @@ def pull_aci_artifact(ref_text: str, dest_dir: Path, *, options: RegistryOptions
     returns (aci_path, asc_path or None). The .aci's bytes are exactly those pushed
     (digests checked while streaming); its signature is verified against the trust
     store (`trust_dirs`, default: system + user) unless `insecure_skip_verify`, and
-    an artifact without one is refused then too."""
-    from acbuild.oci.reference import parse_reference
+    an artifact without one is refused then too. (`acbuild fetch docker://...`
+    takes the same download, `download_artifact`, into the image store.)"""
     from acbuild.trust.sign import replace_together
     from acbuild.trust.store import TrustStore, default_trust_dirs
     from acbuild.trust.verify import image_name_of, verify_image
 
-    if not ref_text.startswith("docker://"):
-        raise UsageError(f"{ref_text}: expected docker://REGISTRY/NAME[:TAG|@DIGEST]")
-    ref = parse_reference(ref_text[len("docker://"):])
+    ref = artifact_reference(ref_text)
     dest_dir = Path(dest_dir)
     if not dest_dir.is_dir():
         raise UsageError(f"{dest_dir}: not a directory")
     with RegistryClient.for_reference(ref, options or RegistryOptions()) as client:
         data, _, _ = client.get_manifest(ref.repository, ref.reference)
-        aci_desc, asc_desc = _appc_layers(data, ref_text)
-        base = ref.repository.rsplit("/", 1)[-1] + (f"-{ref.tag}" if ref.tag else "")
-        aci_name = _safe_name(aci_desc.annotations.get(TITLE, ""), base, ".aci")
-        if asc_desc is None and not insecure_skip_verify:
-            raise SignatureError(f"{ref_text}: the artifact has no signature layer (--insecure-skip-verify to take it unsigned)")
-        with tempfile.TemporaryDirectory(prefix=f".{aci_name}.", dir=dest_dir) as tmp:
-            aci_tmp = _download(client, ref.repository, aci_desc, Path(tmp) / aci_name)
-            asc_tmp = _download(client, ref.repository, asc_desc, Path(tmp) / (aci_name + ".asc"), MAX_SIGNATURE) \
-                if asc_desc is not None else None
+        with tempfile.TemporaryDirectory(prefix=".acbuild-artifact.", dir=dest_dir) as tmp:
+            aci_tmp, asc_tmp = download_artifact(client, ref, data, Path(tmp), ref_text)
+            if asc_tmp is None and not insecure_skip_verify:
+                raise SignatureError(f"{ref_text}: the artifact has no signature layer "
+                                     "(--insecure-skip-verify to take it unsigned)")
             if not insecure_skip_verify:
                 store = TrustStore(trust_dirs or default_trust_dirs())
                 verify_image(aci_tmp, asc_tmp, image_name_of(aci_tmp), store)
-            out = dest_dir / aci_name
+            out = dest_dir / aci_tmp.name
             try:
                 replace_together(aci_tmp, asc_tmp, out, reporter=reporter or Reporter())
             except OSError as e:
                 raise ImageError(f"write {out}: {e.strerror}") from e
     return out, (Path(str(out) + ".asc") if asc_tmp is not None else None)
+
+
+def artifact_reference(ref_text: str):
+    """The Reference of `docker://REGISTRY/NAME[:TAG|@DIGEST]`."""
+    from acbuild.oci.reference import parse_reference
+
+    if not ref_text.startswith("docker://"):
+        raise UsageError(f"{ref_text}: expected docker://REGISTRY/NAME[:TAG|@DIGEST]")
+    return parse_reference(ref_text[len("docker://"):])
+
+
+def is_appc_artifact(manifest: bytes, what: str) -> bool:
+    """Is this manifest (any kind: image, index, artifact) an appc image artifact?"""
+    return media.artifact_type(manifest, f"{what} manifest") == media.APPC_ARTIFACT
+
+
+def download_artifact(client: RegistryClient, ref, manifest: bytes, into: Path,
+                      what: str) -> tuple[Path, Path | None]:
+    """The .aci and .asc layers of the appc artifact `manifest` into the directory
+    `into`, as they were pushed (each digest and size checked while it streams),
+    named by the layer's title: (aci, asc or None). Not verified: the caller does."""
+    aci_desc, asc_desc = _appc_layers(manifest, what)
+    base = ref.repository.rsplit("/", 1)[-1] + (f"-{ref.tag}" if ref.tag else "")
+    aci_name = _safe_name(aci_desc.annotations.get(TITLE, ""), base, ".aci")
+    aci = _download(client, ref.repository, aci_desc, into / aci_name)
+    asc = _download(client, ref.repository, asc_desc, into / (aci_name + ".asc"), MAX_SIGNATURE) \
+        if asc_desc is not None else None
+    return aci, asc
 
 
 def _appc_layers(data: bytes, what: str) -> tuple[Descriptor, Descriptor | None]:
