@@ -90,6 +90,7 @@ class Squash:
     # (layer, ordinal) of a regular file -> where its content starts in the spool
     data: dict[tuple[int, int], int] = field(default_factory=dict)
     spool: BinaryIO | None = None
+    spooled: int = 0  # bytes in the spool (its tell(), without the syscall)
 
     def close(self) -> None:
         if self.spool is not None:
@@ -251,10 +252,11 @@ def index(layers: list[Layer]) -> Squash:
 
 def _spool(squash: Squash, key: tuple[int, int], tar: TarReader) -> None:
     assert squash.spool is not None
-    squash.data[key] = squash.spool.tell()
+    squash.data[key] = squash.spooled
     try:
         while piece := tar.data(CHUNK):
             squash.spool.write(piece)
+            squash.spooled += len(piece)
     except OSError as e:
         raise ImageError(f"spool file: {e}") from e
 
