@@ -42,7 +42,6 @@ import gzip
 import os
 import tempfile
 import threading
-import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -52,7 +51,7 @@ from typing import BinaryIO
 from acbuild.aci.archive import escapes_root
 from acbuild.aci.tarformat import BLOCK, ZERO_BLOCK, tar_header
 from acbuild.aci.tarstream import AREGTYPE, DIRTYPE, LNKTYPE, REGTYPE, STREAM_ERRORS, Entry, TarReader
-from acbuild.errors import AcbuildError, ImageError
+from acbuild.errors import ImageError
 from acbuild.oci.blobs import DigestReader
 from acbuild.oci.layout import Layer
 
@@ -208,9 +207,7 @@ def _layer_tar(layer: Layer) -> Iterator[TarReader]:
                 checked.check()
             if isinstance(blob, DigestReader):
                 blob.check()
-        except STREAM_ERRORS as e:
-            if isinstance(e, AcbuildError):
-                raise
+        except STREAM_ERRORS as e:  # from the checks' reads of the rest
             raise ImageError(f"layer {layer.what}: {e}") from e
         finally:
             ahead.close()
