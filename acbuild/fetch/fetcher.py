@@ -24,9 +24,11 @@ manifest's name), check and store. So does `docker://REGISTRY/NAME[:TAG|@DIGEST]
 names an appc image pushed as an OCI artifact (`acbuild push`, acbuild.oci.artifact): its
 .aci and .asc layers, byte for byte, digests checked as they stream. Any other image there
 is a Docker/OCI image: it is converted (acbuild.oci.convert, as `acbuild convert` does)
-and stored unverified-by-signature (none exists: the registry's digests are the check),
-so a verifying fetch by name does not answer with it. Contract: nothing unverified is stored or returned
-unless insecure_skip_verify; every refusal is an AcbuildError with its own message; temp
+and stored with no signer (it has none: the registry's digests are the check), so a
+verifying fetch by name does not answer with it.
+
+Contract: nothing unverified is stored or returned unless insecure_skip_verify (a
+converted Docker/OCI image excepted, as said, and stored as unsigned); every refusal is an AcbuildError with its own message; temp
 files are removed whatever happens (an interrupted download keeps its .part for resume).
 Within one Fetcher each name is resolved once: a build that keys and then runs a FROM
 asks the network once.
@@ -172,7 +174,7 @@ class Fetcher:
 
     def by_docker(self, source: str) -> StoredImage:
         """An image in a Docker/OCI registry (see the module docstring)."""
-        from acbuild.oci.artifact import artifact_reference, download_artifact, is_appc_artifact
+        from acbuild.oci.artifact import artifact_reference, is_appc_artifact
         from acbuild.oci.registry import RegistryClient, RegistryOptions
 
         ref = artifact_reference(source)
@@ -182,19 +184,25 @@ class Fetcher:
         self.store.ensure()
         with RegistryClient.for_reference(ref, options) as client:  # type: ignore[arg-type]
             data, _, digest = client.get_manifest(ref.repository, ref.reference)
-            if not is_appc_artifact(data, source):
-                return self._converted(source, options)
-            into = self._temp_name("artifact")
-            into.mkdir()
-            try:
-                aci, asc = download_artifact(client, ref, data, into, source)
-                origin = {"docker": source, "manifest-digest": digest}
-                image = self._take(aci, asc, None, NO_PIN, origin, source, f"{source} (its signature layer)")
-            except OSError as err:
-                raise ImageError(f"{source}: download into {into}: {err.strerror}") from err
-            finally:
-                shutil.rmtree(into, ignore_errors=True)
-        return self._with_dependencies(image)
+            artifact = is_appc_artifact(data, source)
+            if artifact:
+                image = self._artifact(client, ref, data, digest, source)
+        return self._with_dependencies(image) if artifact else self._converted(source, options)
+
+    def _artifact(self, client, ref, data: bytes, digest: str, source: str) -> StoredImage:
+        """The appc artifact `data` (its manifest) downloaded, verified and stored."""
+        from acbuild.oci.artifact import download_artifact
+
+        into = self._temp_name("artifact")
+        into.mkdir()
+        try:
+            aci, asc = download_artifact(client, ref, data, into, source)
+            origin = {"docker": source, "manifest-digest": digest}
+            return self._take(aci, asc, None, NO_PIN, origin, source, f"{source} (its signature layer)")
+        except OSError as err:
+            raise ImageError(f"{source}: download into {into}: {err.strerror}") from err
+        finally:
+            shutil.rmtree(into, ignore_errors=True)
 
     def _converted(self, source: str, registry) -> StoredImage:
         """A Docker/OCI image converted into the store (no signature to verify)."""

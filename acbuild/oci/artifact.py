@@ -122,11 +122,11 @@ def pull_aci_artifact(ref_text: str, dest_dir: Path, *, options: RegistryOptions
         raise UsageError(f"{dest_dir}: not a directory")
     with RegistryClient.for_reference(ref, options or RegistryOptions()) as client:
         data, _, _ = client.get_manifest(ref.repository, ref.reference)
+        if _appc_layers(data, ref_text)[1] is None and not insecure_skip_verify:
+            raise SignatureError(f"{ref_text}: the artifact has no signature layer "
+                                 "(--insecure-skip-verify to take it unsigned)")
         with tempfile.TemporaryDirectory(prefix=".acbuild-artifact.", dir=dest_dir) as tmp:
             aci_tmp, asc_tmp = download_artifact(client, ref, data, Path(tmp), ref_text)
-            if asc_tmp is None and not insecure_skip_verify:
-                raise SignatureError(f"{ref_text}: the artifact has no signature layer "
-                                     "(--insecure-skip-verify to take it unsigned)")
             if not insecure_skip_verify:
                 store = TrustStore(trust_dirs or default_trust_dirs())
                 verify_image(aci_tmp, asc_tmp, image_name_of(aci_tmp), store)
