@@ -30,7 +30,7 @@ Normalisation, entry by entry:
   mknod was not allowed) is written as that device.
 - xattrs and ACLs are dropped.
 - manifest: mode 0644, uid/gid 0, mtime = source_date_epoch.
-- compression: gzip at level 6 (Go's default) with a header holding no name
+- compression: gzip (ISA-L deflate at its level 2) with a header holding no name
   and MTIME 0 (XFL 0, OS 255, as Go writes it), compressed on all CPUs in
   fixed 1 MiB pieces (acbuild.aci.pgzip: the bytes do not depend on the CPU
   count); or xz (preset 6), bzip2 (level 9) or none.
@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from acbuild import placeholders
+from acbuild.aci import pgzip
 from acbuild.aci.pgzip import ParallelGzipWriter
 from acbuild.aci.tarformat import BLOCK, MAX_MTIME, ZERO_BLOCK, file_member, tar_header
 from acbuild.atomic import fsync_dir
@@ -59,7 +60,6 @@ from acbuild.temps import locked_temp_file
 DEFAULT_SOURCE_DATE_EPOCH = 0
 MAX_SOURCE_DATE_EPOCH = MAX_MTIME  # the latest mtime a ustar header holds
 COMPRESSIONS = ("gzip", "xz", "bzip2", "none")
-GZIP_LEVEL = 6
 
 CHUNK = 1 << 20  # read and flush granularity
 
@@ -194,9 +194,15 @@ def _umask() -> int:
     return mask
 
 
+def encoder(compression: str) -> str:
+    """The compression and what produces its bytes: a stored .aci made by another
+    deflate engine or version must not be served as this one's output."""
+    return f"gzip-{pgzip.ENCODER}" if compression == "gzip" else compression
+
+
 def _compressor(raw: BinaryIO, compression: str) -> BinaryIO:
     if compression == "gzip":
-        return ParallelGzipWriter(raw, level=GZIP_LEVEL)  # type: ignore[return-value]
+        return ParallelGzipWriter(raw)  # type: ignore[return-value]
     if compression == "xz":
         return lzma.LZMAFile(raw, "wb", format=lzma.FORMAT_XZ, preset=6)  # type: ignore[return-value]
     if compression == "bzip2":
