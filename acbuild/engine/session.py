@@ -23,11 +23,11 @@ from acbuild.aci.types import host_os_arch
 from acbuild.atomic import write_atomic
 from acbuild.engine.deps.overlay import copy_up
 from acbuild.engine.execute.copy import CopyAttrs, copy_into_rootfs, make_dirs
-from acbuild.engine.execute.hardening import DEFAULT_TMPFS_SIZE
 from acbuild.engine.execute.paths import resolve_in_root
 from acbuild.engine.execute.users import resolve_group, resolve_user
 from acbuild.errors import BuildError, ImageError, ManifestError, NotFoundError, OutputExistsError, PlanError
 from acbuild.files import copy_tree, file_clock_ns, stamp_written_since
+from acbuild.limits import DEFAULT_TMPFS_SIZE
 from acbuild.report import Reporter
 from acbuild.userns import OwnerError, host_owner_for, owner_for
 
