@@ -54,7 +54,8 @@ from acbuild.aci.pgzip import ParallelGzipWriter
 from acbuild.aci.tarformat import BLOCK, MAX_MTIME, ZERO_BLOCK, file_member, tar_header
 from acbuild.atomic import fsync_dir
 from acbuild.errors import ImageError, UsageError
-from acbuild.files import walk
+from acbuild.files import tree_bytes, walk
+from acbuild.report import QUIET, Meter, Reporter
 from acbuild.temps import locked_temp_file
 
 DEFAULT_SOURCE_DATE_EPOCH = 0
@@ -219,7 +220,7 @@ def _walk(top: str, rel: bytes) -> Iterator[tuple[str, bytes, os.stat_result]]:
         yield path, rel + b"/" + os.fsencode(child), st
 
 
-def copy_file(sink: AciSink, path: str | Path, size: int) -> None:
+def copy_file(sink: AciSink, path: str | Path, size: int, meter: Meter | None = None) -> None:
     """Stream exactly `size` bytes of `path` and the block padding."""
     with open(path, "rb", buffering=0) as f:
         left = size
@@ -229,12 +230,15 @@ def copy_file(sink: AciSink, path: str | Path, size: int) -> None:
                 raise ImageError(f"{path} shrank while being written (file changed during build?)")
             sink.write(data)
             left -= len(data)
+            if meter is not None:
+                meter.advance(len(data))
     pad = -size % BLOCK
     if pad:
         sink.write(ZERO_BLOCK[:pad])
 
 
-def write_tree(sink: AciSink, rootfs: Path, source_date_epoch: int, id_map: dict[int, int] | None) -> None:
+def write_tree(sink: AciSink, rootfs: Path, source_date_epoch: int, id_map: dict[int, int] | None,
+               meter: Meter | None = None) -> None:
     """The `rootfs` entry and everything under it, in archive order."""
     root = os.fspath(rootfs)
     st = os.lstat(root)
@@ -270,7 +274,7 @@ def write_tree(sink: AciSink, rootfs: Path, source_date_epoch: int, id_map: dict
             sink.write(entry(name, kind, st, devmajor=os.major(rdev), devminor=os.minor(rdev)))
         elif stat.S_ISREG(mode):
             sink.write(entry(name, tarfile.REGTYPE, st, size=st.st_size))
-            copy_file(sink, path, st.st_size)
+            copy_file(sink, path, st.st_size, meter)
         elif stat.S_ISLNK(mode):
             sink.write(entry(name, tarfile.SYMTYPE, st, linkname=os.fsencode(os.readlink(path))))
         elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
@@ -293,13 +297,16 @@ def write_aci(
     source_date_epoch: int = DEFAULT_SOURCE_DATE_EPOCH,
     id_map: dict[int, int] | None = None,
     install: Callable[[Path], None] | None = None,
+    reporter: Reporter = QUIET,
 ) -> str:
     """Write `rootfs` and the manifest bytes (verbatim) as the .aci `out`; return its image ID.
-    `install`: see AciSink."""
+    `install`: see AciSink. `reporter` shows the progress of a write over a second."""
     with AciSink(Path(out), compression, install) as sink:
         try:
-            write_tree(sink, Path(rootfs), source_date_epoch, id_map)
-            write_manifest(sink, manifest_json, source_date_epoch)
+            total = tree_bytes(rootfs) if reporter.wants_total else None
+            with reporter.meter(f"write {Path(out).name}", total) as meter:
+                write_tree(sink, Path(rootfs), source_date_epoch, id_map, meter)
+                write_manifest(sink, manifest_json, source_date_epoch)
         except OSError as e:
             raise ImageError(f"write {out}: {e}") from e
         return sink.commit()

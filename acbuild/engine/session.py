@@ -276,13 +276,14 @@ class Session:
             source_root = self.options.stage_rootfs.get(i.from_stage)
             if source_root is None:
                 raise BuildError(f'COPY --from: stage "{i.from_stage}" was not built', i.pos)
-            copy_into_rootfs(source_root, i.sources, self.rootfs, dest, attrs, i.pos, source_in_rootfs=True)
+            copy_into_rootfs(source_root, i.sources, self.rootfs, dest, attrs, i.pos, source_in_rootfs=True,
+                             reporter=self.options.reporter)
         elif isinstance(i, p.Add):  # ADD (a Copy, so it comes here) also unpacks and downloads
             self._add_sources(i, dest, attrs)
         else:
             self.copied = {}
             copy_into_rootfs(self.options.context, i.sources, self.rootfs, dest, attrs, i.pos, ignore=self.options.ignore,
-                             digests=self.copied)
+                             digests=self.copied, reporter=self.options.reporter)
 
     def _copy_inline(self, i: p.Copy, dest: str, attrs: CopyAttrs) -> None:
         """COPY <<EOF DEST: each heredoc becomes a file named after its delimiter."""
@@ -393,6 +394,7 @@ class Session:
                 source_date_epoch=self.options.source_date_epoch,
                 id_map=id_map,
                 install=lambda tmp: publish(tmp, out, signing, reporter=self.options.reporter),  # one temp: signed, then renamed
+                reporter=self.options.reporter,
             )
 
     def discard(self) -> None:
