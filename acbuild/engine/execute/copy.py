@@ -226,18 +226,59 @@ def _copy_tree(src_dir: Path, dest_dir: Path, rootfs: Path, attrs: CopyAttrs, re
 
     prefix = "" if rel == "." else rel + "/"
     prune = None if ignore is None else (lambda child, _st: ignore(prefix + child))
-    for path, child, st, leaving in walk(os.fspath(src_dir), prune=prune, post_order=True):
-        target = dest_dir / child
-        if leaving:
-            _set_attrs(target, _mode_for(st, attrs), attrs)
-            written.append(_image_path(rootfs, target))
-        elif stat.S_ISDIR(st.st_mode):
-            if target.is_symlink() or (target.exists() and not target.is_dir()):
-                target.unlink()
-            if not target.exists():
-                target.mkdir()
-        else:
-            _copy_entry(Path(path), target, attrs, st, digests)
-            if stat.S_ISREG(st.st_mode):
-                meter.advance(st.st_size)
-            written.append(_image_path(rootfs, target))
+    with _Copier() as copier:
+        for path, child, st, leaving in walk(os.fspath(src_dir), prune=prune, post_order=True):
+            target = dest_dir / child
+            if leaving:
+                copier.wait()  # its files are in place before its mtime is set
+                _set_attrs(target, _mode_for(st, attrs), attrs)
+                written.append(_image_path(rootfs, target))
+            elif stat.S_ISDIR(st.st_mode):
+                if target.is_symlink() or (target.exists() and not target.is_dir()):
+                    target.unlink()
+                if not target.exists():
+                    target.mkdir()
+            else:
+                copier.submit(_copy_entry, Path(path), target, attrs, st, digests)
+                if stat.S_ISREG(st.st_mode):
+                    meter.advance(st.st_size)
+                written.append(_image_path(rootfs, target))
+
+
+class _Copier:
+    """Files of a tree copied by a few threads: creating a file waits on the
+    filesystem's journal (up to ms each on a busy disk), and the waits overlap;
+    open/read/write/hash release the GIL. Directories are made by the caller, in
+    walk order, before anything inside them is submitted, and `wait()` drains every
+    copy before a directory's own attributes are set; at most LIMIT copies are in
+    flight. Leaving the `with` block waits for all of them, an error or not, so no
+    thread writes after the COPY has returned or failed."""
+
+    THREADS = 4
+    LIMIT = 64
+
+    def __init__(self):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._pool = ThreadPoolExecutor(self.THREADS, thread_name_prefix="copy")
+        self._pending: list = []
+
+    def submit(self, fn, *args) -> None:
+        self._pending.append(self._pool.submit(fn, *args))
+        if len(self._pending) >= self.LIMIT:
+            self.wait()
+
+    def wait(self) -> None:
+        pending, self._pending = self._pending, []
+        for future in pending:
+            future.result()  # the first error is raised here, in walk order
+
+    def __enter__(self) -> _Copier:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if exc_type is None:
+                self.wait()
+        finally:
+            self._pool.shutdown(wait=True, cancel_futures=True)
