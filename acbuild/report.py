@@ -3,7 +3,7 @@ warnings, verified signers) instead of printing it themselves, so one place
 decides the form: plain lines on stderr by default, JSON events under
 `--progress json` (engine/progress.py extends this), nothing when quiet.
 
-Long work (writing an image, copying a context, downloading) reports its bytes
+Long work (writing an image, a COPY) reports its bytes
 through `meter()`: nothing for work done within a second, then a line every few
 seconds (bytes, rate, ETA when the total is known) and one at the end; a terminal
 gets a bar and JSON a `progress` event instead (engine/progress.py).

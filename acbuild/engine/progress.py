@@ -10,9 +10,9 @@
   "id": ..., "output": ...}` at the end. One object per line, keys sorted.
 - quiet: nothing.
 
-Long work (Reporter.meter: the image write, a COPY of the context, a download) that
-lasts over a second shows, in tty mode, a tqdm bar (bytes, rate, ETA when the total
-is known); in json, `{"event": "progress", "what": "write out.aci", "bytes": N,
+Long work (Reporter.meter: the image write, a COPY; downloads keep their own bar,
+fetch/download.py) that lasts over a second shows, in tty mode, a tqdm bar (bytes,
+rate, ETA when the total is known); in json, `{"event": "progress", "what": "write out.aci", "bytes": N,
 "total": N or null, "seconds": S}` every half second and a `progress-done` event at
 the end; in plain, a line every 5 seconds and one at the end (acbuild.report).
 tqdm rather than rich: one small module, imported only once a bar is due (~15 ms,
