@@ -14,6 +14,7 @@ are in bench_write.py and bench_cache.py (--profile large). Not a test.
 
 from __future__ import annotations
 
+import os
 import shutil
 import statistics
 import tempfile
@@ -31,7 +32,7 @@ def measure(script: str, profile: str, work: Path, runs: int) -> dict[str, tuple
         generate(script, profile, layout, "--aci-layout", "example.com/bench")
     if not ctx.exists():
         ctx.mkdir(parents=True)
-        (ctx / "tree").symlink_to(layout / "rootfs")  # COPY follows a top-level symlink source
+        shutil.copytree(layout / "rootfs", ctx / "tree", symlinks=True, copy_function=os.link)  # hard links: no 2nd copy
         (ctx / "ACIfile").write_text("FROM scratch\nNAME example.com/bench\nCOPY tree/ /data/\n")
     pack = [*ACBUILD, "pack", "--overwrite", str(layout), str(work / profile / "pack.aci")]
     build = [*ACBUILD, "build", "-q", "--cache-dir", str(cache), "-f", str(ctx / "ACIfile"), "-o", str(work / profile / "out.aci")]

@@ -10,6 +10,7 @@ import argparse
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -51,13 +52,15 @@ def timed(cmd: list[str], *, shell: bool = False) -> Run:
     """Run cmd (stdout to /dev/null); exit on failure. With shell, cmd[0] is a sh -c
     script (a pipeline: its CPU time and RSS are its children's)."""
     argv = ["/bin/sh", "-c", cmd[0]] if shell else cmd
-    t0 = time.perf_counter()
-    quiet = [(os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0)]
-    pid = os.posix_spawnp(argv[0], argv, ENV, file_actions=quiet)
-    _, status, usage = os.wait4(pid, 0)
-    wall = time.perf_counter() - t0
-    if os.waitstatus_to_exitcode(status) != 0:
-        sys.exit(f"failed: {' '.join(argv)}")
+    with tempfile.TemporaryFile() as err:  # stderr (progress lines) shown only on failure
+        t0 = time.perf_counter()
+        quiet = [(os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0), (os.POSIX_SPAWN_DUP2, err.fileno(), 2)]
+        pid = os.posix_spawnp(argv[0], argv, ENV, file_actions=quiet)
+        _, status, usage = os.wait4(pid, 0)
+        wall = time.perf_counter() - t0
+        if os.waitstatus_to_exitcode(status) != 0:
+            err.seek(0)
+            sys.exit(f"failed: {' '.join(argv)}\n{err.read().decode(errors='replace')}")
     return Run(wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024)
 
 
