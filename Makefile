@@ -6,7 +6,7 @@
 PYTHON ?= $(shell test -x /usr/bin/python3 && echo /usr/bin/python3 || command -v python3)
 VENV   ?= .venv
 TOOLS  ?= .tools
-APT_PACKAGES = busybox-static gnupg mmdebstrap python3-venv uidmap nginx python3-seccomp gcc libc6-dev runc openssh-client buildah skopeo umoci docker-registry apache2-utils openssl oci-image-tool podman
+APT_PACKAGES = pigz busybox-static gnupg mmdebstrap python3-venv uidmap nginx python3-seccomp gcc libc6-dev runc openssh-client buildah skopeo umoci docker-registry apache2-utils openssl oci-image-tool podman
 ACTOOL = $(TOOLS)/usr/bin/actool
 
 export PATH := $(CURDIR)/$(VENV)/bin:$(CURDIR)/$(TOOLS)/usr/bin:$(PATH)
@@ -46,8 +46,10 @@ $(VENV)/.installed: pyproject.toml
 	$(VENV)/bin/pip install -q -e '.[test]'
 	touch $@
 
-bench: venv $(ACTOOL)
+bench: system-deps venv $(ACTOOL)
 	$(VENV)/bin/python benchmarks/bench_write.py
+	$(VENV)/bin/python benchmarks/bench_cache.py
+	$(VENV)/bin/python benchmarks/bench_startup.py
 
 clean:
 	rm -rf $(VENV) $(TOOLS) example.aci example.aci.asc

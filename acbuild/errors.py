@@ -6,18 +6,40 @@ from __future__ import annotations
 
 import copy
 import os
-from dataclasses import dataclass
 
 
-@dataclass(frozen=True)
 class SourcePos:
-    """Where an instruction or argument came from: an ACIfile place or argv."""
+    """Where an instruction or argument came from: an ACIfile place or argv.
+    Immutable. A plain class rather than a dataclass: this module is imported by
+    every command, `acbuild --help` included, and `dataclasses` costs ~10 ms to import."""
 
-    file: str = "<argv>"
-    line: int = 0
-    column: int = 0
-    # The whole source line, for the caret excerpt (empty for argv).
-    text: str = ""
+    __slots__ = ("file", "line", "column", "text")
+
+    # text: the whole source line, for the caret excerpt (empty for argv).
+    def __init__(self, file: str = "<argv>", line: int = 0, column: int = 0, text: str = ""):
+        for name, value in zip(self.__slots__, (file, line, column, text)):
+            object.__setattr__(self, name, value)
+
+    def __setattr__(self, name, value):
+        raise AttributeError(f"SourcePos is immutable (use .replace({name}=...))")
+
+    def _key(self) -> tuple:
+        return (self.file, self.line, self.column, self.text)
+
+    def __eq__(self, other) -> bool:
+        return self._key() == other._key() if isinstance(other, SourcePos) else NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __repr__(self) -> str:
+        return "SourcePos(file={!r}, line={!r}, column={!r}, text={!r})".format(*self._key())
+
+    def __reduce__(self):
+        return SourcePos, self._key()
+
+    def replace(self, **changes) -> SourcePos:
+        return SourcePos(**{**dict(zip(self.__slots__, self._key())), **changes})
 
     def __str__(self) -> str:
         if self.line:

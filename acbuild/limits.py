@@ -22,6 +22,11 @@ MAX_EXPANDED_WORD = 256 << 10
 # Nesting of the JSON in EXEC/RUN/EVENT exec form, ISOLATOR and MANIFEST.
 MAX_JSON_DEPTH = 100
 
+# RUN's and launch's /tmp, /run and /dev/shm, each: a step cannot fill the host's memory.
+# Here, not in engine/execute/hardening.py, so the CLI's --help can show it without
+# loading that module (it opens libc with ctypes at import).
+DEFAULT_TMPFS_SIZE = 512 << 20
+
 # .acbuildignore.
 MAX_IGNORE_BYTES = 1 << 20
 MAX_IGNORE_PATTERN = 4096

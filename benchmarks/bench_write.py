@@ -1,13 +1,14 @@
 #!/usr/bin/env python3
-"""Write benchmark: `acbuild pack` against `actool build` on the same layout.
+"""Write benchmark: `acbuild pack` beside `actool build` and `tar | pigz -6` on the same layout.
 
 Generates the synthetic "medium" rootfs (20,000 files, 200 MB, deterministic)
-with ../shared/bench/make_rootfs.py, then in the same run times
-`actool build --overwrite DIR out.aci` and `acbuild pack --overwrite DIR out.aci`
-(both gzip, acbuild through its real CLI in a subprocess), alternating, N runs
-each. Prints the medians, the ratio acbuild/actool and acbuild's peak RSS.
-Targets (issue 2): ratio <= 1.0, peak RSS < 100 MiB. Not a test: timings
-never decide pass/fail.
+with ../shared/bench/make_rootfs.py, then in the same run times, alternating, N
+runs each: `actool build --overwrite DIR out.aci`, `acbuild pack --overwrite DIR
+out.aci` (gzip, acbuild through its real CLI) and `tar -C DIR -cf - . | pigz -6`
+(the 2-core gzip floor with zlib). Prints the medians (wall and CPU), the ratios
+acbuild/actool and acbuild/pigz, acbuild's peak RSS and the load before and after.
+Targets (issue 15): <= 0.42x actool, <= 1.15x tar|pigz, peak RSS < 100 MiB. Not a
+test: timings never decide pass/fail.
 
     python benchmarks/bench_write.py [--profile medium] [--runs 3] [--keep DIR]
 """
@@ -19,10 +20,9 @@ import shutil
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from common import REPO, arguments, generate  # noqa: E402  (benchmarks/ is on sys.path)
+from common import ACBUILD, REPO, arguments, generate, load, timed  # noqa: E402  (benchmarks/ is on sys.path)
 
 
 def find_actool() -> str:
@@ -33,47 +33,38 @@ def find_actool() -> str:
     return tool
 
 
-def timed(cmd: list[str]) -> tuple[float, int]:
-    """Wall seconds and peak RSS (KiB) of one child process."""
-    t0 = time.perf_counter()
-    quiet = [(os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0)]  # the printed image ID
-    pid = os.posix_spawnp(cmd[0], cmd, os.environ, file_actions=quiet)
-    _, status, usage = os.wait4(pid, 0)
-    wall = time.perf_counter() - t0
-    if os.waitstatus_to_exitcode(status) != 0:
-        sys.exit(f"failed: {' '.join(cmd)}")
-    return wall, usage.ru_maxrss
-
-
 def main() -> None:
     a = arguments(__doc__.split("\n")[0])
-
     actool = find_actool()
-    acbuild = [sys.executable, "-m", "acbuild"]
+    if not shutil.which("pigz"):
+        sys.exit("pigz not found (apt-get install pigz)")
     work = Path(a.keep) if a.keep else Path(tempfile.mkdtemp(prefix="acbuild-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     layout = work / "layout"
     try:
         if not layout.exists():
             generate(a.rootfs_script, a.profile, layout, "--aci-layout", "example.com/bench")
-        results: dict[str, list[float]] = {"actool": [], "acbuild": []}
-        rss: list[int] = []
+        cmds = {
+            "actool": ([actool, "build", "--overwrite", str(layout), str(work / "actool.aci")], False),
+            "acbuild": ([*ACBUILD, "pack", "--overwrite", str(layout), str(work / "acbuild.aci")], False),
+            "pigz": ([f"tar -C {layout} -cf - . | pigz -6 > {work / 'pigz.tar.gz'}"], True),
+        }
+        timed(cmds["acbuild"][0])  # warm-up: page cache, .pyc files
+        before = load()
+        runs: dict[str, list] = {k: [] for k in cmds}
         for i in range(a.runs):
-            wall, _ = timed([actool, "build", "--overwrite", str(layout), str(work / "actool.aci")])
-            results["actool"].append(wall)
-            wall, peak = timed([*acbuild, "pack", "--overwrite", str(layout), str(work / "acbuild.aci")])
-            results["acbuild"].append(wall)
-            rss.append(peak)
-            print(f"run {i + 1}: actool {results['actool'][-1]:.2f} s, acbuild {wall:.2f} s, "
-                  f"acbuild peak RSS {peak / 1024:.1f} MiB", flush=True)
-        med = {k: statistics.median(v) for k, v in results.items()}
-        sizes = {k: (work / f"{k}.aci").stat().st_size for k in results}
-        print(f"profile {a.profile}, gzip, {a.runs} runs, {os.cpu_count()} CPUs")
-        print(f"actool build  median {med['actool']:.2f} s  ({sizes['actool'] / 1e6:.1f} MB)")
-        print(f"acbuild pack  median {med['acbuild']:.2f} s  ({sizes['acbuild'] / 1e6:.1f} MB)")
-        print(f"ratio acbuild/actool {med['acbuild'] / med['actool']:.2f}  (target <= 1.0)")
-        print(f"acbuild peak RSS {max(rss) / 1024:.1f} MiB  (target < 100 MiB)")
-        print(f"load average {os.getloadavg()[0]:.2f} (other work on the machine skews timings)")
+            for name, (cmd, shell) in cmds.items():
+                runs[name].append(timed(cmd, shell=shell))
+            print(f"run {i + 1}: " + ", ".join(f"{k} {v[-1].wall:.2f} s" for k, v in runs.items()), flush=True)
+        med = {k: statistics.median(r.wall for r in v) for k, v in runs.items()}
+        cpu = {k: statistics.median(r.cpu for r in v) for k, v in runs.items()}
+        sizes = {"actool": work / "actool.aci", "acbuild": work / "acbuild.aci", "pigz": work / "pigz.tar.gz"}
+        print(f"profile {a.profile}, gzip, {a.runs} runs (medians); before: {before}; after: {load()}")
+        for k, label in (("actool", "actool build"), ("acbuild", "acbuild pack"), ("pigz", "tar | pigz -6")):
+            print(f"{label:14} {med[k]:6.2f} s  CPU {cpu[k]:6.2f} s  ({sizes[k].stat().st_size / 1e6:.1f} MB)")
+        print(f"ratio acbuild/actool {med['acbuild'] / med['actool']:.2f} (target <= 0.42), "
+              f"acbuild/pigz {med['acbuild'] / med['pigz']:.2f} (target <= 1.15)")
+        print(f"acbuild peak RSS {max(r.rss_mib for r in runs['acbuild']):.1f} MiB (target < 100 MiB)")
     finally:
         if not a.keep:
             shutil.rmtree(work, ignore_errors=True)

@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parent.parent
 BUSYBOX = Path("/bin/busybox")
 PYTHON = Path("/usr/bin/python3")
 # what the CLI imports, copied from the project's venv (same interpreter: Debian's 3.11)
-PACKAGES = ("lark", "yaml", "_yaml", "gnupg.py", "pyroute2")
+PACKAGES = ("lark", "yaml", "_yaml", "gnupg.py", "pyroute2", "isal", "tqdm")
 
 
 def shared_dir(prefix: str) -> Path:

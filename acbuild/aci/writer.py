@@ -30,7 +30,7 @@ Normalisation, entry by entry:
   mknod was not allowed) is written as that device.
 - xattrs and ACLs are dropped.
 - manifest: mode 0644, uid/gid 0, mtime = source_date_epoch.
-- compression: gzip at level 6 (Go's default) with a header holding no name
+- compression: gzip (ISA-L deflate at its level 2) with a header holding no name
   and MTIME 0 (XFL 0, OS 255, as Go writes it), compressed on all CPUs in
   fixed 1 MiB pieces (acbuild.aci.pgzip: the bytes do not depend on the CPU
   count); or xz (preset 6), bzip2 (level 9) or none.
@@ -49,17 +49,18 @@ from pathlib import Path
 from typing import BinaryIO
 
 from acbuild import placeholders
+from acbuild.aci import pgzip
 from acbuild.aci.pgzip import ParallelGzipWriter
 from acbuild.aci.tarformat import BLOCK, MAX_MTIME, ZERO_BLOCK, file_member, tar_header
 from acbuild.atomic import fsync_dir
 from acbuild.errors import ImageError, UsageError
-from acbuild.files import walk
+from acbuild.files import tree_bytes, walk
+from acbuild.report import QUIET, Meter, Reporter
 from acbuild.temps import locked_temp_file
 
 DEFAULT_SOURCE_DATE_EPOCH = 0
 MAX_SOURCE_DATE_EPOCH = MAX_MTIME  # the latest mtime a ustar header holds
 COMPRESSIONS = ("gzip", "xz", "bzip2", "none")
-GZIP_LEVEL = 6
 
 CHUNK = 1 << 20  # read and flush granularity
 
@@ -194,9 +195,15 @@ def _umask() -> int:
     return mask
 
 
+def encoder(compression: str) -> str:
+    """The compression and what produces its bytes: a stored .aci made by another
+    deflate engine or version must not be served as this one's output."""
+    return f"gzip-{pgzip.ENCODER}" if compression == "gzip" else compression
+
+
 def _compressor(raw: BinaryIO, compression: str) -> BinaryIO:
     if compression == "gzip":
-        return ParallelGzipWriter(raw, level=GZIP_LEVEL)  # type: ignore[return-value]
+        return ParallelGzipWriter(raw)  # type: ignore[return-value]
     if compression == "xz":
         return lzma.LZMAFile(raw, "wb", format=lzma.FORMAT_XZ, preset=6)  # type: ignore[return-value]
     if compression == "bzip2":
@@ -213,7 +220,7 @@ def _walk(top: str, rel: bytes) -> Iterator[tuple[str, bytes, os.stat_result]]:
         yield path, rel + b"/" + os.fsencode(child), st
 
 
-def copy_file(sink: AciSink, path: str | Path, size: int) -> None:
+def copy_file(sink: AciSink, path: str | Path, size: int, meter: Meter | None = None) -> None:
     """Stream exactly `size` bytes of `path` and the block padding."""
     with open(path, "rb", buffering=0) as f:
         left = size
@@ -223,12 +230,15 @@ def copy_file(sink: AciSink, path: str | Path, size: int) -> None:
                 raise ImageError(f"{path} shrank while being written (file changed during build?)")
             sink.write(data)
             left -= len(data)
+            if meter is not None:
+                meter.advance(len(data))
     pad = -size % BLOCK
     if pad:
         sink.write(ZERO_BLOCK[:pad])
 
 
-def write_tree(sink: AciSink, rootfs: Path, source_date_epoch: int, id_map: dict[int, int] | None) -> None:
+def write_tree(sink: AciSink, rootfs: Path, source_date_epoch: int, id_map: dict[int, int] | None,
+               meter: Meter | None = None) -> None:
     """The `rootfs` entry and everything under it, in archive order."""
     root = os.fspath(rootfs)
     st = os.lstat(root)
@@ -264,7 +274,7 @@ def write_tree(sink: AciSink, rootfs: Path, source_date_epoch: int, id_map: dict
             sink.write(entry(name, kind, st, devmajor=os.major(rdev), devminor=os.minor(rdev)))
         elif stat.S_ISREG(mode):
             sink.write(entry(name, tarfile.REGTYPE, st, size=st.st_size))
-            copy_file(sink, path, st.st_size)
+            copy_file(sink, path, st.st_size, meter)
         elif stat.S_ISLNK(mode):
             sink.write(entry(name, tarfile.SYMTYPE, st, linkname=os.fsencode(os.readlink(path))))
         elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
@@ -287,13 +297,16 @@ def write_aci(
     source_date_epoch: int = DEFAULT_SOURCE_DATE_EPOCH,
     id_map: dict[int, int] | None = None,
     install: Callable[[Path], None] | None = None,
+    reporter: Reporter = QUIET,
 ) -> str:
     """Write `rootfs` and the manifest bytes (verbatim) as the .aci `out`; return its image ID.
-    `install`: see AciSink."""
+    `install`: see AciSink. `reporter` shows the progress of a write over a second."""
     with AciSink(Path(out), compression, install) as sink:
         try:
-            write_tree(sink, Path(rootfs), source_date_epoch, id_map)
-            write_manifest(sink, manifest_json, source_date_epoch)
+            total = tree_bytes(rootfs) if reporter.wants_total else None
+            with reporter.meter(f"write {Path(out).name}", total) as meter:
+                write_tree(sink, Path(rootfs), source_date_epoch, id_map, meter)
+                write_manifest(sink, manifest_json, source_date_epoch)
         except OSError as e:
             raise ImageError(f"write {out}: {e}") from e
         return sink.commit()

@@ -166,7 +166,8 @@ def run(args) -> int:
         **trust_settings(args, config),
     )
     signing = signing_from_args(args, config)
-    published = build_outputs(plan, outputs, options, target=args.target, compression=args.compression,
+    published = build_outputs(plan, outputs, options, digest_file=args.metadata_file is not None,
+                              target=args.target, compression=args.compression,
                               signing=signing, cache=StepCache(cache_dir), use_cache=not args.no_cache,
                               progress=progress, shared=shared_cache_from_args(args))
     result = published.result

@@ -14,31 +14,40 @@ import json
 import sys
 from pathlib import Path
 
-from acbuild import plan as p
 from acbuild.cli.session import Edit, mutating, pos_of, verb_parser
 from acbuild.errors import NotFoundError, UsageError
 
 
 def _remove(what: str):
     def make(args) -> list[Edit]:
+        from acbuild import plan as p
+
         return [Edit(p.Remove(what=what, name=args.name, pos=pos_of(args)))]
 
     return make
 
 
 def make_label(args) -> list[Edit]:
+    from acbuild import plan as p
+
     return [Edit(p.Label(items=((args.name, args.value),), pos=pos_of(args)))]
 
 
 def make_annotation(args) -> list[Edit]:
+    from acbuild import plan as p
+
     return [Edit(p.Annotation(items=((args.name, args.value),), pos=pos_of(args)))]
 
 
 def make_env(args) -> list[Edit]:
+    from acbuild import plan as p
+
     return [Edit(p.Env(items=((args.name, args.value),), pos=pos_of(args)))]
 
 
 def make_isolator(args) -> list[Edit]:
+    from acbuild import plan as p
+
     verb = f'isolator add "{args.name}"'
     try:
         text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text()
@@ -56,10 +65,14 @@ def make_isolator(args) -> list[Edit]:
 
 
 def make_mount(args) -> list[Edit]:
+    from acbuild import plan as p
+
     return [Edit(p.MountPoint(name=args.name, path=args.path, read_only=args.read_only, pos=pos_of(args)))]
 
 
 def make_port(args) -> list[Edit]:
+    from acbuild import plan as p
+
     if not args.port.isdigit():
         raise UsageError(f'port add: the port must be a whole number, not "{args.port}"')
     return [Edit(p.Port(name=args.name, protocol=args.protocol, port=int(args.port), count=args.count,
@@ -67,6 +80,8 @@ def make_port(args) -> list[Edit]:
 
 
 def make_dependency(args) -> list[Edit]:
+    from acbuild import plan as p
+
     labels = []
     for item in args.label:
         name, eq, value = item.partition("=")

@@ -109,7 +109,7 @@ def parse_size(text: str) -> int:
 
 
 def add_sandbox_options(parser, *, setuid: bool = False) -> None:
-    from acbuild.engine.execute.hardening import DEFAULT_TMPFS_SIZE
+    from acbuild.limits import DEFAULT_TMPFS_SIZE
 
     group = parser.add_argument_group("sandbox")
     group.add_argument("--tmpfs-size", type=parse_size, default=DEFAULT_TMPFS_SIZE, metavar="SIZE",

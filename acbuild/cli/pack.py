@@ -47,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
     from acbuild.aci.validate import validate_layout
     from acbuild.aci.writer import check_output_path, source_date_epoch_from_env, write_aci
     from acbuild.errors import ManifestError, NotFoundError, OutputExistsError
+    from acbuild.engine.progress import Progress
     from acbuild.report import Reporter
     from acbuild.trust.sign import drop_stale_signature
 
@@ -64,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     manifest.validate()
     drop_stale_signature(out, reporter=Reporter())  # the old image's .asc must not sign the new one
     image_id = write_aci(out, manifest.to_json(), layout / "rootfs", compression=args.compression,
-                         source_date_epoch=epoch)
+                         source_date_epoch=epoch, reporter=Progress())  # a bar on a terminal
     print(image_id)
     sys.stdout.flush()
     return 0

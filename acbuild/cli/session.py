@@ -21,13 +21,15 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple
 
-from acbuild import plan as p
 from acbuild.cli.options import output_image
 from acbuild.errors import ARGV, AcbuildError, InstructionError, NotFoundError, SourcePos, UsageError
 from acbuild.report import QUIET, Reporter
+
+if TYPE_CHECKING:  # imported where used: --help loads this module and needs no plan
+    from acbuild import plan as p
 
 EPILOG = """\
 exit status: 0 ok, 1 failure, 2 not found (no build in progress, no such label...),
@@ -93,14 +95,15 @@ def refuse_modify(args, verb: str) -> None:
 # -- one step: an instruction and the directory its COPY sources are relative to --
 
 
-@dataclass(frozen=True)
-class Edit:
+class Edit(NamedTuple):  # not a dataclass: `acbuild --help` imports this module, and no dataclasses
     instruction: p.Instruction
     context: Path | None = None
     sources: tuple[str, ...] = ()  # COPY: the sources as absolute host paths
 
     @property
     def touches_rootfs(self) -> bool:
+        from acbuild import plan as p
+
         return isinstance(self.instruction, p.Copy | p.Run | p.WorkDir)
 
 
@@ -121,12 +124,17 @@ def mutating(make):
     return run
 
 
-def _options(args, source_date_epoch: int):
+def _options(args, source_date_epoch: int, *, images: bool = True):
     """The engine's options for a verb; base and dependency verification follow
-    acbuild.toml and the trust flags, as in `acbuild build`."""
+    acbuild.toml and the trust flags, as in `acbuild build`. images=False: the verb
+    only edits the manifest, so it reads no image, no acbuild.toml and no keys
+    (a metadata verb's start-up: tests/test_startup_imports.py)."""
+    from acbuild.engine.session import BuildOptions
+
+    if not images:
+        return BuildOptions(source_date_epoch=source_date_epoch, debug=bool(getattr(args, "debug", False)), reporter=QUIET)
     from acbuild.cli.options import LazyFetcher, trust_settings
     from acbuild.config import load_config
-    from acbuild.engine.session import BuildOptions
 
     config = load_config(getattr(args, "config", None))
     trust = trust_settings(args, config)
@@ -135,23 +143,23 @@ def _options(args, source_date_epoch: int):
 
 
 def apply_to_session(edits: list[Edit], args) -> None:
+    from dataclasses import replace
+
     from acbuild.engine.interactive import history
     from acbuild.engine.session import Session
 
     wp = work_path(args)
     with wp.locked():
         state = wp.read_state()
-        session = Session.open(wp.currentaci, _options(args, state.source_date_epoch))
+        images = any(step.touches_rootfs for step in edits)
+        session = Session.open(wp.currentaci, _options(args, state.source_date_epoch, images=images))
         for step in edits:
             context = step.context or Path(state.begin_cwd or ".")
             session.options = replace(session.options, context=context, ignore=wp.skips_state(context))
             session.apply(step.instruction)
             session.save()
-            records = wp.read_history()
-            record = history.step_record(step.instruction, step.context, step.sources)
-            if not step.touches_rootfs and not history.compiles([*records, record]):
-                record = history.manifest_record(session.manifest.to_json(), step.instruction)
-            wp.append_history(record)
+            manifest_after = None if step.touches_rootfs else session.manifest.to_json()
+            wp.append_history(history.step_record(step.instruction, step.context, step.sources, manifest_after))
         if state.record_annotations and not getattr(args, "no_history", False):
             note = command_annotation(session.manifest, args)
             session.apply(note)
@@ -161,6 +169,8 @@ def apply_to_session(edits: list[Edit], args) -> None:
 
 def command_annotation(manifest, args) -> p.Annotation:
     """Go acbuild's history annotation: appc.io/acbuild/command-N = the command."""
+    from acbuild import plan as p
+
     import json
     import re
 
@@ -199,6 +209,9 @@ def modify_image(image: Path, edits: list[Edit], args) -> None:
 
 
 def run_begin(args) -> int:
+    from dataclasses import replace
+
+    from acbuild import plan as p
     from acbuild.aci.writer import source_date_epoch_from_env
     from acbuild.engine.interactive import history
     from acbuild.files import remove_tree
@@ -235,6 +248,8 @@ def run_begin(args) -> int:
 
 
 def run_write(args) -> int:
+    from dataclasses import replace
+
     from acbuild.engine.session import Session
     from acbuild.trust.sign import SigningOptions
 
@@ -314,6 +329,8 @@ def run_cat_current(args) -> int:
 def copy_steps(sources: list[str], dest: str, pos: SourcePos) -> list[Edit]:
     """Host paths -> one COPY whose context is the current directory when it holds
     every source, else the deepest directory holding them all."""
+    from acbuild import plan as p
+
     absolute = tuple(os.path.abspath(s) for s in sources)
     for given, path in zip(sources, absolute):
         if not os.path.lexists(path):
@@ -357,31 +374,45 @@ def command_words(words: list[str], verb: str) -> tuple[str, ...]:
 
 
 def make_run(args) -> list[Edit]:
+    from acbuild import plan as p
+
     return [Edit(p.Run(argv=command_words(args.command, "run"), network=args.network or "", pos=pos_of(args)))]
 
 
 def make_set_exec(args) -> list[Edit]:
+    from acbuild import plan as p
+
     return [Edit(p.Exec(argv=command_words(args.command, "set-exec"), pos=pos_of(args)))]
 
 
 def make_set_event_handler(args) -> list[Edit]:
+    from acbuild import plan as p
+
     argv = command_words(args.command, f"set-event-handler {args.event}")
     return [Edit(p.EventHandler(event=args.event, argv=argv, pos=pos_of(args)))]
 
 
 def make_set_name(args) -> list[Edit]:
+    from acbuild import plan as p
+
     return [Edit(p.SetName(name=args.name, pos=pos_of(args)))]
 
 
 def make_set_user(args) -> list[Edit]:
+    from acbuild import plan as p
+
     return [Edit(p.User(user=args.user, pos=pos_of(args)))]
 
 
 def make_set_group(args) -> list[Edit]:
+    from acbuild import plan as p
+
     return [Edit(p.Group(group=args.group, pos=pos_of(args)))]
 
 
 def make_set_supp_groups(args) -> list[Edit]:
+    from acbuild import plan as p
+
     bad = [g for g in args.gids if not g.isdigit()]
     if bad:
         raise UsageError(f'set-supp-groups: "{bad[0]}" is not a group id (a whole number)')
@@ -389,10 +420,14 @@ def make_set_supp_groups(args) -> list[Edit]:
 
 
 def make_set_working_directory(args) -> list[Edit]:
+    from acbuild import plan as p
+
     return [Edit(p.WorkDir(path=args.path, pos=pos_of(args)))]
 
 
 def make_replace_manifest(args) -> list[Edit]:
+    from acbuild import plan as p
+
     from acbuild.aci.manifest import ImageManifest
 
     try:

@@ -10,6 +10,14 @@
   "id": ..., "output": ...}` at the end. One object per line, keys sorted.
 - quiet: nothing.
 
+Long work (Reporter.meter: the image write, a COPY; downloads keep their own bar,
+fetch/download.py) that lasts over a second shows, in tty mode, a tqdm bar (bytes,
+rate, ETA when the total is known); in json, `{"event": "progress", "what": "write out.aci", "bytes": N,
+"total": N or null, "seconds": S}` every half second and a `progress-done` event at
+the end; in plain, a line every 5 seconds and one at the end (acbuild.report).
+tqdm rather than rich: one small module, imported only once a bar is due (~15 ms,
+never for work under a second, so start-up does not pay it).
+
 Contract: writes only to the given stream, flushes every line.
 """
 
@@ -18,7 +26,7 @@ from __future__ import annotations
 import json
 from typing import TextIO
 
-from acbuild.report import Reporter
+from acbuild.report import Meter, Reporter
 
 
 class Progress(Reporter):
@@ -30,6 +38,25 @@ class Progress(Reporter):
         if mode == "auto":
             mode = "tty" if self.stream.isatty() else "plain"
         self.mode = mode
+        self.progress_interval = {"tty": 0.1, "json": 0.5}.get(mode, Reporter.progress_interval)
+        self.wants_total = mode in ("tty", "json")  # a bar's ETA, an event's total
+
+    def progress(self, meter: Meter, final: bool) -> None:
+        if self.mode == "json":
+            self._event(event="progress-done" if final else "progress", what=meter.what, bytes=meter.done,
+                        total=meter.total, seconds=round(meter.seconds, 3))
+        elif self.mode == "tty":
+            if meter.bar is None:
+                from tqdm import tqdm
+
+                # initial: the rate counts from when the bar appears, not from zero bytes
+                meter.bar = tqdm(total=meter.total, initial=meter.done, desc=meter.what, unit="B", unit_scale=True,
+                                 file=self.stream, mininterval=0.1, dynamic_ncols=True)
+            meter.bar.update(meter.done - meter.bar.n)
+            if final:
+                meter.bar.close()
+        else:
+            super().progress(meter, final)
 
     def _emit(self, text: str) -> None:
         print(text, file=self.stream, flush=True)

@@ -23,11 +23,11 @@ from acbuild.aci.types import host_os_arch
 from acbuild.atomic import write_atomic
 from acbuild.engine.deps.overlay import copy_up
 from acbuild.engine.execute.copy import CopyAttrs, copy_into_rootfs, make_dirs
-from acbuild.engine.execute.hardening import DEFAULT_TMPFS_SIZE
 from acbuild.engine.execute.paths import resolve_in_root
 from acbuild.engine.execute.users import resolve_group, resolve_user
 from acbuild.errors import BuildError, ImageError, ManifestError, NotFoundError, OutputExistsError, PlanError
 from acbuild.files import copy_tree, file_clock_ns, stamp_written_since
+from acbuild.limits import DEFAULT_TMPFS_SIZE
 from acbuild.report import Reporter
 from acbuild.userns import OwnerError, host_owner_for, owner_for
 
@@ -276,13 +276,14 @@ class Session:
             source_root = self.options.stage_rootfs.get(i.from_stage)
             if source_root is None:
                 raise BuildError(f'COPY --from: stage "{i.from_stage}" was not built', i.pos)
-            copy_into_rootfs(source_root, i.sources, self.rootfs, dest, attrs, i.pos, source_in_rootfs=True)
+            copy_into_rootfs(source_root, i.sources, self.rootfs, dest, attrs, i.pos, source_in_rootfs=True,
+                             reporter=self.options.reporter)
         elif isinstance(i, p.Add):  # ADD (a Copy, so it comes here) also unpacks and downloads
             self._add_sources(i, dest, attrs)
         else:
             self.copied = {}
             copy_into_rootfs(self.options.context, i.sources, self.rootfs, dest, attrs, i.pos, ignore=self.options.ignore,
-                             digests=self.copied)
+                             digests=self.copied, reporter=self.options.reporter)
 
     def _copy_inline(self, i: p.Copy, dest: str, attrs: CopyAttrs) -> None:
         """COPY <<EOF DEST: each heredoc becomes a file named after its delimiter."""
@@ -393,6 +394,7 @@ class Session:
                 source_date_epoch=self.options.source_date_epoch,
                 id_map=id_map,
                 install=lambda tmp: publish(tmp, out, signing, reporter=self.options.reporter),  # one temp: signed, then renamed
+                reporter=self.options.reporter,
             )
 
     def discard(self) -> None:

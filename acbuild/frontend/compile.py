@@ -489,7 +489,7 @@ class Compiler:
         if isinstance(value, list):
             raise PlanError(f"{st.keyword}: when using JSON array syntax, arrays must be comprised of strings only", st.command.pos)
         pos = st.command.pos
-        return tuple(Word(m.group(), replace(pos, column=pos.column + m.start()))
+        return tuple(Word(m.group(), pos.replace(column=pos.column + m.start()))
                      for m in re.finditer(r"\S+", st.command.text))
 
     def _heredoc_text(self, doc: Heredoc) -> str:

@@ -34,7 +34,6 @@ from acbuild.oci import manifests as mt
 from acbuild.oci.layout_writer import Layout, canonical_json
 
 APPC_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-GZIP_LEVEL = 6
 ARCHIVE_TRANSPORTS = ("oci", "oci-archive", "docker-archive")
 
 # appc arch label -> (OCI architecture, variant); the inverse of docker2aci's mapping.
@@ -165,7 +164,7 @@ class _LayerStream:
 
     def __init__(self, blob, compress: bool):
         self.diff = hashlib.sha256()
-        self._out = ParallelGzipWriter(blob, level=GZIP_LEVEL) if compress else blob
+        self._out = ParallelGzipWriter(blob) if compress else blob
         self._compress = compress
 
     def write(self, data: bytes | bytearray | memoryview) -> None:

@@ -181,7 +181,9 @@ class StepCache:
     # -- final images ---------------------------------------------------------------
 
     def _image_paths(self, key: str, compression: str) -> tuple[Path, Path]:
-        base = self.images / f"{key}-{compression}"
+        from acbuild.aci.writer import encoder
+
+        base = self.images / f"{key}-{encoder(compression)}"  # the deflate engine too: its bytes differ
         return base.with_suffix(".aci"), base.with_suffix(".json")
 
     def _images_locked(self, exclusive: bool):

@@ -29,6 +29,8 @@ from pathlib import Path
 from acbuild.engine.execute.paths import resolve_in_root
 from acbuild import placeholders
 from acbuild.errors import BuildError, SourcePos
+from acbuild.files import tree_bytes
+from acbuild.report import QUIET, Meter, Reporter
 
 _GLOB_CHARS = set("*?[")
 
@@ -53,13 +55,23 @@ def copy_into_rootfs(
     source_in_rootfs: bool = False,
     ignore=None,
     digests: dict[str, str] | None = None,
+    reporter: Reporter = QUIET,
 ) -> list[str]:
     """Copy sources (relative to source_root) to dest inside rootfs. Returns the
     image paths written. `ignore(relpath) -> bool` filters context files. With
     `digests`, each regular file's sha256 is recorded (host path -> hex) from the
     very bytes copied, so the step cache can tell a file that changed since its
-    key was made (engine.driver)."""
+    key was made (engine.driver). `reporter` shows the progress of a copy over a second."""
     matches = select_sources(source_root, sources, pos, source_in_rootfs=source_in_rootfs, ignore=ignore)
+    total = None
+    if reporter.wants_total:
+        total = sum(tree_bytes(host) if stat.S_ISDIR(st.st_mode) else st.st_size for _, host, st in matches)
+    with reporter.meter(f"copy to {dest}", total) as meter:
+        return _copy_matches(matches, rootfs, dest, attrs, pos, ignore, digests, meter)
+
+
+def _copy_matches(matches, rootfs: Path, dest: str, attrs: CopyAttrs, pos: SourcePos, ignore, digests,
+                  meter: Meter) -> list[str]:
     dest_is_dir = dest.endswith("/") or len(matches) > 1
     if len(matches) > 1 and not dest.endswith("/"):
         raise BuildError(f'COPY: with several sources the destination must be a directory ending in "/" (got "{dest}")', pos)
@@ -72,12 +84,13 @@ def copy_into_rootfs(
             if stat.S_ISDIR(st.st_mode):
                 into = dest_host
                 created = make_dirs(rootfs, into, attrs)
-                _copy_tree(host, dest_host, rootfs, attrs, rel, ignore, written, digests)
+                _copy_tree(host, dest_host, rootfs, attrs, rel, ignore, written, digests, meter)
             else:
                 target = dest_host / posixpath.basename(rel) if dest_is_dir else dest_host
                 into = target.parent
                 created = make_dirs(rootfs, into, attrs)
                 _copy_entry(host, target, attrs, st, digests)
+                meter.advance(st.st_size if stat.S_ISREG(st.st_mode) else 0)
                 written.append(_image_path(rootfs, target))
             # Directories this COPY wrote into carry the epoch too, as what it copied
             # does (Go acbuild's copy-to-dir tests look at them on disk).
@@ -205,7 +218,7 @@ def _copy_hashing(src: Path, target: Path) -> str:
 
 
 def _copy_tree(src_dir: Path, dest_dir: Path, rootfs: Path, attrs: CopyAttrs, rel: str, ignore, written: list[str],
-               digests: dict[str, str] | None = None) -> None:
+               digests: dict[str, str] | None, meter: Meter) -> None:
     """Copy what is below src_dir into dest_dir, depth first with sorted names, on
     an explicit stack (a context thousands of levels deep is fine); a directory's
     attributes are set when its contents are done."""
@@ -213,16 +226,59 @@ def _copy_tree(src_dir: Path, dest_dir: Path, rootfs: Path, attrs: CopyAttrs, re
 
     prefix = "" if rel == "." else rel + "/"
     prune = None if ignore is None else (lambda child, _st: ignore(prefix + child))
-    for path, child, st, leaving in walk(os.fspath(src_dir), prune=prune, post_order=True):
-        target = dest_dir / child
-        if leaving:
-            _set_attrs(target, _mode_for(st, attrs), attrs)
-            written.append(_image_path(rootfs, target))
-        elif stat.S_ISDIR(st.st_mode):
-            if target.is_symlink() or (target.exists() and not target.is_dir()):
-                target.unlink()
-            if not target.exists():
-                target.mkdir()
-        else:
-            _copy_entry(Path(path), target, attrs, st, digests)
-            written.append(_image_path(rootfs, target))
+    with _Copier() as copier:
+        for path, child, st, leaving in walk(os.fspath(src_dir), prune=prune, post_order=True):
+            target = dest_dir / child
+            if leaving:
+                copier.wait()  # its files are in place before its mtime is set
+                _set_attrs(target, _mode_for(st, attrs), attrs)
+                written.append(_image_path(rootfs, target))
+            elif stat.S_ISDIR(st.st_mode):
+                if target.is_symlink() or (target.exists() and not target.is_dir()):
+                    target.unlink()
+                if not target.exists():
+                    target.mkdir()
+            else:
+                copier.submit(_copy_entry, Path(path), target, attrs, st, digests)
+                if stat.S_ISREG(st.st_mode):
+                    meter.advance(st.st_size)
+                written.append(_image_path(rootfs, target))
+
+
+class _Copier:
+    """Files of a tree copied by a few threads: creating a file waits on the
+    filesystem's journal (up to ms each on a busy disk), and the waits overlap;
+    open/read/write/hash release the GIL. Directories are made by the caller, in
+    walk order, before anything inside them is submitted, and `wait()` drains every
+    copy before a directory's own attributes are set; at most LIMIT copies are in
+    flight. Leaving the `with` block waits for all of them, an error or not, so no
+    thread writes after the COPY has returned or failed."""
+
+    THREADS = 4
+    LIMIT = 64
+
+    def __init__(self):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._pool = ThreadPoolExecutor(self.THREADS, thread_name_prefix="copy")
+        self._pending: list = []
+
+    def submit(self, fn, *args) -> None:
+        self._pending.append(self._pool.submit(fn, *args))
+        if len(self._pending) >= self.LIMIT:
+            self.wait()
+
+    def wait(self) -> None:
+        pending, self._pending = self._pending, []
+        for future in pending:
+            future.result()  # the first error is raised here, in walk order
+
+    def __enter__(self) -> _Copier:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if exc_type is None:
+                self.wait()
+        finally:
+            self._pool.shutdown(wait=True, cancel_futures=True)

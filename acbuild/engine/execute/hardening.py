@@ -53,7 +53,7 @@ DENIED_SYSCALLS = (
 # clone(2) with any of these (new namespaces: mount, UTS, IPC, user, PID, net, cgroup).
 NAMESPACE_FLAGS = (0x00020000, 0x04000000, 0x08000000, 0x10000000, 0x20000000, 0x40000000, 0x02000000)
 
-DEFAULT_TMPFS_SIZE = 512 << 20  # each of /tmp, /run and /dev/shm: a step cannot fill the host's memory
+from acbuild.limits import DEFAULT_TMPFS_SIZE  # noqa: E402,F401  (each of /tmp, /run and /dev/shm)
 
 # runc's default spec, verbatim.
 MASKED_PATHS = ("/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",

@@ -5,13 +5,17 @@ Each record is a dict (one JSON line in .acbuild/history):
 - {"line": "LABEL version=1.0"}                            any other step
 - {"line": "COPY a b", "context": "/abs", "copy": {...}}   a COPY, with its sources
   as absolute host paths so it can be re-rendered against one shared context.
+- {"line": "LABEL a=b", "manifest": "{...}"}              a manifest verb, with the
+  manifest after it (for the fallback below).
 
 `render()` picks the context for the whole file (the deepest directory that
 holds every COPY source) and prints COPY sources relative to it, so that
 `acbuild build -f HISTORY --context CTX` replays the session exactly. A verb the
 ACIfile language would refuse after the earlier lines (a second NAME, EXEC or
 USER, a label set twice) is recorded as `MANIFEST {json}` of the manifest after
-the verb: the replay reaches the same manifest, byte for byte.
+the verb: the replay reaches the same manifest, byte for byte. That check parses,
+so it runs when the history is printed, not in each verb: a metadata verb must not
+load the ACIfile grammar (start-up matters there; tests/test_startup_imports.py).
 """
 
 from __future__ import annotations
@@ -27,16 +31,32 @@ def begin_record(base: str) -> dict:
     return {"from": base}
 
 
-def step_record(instruction: p.Instruction, context: Path | None, absolute_sources: tuple[str, ...] = ()) -> dict:
+def step_record(instruction: p.Instruction, context: Path | None, absolute_sources: tuple[str, ...] = (),
+                manifest_after: bytes | None = None) -> dict:
+    """manifest_after: the manifest once the step ran, kept for a line the compiler
+    may refuse (see resolve); None for steps that change the rootfs."""
     record: dict = {"line": instruction.to_acifile()}
     if isinstance(instruction, p.Copy):
         record["context"] = str(context)
         record["copy"] = {"sources": list(absolute_sources), "dest": instruction.dest}
+    if manifest_after is not None:
+        record["manifest"] = manifest_after.decode()
     return record
 
 
-def manifest_record(manifest_json: bytes, instead_of: p.Instruction) -> dict:
-    return {"line": p.ReplaceManifest(manifest_json=manifest_json.decode()).to_acifile(), "instead_of": instead_of.to_acifile()}
+def manifest_record(manifest_json: str, instead_of: str) -> dict:
+    return {"line": p.ReplaceManifest(manifest_json=manifest_json).to_acifile(), "instead_of": instead_of}
+
+
+def resolve(records: list[dict]) -> list[dict]:
+    """The records with each line that would not compile after the ones before it
+    replaced by MANIFEST {json} of the manifest it left."""
+    out: list[dict] = []
+    for r in records:
+        if "manifest" in r and not compiles([*out, r]):
+            r = manifest_record(r["manifest"], r["line"])
+        out.append(r)
+    return out
 
 
 def compiles(records: list[dict]) -> bool:
@@ -57,6 +77,7 @@ def context_of(records: list[dict], default: str) -> str:
 
 
 def render(records: list[dict], default_context: str, work_path: Path) -> str:
+    records = resolve(records)
     ctx = context_of(records, default_context)
     out = [
         f"# acbuild history of the build in {work_path}",
