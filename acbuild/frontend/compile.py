@@ -24,15 +24,13 @@ from dataclasses import dataclass, field, replace
 from acbuild import limits
 from acbuild import plan as p
 from acbuild.errors import PlanError
+from acbuild.frontend.dockerfile import DEFAULT_SHELL, DOCKER, DockerfileWords
 from acbuild.frontend.expand import ExpandError, expand_word
 from acbuild.frontend.parse import Statement, Word, parse_acifile
 from acbuild.frontend.source import Heredoc
 
 # What a stage's $PATH is when nothing set it (BuildKit's system.DefaultPathEnvUnix).
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-DEFAULT_SHELL = ("/bin/sh", "-c")
-# Annotations that keep Docker's words that appc has no field for (docker2aci's prefix).
-DOCKER = "appc.io/docker/"
 # FROM IMAGE.aci|DIR -> (its environment, its ONBUILD triggers), or None when it cannot
 # be read (the build then says why). Given by the CLI: reading images is not this layer's.
 BaseInfo = Callable[[str], "tuple[dict[str, str], list[str]] | None"]
@@ -114,7 +112,7 @@ class _StageState:
     onbuild: list[str] = field(default_factory=list)  # this stage's ONBUILD triggers
 
 
-class Compiler:
+class Compiler(DockerfileWords):
     def __init__(self, filename: str, build_args: dict[str, str], base_info: BaseInfo | None = None):
         self.filename = filename
         self.build_args = build_args
@@ -181,17 +179,7 @@ class Compiler:
             state.env = dict(env)
         else:
             return
-        if triggers:  # run here, and not passed on to this stage's own children (Docker)
-            state.steps.append(p.Remove(what="ANNOTATION", name=DOCKER + "onbuild", pos=base.pos))
-        for trigger in triggers:
-            for st in parse_acifile(trigger, self.filename):
-                st = _at(st, base.pos)
-                if st.keyword in ("ONBUILD", "FROM", "MAINTAINER"):
-                    raise PlanError(f"ONBUILD: {st.keyword} is not allowed as a trigger", base.pos)
-                if st.keyword == "ARG":
-                    self._arg(st)
-                else:
-                    self._step(st)
+        self._run_triggers(triggers, base.pos)
 
     def _stage_before(self, name: str, index: int) -> bool:
         return any((s.name == name) for s in self.stages[:index])
@@ -239,20 +227,8 @@ class Compiler:
     def _instructions(self, st: Statement) -> list[p.Instruction]:
         """The plan instructions one statement stands for (most stand for one; none
         for SHELL and ONBUILD, which change what later lines mean)."""
-        match st.keyword:
-            case "SHELL":
-                self.stage.shell = self._exec_form(st)
-                return []
-            case "ONBUILD":
-                self._onbuild(st)
-                return []
-            case "EXPOSE":
-                return [self._expose(w) for w in st.words]
-            case "VOLUME":
-                return self._volumes(st)
-            case "USER":
-                return [self._user(st)]
-        return [self._instruction(st)]
+        docker = self._dockerfile_instructions(st)
+        return docker if docker is not None else [self._instruction(st)]
 
     def _instruction(self, st: Statement) -> p.Instruction:
         match st.keyword:
@@ -262,16 +238,6 @@ class Compiler:
                 return self._run(st)
             case "EXEC":
                 return self._exec(st)
-            case "CMD":
-                return self._cmd(st)
-            case "ENTRYPOINT":
-                return self._entrypoint(st)
-            case "MAINTAINER":
-                return self._annotate(st, "authors", self._expand_text(st.command))
-            case "STOPSIGNAL":
-                return self._annotate(st, DOCKER + "stopsignal", self.expand(st.words[0]))
-            case "HEALTHCHECK":
-                return self._healthcheck(st)
             case "EVENT":
                 return self._event(st)
             case "LABEL":
@@ -571,82 +537,6 @@ class Compiler:
             return (*shell, text)
         return (*shell, line + "".join(f"\n{d.content}{d.name}" for d in st.heredocs))
 
-    def _cmd(self, st: Statement) -> p.Cmd:
-        self.stage.cmd_set = True
-        argv, _ = self._command(st)
-        return p.Cmd(argv=argv, pos=st.pos)
-
-    def _entrypoint(self, st: Statement) -> p.Entrypoint:
-        argv, _ = self._command(st)
-        return p.Entrypoint(argv=argv, reset_cmd=not self.stage.cmd_set, pos=st.pos)
-
-    def _annotate(self, st: Statement, name: str, value: str) -> p.Annotation:
-        self.stage.annotations.pop(name, None)  # Docker: the last one wins
-        return p.Annotation(items=((name, value),), pos=st.pos)
-
-    def _healthcheck(self, st: Statement) -> p.Annotation:
-        if not st.words:
-            raise PlanError('HEALTHCHECK: expected "CMD COMMAND" or "NONE"', st.pos)
-        kind = self.expand(st.words[0]).upper()
-        options = {w.text[2:].partition("=")[0]: self.expand(Word(w.text[2:].partition("=")[2], w.pos)) for w in st.flags}
-        known = {"interval", "timeout", "start-period", "start-interval", "retries"}
-        for w in st.flags:
-            if w.text[2:].partition("=")[0] not in known:
-                raise PlanError(f"HEALTHCHECK: unknown flag {w.text.partition('=')[0]}", w.pos)
-        if kind == "NONE":
-            if st.command is not None or st.flags:
-                raise PlanError("HEALTHCHECK NONE takes no arguments", st.words[0].pos)
-            value = {"test": ["NONE"]}
-        elif kind == "CMD" and st.command is not None:
-            argv, shell = self._command(st)
-            value = {"test": ["CMD-SHELL", argv[-1]] if shell else ["CMD", *argv], **options}
-        else:
-            raise PlanError('HEALTHCHECK: expected "CMD COMMAND" or "NONE"', st.words[0].pos)
-        return self._annotate(st, DOCKER + "healthcheck", json.dumps(value, sort_keys=True, separators=(",", ":")))
-
-    def _expose(self, w: Word) -> p.Port:
-        """EXPOSE 80, 80/tcp, 53/udp, 8000-8010: a port named as docker2aci names it."""
-        text = self.expand(w)
-        m = re.fullmatch(r"(\d+)(?:-(\d+))?(?:/([a-zA-Z]+))?", text)
-        if not m:
-            raise PlanError(f'EXPOSE: "{text}" is not PORT[-END][/PROTOCOL]', w.pos)
-        first, last, protocol = int(m.group(1)), int(m.group(2) or m.group(1)), (m.group(3) or "tcp").lower()
-        name = f"{first}-{protocol}" if last == first else f"{first}-{last}-{protocol}"
-        return p.Port(name=name, protocol=protocol, port=first, count=max(last - first + 1, 0), pos=w.pos,
-                      at={"port": w.pos, "count": w.pos, "name": w.pos})
-
-    def _volumes(self, st: Statement) -> list[p.MountPoint]:
-        """VOLUME /a /b: mount points named "volume-" + the path made an ACName (docker2aci)."""
-        mounts = []
-        for w in self._list_words(st):
-            path = self.expand(w)
-            if not path:
-                raise PlanError("VOLUME: empty path", w.pos)
-            earlier = {m.path: m.name for m in [*self.stage.steps, *mounts] if isinstance(m, p.MountPoint)}
-            if path in earlier:  # Docker's volumes are a set: the same path is the same mount point
-                name = earlier[path]
-            else:
-                name = base = "volume-" + (re.sub(r"[^a-z0-9]+", "-", path.lower()).strip("-") or "root")
-                n = 1
-                while name in earlier.values():
-                    name, n = f"{base}-{n}", n + 1
-            mounts.append(p.MountPoint(name=name, path=path, pos=st.pos, at={"path": w.pos}))
-        return mounts
-
-    def _user(self, st: Statement) -> p.User:
-        user, colon, group = self.expand(st.words[0]).partition(":")
-        if colon and not group:
-            raise PlanError("USER: empty group after the colon", st.words[0].pos)
-        return p.User(user=user, group=group, pos=st.pos, at={"user": st.words[0].pos, "group": st.words[0].pos})
-
-    def _onbuild(self, st: Statement) -> None:
-        trigger = st.command.text.strip()
-        keyword = trigger.split(None, 1)[0].upper() if trigger else ""
-        if keyword in ("ONBUILD", "FROM", "MAINTAINER"):
-            raise PlanError(f"ONBUILD: {keyword} is not allowed as a trigger", st.command.pos)
-        parse_acifile(trigger, self.filename)  # a trigger with a syntax error fails now, not in the child
-        self.stage.onbuild.append(trigger)
-
     def _event(self, st: Statement) -> p.EventHandler:
         argv, _ = self._command(st)
         return p.EventHandler(event=self.expand(st.words[0]), argv=argv, pos=st.pos, at={"event": st.words[0].pos})
@@ -775,11 +665,6 @@ class Compiler:
 
 def _heredoc_name(word: str) -> str:
     return re.sub(r"""^\d*<<-?\s*|["']""", "", word)
-
-
-def _at(st: Statement, pos) -> Statement:
-    """An ONBUILD trigger's statement, placed at the FROM that runs it."""
-    return replace(st, pos=pos)
 
 
 def _item_positions(pairs) -> dict:
