@@ -560,15 +560,18 @@ class ReplaceManifest(Instruction):
 
 @dataclass(frozen=True)
 class Stage:
-    """One FROM ... section of an ACIfile."""
+    """One FROM ... section of an ACIfile, or (implicit) an image that COPY --from or
+    RUN --mount=from= names: a stage of just its FROM, named after the image, after
+    the file's own stages (as BuildKit makes one for such an image)."""
 
     base: From
     steps: tuple[Instruction, ...]
     index: int
+    implicit: bool = False
 
     @property
     def name(self) -> str:
-        return self.base.alias or str(self.index)
+        return self.base.base if self.implicit else self.base.alias or str(self.index)
 
 
 @dataclass(frozen=True)
@@ -587,12 +590,13 @@ class Plan:
         return None
 
     def output(self, target: str | None = None) -> Stage:
-        """The stage the build writes: --target, else the last."""
+        """The stage the build writes: --target, else the last of the file's stages."""
+        written = [s for s in self.stages if not s.implicit]
         if target is None:
-            return self.stages[-1]
+            return written[-1]
         stage = self.stage(target)
-        if stage is None:
-            raise UsageError(f'--target: no stage "{target}" (stages: {", ".join(s.name for s in self.stages)})')
+        if stage is None or stage.implicit:
+            raise UsageError(f'--target: no stage "{target}" (stages: {", ".join(s.name for s in written)})')
         return stage
 
     def unnamed(self, stage: Stage) -> bool:
@@ -611,7 +615,8 @@ class Plan:
             "build-args": dict(self.build_args),
             **({"unused-build-args": list(self.unused_build_args)} if self.unused_build_args else {}),
             "stages": [
-                {"name": s.name, "from": s.base.as_dict(), "steps": [i.as_dict() for i in s.steps]}
+                {"name": s.name, **({"implicit": True} if s.implicit else {}), "from": s.base.as_dict(),
+                 "steps": [i.as_dict() for i in s.steps]}
                 for s in self.stages
             ],
         }

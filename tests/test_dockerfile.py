@@ -252,7 +252,9 @@ def test_misspelt_build_arg_warns_and_strict_refuses(tmp_path):
 
 
 @pytest.mark.parametrize("text, where, message", [
-    ("FROM scratch\nCOPY --from=nowhere /a /b\n", "2:1", 'COPY --from: no stage "nowhere" before this one'),
+    ("FROM scratch AS builder\nFROM scratch\nCOPY --from=biulder /a /b\n", "3:6", 'COPY --from: no stage "biulder" (did you mean "builder"?'),
+    ("FROM scratch\nCOPY --from=3 /a /b\n", "2:1", 'COPY --from: no stage "3" before this one'),
+    ("FROM scratch AS a\nRUN --mount=from=b,target=/b true\nFROM scratch AS b\n", "2:1", 'RUN --mount=from: stage "b" is this one or comes after it'),
     ("FROM scratch AS a\nCOPY --from=a /x /y\n", "2:1", 'stage "a" is this one or comes after it'),
     ("FROM scratch AS a\nCOPY --from=b /x /y\nFROM scratch AS b\n", "2:1", 'stage "b" is this one or comes after it'),
     ("FROM scratch\nRUN <<EOF\necho\n", "2:1", 'unterminated heredoc "EOF"'),
@@ -412,3 +414,48 @@ def test_ssh_agent_and_env_secret_reach_only_their_run(tmp_path):
         assert missing.returncode == 1 and 'no secret "word"' in missing.stderr
     finally:
         os.kill(pid, signal.SIGTERM)
+
+
+def test_copy_from_an_image_is_an_implicit_stage(tmp_path):
+    """COPY --from=IMAGE and RUN --mount=from=IMAGE, IMAGE not a stage: the image, read
+    as FROM IMAGE reads it (here an .aci and an OCI layout acbuild wrote), as an
+    implicit stage after the file's own (BuildKit's dockerfile2llb adds one for such
+    an image). Before: "copying from an image is not supported yet"."""
+    ctx = busybox_context(tmp_path, BASE + "RUN mkdir -p /etc && echo from-image > /etc/marker\nNAME example.com/base\n")
+    assert build(ctx, ctx / "base.aci").returncode == 0
+    assert build(ctx, tmp_path / "unused.aci", "-o", f"oci:{ctx / 'layout'}:1.0").returncode == 0
+    (ctx / "Dockerfile").write_text(
+        "FROM scratch\nCOPY --from=base.aci /bin/busybox /bin/busybox\n"
+        "COPY --from=oci:layout:1.0 /etc/marker /from-oci\n"
+        "RUN --mount=from=base.aci,source=/etc,target=/m [\"/bin/busybox\", \"cp\", \"/m/marker\", \"/from-mount\"]\n"
+        "NAME example.com/copied\n")
+    planned = cli("plan", cwd=ctx)
+    assert planned.returncode == 0, planned.stderr
+    import yaml
+
+    stages = yaml.safe_load(planned.stdout)["stages"]
+    assert [(s["name"], s.get("implicit", False)) for s in stages] == [("0", False), ("base.aci", True), ("oci:layout:1.0", True)]
+    assert stages[1]["from"]["at"] == "Dockerfile:2:6"
+    result = build(ctx, tmp_path / "out.aci", "--progress", "plain")
+    assert result.returncode == 0, result.stderr
+    files = files_of(tmp_path / "out.aci")
+    assert files["rootfs/from-oci"] == files["rootfs/from-mount"] == b"from-image\n"
+    assert files["rootfs/bin/busybox"] == BUSYBOX.read_bytes()
+    assert "rootfs/etc/marker" not in files  # the image is a source, not the base
+    assert manifest_of(tmp_path / "out.aci")["name"] == "example.com/copied"
+    # the image is keyed by its content: a new image is a miss for the steps copying from it
+    again = build(ctx, tmp_path / "out2.aci", "--progress", "plain")
+    assert again.returncode == 0 and "COPY --from=base.aci /bin/busybox /bin/busybox  (cached)" in again.stderr
+    (ctx / "Dockerfile.base").write_text(BASE + "RUN mkdir /etc && echo changed > /etc/marker\nNAME example.com/base\n")
+    assert build(ctx, ctx / "base.aci", "-f", str(ctx / "Dockerfile.base")).returncode == 0
+    changed = build(ctx, tmp_path / "out3.aci", "--progress", "plain")
+    assert changed.returncode == 0, changed.stderr
+    assert "COPY --from=base.aci /bin/busybox /bin/busybox  (cached)" not in changed.stderr
+    assert files_of(tmp_path / "out3.aci")["rootfs/from-mount"] == b"changed\n"
+
+
+def test_copy_from_a_missing_image_fails_at_its_word(tmp_path):
+    ctx = busybox_context(tmp_path, "FROM scratch\nCOPY --from=missing.aci /a /a\nNAME example.com/x\n")
+    result = build(ctx, tmp_path / "out.aci")
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "Dockerfile:2:6: FROM missing.aci: no such file" in result.stderr, result.stderr

@@ -56,13 +56,15 @@ class BuildResult:
 
 
 def needed_stages(plan: p.Plan, target: str | None) -> list[p.Stage]:
-    """The target stage (default: the last) and the stages it copies from."""
+    """The target stage (default: the last) and the stages it copies from, the
+    images it copies from (implicit stages: they need nothing) first."""
     final = plan.output(target)
     wanted = {final.name}
     for stage in reversed(plan.stages[: final.index + 1]):
         if stage.name in wanted:
             wanted |= _sources(stage.steps) | ({stage.base.stage} if stage.base.stage else set())
-    return [s for s in plan.stages[: final.index + 1] if s.name in wanted]
+    images = [s for s in plan.stages if s.implicit and s.name in wanted]
+    return images + [s for s in plan.stages[: final.index + 1] if s.name in wanted]
 
 
 def build_plan(

@@ -126,6 +126,7 @@ class Compiler(DockerfileWords):
         self.finished: dict[str, _StageState] = {}  # stage name -> its state at the end
         self.stages: list[p.Stage] = []
         self.stage: _StageState | None = None
+        self.images: dict[str, p.From] = {}  # images COPY --from / RUN --mount=from= name: implicit stages
         self.escape = "\\"
         self.keyword = ""  # of the statement being compiled, for messages
 
@@ -157,12 +158,17 @@ class Compiler(DockerfileWords):
         names = [s.base.alias for s in self.stages if s.base.alias]
         for stage in self.stages:
             for step in stage.steps:
-                if isinstance(step, p.Copy) and step.from_stage and not self._stage_before(step.from_stage, stage.index):
-                    later = self._stage_index(step.from_stage)
-                    if later is not None:
-                        raise PlanError(f'COPY --from: stage "{step.from_stage}" is this one or comes after it: a stage copies '
+                sources = [("COPY --from", step.from_stage)] if isinstance(step, p.Copy) else \
+                    [("RUN --mount=from", m.from_stage) for m in step.mounts] if isinstance(step, p.Run) else []
+                for what, name in sources:
+                    if not name or name in self.images or self._stage_before(name, stage.index):
+                        continue
+                    if self._stage_index(name) is not None:
+                        raise PlanError(f'{what}: stage "{name}" is this one or comes after it: a stage copies '
                                         "only from earlier ones, so there can be no cycle", step.pos)
-                    raise PlanError(f'COPY --from: no stage "{step.from_stage}" before this one (stages: {", ".join(names) or "none named"})', step.pos)
+                    raise PlanError(f'{what}: no stage "{name}" before this one (stages: {", ".join(names) or "none named"})', step.pos)
+        for base in self.images.values():  # after the file's stages, as BuildKit adds them
+            self.stages.append(p.Stage(base=base, steps=(), index=len(self.stages), implicit=True))
         unused = tuple(sorted(set(self.build_args) - self.declared))
         return p.Plan(stages=tuple(self.stages), build_args=tuple(sorted(self.build_args.items())), source=self.filename,
                       unused_build_args=unused)
@@ -197,6 +203,21 @@ class Compiler(DockerfileWords):
             if word == s.base.alias or (word.isdigit() and int(word) == s.index):
                 return s.name
         return None
+
+    def _source_stage(self, text: str, word: Word, what: str) -> str:
+        """What COPY --from=X or RUN --mount=from=X names: an earlier stage (by name
+        or index), else an image, read as FROM X reads it (a file, a directory,
+        docker://..., a name) and made an implicit stage, as BuildKit does. A later
+        stage, an index or a near-miss of a stage name stays a stage, for the
+        error that says which is missing."""
+        found = self._stage_name(text)
+        if found:
+            return found
+        if text.lower() in self._later_aliases or text.isdigit():
+            return text.lower()
+        self._check_not_a_missing_stage(text, word, what)
+        self.images.setdefault(text, p.From(base=text, pos=word.pos, at={"base": word.pos}))
+        return text
 
     def _finish_stage(self) -> None:
         if self.stage is not None:
@@ -374,11 +395,11 @@ class Compiler(DockerfileWords):
         # An earlier stage's name wins over an image of that name, as in Docker.
         stage = self._stage_name(base) or ""
         if not stage:
-            self._check_not_a_missing_stage(base, st.words[0])
+            self._check_not_a_missing_stage(base, st.words[0], "FROM")
         return p.From(base=base, alias=alias, insecure_skip_verify="insecure-skip-verify" in flags, stage=stage,
                       pos=st.pos, at={"base": st.words[0].pos, "alias": st.alias.pos if st.alias else st.pos})
 
-    def _check_not_a_missing_stage(self, base: str, word: Word) -> None:
+    def _check_not_a_missing_stage(self, base: str, word: Word, what: str) -> None:
         """`FROM biulder` after `AS builder`: a stage that does not exist, not an image
         to fetch. Only a bare word (no "/", ":", "." or "@") close to a stage name,
         that names no local file, is taken as that mistake; anything else is an image."""
@@ -387,13 +408,13 @@ class Compiler(DockerfileWords):
         names = [s.base.alias for s in self.stages if s.base.alias]
         later = base in self._later_aliases
         if later:
-            raise PlanError(f'FROM: stage "{base}" is defined after this line; a stage can start only from an earlier one',
+            raise PlanError(f'{what}: stage "{base}" is defined after this line; a stage can start only from an earlier one',
                             word.pos)
         if set(base) & set("/:.@") or base == "scratch" or not names:
             return
         close = difflib.get_close_matches(base, names, n=1, cutoff=0.75)
         if close and not (self.context_dir / base).exists():
-            raise PlanError(f'FROM: no stage "{base}" (did you mean "{close[0]}"? stages so far: {", ".join(names)})', word.pos)
+            raise PlanError(f'{what}: no stage "{base}" (did you mean "{close[0]}"? stages so far: {", ".join(names)})', word.pos)
 
     def _copy(self, st: Statement) -> p.Copy:
         add = st.keyword == "ADD"
@@ -412,10 +433,7 @@ class Compiler(DockerfileWords):
         from_stage = ""
         if "from" in flags:
             word, text = flags["from"]
-            from_stage = self._stage_name(text) or text
-            if self._stage_index(from_stage) is None and (":" in text or "/" in text):
-                raise PlanError(f'COPY --from="{text}": copying from an image is not supported yet; '
-                                "copy from an earlier stage (FROM IMAGE AS NAME, then --from=NAME)", word.pos)
+            from_stage = self._source_stage(text, word, "COPY --from")
         words = self._list_words(st)
         if len(words) < 2:
             raise PlanError(f"{st.keyword}: give one or more sources and a destination", st.pos)
@@ -502,9 +520,7 @@ class Compiler(DockerfileWords):
         from_stage = ""
         if "from" in opts:
             word = opts.pop("from")
-            from_stage = self._stage_name(word) or ""
-            if not from_stage:
-                raise PlanError(f'RUN --mount: from="{word}": no stage of that name before this one (mounting an image is not supported yet)', w.pos)
+            from_stage = self._source_stage(word, w, "RUN --mount=from")
         source = opts.pop("source", opts.pop("src", "")) or ("." if kind == "bind" and not from_stage else "")
         if from_stage and not source:
             source = "/"
