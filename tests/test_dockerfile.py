@@ -7,6 +7,7 @@ command text and exec-form arguments, and plan to the plan written once for it."
 from __future__ import annotations
 
 import ast
+import json
 import os
 import re
 import subprocess
@@ -459,3 +460,22 @@ def test_copy_from_a_missing_image_fails_at_its_word(tmp_path):
     result = build(ctx, tmp_path / "out.aci")
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert "Dockerfile:2:6: FROM missing.aci: no such file" in result.stderr, result.stderr
+
+
+def test_shell_is_kept_in_the_image_and_used_by_stages_built_on_it(tmp_path):
+    """SHELL runs later shell forms (RUN, CMD), is kept as the annotation
+    appc.io/docker/shell, and a stage built FROM that image file uses it too, as
+    Docker keeps Shell in the image config. The shell here records that it ran
+    ($0 is the command: Docker appends it to the SHELL words). Before: a stage on
+    the image file ran /bin/sh -c."""
+    shell = '["/bin/sh", "-c", "echo \\"$0\\" >> /shell.log; eval \\"$0\\""]'
+    ctx = busybox_context(tmp_path, BASE + f"SHELL {shell}\nRUN echo parent\nNAME example.com/shell\n")
+    assert build(ctx, ctx / "base.aci").returncode == 0
+    notes = {a["name"]: a["value"] for a in manifest_of(ctx / "base.aci")["annotations"]}
+    assert json.loads(notes["appc.io/docker/shell"]) == json.loads(shell)
+    (ctx / "Dockerfile").write_text("FROM base.aci\nRUN echo child > /child.txt\nCMD echo hi\nNAME example.com/child\n")
+    result = build(ctx, tmp_path / "child.aci")
+    assert result.returncode == 0, result.stderr
+    files = files_of(tmp_path / "child.aci")
+    assert files["rootfs/shell.log"] == b"echo parent\necho child > /child.txt\n"
+    assert manifest_of(tmp_path / "child.aci")["app"]["exec"] == [*json.loads(shell), "echo hi"]

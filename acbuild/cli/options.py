@@ -70,9 +70,10 @@ def compile_from_args(args):
 
 
 def base_info(context: Path, base: str):
-    """FROM IMAGE.aci|DIR, read at plan time: (its environment, its ONBUILD triggers),
-    so that $PATH in an ENV sees the image's value and the triggers run, as in Docker.
-    None when it is not a local image (the build reports that, with its position)."""
+    """FROM IMAGE.aci|DIR, read at plan time: (its environment, its ONBUILD triggers,
+    its SHELL or ()), so that $PATH in an ENV sees the image's value, the triggers run
+    and shell forms use its SHELL, as in Docker. None when it is not a local image
+    (the build reports that, with its position)."""
     import json
 
     from acbuild.aci.archive import read_manifest_bytes
@@ -88,11 +89,14 @@ def base_info(context: Path, base: str):
         return None
     env = {e.name: e.value for e in manifest.app.environment} if manifest.app else {}
     notes = {a.name: a.value for a in manifest.annotations}
-    try:
-        triggers = json.loads(notes.get("appc.io/docker/onbuild", "[]"))
-    except ValueError:
-        triggers = []
-    return env, [t for t in triggers if isinstance(t, str)]
+    def strings(name: str) -> list[str]:  # a JSON list of strings, else none
+        try:
+            value = json.loads(notes.get(name, "[]"))
+        except ValueError:
+            return []
+        return [v for v in value if isinstance(v, str)] if isinstance(value, list) else []
+
+    return env, strings("appc.io/docker/onbuild"), tuple(strings("appc.io/docker/shell"))
 
 
 def parse_size(text: str) -> int:

@@ -31,9 +31,10 @@ from acbuild.frontend.source import Heredoc
 
 # What a stage's $PATH is when nothing set it (BuildKit's system.DefaultPathEnvUnix).
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-# FROM IMAGE.aci|DIR -> (its environment, its ONBUILD triggers), or None when it cannot
-# be read (the build then says why). Given by the CLI: reading images is not this layer's.
-BaseInfo = Callable[[str], "tuple[dict[str, str], list[str]] | None"]
+# FROM IMAGE.aci|DIR -> (its environment, its ONBUILD triggers, its SHELL or ()), or None
+# when it cannot be read (the build then says why). Given by the CLI: reading images is
+# not this layer's.
+BaseInfo = Callable[[str], "tuple[dict[str, str], list[str], tuple[str, ...]] | None"]
 _ARG_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # Manifest entries an ACIfile may give only once per stage (a second one is
 # almost always a mistake). WORKDIR, USER and GROUP may repeat, as in a Dockerfile:
@@ -174,15 +175,15 @@ class Compiler(DockerfileWords):
                       unused_build_args=unused)
 
     def _inherit(self, base: p.From) -> None:
-        """A stage built on an earlier one starts with its ENV, SHELL and CMD state,
-        and runs its ONBUILD triggers first."""
+        """A stage built on an earlier one (or on a local image) starts with its ENV
+        and SHELL, and runs its ONBUILD triggers first."""
         state = self.stage
         parent = self.finished.get(base.stage) if base.stage else None
         if parent is not None:
             state.env, state.shell, triggers = dict(parent.env), parent.shell, parent.onbuild
         elif self.base_info is not None and base.base != "scratch":
-            env, triggers = self.base_info(base.base) or ({}, [])
-            state.env = dict(env)
+            env, triggers, shell = self.base_info(base.base) or ({}, [], ())
+            state.env, state.shell = dict(env), shell or DEFAULT_SHELL
         else:
             return
         self._run_triggers(triggers, base.pos)
@@ -247,7 +248,7 @@ class Compiler(DockerfileWords):
 
     def _instructions(self, st: Statement) -> list[p.Instruction]:
         """The plan instructions one statement stands for (most stand for one; none
-        for SHELL and ONBUILD, which change what later lines mean)."""
+        for ONBUILD, which changes what a child stage means)."""
         docker = self._dockerfile_instructions(st)
         return docker if docker is not None else [self._instruction(st)]
 

@@ -4,7 +4,8 @@ an ACIfile's appc words do not cover, each compiled to the same plan instruction
 EXPOSE is a PORT named as docker2aci names it, VOLUME a MOUNT, USER the app's user
 (with the primary group the engine looks up), CMD/ENTRYPOINT the exec as Docker
 combines them, MAINTAINER/STOPSIGNAL/HEALTHCHECK/ONBUILD annotations (docker2aci's
-prefix), SHELL the shell of later shell forms. ONBUILD triggers run in a stage
+prefix), SHELL the shell of later shell forms (and the annotation
+appc.io/docker/shell, so that a stage built on the image uses it too). ONBUILD triggers run in a stage
 built on the stage or image that holds them.
 
 A mixin of frontend.compile.Compiler: it uses the Compiler's word expansion
@@ -28,12 +29,12 @@ DOCKER = "appc.io/docker/"
 
 class DockerfileWords:
     def _dockerfile_instructions(self, st: Statement) -> list[p.Instruction] | None:
-        """The plan instructions of a Dockerfile-only statement (none for SHELL and
-        ONBUILD, which change what later lines mean), or None for any other."""
+        """The plan instructions of a Dockerfile-only statement (none for ONBUILD,
+        which changes what a child stage means), or None for any other."""
         match st.keyword:
-            case "SHELL":
+            case "SHELL":  # kept for the stages and images built on this one
                 self.stage.shell = self._exec_form(st)
-                return []
+                return [self._annotate(st, DOCKER + "shell", json.dumps(list(self.stage.shell)))]
             case "ONBUILD":
                 self._onbuild(st)
                 return []
