@@ -80,6 +80,8 @@ class Instruction:
             if f.name in ("pos", "at"):
                 continue
             value = getattr(self, f.name)
+            if f.metadata.get("omit_default") and value == f.default:
+                continue  # a newer field: plans (and cache keys) without it stay as they were
             if isinstance(value, tuple):
                 value = [list(v) if isinstance(v, tuple) else _plain(v) for v in value]
             out[f.name] = _plain(value)
@@ -121,6 +123,10 @@ class Copy(Instruction):
     from_stage: str = ""
     # COPY <<EOF DEST: sources named here are these texts, not context files.
     inline: tuple[tuple[str, str], ...] = ()
+    # --parents: keep each source's path (after a `/./`) under DEST (COPY only).
+    parents: bool = field(default=False, metadata={"omit_default": True})
+    # --exclude: .dockerignore-style patterns left out below each source.
+    exclude: tuple[str, ...] = field(default=(), metadata={"omit_default": True})
 
     def problems(self) -> Problems:
         if self.chown and not re.fullmatch(r"[A-Za-z0-9_.-]+(:[A-Za-z0-9_.-]+)?", self.chown):
@@ -141,11 +147,21 @@ class Copy(Instruction):
                 yield f"sources.{i}", f'source "{src}" is outside the build context'
         if not self.dest:
             yield "dest", "empty destination"
+        if self.parents and self.keyword == "ADD":
+            yield "parents", "--parents is a COPY flag (BuildKit's ADD has none)"
+        if self.parents and self.inline:
+            yield "parents", "--parents does not go with heredoc sources"
+        for i, pattern in enumerate(self.exclude):
+            if not pattern.strip() or pattern.strip().lstrip("!") == "":
+                yield f"exclude.{i}", "empty --exclude pattern"
 
     def to_acifile(self) -> str:
         flags = []
         if self.from_stage:
             flags.append(f"--from={self.from_stage}")
+        if self.parents:
+            flags.append("--parents")
+        flags.extend(f"--exclude={_q(pattern)}" for pattern in self.exclude)
         if self.chown:
             flags.append(f"--chown={self.chown}")
         if self.chmod is not None:

@@ -479,3 +479,86 @@ def test_shell_is_kept_in_the_image_and_used_by_stages_built_on_it(tmp_path):
     files = files_of(tmp_path / "child.aci")
     assert files["rootfs/shell.log"] == b"echo parent\necho child > /child.txt\n"
     assert manifest_of(tmp_path / "child.aci")["app"]["exec"] == [*json.loads(shell), "echo hi"]
+
+
+def _tree(ctx: Path, files: dict[str, str]) -> None:
+    for name, text in files.items():
+        (ctx / name).parent.mkdir(parents=True, exist_ok=True)
+        (ctx / name).write_text(text)
+
+
+def test_copy_parents_keeps_paths_as_buildkit_does(tmp_path):
+    """The cases of BuildKit's frontend/dockerfile/dockerfile_parents_test.go
+    (testCopyParents, testCopyRelativeParents, testCopyParentsMissingDirectory),
+    with the base stage's tree copied from the context. Before: "--parents is not
+    supported yet"."""
+    ctx = tmp_path / "ctx"
+    _tree(ctx, {"foo1/foo2/bar": "testing", "foo1/foo2/baz": "testing2", "t/a/b/c/d/foo": "", "t/a/b/c/d/e/bay": "",
+                "t/a/b2/c/d/e/bar": "", "t/a/b/c2/d/e/baz": "", "t/a/b/c2/d/e2/baz": ""})
+    cases = {
+        "middle": "/test/a/b/./c/d",
+        "end": "/test/a/b/c/d/.",
+        "start": "./test/a/b/c/d",
+        "double": "/test/a/./b/./c",
+        "wildcard": "/test/a/./*/c",
+        "doublewildcard": "/test/a/b*/./c/**/e",
+        "doubleinputs": "/test/a/b/c*/./d/**/baz /test/a/b*/./c/**/bar",
+        "wildcard-nonexistent": "/test/a/b3*/c",
+    }
+    (ctx / "Dockerfile").write_text(
+        "FROM scratch AS base\nCOPY t /test/\n"
+        "FROM scratch AS ctx\nCOPY --parents foo1/foo2/bar /\nWORKDIR /test\nCOPY --parents foo1/foo2/ba* .\n"
+        + "".join(f"FROM scratch AS {name}\nCOPY --from=base --parents {src} /out/\n" for name, src in cases.items())
+        + "FROM scratch\n" + "".join(f"COPY --from={name} / /{name}/\n" for name in ["ctx", *cases])
+        + "NAME example.com/parents\n")
+    result = build(ctx, tmp_path / "out.aci")
+    assert result.returncode == 0, result.stderr
+    files = {n.removeprefix("rootfs/") for n in files_of(tmp_path / "out.aci") if n.startswith("rootfs/")}
+    got = {name: sorted(f.removeprefix(f"{name}/") for f in files if f.startswith(f"{name}/")) for name in ["ctx", *cases]}
+    assert got["ctx"] == ["foo1", "foo1/foo2", "foo1/foo2/bar", "test", "test/foo1", "test/foo1/foo2",
+                          "test/foo1/foo2/bar", "test/foo1/foo2/baz"]
+    assert got["middle"] == ["out", "out/c", "out/c/d", "out/c/d/e", "out/c/d/e/bay", "out/c/d/foo"]
+    assert got["end"] == got["start"] and "out/test/a/b/c/d/e/bay" in got["end"] and "out/test/a/b/c/d/foo" in got["end"]
+    assert "out/b/c/d/foo" in got["double"] and not any(f.startswith("out/a") for f in got["double"])
+    assert {"out/b/c/d/e/bay", "out/b2/c/d/e/bar"} <= set(got["wildcard"])
+    assert {"out/c/d/e/bay", "out/c/d/e/bar"} <= set(got["doublewildcard"])
+    assert {"out/d/e/baz", "out/d/e2/baz", "out/c/d/e/bar"} <= set(got["doubleinputs"])
+    assert "out/d/e/bay" not in got["doubleinputs"]
+    assert got["wildcard-nonexistent"] == ["out"]  # a glob that matches nothing copies nothing
+    missing = ctx / "Dockerfile.missing"
+    missing.write_text("FROM scratch\nCOPY --parents nowhere/file /out/\nNAME example.com/x\n")
+    result = build(ctx, tmp_path / "missing.aci", "-f", str(missing))
+    assert result.returncode == 1 and 'Dockerfile.missing:2:1: COPY: "nowhere/file" not found in the build context' in result.stderr
+
+
+def test_copy_exclude_leaves_out_what_buildkit_does(tmp_path):
+    """The cases of BuildKit's frontend/dockerfile/exclude_patterns_test.go
+    (testExcludedFilesOnCopy): patterns match below each source; ADD too.
+    Before: "--exclude is not supported yet"."""
+    ctx = tmp_path / "ctx"
+    _tree(ctx, {"dir1/file-101.png": "2", "dir1/file-102.txt": "3", "dir1/file-103.jpeg": "4", "dir2/file-201.pdf": "6",
+                "dir2/file-202.jpeg": "7", "dir2/file-203.png": "8", "dir3/file-301.mp3": "9", "dir3/file-302.mpeg": "10",
+                "dir4/file-401.txt": "11"})
+    (ctx / "dir4/file-402.txt").symlink_to("file-401.txt")
+    (ctx / "Dockerfile").write_text(
+        "FROM scratch\n"
+        "COPY --exclude=*/*.png --exclude=*/*.jpeg . /1\n"
+        "COPY --exclude=*/*.pdf --exclude=*/*.txt . /2\n"
+        "ADD --exclude=*.mp3 dir3/ /3/\n"
+        "COPY --exclude=*.mp3 --exclude=*.jpeg --exclude=*.png --exclude=*.pdf --exclude=*.txt dir* /4/\n"
+        "ADD --exclude=* dir* /6/\n"
+        "NAME example.com/exclude\n")
+    result = build(ctx, tmp_path / "out.aci")
+    assert result.returncode == 0, result.stderr
+    files = {n.removeprefix("rootfs/") for n in files_of(tmp_path / "out.aci") if n.startswith("rootfs/")}
+    under = {d: sorted(f.removeprefix(f"{d}/") for f in files if f.startswith(f"{d}/") and "." in f.rsplit("/", 1)[-1])
+             for d in "12346"}
+    assert under["1"] == ["dir1/file-102.txt", "dir2/file-201.pdf", "dir3/file-301.mp3",
+                          "dir3/file-302.mpeg", "dir4/file-401.txt", "dir4/file-402.txt"]
+    assert under["2"] == ["dir1/file-101.png", "dir1/file-103.jpeg", "dir2/file-202.jpeg",
+                          "dir2/file-203.png", "dir3/file-301.mp3", "dir3/file-302.mpeg"]
+    assert under["3"] == ["file-302.mpeg"]
+    assert under["4"] == ["file-302.mpeg"]
+    assert under["6"] == [] and "6" in files
+    planned = cli("plan", cwd=ctx)
+    assert "- '*/*.png'" in planned.stdout and "exclude:" in planned.stdout

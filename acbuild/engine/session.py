@@ -270,6 +270,7 @@ class Session:
             base = (self.manifest.app.working_directory if self.manifest.app else "") or "/"
             dest = base.rstrip("/") + "/" + dest
         dest = copy_up(self, dest, i.pos)  # into dependency paths (engine.layers)
+        how = dict(exclude=_exclude_rules(i), parents=i.parents)  # --exclude, --parents
         if i.inline:
             self._copy_inline(i, dest, attrs)
         elif i.from_stage:
@@ -277,13 +278,13 @@ class Session:
             if source_root is None:
                 raise BuildError(f'COPY --from: stage "{i.from_stage}" was not built', i.pos)
             copy_into_rootfs(source_root, i.sources, self.rootfs, dest, attrs, i.pos, source_in_rootfs=True,
-                             reporter=self.options.reporter)
+                             reporter=self.options.reporter, **how)
         elif isinstance(i, p.Add):  # ADD (a Copy, so it comes here) also unpacks and downloads
             self._add_sources(i, dest, attrs)
         else:
             self.copied = {}
             copy_into_rootfs(self.options.context, i.sources, self.rootfs, dest, attrs, i.pos, ignore=self.options.ignore,
-                             digests=self.copied, reporter=self.options.reporter)
+                             digests=self.copied, reporter=self.options.reporter, **how)
 
     def _copy_inline(self, i: p.Copy, dest: str, attrs: CopyAttrs) -> None:
         """COPY <<EOF DEST: each heredoc becomes a file named after its delimiter."""
@@ -311,7 +312,7 @@ class Session:
         plain = tuple(rel for rel, _, _ in matches if rel not in archives)
         if plain:
             copy_into_rootfs(self.options.context, plain, self.rootfs, dest if len(matches) == 1 else dest.rstrip("/") + "/",
-                             attrs, i.pos, ignore=self.options.ignore)
+                             attrs, i.pos, ignore=self.options.ignore, exclude=_exclude_rules(i))
         for rel in archives:
             target = resolve_in_root(self.rootfs, dest)
             make_dirs(self.rootfs, target, attrs)
@@ -401,6 +402,20 @@ class Session:
         from acbuild.files import remove_tree
 
         remove_tree(self.workdir)
+
+
+def _exclude_rules(i: p.Copy):
+    """COPY/ADD --exclude as a predicate on paths below a source (.dockerignore's
+    pattern rules, as BuildKit's), or None."""
+    if not i.exclude:
+        return None
+    from acbuild.engine.execute.ignore import IgnoreRules
+    from acbuild.errors import UsageError
+
+    try:
+        return IgnoreRules(list(i.exclude), f"{i.keyword} --exclude")
+    except UsageError as err:
+        raise BuildError(err.message, i.at.get("exclude.0", i.pos)) from None
 
 
 def base_path(base: p.From, options: BuildOptions) -> Path:

@@ -339,7 +339,7 @@ class Compiler(DockerfileWords):
             if name not in allowed:
                 known = ", ".join(f"--{a}" for a in sorted(allowed)) or "none"
                 raise PlanError(f"{st.keyword}: unknown flag --{name} (known: {known})", w.pos)
-            if name in flags and name != "mount":
+            if name in flags and name not in ("mount", "exclude"):
                 raise PlanError(f"{st.keyword}: --{name} given twice", w.pos)
             flags.setdefault(name, (w, self.expand(Word(value, w.pos))))
         return flags
@@ -419,11 +419,13 @@ class Compiler(DockerfileWords):
 
     def _copy(self, st: Statement) -> p.Copy:
         add = st.keyword == "ADD"
-        allowed = {"chown", "chmod", "from", "link", "parents", "exclude"} - ({"from"} if add else set())
+        allowed = {"chown", "chmod", "from", "link", "parents", "exclude"} - ({"from", "parents"} if add else set())
         flags = self._flags(st, allowed | ({"checksum", "keep-git-dir", "unpack"} if add else set()))
-        for name in ("parents", "exclude", "unpack"):  # --keep-git-dir: the git source says it
-            if name in flags:
-                raise PlanError(f"{st.keyword}: --{name} is not supported yet", flags[name][0].pos)
+        if "unpack" in flags:  # --keep-git-dir: the git source says it
+            raise PlanError(f"{st.keyword}: --unpack is not supported yet", flags["unpack"][0].pos)
+        excludes = [(w, self.expand(Word(w.text[2:].partition("=")[2], w.pos))) for w in st.flags
+                    if w.text[2:].partition("=")[0] == "exclude"]  # repeatable
+        parents = self._bool_flag(st, flags, "parents")
         at = {name: word.pos for name, (word, _) in flags.items()}
         chmod = None
         if "chmod" in flags:
@@ -454,11 +456,24 @@ class Compiler(DockerfileWords):
             if add and "://" in name and not re.match(r"https?://", name):
                 raise PlanError(f'ADD "{name}": only http and https URLs can be downloaded', w.pos)
         at |= {f"sources.{i}": w.pos for i, w in enumerate(sources)} | {"dest": dest.pos}
+        at |= {f"exclude.{i}": w.pos for i, (w, _) in enumerate(excludes)}
         fields = dict(sources=tuple(names), dest=self.expand(dest), chown=flags.get("chown", (None, ""))[1], chmod=chmod,
-                      from_stage=from_stage, inline=tuple(inline), pos=st.pos, at=at)
+                      from_stage=from_stage, inline=tuple(inline), parents=parents,
+                      exclude=tuple(text for _, text in excludes), pos=st.pos, at=at)
         if add:
             return p.Add(**fields, checksum=flags.get("checksum", (None, ""))[1])
         return p.Copy(**fields)
+
+    def _bool_flag(self, st: Statement, flags: dict, name: str) -> bool:
+        """--NAME or --NAME=true|false (BuildKit's BoolFlag)."""
+        if name not in flags:
+            return False
+        word, text = flags[name]
+        if "=" not in word.text:
+            return True
+        if text.lower() not in ("true", "false"):
+            raise PlanError(f'{st.keyword}: --{name} takes true or false, not "{text}"', word.pos)
+        return text.lower() == "true"
 
     def _list_words(self, st: Statement) -> tuple[Word, ...]:
         """COPY/ADD/VOLUME arguments: the words, or the strings of the JSON form."""

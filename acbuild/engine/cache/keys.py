@@ -173,7 +173,7 @@ class KeyMaker:
         if not sources:
             return h.hexdigest()
         try:
-            matches = select_sources(context, sources, step.pos, ignore=ignore)
+            matches = select_sources(context, sources, step.pos, ignore=ignore, parents=step.parents)
         except AcbuildError as err:  # the COPY itself will fail with this message
             return f"error {err.message}"
         for rel, host, st in matches:

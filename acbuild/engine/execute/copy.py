@@ -6,6 +6,13 @@
 - Globs (*, ?, [..]) expand inside the source root, sorted; no match is an error.
 - Symlinks inside a copied tree stay symlinks; a top-level symlink source is
   followed, and must stay inside the source root.
+- `--exclude` patterns (.dockerignore's syntax) leave out what they match below a
+  source, matched against the path relative to that source; a source named or
+  globbed at the top is never left out (BuildKit's fsutil copier does the same).
+- `--parents` keeps each match's path under DEST (a directory), from the source's
+  `/./` pivot if it has one, else whole: `a/./b/*.txt` -> DEST/b/x.txt. Its globs
+  take `**` (any number of directories) and may match nothing (BuildKit's include
+  patterns); `--exclude` then matches the kept path, the match itself included.
 
 Normalisation, for images that do not depend on the checkout (documented in the
 README): files get mode 0755 if any execute bit is set, else 0644; directories
@@ -56,22 +63,29 @@ def copy_into_rootfs(
     ignore=None,
     digests: dict[str, str] | None = None,
     reporter: Reporter = QUIET,
+    exclude=None,
+    parents: bool = False,
 ) -> list[str]:
     """Copy sources (relative to source_root) to dest inside rootfs. Returns the
-    image paths written. `ignore(relpath) -> bool` filters context files. With
+    image paths written. `ignore(relpath) -> bool` filters context files,
+    `exclude(relpath) -> bool` (COPY --exclude) paths relative to each source. With
     `digests`, each regular file's sha256 is recorded (host path -> hex) from the
     very bytes copied, so the step cache can tell a file that changed since its
     key was made (engine.driver). `reporter` shows the progress of a copy over a second."""
+    if parents:
+        with reporter.meter(f"copy to {dest}", None) as meter:
+            return _copy_parents(source_root, sources, rootfs, dest, attrs, pos, source_in_rootfs, ignore, digests, exclude,
+                                 meter)
     matches = select_sources(source_root, sources, pos, source_in_rootfs=source_in_rootfs, ignore=ignore)
     total = None
     if reporter.wants_total:
         total = sum(tree_bytes(host) if stat.S_ISDIR(st.st_mode) else st.st_size for _, host, st in matches)
     with reporter.meter(f"copy to {dest}", total) as meter:
-        return _copy_matches(matches, rootfs, dest, attrs, pos, ignore, digests, meter)
+        return _copy_matches(matches, rootfs, dest, attrs, pos, ignore, digests, meter, exclude)
 
 
 def _copy_matches(matches, rootfs: Path, dest: str, attrs: CopyAttrs, pos: SourcePos, ignore, digests,
-                  meter: Meter) -> list[str]:
+                  meter: Meter, exclude=None) -> list[str]:
     dest_is_dir = dest.endswith("/") or len(matches) > 1
     if len(matches) > 1 and not dest.endswith("/"):
         raise BuildError(f'COPY: with several sources the destination must be a directory ending in "/" (got "{dest}")', pos)
@@ -84,7 +98,7 @@ def _copy_matches(matches, rootfs: Path, dest: str, attrs: CopyAttrs, pos: Sourc
             if stat.S_ISDIR(st.st_mode):
                 into = dest_host
                 created = make_dirs(rootfs, into, attrs)
-                _copy_tree(host, dest_host, rootfs, attrs, rel, ignore, written, digests, meter)
+                _copy_tree(host, dest_host, rootfs, attrs, rel, ignore, written, digests, meter, exclude)
             else:
                 target = dest_host / posixpath.basename(rel) if dest_is_dir else dest_host
                 into = target.parent
@@ -103,22 +117,25 @@ def _copy_matches(matches, rootfs: Path, dest: str, attrs: CopyAttrs, pos: Sourc
 
 
 def select_sources(
-    source_root: Path, sources: tuple[str, ...], pos: SourcePos, *, source_in_rootfs: bool = False, ignore=None
+    source_root: Path, sources: tuple[str, ...], pos: SourcePos, *, source_in_rootfs: bool = False, ignore=None,
+    parents: bool = False,
 ) -> list[tuple[str, Path, os.stat_result]]:
     """What a COPY takes: (relative name, host path, lstat) per source or glob match,
     every path resolved inside source_root as a chroot would, so a symlink (at the
     top or in a glob's directories) can never reach outside it. The cache key
-    (engine.stepkeys) hashes exactly this selection."""
+    (engine.stepkeys) hashes exactly this selection. With `parents` (COPY
+    --parents), `**` spans directories and a glob may match nothing."""
     where = "the source stage" if source_in_rootfs else "the build context"
     selected = []
     for src in sources:
         rel = posixpath.normpath(src.lstrip("/")) if source_in_rootfs else posixpath.normpath(src)
+        wildcard = bool(_GLOB_CHARS & set(rel))
         if rel in ("", "."):
             names = ["."]
-        elif _GLOB_CHARS & set(rel):
+        elif wildcard:
             # glob walks the host's view; each match is then resolved inside the root, and
             # a match that only exists through a link leading outside is dropped.
-            names = sorted(glob.glob(rel, root_dir=source_root, include_hidden=True))
+            names = sorted(glob.glob(rel, root_dir=source_root, include_hidden=True, recursive=parents))
         else:
             names = [rel]
         found = []
@@ -133,10 +150,51 @@ def select_sources(
                     raise BuildError(f'COPY: "{src}": too many levels of symbolic links', pos) from err
                 continue
             found.append((name, host, st))
-        if not found:
+        if not found and not (parents and wildcard):
             raise BuildError(f'COPY: "{src}" not found in {where}', pos)
         selected.extend(found)
     return selected
+
+
+def _pivots(source_root, src, pos, source_in_rootfs, ignore) -> list[tuple[str, str]]:
+    """(directory whose path is not kept, pattern below it) for a --parents source:
+    split at its first `/./` (BuildKit's strings.Cut), else the whole path below the
+    source root. The directory may be a glob too (`a/b*/./c`): each match is one."""
+    head, cut, pattern = src.partition("/./")
+    if not cut:
+        return [(".", src)]
+    return [(rel, pattern) for rel, _, st in select_sources(source_root, (head,), pos, source_in_rootfs=source_in_rootfs,
+                                                            ignore=ignore, parents=True) if stat.S_ISDIR(st.st_mode)]
+
+
+def _copy_parents(source_root, sources, rootfs, dest, attrs, pos, source_in_rootfs, ignore, digests, exclude,
+                  meter: Meter) -> list[str]:
+    """COPY --parents: each match at DEST/<its path below the pivot>."""
+    written: list[str] = []
+    try:
+        dest_host = resolve_in_root(rootfs, dest.rstrip("/") + "/")
+        changed = set(make_dirs(rootfs, dest_host, attrs)) | {dest_host}
+        for src in sources:
+            for pivot, pattern in _pivots(source_root, src, pos, source_in_rootfs, ignore):
+                below_pivot = pattern if pivot == "." else posixpath.join(pivot, pattern)
+                for rel, host, st in select_sources(source_root, (below_pivot,), pos, source_in_rootfs=source_in_rootfs,
+                                                    ignore=ignore, parents=True):
+                    kept = posixpath.relpath(rel, pivot)
+                    if exclude is not None and kept != "." and exclude(kept):
+                        continue
+                    target = dest_host if kept == "." else resolve_in_root(rootfs, f"{dest.rstrip('/')}/{kept}")
+                    changed |= set(make_dirs(rootfs, target if stat.S_ISDIR(st.st_mode) else target.parent, attrs))
+                    if stat.S_ISDIR(st.st_mode):
+                        below = None if exclude is None else (lambda child, kept=kept: exclude(posixpath.join(kept, child)))
+                        _copy_tree(host, target, rootfs, attrs, rel, ignore, written, digests, meter, below)
+                    else:
+                        _copy_entry(host, target, attrs, st, digests)
+                        written.append(_image_path(rootfs, target))
+        for directory in changed:
+            os.utime(directory, (attrs.mtime, attrs.mtime), follow_symlinks=False)
+    except OSError as err:
+        raise BuildError(f"COPY: {err.filename or dest}: {err.strerror}", pos) from err
+    return written
 
 
 def _image_path(rootfs: Path, host: Path) -> str:
@@ -218,16 +276,20 @@ def _copy_hashing(src: Path, target: Path) -> str:
 
 
 def _copy_tree(src_dir: Path, dest_dir: Path, rootfs: Path, attrs: CopyAttrs, rel: str, ignore, written: list[str],
-               digests: dict[str, str] | None, meter: Meter) -> None:
+               digests: dict[str, str] | None, meter: Meter, exclude=None) -> None:
     """Copy what is below src_dir into dest_dir, depth first with sorted names, on
     an explicit stack (a context thousands of levels deep is fine); a directory's
-    attributes are set when its contents are done."""
+    attributes are set when its contents are done. `ignore` sees context paths
+    (rel/child), `exclude` paths below src_dir (child)."""
     from acbuild.files import walk
 
     prefix = "" if rel == "." else rel + "/"
-    prune = None if ignore is None else (lambda child, _st: ignore(prefix + child))
+
+    def prune(child: str, _st) -> bool:
+        return (ignore is not None and ignore(prefix + child)) or (exclude is not None and exclude(child))
+
     with _Copier() as copier:
-        for path, child, st, leaving in walk(os.fspath(src_dir), prune=prune, post_order=True):
+        for path, child, st, leaving in walk(os.fspath(src_dir), prune=prune if ignore or exclude else None, post_order=True):
             target = dest_dir / child
             if leaving:
                 copier.wait()  # its files are in place before its mtime is set
