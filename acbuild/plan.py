@@ -102,15 +102,20 @@ class From(Instruction):
     alias: str = ""
     insecure_skip_verify: bool = False
     stage: str = ""  # the earlier stage this one starts from (its rootfs and manifest), if any
+    # --platform: OS/ARCH[/VARIANT] to pick from a multi-platform base ("" = the build's)
+    platform: str = field(default="", metadata={"omit_default": True})
 
     def problems(self) -> Problems:
         if not self.base:
             yield "base", "empty base image"
+        if self.platform and not re.fullmatch(r"[a-z0-9]+/[a-z0-9_]+(/[a-z0-9]+)?", self.platform):
+            yield "platform", f'bad --platform "{self.platform}" (OS/ARCH[/VARIANT], like linux/arm64)'
         if self.alias and not _STAGE_NAME.match(self.alias):
             yield "alias", f'bad stage name "{self.alias}" (lower-case letters, digits, "_.-")'
 
     def to_acifile(self) -> str:
-        return f"FROM {_q(self.stage or self.base)}" + (f" AS {self.alias}" if self.alias else "")
+        platform = f"--platform={self.platform} " if self.platform else ""
+        return f"FROM {platform}{_q(self.stage or self.base)}" + (f" AS {self.alias}" if self.alias else "")
 
 
 @dataclass(frozen=True)

@@ -562,3 +562,77 @@ def test_copy_exclude_leaves_out_what_buildkit_does(tmp_path):
     assert under["6"] == [] and "6" in files
     planned = cli("plan", cwd=ctx)
     assert "- '*/*.png'" in planned.stdout and "exclude:" in planned.stdout
+
+
+def test_automatic_platform_args_and_a_foreign_run(tmp_path):
+    """BuildKit's automatic platform ARGs (frontend/dockerfile/docs/reference.md,
+    "Automatic platform ARGs in the global scope"): global, so FROM lines see them
+    and a stage sees them after `ARG NAME`; TARGET* follow --platform. A RUN in a
+    stage for another machine is refused at plan time (acbuild has no emulator).
+    Before: $TARGETARCH was empty and FROM --platform was ignored."""
+    from acbuild.oci.manifests import host_platform
+
+    host = host_platform()
+    other = "linux/arm64" if host.architecture != "arm64" else "linux/amd64"
+    (tmp_path / "Dockerfile").write_text(
+        "FROM --platform=$BUILDPLATFORM scratch AS tools\nARG TARGETARCH TARGETOS BUILDPLATFORM\n"
+        "RUN echo $TARGETARCH\nLABEL target=$TARGETOS-$TARGETARCH built-on=$BUILDPLATFORM\n"
+        "FROM scratch\nARG TARGETPLATFORM\nLABEL target=$TARGETPLATFORM\nCOPY --from=tools /x /x\n")
+    native = cli("plan", "-t", "example.com/x", cwd=tmp_path)
+    assert native.returncode == 0, native.stderr
+    import yaml
+
+    stages = yaml.safe_load(native.stdout)["stages"]
+    assert stages[0]["from"]["platform"] == str(host) and "platform" not in stages[1]["from"]
+    labels = [s["items"] for st in stages for s in st["steps"] if s["instruction"] == "LABEL"]
+    assert labels == [[["target", f"linux-{host.architecture}"], ["built-on", str(host)]], [["target", str(host)]]]
+    assert stages[0]["steps"][0]["arg_env"] == [["BUILDPLATFORM", str(host)], ["TARGETARCH", host.architecture],
+                                                ["TARGETOS", "linux"]]
+    cross = cli("plan", "-t", "example.com/x", "--platform", other, cwd=tmp_path)
+    assert cross.returncode == 0, cross.stderr  # the RUN stage is FROM --platform=$BUILDPLATFORM
+    cross_labels = [s["items"] for st in yaml.safe_load(cross.stdout)["stages"] for s in st["steps"]
+                    if s["instruction"] == "LABEL"]
+    assert cross_labels == [[["target", f"linux-{other.split('/')[1]}"], ["built-on", str(host)]], [["target", other]]]
+    (tmp_path / "Dockerfile").write_text(f"FROM --platform={other} scratch\nRUN true\n")
+    foreign = cli("plan", "-t", "example.com/x", cwd=tmp_path)
+    assert foreign.returncode == 1 and foreign.stderr.startswith(
+        f"Dockerfile:2:1: RUN: this stage is for {other} (FROM --platform or --platform) and this machine is {host}")
+    (tmp_path / "Dockerfile").write_text("FROM --platform=linux scratch\n")
+    bad = cli("plan", "-t", "example.com/x", cwd=tmp_path)
+    assert bad.returncode == 1 and bad.stderr.startswith('Dockerfile:1:6: FROM: bad --platform "linux"'), bad.stderr
+
+
+def test_from_platform_picks_from_an_oci_index(tmp_path):
+    """FROM --platform=P of an OCI layout whose index lists several platforms takes
+    P's image (and its os/arch labels); scratch gets P's labels. Two images acbuild
+    wrote, put into one index by hand as `docker buildx` or `buildah manifest`
+    would. Before: --platform was ignored and the host's image was taken."""
+    import shutil
+
+    ctx = tmp_path / "ctx"
+    _tree(ctx, {"amd.txt": "amd64\n", "arm.txt": "arm64\n"})
+    (ctx / "D.amd").write_text("FROM --platform=linux/amd64 scratch\nCOPY amd.txt /which\nNAME example.com/multi\n")
+    (ctx / "D.arm").write_text("FROM --platform=linux/arm64 scratch\nCOPY arm.txt /which\nNAME example.com/multi\n")
+    entries = []
+    for arch in ("amd", "arm"):
+        layout = ctx / f"L.{arch}"
+        result = build(ctx, tmp_path / f"{arch}.aci", "-f", str(ctx / f"D.{arch}"), "-o", f"oci:{layout}")
+        assert result.returncode == 0, result.stderr
+        index = json.loads((layout / "index.json").read_text())
+        entry = index["manifests"][0]
+        entry["platform"] = {"os": "linux", "architecture": f"{arch}64"}
+        entry.pop("annotations", None)
+        entries.append(entry)
+        shutil.copytree(layout / "blobs", ctx / "multi/blobs", dirs_exist_ok=True)
+    (ctx / "multi/oci-layout").write_text('{"imageLayoutVersion":"1.0.0"}')
+    (ctx / "multi/index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": entries}))
+    for arch in ("amd", "arm"):
+        (ctx / "Dockerfile").write_text(f"FROM --platform=linux/{arch}64 oci:multi\nNAME example.com/picked\n")
+        result = build(ctx, tmp_path / f"picked-{arch}.aci")
+        assert result.returncode == 0, result.stderr
+        assert files_of(tmp_path / f"picked-{arch}.aci")["rootfs/which"] == f"{arch}64\n".encode()
+        labels = {label["name"]: label["value"] for label in manifest_of(tmp_path / f"picked-{arch}.aci")["labels"]}
+        assert labels["arch"] == {"amd": "amd64", "arm": "aarch64"}[arch]
+    (ctx / "Dockerfile").write_text("FROM --platform=linux/s390x oci:multi\nNAME example.com/picked\n")
+    missing = build(ctx, tmp_path / "none.aci")
+    assert missing.returncode == 1 and "Dockerfile:1:1: FROM oci:multi: no image for platform linux/s390x" in missing.stderr

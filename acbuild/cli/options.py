@@ -60,13 +60,24 @@ def compile_from_args(args):
     path = build_file(args)
     context = getattr(args, "context", None) or path.parent
     plan = compile_file(path, parse_build_args(args.build_arg), target=getattr(args, "target", None), tag=args.tag,
-                        base_info=lambda base: base_info(context, base))
+                        base_info=lambda base: base_info(context, base), platforms=build_platforms(args))
     for name in plan.unused_build_args:
         message = f'--build-arg "{name}": no ARG in {path} declares it (not consumed)'
         if args.strict:
             raise UsageError(message)
         print(f"acbuild: warning: {message}", file=sys.stderr)
     return path, plan
+
+
+def build_platforms(args):
+    """This machine's platform and the target's (--platform, default this machine's),
+    for the automatic platform ARGs and the check that a RUN can run here."""
+    from acbuild.frontend.dockerfile import Platforms
+    from acbuild.oci.manifests import host_platform, parse_platform
+
+    build = str(host_platform())
+    target = str(parse_platform(args.platform)) if getattr(args, "platform", None) else build
+    return Platforms(build=build, target=target)
 
 
 def base_info(context: Path, base: str):

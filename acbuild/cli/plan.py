@@ -17,6 +17,9 @@ def add_parser(sub) -> None:
     )
     add_acifile_options(parser)
     parser.add_argument("--target", metavar="STAGE", help="check the plan as for building this stage (default: the last)")
+    parser.add_argument("--platform", metavar="OS/ARCH[/VARIANT]",
+                        help="plan as `acbuild build --platform` builds: the target platform (TARGETPLATFORM; "
+                             "default: this host's)")
     parser.set_defaults(run=run)
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from acbuild import plan as p
@@ -62,9 +62,15 @@ class BuildOptions:
     fetcher: object = None  # acbuild.fetch.Fetcher: images by name (FROM NAME, dependencies); None = local only
 
 
-def default_manifest() -> m.ImageManifest:
-    """Go acbuild's `begin` with no base: unnamed, with the host's os and arch."""
-    os_name, arch = host_os_arch()
+def default_manifest(platform=None) -> m.ImageManifest:
+    """Go acbuild's `begin` with no base: unnamed, with the host's os and arch (or
+    those of `platform`, an oci.manifests.Platform: FROM --platform=P scratch)."""
+    if platform is None:
+        os_name, arch = host_os_arch()
+    else:
+        from acbuild.oci.toaci import os_arch
+
+        os_name, arch = os_arch({"os": platform.os, "architecture": platform.architecture, "variant": platform.variant})
     return m.ImageManifest(name=UNNAMED, labels=[m.Label("arch", arch), m.Label("os", os_name)])
 
 
@@ -100,9 +106,9 @@ class Session:
         if base.base == "scratch":
             rootfs.mkdir()
             os.chmod(rootfs, 0o755)  # not the caller's umask: the image must not depend on it
-            manifest = default_manifest()
+            manifest = default_manifest(stage_options(base, options).platform)
         else:
-            manifest = _start_from_base(base, rootfs, options)
+            manifest = _start_from_base(base, rootfs, stage_options(base, options))
         session = cls(workdir, manifest, options)
         session.stamp_written_since(started)
         session.save()
@@ -324,7 +330,6 @@ class Session:
     def _add_urls(self, i: p.Add, urls: list[str], dest: str, attrs: CopyAttrs) -> None:
         """ADD URL: downloaded (never unpacked), mode 0600 unless --chmod, as Docker does."""
         import tempfile
-        from dataclasses import replace
 
         from acbuild.engine.execute.download import download
 
@@ -416,6 +421,16 @@ def _exclude_rules(i: p.Copy):
         return IgnoreRules(list(i.exclude), f"{i.keyword} --exclude")
     except UsageError as err:
         raise BuildError(err.message, i.at.get("exclude.0", i.pos)) from None
+
+
+def stage_options(base: p.From, options: BuildOptions) -> BuildOptions:
+    """The options a FROM is read with: its --platform (else the build's) picks the
+    image from a manifest list or OCI index."""
+    if not base.platform:
+        return options
+    from acbuild.oci.manifests import parse_platform
+
+    return replace(options, platform=parse_platform(base.platform))
 
 
 def base_path(base: p.From, options: BuildOptions) -> Path:

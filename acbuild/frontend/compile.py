@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, replace
 from acbuild import limits
 from acbuild import plan as p
 from acbuild.errors import PlanError
-from acbuild.frontend.dockerfile import DEFAULT_SHELL, DOCKER, DockerfileWords
+from acbuild.frontend.dockerfile import DEFAULT_SHELL, DOCKER, DockerfileWords, Platforms
 from acbuild.frontend.expand import ExpandError, expand_word
 from acbuild.frontend.parse import Statement, Word, parse_acifile
 from acbuild.frontend.source import Heredoc
@@ -43,7 +43,7 @@ _ONCE = {"NAME", "EXEC"}
 
 
 def compile_file(path, build_args: dict[str, str] | None = None, target: str | None = None,
-                 tag: str | None = None, base_info: BaseInfo | None = None) -> p.Plan:
+                 tag: str | None = None, base_info: BaseInfo | None = None, platforms: Platforms | None = None) -> p.Plan:
     """Read, parse and compile an ACIfile or Dockerfile, name the stage it outputs
     (`target`, default the last) after `tag` (-t NAME[:TAG]), and check that it will
     have a name, before anything runs."""
@@ -58,7 +58,7 @@ def compile_file(path, build_args: dict[str, str] | None = None, target: str | N
         raise NotFoundError(f"cannot read {path}: {err.strerror}") from err
     except UnicodeDecodeError as err:
         raise PlanError(f"{path}: not a text file ({err.reason})") from err
-    plan = compile_text(text, str(path), build_args, base_info)
+    plan = compile_text(text, str(path), build_args, base_info, platforms)
     if tag:
         plan = apply_tag(plan, target, tag)
     check_output(plan, target)
@@ -94,8 +94,8 @@ def check_output(plan: p.Plan, target: str | None) -> None:
 
 
 def compile_text(text: str, filename: str = "ACIfile", build_args: dict[str, str] | None = None,
-                 base_info: BaseInfo | None = None) -> p.Plan:
-    return Compiler(filename, dict(build_args or {}), base_info).compile(parse_acifile(text, filename))
+                 base_info: BaseInfo | None = None, platforms: Platforms | None = None) -> p.Plan:
+    return Compiler(filename, dict(build_args or {}), base_info, platforms).compile(parse_acifile(text, filename))
 
 
 @dataclass
@@ -111,18 +111,23 @@ class _StageState:
     shell: tuple[str, ...] = DEFAULT_SHELL
     cmd_set: bool = False  # a CMD in this stage survives a later ENTRYPOINT
     onbuild: list[str] = field(default_factory=list)  # this stage's ONBUILD triggers
+    platform: str = ""  # OS/ARCH[/VARIANT] its RUN steps run as ("" = the build's own)
 
 
 class Compiler(DockerfileWords):
-    def __init__(self, filename: str, build_args: dict[str, str], base_info: BaseInfo | None = None):
+    def __init__(self, filename: str, build_args: dict[str, str], base_info: BaseInfo | None = None,
+                 platforms: Platforms | None = None):
         self.filename = filename
         self.build_args = build_args
         self.base_info = base_info
+        self.platforms = platforms or Platforms()
         from pathlib import Path
 
         self.context_dir = Path(filename).parent  # a FROM word naming a local file is not a stage typo
-        self.global_args: dict[str, str] = {}  # ARGs before the first FROM
-        self.declared: set[str] = set()  # every ARG name declared anywhere
+        # ARGs before the first FROM, and BuildKit's automatic platform ARGs (global too)
+        self.global_args: dict[str, str] = self.platforms.args() | {
+            k: v for k, v in build_args.items() if k in self.platforms.args()}
+        self.declared: set[str] = set(self.platforms.args())  # every ARG name declared anywhere
         self.used_args: set[str] = set()
         self.finished: dict[str, _StageState] = {}  # stage name -> its state at the end
         self.stages: list[p.Stage] = []
@@ -147,7 +152,7 @@ class Compiler(DockerfileWords):
             elif st.keyword == "FROM":
                 self._finish_stage()
                 base = self._from(st)
-                self.stage = _StageState(base=base, index=len(self.stages))
+                self.stage = _StageState(base=base, index=len(self.stages), platform=self._stage_platform(base))
                 self._inherit(base)
             elif self.stage is None:
                 raise PlanError(f"{st.keyword} before FROM: the file starts with FROM (only ARG may come first)", st.pos)
@@ -398,7 +403,9 @@ class Compiler(DockerfileWords):
         if not stage:
             self._check_not_a_missing_stage(base, st.words[0], "FROM")
         return p.From(base=base, alias=alias, insecure_skip_verify="insecure-skip-verify" in flags, stage=stage,
-                      pos=st.pos, at={"base": st.words[0].pos, "alias": st.alias.pos if st.alias else st.pos})
+                      platform=flags.get("platform", (None, ""))[1], pos=st.pos,
+                      at={"base": st.words[0].pos, "alias": st.alias.pos if st.alias else st.pos,
+                          "platform": flags["platform"][0].pos if "platform" in flags else st.pos})
 
     def _check_not_a_missing_stage(self, base: str, word: Word, what: str) -> None:
         """`FROM biulder` after `AS builder`: a stage that does not exist, not an image
@@ -497,6 +504,7 @@ class Compiler(DockerfileWords):
         return self.expand(Word(text.replace('"', '\\"'), self.stage.base.pos), "\\") if doc.expand else text
 
     def _run(self, st: Statement) -> p.Run:
+        self._check_runnable(st)
         network, mounts, at = "", [], {}
         for w in st.flags:
             name, _, raw = w.text[2:].partition("=")

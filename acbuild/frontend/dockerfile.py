@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from acbuild import plan as p
 from acbuild.errors import PlanError
@@ -25,6 +25,32 @@ from acbuild.frontend.parse import Statement, Word, parse_acifile
 DEFAULT_SHELL = ("/bin/sh", "-c")
 # Annotations that keep Docker's words that appc has no field for (docker2aci's prefix).
 DOCKER = "appc.io/docker/"
+
+
+@dataclass(frozen=True)
+class Platforms:
+    """The build's platforms, OS/ARCH[/VARIANT] as docker spells them: `build` is the
+    machine's, `target` the image's (build --platform, default the machine's).
+    The CLI finds them (knowing the host is not this layer's); "" = unknown."""
+
+    build: str = ""
+    target: str = ""
+
+    def args(self) -> dict[str, str]:
+        """BuildKit's automatic platform ARGs, global like an ARG before FROM."""
+        out: dict[str, str] = {}
+        for prefix, value in (("BUILD", self.build), ("TARGET", self.target or self.build)):
+            if value:
+                os_name, arch, variant = (value.split("/") + ["", ""])[:3]
+                out |= {f"{prefix}PLATFORM": value, f"{prefix}OS": os_name, f"{prefix}ARCH": arch,
+                        f"{prefix}VARIANT": variant}
+        return out
+
+
+def same_machine(a: str, b: str) -> bool:
+    """Do two platforms run the same binaries (OS and architecture; the variant of
+    one architecture is not told apart)?"""
+    return a.split("/")[:2] == b.split("/")[:2]
 
 
 class DockerfileWords:
@@ -55,6 +81,21 @@ class DockerfileWords:
             case "HEALTHCHECK":
                 return [self._healthcheck(st)]
         return None
+
+    def _stage_platform(self, base: p.From) -> str:
+        """The platform a stage is for: FROM --platform, else the stage it starts
+        from's, else the build's target (BuildKit)."""
+        parent = self.finished.get(base.stage) if base.stage else None
+        return base.platform or (parent.platform if parent else "") or self.platforms.target
+
+    def _check_runnable(self, st: Statement) -> None:
+        """RUN in a stage for another machine would need an emulator, which acbuild
+        does not bring: refuse it here, before anything runs."""
+        want, have = self.stage.platform, self.platforms.build
+        if want and have and not same_machine(want, have):
+            raise PlanError(f"RUN: this stage is for {want} (FROM --platform or --platform) and this machine is "
+                            f"{have}: acbuild cannot run its programs (no emulation); build it on a {want} machine "
+                            "or use FROM --platform=$BUILDPLATFORM for the stages that RUN", st.pos)
 
     def _run_triggers(self, triggers: list[str], pos) -> None:
         """A base's ONBUILD triggers, run here as if written at its FROM, and not

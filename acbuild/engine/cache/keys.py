@@ -53,6 +53,8 @@ def settings_text(options) -> str:
         "network": options.network,
         "no_overlay": os.environ.get(NO_OVERLAY_ENV, "") not in ("", "0"),
         "image_dirs": [str(d) for d in options.image_dirs],
+        # --platform: the images picked from an index and scratch's os/arch labels
+        **({"platform": str(options.platform)} if options.platform else {}),
     }, sort_keys=True)
 
 
@@ -103,11 +105,12 @@ class KeyMaker:
         if kind == "scratch":
             return ""
         if kind == "oci":  # the manifest digest it resolves to now
-            from acbuild.engine.session import oci_convert_options
+            from acbuild.engine.session import oci_convert_options, stage_options
             from acbuild.oci.bases import anchored, source_digest
 
             try:
-                return "oci " + source_digest(anchored(base.base, self.options.context), oci_convert_options(self.options))
+                return "oci " + source_digest(anchored(base.base, self.options.context),
+                                              oci_convert_options(stage_options(base, self.options)))
             except AcbuildError as err:
                 raise AcbuildError(f"FROM {base.base}: {err.message}", base.pos) from err
         if kind == "name":  # the image it resolves to: a new upstream image is a miss
