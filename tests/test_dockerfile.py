@@ -636,3 +636,34 @@ def test_from_platform_picks_from_an_oci_index(tmp_path):
     (ctx / "Dockerfile").write_text("FROM --platform=linux/s390x oci:multi\nNAME example.com/picked\n")
     missing = build(ctx, tmp_path / "none.aci")
     assert missing.returncode == 1 and "Dockerfile:1:1: FROM oci:multi: no image for platform linux/s390x" in missing.stderr
+
+
+def test_tag_names_the_oci_output(tmp_path):
+    """-t NAME:TAG is the reference of an OCI output that -o names none for, as
+    BuildKit's OCI exporter writes it (ref.name TAG) and docker build -t names a
+    docker-archive (RepoTags NAME:TAG, even when the file sets NAME); an explicit
+    oci:DIR:REF wins. skopeo (Debian's) reads the layout by that tag.
+    Before: ref.name "latest" and RepoTags from the file's NAME."""
+    import shutil
+    import tarfile
+
+    from conftest import require
+
+    require(shutil.which("skopeo") is not None, "needs Debian's skopeo")
+    ctx = busybox_context(tmp_path, "FROM scratch\nCOPY busybox /bin/busybox\nNAME example.com/in-file\n")
+    result = build(ctx, tmp_path / "unused.aci", "-t", "example.com/app:1.0", "-o", f"oci:{tmp_path / 'layout'}")
+    assert result.returncode == 0, result.stderr
+    index = json.loads((tmp_path / "layout/index.json").read_text())
+    assert [m["annotations"]["org.opencontainers.image.ref.name"] for m in index["manifests"]] == ["1.0"]
+    inspected = subprocess.run(["skopeo", "inspect", f"oci:{tmp_path / 'layout'}:1.0"], capture_output=True, text=True)
+    assert inspected.returncode == 0, inspected.stderr
+    result = build(ctx, tmp_path / "unused.aci", "-t", "example.com/app:1.0", "-o", f"oci:{tmp_path / 'explicit'}:stable")
+    assert result.returncode == 0, result.stderr
+    index = json.loads((tmp_path / "explicit/index.json").read_text())
+    assert [m["annotations"]["org.opencontainers.image.ref.name"] for m in index["manifests"]] == ["stable"]
+    result = build(ctx, tmp_path / "unused.aci", "-t", "example.com/app:1.0", "-o", f"docker-archive:{tmp_path / 'app.tar'}")
+    assert result.returncode == 0, result.stderr
+    with tarfile.open(tmp_path / "app.tar") as tf:
+        assert json.load(tf.extractfile("manifest.json"))[0]["RepoTags"] == ["example.com/app:1.0"]
+    bad = build(ctx, tmp_path / "unused.aci", "-t", "example.com/app:1.0+x", "-o", f"oci:{tmp_path / 'bad'}")
+    assert bad.returncode == 3 and "-t example.com/app:1.0+x: " in bad.stderr and not (tmp_path / "bad").exists()

@@ -29,6 +29,7 @@ examples:
   SOURCE_DATE_EPOCH=1700000000 acbuild build -o app.aci   # mtimes clamped to that time
   acbuild build -f Dockerfile -t example.com/app:1.0 --secret id=token,src=token.txt -o app.aci
   acbuild build -o oci:./layout:1.0                       # an OCI image layout, tag 1.0
+  acbuild build -t example.com/app:1.0 -o oci:./layout    # the same tag, from -t
   acbuild build -o docker-archive:app.tar                 # for `docker load`
   acbuild build -o app.aci --push docker://127.0.0.1:5000/app:1.0 --insecure
   acbuild build -o app.aci --cache-from docker://reg/app:cache --cache-to docker://reg/app:cache
@@ -212,12 +213,29 @@ def outputs_from_args(args):
         except UsageError as err:
             raise UsageError(f"-o: {err.message}") from None
         aci = Path(out)
+    if oci is not None and not oci.ref and args.tag:
+        oci = tagged_destination(oci, args.tag)
     if args.sign and aci is None:
         raise UsageError("--sign signs the .aci: give -o OUT.aci too (OCI images are not signed by acbuild)")
     for ref in args.push:
         if not ref.startswith("docker://"):
             raise UsageError(f"--push {ref}: expected docker://REGISTRY/NAME[:TAG]")
     return Outputs(aci=aci, oci=oci, push=tuple(args.push), registry=registry_options(args)[0])
+
+
+def tagged_destination(dest, tag: str):
+    """-t NAME[:TAG] as the reference of an OCI output that -o names none for, as
+    BuildKit's OCI exporter writes it: org.opencontainers.image.ref.name is TAG
+    (default latest), docker-archive's RepoTags NAME:TAG (docker build -t)."""
+    from acbuild.frontend.compile import split_tag
+    from acbuild.oci.export import parse_destination
+
+    name, version = split_tag(tag)
+    ref = f"{name}:{version or 'latest'}" if dest.transport == "docker-archive" else version or "latest"
+    try:
+        return parse_destination(f"{dest.transport}:{dest.path}:{ref}")
+    except UsageError as err:
+        raise UsageError(f"-t {tag}: {err.message}") from None
 
 
 def shared_cache_from_args(args):

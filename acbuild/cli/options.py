@@ -25,7 +25,8 @@ def add_acifile_options(parser) -> None:
     parser.add_argument("--build-arg", action="append", default=[], metavar="NAME=VALUE", help="set an ARG (repeatable)")
     parser.add_argument("-t", "--tag", metavar="NAME[:TAG]",
                         help="the image name, and TAG as its version label (as docker build -t); NAME and a version "
-                             "label set in the file win")
+                             "label set in the file win. For an OCI output whose -o gives no :TAG, also its reference "
+                             "(ref.name TAG, default latest; docker-archive NAME:TAG)")
     parser.add_argument("--strict", action="store_true", help="a --build-arg that no ARG declares is an error, not a warning")
 
 

@@ -68,9 +68,7 @@ def compile_file(path, build_args: dict[str, str] | None = None, target: str | N
 def apply_tag(plan: p.Plan, target: str | None, tag: str) -> p.Plan:
     """-t NAME[:TAG]: NAME and a version label TAG for the output stage, unless the
     file sets them (its NAME and LABEL version win, as the README says)."""
-    from dataclasses import replace
-
-    name, _, version = tag.rpartition(":") if ":" in tag.rsplit("/", 1)[-1] else (tag, "", "")
+    name, version = split_tag(tag)
     stage = plan.output(target)
     extra: list[p.Instruction] = []
     try:
@@ -85,6 +83,14 @@ def apply_tag(plan: p.Plan, target: str | None, tag: str) -> p.Plan:
         raise UsageError(f"-t {tag}: {err.message}") from None
     stages = tuple(replace(s, steps=s.steps + tuple(extra)) if s is stage else s for s in plan.stages)
     return replace(plan, stages=stages)
+
+
+def split_tag(tag: str) -> tuple[str, str]:
+    """-t NAME[:TAG] -> (NAME, TAG or ""); a colon before the last "/" is a port."""
+    if ":" in tag.rsplit("/", 1)[-1]:
+        name, _, version = tag.rpartition(":")
+        return name, version
+    return tag, ""
 
 
 def check_output(plan: p.Plan, target: str | None) -> None:
