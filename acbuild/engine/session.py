@@ -88,6 +88,10 @@ class Session:
         self.options = options
         self.rootless = os.geteuid() != 0  # IdSpace.SINGLE: files are the user's, 0 in the image
         self.copied: dict[str, str] = {}  # the last context COPY: host path -> sha256 of the bytes copied
+        # The rootfs's files are hard links into the step cache: nothing may write into them
+        # in place (engine.execute.layer; a RUN without overlayfs copies them first).
+        self.shares_inodes = False
+        self.last_layer = None  # engine.execute.layer.Layer: what the last RUN changed, when it was a snapshot
 
     # -- life cycle -------------------------------------------------------------
 
