@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from acbuild.aci import manifest as m
 from acbuild.aci.types import host_os_arch
 from acbuild.atomic import write_atomic
 from acbuild.engine.deps.overlay import copy_up
+from acbuild.engine.execute.layer import recording_under
 from acbuild.engine.execute.copy import CopyAttrs, copy_into_rootfs, make_dirs
 from acbuild.engine.execute.hardening import DEFAULT_TMPFS_SIZE
 from acbuild.engine.execute.paths import resolve_in_root
@@ -171,7 +173,20 @@ class Session:
         # As in a Dockerfile, WORKDIR creates the directory for later steps.
         self._app().working_directory = i.path
         attrs = CopyAttrs(mtime=self.options.source_date_epoch, chown_allowed=not self.rootless)
-        make_dirs(self.rootfs, resolve_in_root(self.rootfs, copy_up(self, i.path, i.pos)), attrs)
+        path = copy_up(self, i.path, i.pos)
+        with self._recording(path):
+            make_dirs(self.rootfs, resolve_in_root(self.rootfs, path), attrs)
+
+    @contextmanager
+    def _recording(self, dest: str):
+        """Note what a step writing at and below `dest` changed, as its layer (the step
+        cache stores only that); not with DEPENDENCY, whose steps may render deps/ too."""
+        if (self.workdir / "deps.json").exists():
+            yield
+            return
+        with recording_under(self.rootfs, dest) as layer:
+            yield
+        self.last_layer = layer
 
     @apply.register
     def _user(self, i: p.User) -> None:
@@ -274,6 +289,10 @@ class Session:
             base = (self.manifest.app.working_directory if self.manifest.app else "") or "/"
             dest = base.rstrip("/") + "/" + dest
         dest = copy_up(self, dest, i.pos)  # into dependency paths (engine.layers)
+        with self._recording(dest):
+            self._copy_to(i, dest, attrs)
+
+    def _copy_to(self, i: p.Copy, dest: str, attrs: CopyAttrs) -> None:
         if i.inline:
             self._copy_inline(i, dest, attrs)
         elif i.from_stage:

@@ -12,17 +12,24 @@ files (engine.deps.overlay); without it they are dropped. overlayfs's other book
 xattrs (origin, impure...) are removed: they must reach neither the cache nor a later
 step. Where overlayfs cannot be mounted (engine.deps.overlay.overlay_works), RUN writes
 into the rootfs as before, after `unshare_files` gave it private copies.
+
+COPY, ADD and WORKDIR write into the rootfs directly (always new files, never into a
+shared inode); their layer is what changed at and below their destination
+(`recording_under`).
 """
 
 from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from acbuild.engine.deps.overlay import is_opaque, is_whiteout
-from acbuild.files import remove_tree
+from acbuild.engine.execute.paths import resolve_in_root
+from acbuild.files import remove_tree, walk
 
 UPPER = "layer"  # the upper dir, in the work dir beside rootfs/ (never part of a snapshot)
 _MARKERS = ("overlay.opaque", "overlay.whiteout")
@@ -40,6 +47,45 @@ class Layer:
         def key(path: str) -> list[str]:
             return path.split("/")
         return sorted(self.deleted, key=key), sorted(self.changed, key=key)
+
+
+@contextmanager
+def recording_under(rootfs: Path, image_path: str) -> Iterator[Layer]:
+    """For a step that writes only at and below one image path (COPY, ADD, WORKDIR): the
+    yielded layer is filled, when the block ends, with the difference of that path's
+    subtree before and after it (each entry's type, mode, owner, size, mtime, inode and
+    link target), plus the dirs on the way there. Costs a walk of that subtree only."""
+    resolved = [resolve_in_root(rootfs, image_path, follow_last=last) for last in (True, False)]
+    root = os.fspath(rootfs)
+    rels = ["/" + os.path.relpath(p, root) if p != rootfs else "" for p in resolved]
+    before = _states(root, rels)
+    layer = Layer()
+    yield layer
+    after = _states(root, rels)
+    layer.deleted = {path for path in before if path not in after}
+    layer.changed = {path for path, state in after.items() if before.get(path) != state}
+    for rel in rels:
+        parts = rel.split("/")
+        layer.changed.update("/".join(parts[:n]) for n in range(1, len(parts)) if os.path.lexists(root + "/".join(parts[:n])))
+    layer.changed.add("")
+
+
+def _states(root: str, rels: list[str]) -> dict[str, tuple]:
+    out: dict[str, tuple] = {}
+    for rel in rels:
+        st = _lstat(root + rel)
+        if st is None:
+            continue
+        out[rel] = _state(root + rel, st)
+        if rel == rels[0] and stat.S_ISDIR(st.st_mode):
+            for path, child, cst, _ in walk(root + rel):
+                out[f"{rel}/{child}"] = _state(path, cst)
+    return out
+
+
+def _state(path: str, st: os.stat_result) -> tuple:
+    target = os.readlink(path) if stat.S_ISLNK(st.st_mode) else ""
+    return st.st_mode, st.st_uid, st.st_gid, st.st_size, st.st_mtime_ns, st.st_ino, target
 
 
 def new_upper(rootfs: Path) -> Path:
