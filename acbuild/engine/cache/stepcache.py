@@ -5,9 +5,11 @@ Layout under CACHE (cache_root(), --cache-dir or $ACBUILD_CACHE_DIR):
     lock                          flock: shared while a build runs, exclusive for prune
     steps/KEY/manifest            the image manifest after the step
     steps/KEY/tree.json           the work dir (rootfs/, deps...) after the step, as data:
-                                  every entry's path, type, mode, owner, mtime, link target
+                                  every entry's path, type, mode, owner, mtime, link target;
+                                  for a layer only what the step changed, deletions first
     steps/KEY/files/N             its regular files, hard links numbered as tree.json says
-    steps/KEY/meta.json           written last: the completeness marker
+    steps/KEY/meta.json           written last: the completeness marker; a layer's names
+                                  its "parent" entry and its "depth"
     images/KEY-COMPRESSION.aci    the written image of a final step, and .json beside it
 
 Directories and symlinks are data in tree.json, not recreated on disk, because creating
@@ -15,15 +17,20 @@ them is the slow part of a snapshot (a symlink or mkdir costs 10-15 times a hard
 here, and busybox alone brings 400 symlinks): storing after a step is one walk, one
 JSON file and a link per regular file; restoring rebuilds the tree. A step that only
 changes the manifest (LABEL, ENV...) stores no tree; its meta names the entry whose
-tree it shares ("tree"). meta.json holds the sha256 of tree.json, and every linked file
-must still have the size, mode, owner and mtime tree.json recorded, so a damaged
-snapshot is found by stat alone and never used.
+tree it shares ("tree"). A step that knows what it changed (engine.execute.layer: a RUN's
+overlay upper dir, a COPY's destination) stores a layer on the entry before it; a restore
+rebuilds the full snapshot at the bottom of the chain and replays the layers, and after
+LAYER_DEPTH_LIMIT layers the next result is stored whole. meta.json holds the sha256 of
+tree.json, and every linked file must still have the size, mode, owner and mtime
+tree.json recorded, so a damaged snapshot is found by stat alone and never used; a
+layer whose chain is broken is unusable (`has` is False) and listed as damaged.
 
 Contract: entries are built in a temp dir and renamed into place (atomic; when another
 build got there first, ours is dropped); a damaged entry is moved aside and deleted,
 and the step runs again. Snapshots share inodes with work dirs: whoever writes into a
 restored or stored work dir must break the sharing first (COPY always makes new files;
-build.py calls `unshare_files` before a RUN). The cached image is trusted when its
+a RUN writes into an overlay upper dir, or, without overlayfs, calls `unshare_files`
+first: Session.shares_inodes says when it must). The cached image is trusted when its
 (size, mtime_ns, inode) are those recorded; ctime is not used, since linking the image
 to an output changes it.
 """
