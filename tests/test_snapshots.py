@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -76,6 +77,22 @@ def cache_bytes(cache: Path) -> int:
 
 def metas(cache: Path) -> dict[str, dict]:
     return {m.parent.name: json.loads(m.read_text()) for m in (cache / "steps").glob("*/meta.json")}
+
+
+def kill_when(args: list, cache: Path, ready, what: str) -> None:
+    """Start `acbuild ARGS` and SIGKILL it (by PID) once `ready()` is true."""
+    env = dict(os.environ, ACBUILD_CACHE_DIR=str(cache))
+    proc = subprocess.Popen([sys.executable, "-m", "acbuild", *map(str, args)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while not ready():
+            if time.monotonic() > deadline or proc.poll() is not None:
+                pytest.fail(f"{what} never started")
+            time.sleep(0.005)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
 
 
 def overlay_available() -> bool:
@@ -158,19 +175,9 @@ def test_a_killed_run_leaves_no_partial_snapshot(tmp_path):
     body = BASE + sh("echo one > /etc/one") + sh("echo two > /etc/two; touch /started; sleep 30")
     ctx = context(tmp_path, body)
     cache = tmp_path / "cache"
-    env = dict(os.environ, ACBUILD_CACHE_DIR=str(cache))
-    proc = subprocess.Popen([sys.executable, "-m", "acbuild", "build", "-f", ctx / "ACIfile", "-o", tmp_path / "k.aci"],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        for _ in range(600):
-            if list(Path("/tmp").glob("acbuild-build-*/stage-0/layer/started")):
-                break
-            time.sleep(0.05)
-        else:
-            pytest.fail("the RUN never started")
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+    work = Path(tempfile.gettempdir())
+    kill_when(["build", "-f", ctx / "ACIfile", "-o", tmp_path / "k.aci"], cache,
+              lambda: list(work.glob("acbuild-build-*/stage-0/layer/started")), "the RUN")
     entries = metas(cache)
     assert len(entries) == 6, "FROM, NAME, three COPYs and the first RUN; nothing of the killed RUN"
     (ctx / "ACIfile").write_text(body.replace("; sleep 30", ""))
@@ -218,19 +225,8 @@ def test_launch_renders_once_and_reuses_the_verified_tree(tmp_path):
 def test_a_killed_render_leaves_no_tree(tmp_path):
     image = launch_image(tmp_path)
     cache = tmp_path / "cache"
-    env = dict(os.environ, ACBUILD_CACHE_DIR=str(cache))
-    proc = subprocess.Popen([sys.executable, "-m", "acbuild", "launch", "--insecure-skip-verify", "--cache-dir", cache,
-                             image], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        for _ in range(2000):
-            if list((cache / "launch/trees").glob(".new-*/rootfs/bin")):
-                break
-            time.sleep(0.005)
-        else:
-            pytest.fail("the render never started")
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+    kill_when(["launch", "--insecure-skip-verify", "--cache-dir", cache, image], cache,
+              lambda: list((cache / "launch/trees").glob(".new-*/rootfs/bin")), "the render")
     assert [p.name[:5] for p in (cache / "launch/trees").iterdir()] == [".new-"], "only the killed render's temp"
     assert launch(image, cache).stdout == "conf 0\n"
     assert [p for p in (cache / "launch/trees").iterdir() if p.name.startswith(".")] == []

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from acbuild.atomic import write_atomic
 from acbuild.dirs import private_dir
-from acbuild.files import remove_tree, walk
+from acbuild.files import remove_tree, trash, walk
 
 _FORMAT = 1
 
@@ -74,7 +74,7 @@ def render_tree(source: Path, cache: Path, extract) -> tuple[Path, bytes] | None
         (tmp / "done.json").write_bytes(json.dumps(done).encode())
         final = trees / _hex(contents.image_id)
         if os.path.lexists(final) and not _sound(final, contents.image_id):
-            _trash(final)
+            trash(final)
         try:
             os.rename(tmp, final)
         except OSError as err:
@@ -184,11 +184,3 @@ def _remove_stale(trees: Path) -> None:
             os.close(fd)
         remove_tree(entry)
 
-
-def _trash(path: Path) -> None:
-    aside = path.with_name(f".trash-{path.name}-{os.getpid()}")
-    try:
-        os.rename(path, aside)
-    except OSError:
-        return
-    remove_tree(aside)

@@ -51,7 +51,7 @@ from pathlib import Path
 from acbuild import placeholders
 from acbuild.atomic import write_atomic
 from acbuild.dirs import private_dir
-from acbuild.files import flock, link_or_copy, lstat_tree, remove_tree, walk
+from acbuild.files import flock, link_or_copy, lstat_tree, remove_tree, trash, walk
 
 SCRATCH = {"ovl-work", "ovl-probe", "out-stage", "manifest", "layer"}  # never part of a snapshot
 _VERSION = 3  # 2: snapshots as tree.json + files/; 3: layers on a parent entry
@@ -192,7 +192,7 @@ class StepCache:
 
     def _install(self, tmp: Path, final: Path, replace: bool) -> bool:
         if replace and final.exists():
-            self._trash(final)
+            trash(final)
         try:
             os.rename(tmp, final)
         except OSError as err:
@@ -204,16 +204,7 @@ class StepCache:
 
     def discard(self, key: str) -> None:
         if key and os.path.lexists(self.steps / key):
-            self._trash(self.steps / key)
-
-    def _trash(self, path: Path) -> None:
-        """Move aside atomically (a concurrent reader sees the entry or nothing), then delete."""
-        aside = path.with_name(f".trash-{path.name}-{os.getpid()}-{time.monotonic_ns()}")
-        try:
-            os.rename(path, aside)
-        except OSError:
-            return
-        _rmtree(aside)
+            trash(self.steps / key)
 
     # -- final images ---------------------------------------------------------------
 
