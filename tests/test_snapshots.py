@@ -230,3 +230,32 @@ def test_a_killed_render_leaves_no_tree(tmp_path):
     assert [p.name[:5] for p in (cache / "launch/trees").iterdir()] == [".new-"], "only the killed render's temp"
     assert launch(image, cache).stdout == "conf 0\n"
     assert [p for p in (cache / "launch/trees").iterdir() if p.name.startswith(".")] == []
+
+
+def test_a_layer_never_deletes_through_a_symlink(tmp_path):
+    """A hostile entry (one imported from a registry is checked only against its own
+    meta.json) whose layer makes a symlink out of the work dir and then deletes below
+    it: the entry is found damaged and the step runs again; nothing outside is touched."""
+    import hashlib
+
+    body = BASE + sh("echo one > /etc/one")
+    ctx = context(tmp_path, body)
+    cache = tmp_path / "cache"
+    first = build(ctx, tmp_path / "a.aci", cache)
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "keep").write_text("mine\n")
+    key = first["steps"][-1]["key"]
+    entry = cache / "steps" / key
+    rows = json.loads((entry / "tree.json").read_bytes())
+    rows[1:1] = [["/rootfs/evil", "l", 0o777, 0, 0, 0, 0, str(victim), 0, []],
+                 ["/rootfs/evil/keep", "w", 0, 0, 0, 0, 0, "", 0, []]]
+    data = json.dumps(rows).encode()
+    (entry / "tree.json").write_bytes(data)
+    meta = json.loads((entry / "meta.json").read_bytes())
+    meta["listing"], meta["files"] = hashlib.sha256(data).hexdigest(), len(rows) - 1
+    (entry / "meta.json").write_text(json.dumps(meta))
+    (ctx / "ACIfile").write_text(body + "LABEL more=yes\n")
+    again = build(ctx, tmp_path / "b.aci", cache)
+    assert (victim / "keep").read_text() == "mine\n"
+    assert [s["cache"] for s in again["steps"]][-2:] == ["miss", "miss"]

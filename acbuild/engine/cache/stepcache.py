@@ -385,6 +385,19 @@ def _materialize(entry: Path, workdir: Path, meta: dict, *, layer: bool = False)
     directories = []
     kept_times: dict[str, int] = {}  # dirs a layer changes below without a row of their own keep their mtime
     rows = {rec[0] for rec in records if rec[1] == "d"}
+    made: set[str] = set()  # rows' dirs as made or found here: real directories, never symlinks
+    real_top = os.path.realpath(workdir)
+
+    def inside(rel: str) -> bool:
+        """A row names a path below the work dir whose parent is a real directory (an
+        imported entry must not write or delete through a symlink, or outside)."""
+        if rel and (not rel.startswith("/") or any(part in ("", ".", "..") for part in rel[1:].split("/"))):
+            return False
+        parent = rel.rsplit("/", 1)[0]
+        if not rel or parent in made:
+            return True
+        return layer and os.path.realpath(os.fspath(workdir) + parent) == real_top + parent \
+            and os.path.isdir(os.fspath(workdir) + parent)
 
     def touching(target: str, rel: str) -> None:
         parent = rel.rsplit("/", 1)[0]
@@ -392,6 +405,11 @@ def _materialize(entry: Path, workdir: Path, meta: dict, *, layer: bool = False)
             kept_times[parent] = os.lstat(os.fspath(workdir) + parent).st_mtime_ns
 
     for rel, kind, mode, uid, gid, mtime_ns, size, extra, rdev, xattrs in records:
+        if not inside(rel):
+            if kind == "w" and rel.startswith("/") and ".." not in rel.split("/") \
+                    and not os.path.lexists(os.fspath(workdir) + rel.rsplit("/", 1)[0]):
+                continue  # below a dir an earlier row deleted
+            raise Damaged(meta["key"])
         target = os.fspath(workdir) + rel
         owner_mode_time = (uid, gid, mode, mtime_ns)
         have = _lstat(target) if layer else None
@@ -409,6 +427,7 @@ def _materialize(entry: Path, workdir: Path, meta: dict, *, layer: bool = False)
             for name, value in xattrs:
                 os.setxattr(target, name, bytes.fromhex(value), follow_symlinks=False)
             directories.append((target, owner_mode_time))
+            made.add(rel)
             continue
         touching(target, rel)
         if kind == "f":

@@ -108,12 +108,13 @@ def _snapshot_upper(session) -> Path | None:
 
 
 def _mount_parents(spec) -> tuple[str, ...]:
-    """The rootfs dirs on the way to the step's bind targets: the sandbox may have made
-    (and removed) mount points in them, which moved their mtimes."""
+    """The rootfs dirs on the way to the step's bind targets (resolved in the rootfs): the
+    sandbox may have made (and removed) mount points in them, which moved their mtimes."""
     targets = [b.target for b in spec.binds] + (["/etc/resolv.conf", "/etc/hosts"] if spec.network == "host" else [])
     parents = set()
     for target in targets:
-        parts = target.strip("/").split("/")[:-1]
+        resolved = os.path.relpath(resolve_in_root(spec.rootfs, target), spec.rootfs)
+        parts = [] if resolved == "." else resolved.split("/")[:-1]
         parents.update("/" + "/".join(parts[:n]) for n in range(1, len(parts) + 1))
     return tuple(sorted(parents))
 
