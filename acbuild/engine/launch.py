@@ -20,6 +20,7 @@ from pathlib import Path
 
 from acbuild.aci import manifest as m
 from acbuild.engine.execute.hardening import DEFAULT_TMPFS_SIZE
+from acbuild.engine.execute.layer import new_upper
 from acbuild.engine.execute.sandbox import DEFAULT_PATH, Bind, SandboxSpec, run_sandboxed
 from acbuild.errors import BuildError, ImageError, ManifestError, NotFoundError, SignatureError
 from acbuild.report import QUIET, Reporter
@@ -62,7 +63,7 @@ def launch(image: Path, options: LaunchOptions) -> int:
         else:
             rootfs, manifest = rendered
             spec = replace(app_spec(rootfs, manifest, app_of(manifest, image), options),
-                           upper=_private(work / "upper"), overlay_work=_private(work / "ovl-work"))
+                           upper=new_upper(rootfs, work / "upper"), overlay_work=_private(work / "ovl-work"))
         app = app_of(manifest, image)
         run_handlers("pre-start", app, spec, options, abort=True)
         status = run_in_sandbox(replace(spec, argv=tuple(app.exec) + options.args), "app", options)

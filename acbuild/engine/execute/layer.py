@@ -88,10 +88,10 @@ def _state(path: str, st: os.stat_result) -> tuple:
     return st.st_mode, st.st_uid, st.st_gid, st.st_size, st.st_mtime_ns, st.st_ino, target
 
 
-def new_upper(rootfs: Path) -> Path:
-    """An empty upper dir beside `rootfs` whose root has the rootfs root's owner, mode
-    and mtime: overlayfs shows the upper root's attributes as "/"."""
-    upper = rootfs.parent / UPPER
+def new_upper(rootfs: Path, upper: Path | None = None) -> Path:
+    """An empty upper dir (default: beside `rootfs`) whose root has the rootfs root's
+    owner, mode and mtime: overlayfs shows the upper root's attributes as "/"."""
+    upper = upper or rootfs.parent / UPPER
     remove_tree(upper)  # a killed step's
     upper.mkdir(mode=0o700)
     st = os.lstat(rootfs)
