@@ -306,8 +306,7 @@ class _Recorder:
     """Records tree.json rows and links regular files into files/ (hard links stay one inode)."""
 
     def __init__(self, entry: Path):
-        self.files_dir = entry / "files"
-        self.files_dir.mkdir()
+        self.files_dir = entry / "files"  # made with the first file: a layer often has none
         self.records: list[list] = []
         self.numbers: dict[tuple[int, int], int] = {}  # (dev, ino) -> file number
         self.new_bytes = 0  # bytes of files no other snapshot shares
@@ -321,6 +320,8 @@ class _Recorder:
         if kind == "f":
             inode = (st.st_dev, st.st_ino)
             if inode not in self.numbers:
+                if not self.numbers:
+                    self.files_dir.mkdir()
                 self.numbers[inode] = len(self.numbers)
                 os.link(path, self.files_dir / str(self.numbers[inode]))
                 if new or st.st_nlink == 1:
