@@ -312,7 +312,8 @@ class _Build:
         if not isinstance(step, _TREE_STEPS) and tree is not None and self.cache.has(tree):
             self.cache.store(key, session.workdir, manifest, tree, replace=not self.use_cache)
             return tree
-        # A RUN that was a snapshot (engine.execute.layer) is stored as its layer on the tree before it.
+        # A step that knows what it changed (engine.execute.layer: a RUN over overlayfs, COPY,
+        # ADD, WORKDIR) is stored as that layer on the tree before it.
         self.cache.store(key, session.workdir, manifest, None, replace=not self.use_cache,
                          layer=session.last_layer, parent=tree)
         session.shares_inodes = True

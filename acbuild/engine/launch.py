@@ -57,14 +57,12 @@ def launch(image: Path, options: LaunchOptions) -> int:
 
     with verified_for_launch(image, options) as source, temp_dir("acbuild-launch-") as work:
         rendered = rendered_image(image, source, work, options)
-        if rendered is None:  # dependencies, or no overlayfs: a private copy, as before
-            rootfs, manifest = render_image(image, work, options, source=source)
-            spec = app_spec(rootfs, manifest, app_of(manifest, image), options)
-        else:
-            rootfs, manifest = rendered
-            spec = replace(app_spec(rootfs, manifest, app_of(manifest, image), options),
-                           upper=new_upper(rootfs, work / "upper"), overlay_work=_private(work / "ovl-work"))
+        # dependencies, or no overlayfs: a private copy, as before
+        rootfs, manifest = rendered or render_image(image, work, options, source=source)
         app = app_of(manifest, image)
+        spec = app_spec(rootfs, manifest, app, options)
+        if rendered is not None:  # the shared tree stays read-only below one upper dir for the three runs
+            spec = replace(spec, upper=new_upper(rootfs, work / "upper"), overlay_work=_private(work / "ovl-work"))
         run_handlers("pre-start", app, spec, options, abort=True)
         status = run_in_sandbox(replace(spec, argv=tuple(app.exec) + options.args), "app", options)
         run_handlers("post-stop", app, spec, options, abort=False)

@@ -93,7 +93,7 @@ class Session:
         # The rootfs's files are hard links into the step cache: nothing may write into them
         # in place (engine.execute.layer; a RUN without overlayfs copies them first).
         self.shares_inodes = False
-        self.last_layer = None  # engine.execute.layer.Layer: what the last RUN changed, when it was a snapshot
+        self.last_layer = None  # engine.execute.layer.Layer: what the last step changed, when it knows
 
     # -- life cycle -------------------------------------------------------------
 

@@ -8,7 +8,7 @@ Layout under CACHE (cache_root(), --cache-dir or $ACBUILD_CACHE_DIR):
                                   every entry's path, type, mode, owner, mtime, link target;
                                   for a layer only what the step changed, deletions first
     steps/KEY/files/N             its regular files, hard links numbered as tree.json says
-    steps/KEY/meta.json           written last: the completeness marker; a layer's names
+    steps/KEY/meta.json           written last: the completeness marker; a layer's meta names
                                   its "parent" entry and its "depth"
     images/KEY-COMPRESSION.aci    the written image of a final step, and .json beside it
 
@@ -141,7 +141,8 @@ class StepCache:
             self.discard(bad)
             raise Damaged(bad) from err
         (workdir / "manifest").write_bytes(manifest)
-        self.touch(key)
+        for used in chain:  # the layers below are as recently used as the entry: prune keeps chains whole
+            self.touch(used["key"])
         return manifest
 
     def touch(self, key: str) -> None:

@@ -288,7 +288,6 @@ def is_opaque(path: str | Path) -> bool:
     return any(_has_xattr(path, name, b"y") for name in _OPAQUE)
 
 
-
 def _listing(top: Path) -> dict[str, os.stat_result]:
     """Every entry below `top`: "/a/b" -> lstat."""
     out: dict[str, os.stat_result] = {}

@@ -75,13 +75,11 @@ def _run(session, i: p.Run, binds: list) -> None:
     )
     try:
         status = run_sandboxed(spec, debug=session.options.debug)
-    except BuildError as err:
+    except BaseException as err:  # Ctrl-C included: no half-made layer stays
         if upper is not None:
             discard_upper(upper)
-        raise BuildError(err.message, i.pos) from err
-    except BaseException:
-        if upper is not None:
-            discard_upper(upper)
+        if isinstance(err, BuildError):
+            raise BuildError(err.message, i.pos) from err
         raise
     if upper is not None:  # a failed command's changes stay too, as when it wrote in place
         layer = fold(upper, session.rootfs, keep_markers=bool(lower), also_changed=_mount_parents(spec))
