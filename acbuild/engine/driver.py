@@ -285,6 +285,7 @@ class _Build:
                 session = Session.begin(workdir, base, options)
             else:
                 session.last_layer = None
+                session.records_layers = self.cache is not None
                 session.apply(step)
                 if isinstance(step, p.Copy) and not step.from_stage:
                     self.check_copied(session.copied, record.number)

@@ -94,6 +94,7 @@ class Session:
         # in place (engine.execute.layer; a RUN without overlayfs copies them first).
         self.shares_inodes = False
         self.last_layer = None  # engine.execute.layer.Layer: what the last step changed, when it knows
+        self.records_layers = False  # COPY/ADD/WORKDIR note their layer (the driver, when it stores them)
 
     # -- life cycle -------------------------------------------------------------
 
@@ -181,7 +182,7 @@ class Session:
     def _recording(self, dest: str):
         """Note what a step writing at and below `dest` changed, as its layer (the step
         cache stores only that); not with DEPENDENCY, whose steps may render deps/ too."""
-        if (self.workdir / "deps.json").exists():
+        if not self.records_layers or (self.workdir / "deps.json").exists():
             yield
             return
         with recording_under(self.rootfs, dest) as layer:
