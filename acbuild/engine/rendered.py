@@ -79,11 +79,11 @@ def render_tree(source: Path, cache: Path, extract) -> tuple[Path, bytes] | None
             os.rename(tmp, final)
         except OSError as err:
             if err.errno not in (errno.EEXIST, errno.ENOTEMPTY):
-                raise  # EEXIST: another launch installed the same tree first; it is used
+                raise
+            if not _sound(final, contents.image_id):  # another launch installed it first: it must be sound
+                return None
         private_dir(root / "ids")
         write_atomic(root / "ids" / digest, contents.image_id.encode())
-        if not _sound(final, contents.image_id):
-            return None
         return final / "rootfs", (final / "manifest").read_bytes()
     finally:
         remove_tree(tmp)
