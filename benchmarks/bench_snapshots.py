@@ -129,13 +129,14 @@ def cache_growth(acbuild: Acbuild, top: Path, image: Path, runs: int) -> float:
 
 def launch_times(acbuild: Acbuild, top: Path, image: Path, runs: int) -> tuple[float, float]:
     first, after = [], []
+    keeps_trees = "--cache-dir" in acbuild("launch", "--help")[1].stdout  # an acbuild before rendered trees: no
     for n in range(runs):
         cache = top / f"launch-cache-{n}"
-        t, proc = acbuild("launch", "--insecure-skip-verify", "--cache-dir", cache, image)
+        argv = ["launch", "--insecure-skip-verify", *(["--cache-dir", cache] if keeps_trees else []), image]
+        t, proc = acbuild(*argv)
         assert "uid=0(root)" in proc.stdout, proc.stdout
         first.append(t)
-        after.append(statistics.median(acbuild("launch", "--insecure-skip-verify", "--cache-dir", cache, image)[0]
-                                       for _ in range(3)))
+        after.append(statistics.median(acbuild(*argv)[0] for _ in range(3)))
         shutil.rmtree(cache, ignore_errors=True)
     return statistics.median(first), statistics.median(after)
 
@@ -199,12 +200,14 @@ def main() -> None:
     ap.add_argument("--before", metavar="PYTHONPATH", help="also measure another acbuild checkout (e.g. /work/main)")
     ap.add_argument("--no-buildah", action="store_true")
     ap.add_argument("--no-launch", action="store_true")
+    ap.add_argument("--skip-new", action="store_true", help="only the --before and peer rows")
     args = ap.parse_args()
     tar = debian_tar()
     top = Path(tempfile.mkdtemp(prefix="acbuild-bench-snapshots-"))
     print(f"start: {load()}", flush=True)
     try:
-        rows("acbuild:", Acbuild(None), top / "new", tar, args.runs, not args.no_launch)
+        if not args.skip_new:
+            rows("acbuild:", Acbuild(None), top / "new", tar, args.runs, not args.no_launch)
         if args.before:
             rows(f"before ({args.before}):", Acbuild(args.before), top / "old", tar, args.runs, not args.no_launch)
         if not args.no_buildah:
