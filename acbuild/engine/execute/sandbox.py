@@ -507,7 +507,8 @@ def root_step(spec: SandboxSpec, root: Path, rootless: bool, scratch: Path | Non
         if spec.overlay_work is None:
             raise BuildError("RUN: a separate upper dir needs an overlay work dir")
         lower = (root, *(Path(p).resolve() for p in spec.lower_layers))
-        overlay = MountOverlay(lower, Path(spec.upper).resolve(), Path(spec.overlay_work).resolve(), rootless, flags, root)
+        overlay = MountOverlay(lower, Path(spec.upper).resolve(), Path(spec.overlay_work).resolve(), overlay_userxattr(),
+                               flags, root)
         return MountRoot(root, flags, overlay, may_bind=False)
     if spec.lower_layers:
         if spec.overlay_work is None:
