@@ -113,6 +113,17 @@ def remove_tree(path: Path | str | None) -> None:
         os.close(pfd)
 
 
+def trash(path: Path) -> None:
+    """Move `path` aside atomically (a concurrent reader sees it whole or not at all),
+    then remove it."""
+    aside = path.with_name(f".trash-{path.name}-{os.getpid()}-{time.monotonic_ns()}")
+    try:
+        os.rename(path, aside)
+    except OSError:
+        return
+    remove_tree(aside)
+
+
 def link_or_copy(src: Path, dst: Path) -> None:
     """A hard link from `dst` to `src`; a copy where links cannot cross (another
     filesystem, a link count at its limit, or a filesystem that refuses links)."""

@@ -279,7 +279,9 @@ def test_cache_through_registry_gives_a_second_machine_every_step(registries, tm
     assert [s["instruction"] for s in meta["steps"] if s["instruction"].startswith("RUN")]  # RUNs among the hits
     assert second.stdout.split()[-1] == first.stdout.split()[-1]
     assert (m2 / "out.aci").read_bytes() == (m1 / "out.aci").read_bytes()
-    assert "imported 2 cache entries" in second.stderr
+    # the last step's entry and the chain of layers its tree needs (engine.cache.stepcache), not every step
+    imported = len(list((m2 / "cache/steps").glob("*/meta.json")))
+    assert f"imported {imported} cache entries" in second.stderr and imported < len(meta["steps"])
 
 
 def test_tampered_cache_entry_is_refused(registries, tmp_path):

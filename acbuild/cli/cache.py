@@ -13,7 +13,7 @@ EPILOG = """\
 examples:
   acbuild cache list
   acbuild cache prune --keep-bytes 10G     # least recently used entries go first
-  acbuild cache prune --all                # everything, RUN --mount=type=cache dirs too
+  acbuild cache prune --all                # everything, RUN --mount=type=cache dirs and launch's trees too
 
 The cache lives in $ACBUILD_CACHE_DIR, else $XDG_CACHE_HOME/acbuild (~/.cache/acbuild).
 prune waits for running builds to finish (they hold the cache lock)."""
@@ -27,7 +27,7 @@ def add_parser(sub) -> None:
     verbs.add_parser("list", help="entries with size, age and last use")
     prune = verbs.add_parser("prune", help="remove least recently used entries")
     prune.add_argument("--keep-bytes", metavar="N", type=parse_size, help="keep at most N bytes (suffixes K, M, G, T)")
-    prune.add_argument("--all", action="store_true", help="remove everything, RUN cache mounts and the stat cache too")
+    prune.add_argument("--all", action="store_true", help="remove everything: RUN cache mounts, the stat cache and the trees acbuild launch rendered too")
     parser.set_defaults(run=run, rootfs_work=True)  # the cache holds trees owned by subordinate ids
 
 
@@ -69,7 +69,7 @@ def run(args) -> int:
     with cache.locked(exclusive=True):
         removed, freed = cache.prune(None if args.all else args.keep_bytes)
         if args.all:
-            for extra in ("images", "stat", "run-mounts"):
+            for extra in ("images", "stat", "run-mounts", "launch"):
                 if (cache.root / extra).exists():
                     remove_tree(cache.root / extra)
             shutil.rmtree(cache.steps, ignore_errors=True)

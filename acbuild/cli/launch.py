@@ -39,6 +39,9 @@ def add_parser(sub) -> None:
                         help="bind HOSTPATH on the image's mount point NAME (repeatable)")
     parser.add_argument("--network", choices=("none", "host"), default="none",
                         help="none: loopback only (default); host: the host's network")
+    parser.add_argument("--cache-dir", type=Path, metavar="DIR",
+                        help="where the rendered image is kept for the next launch, under DIR/launch/ "
+                             "(default: $ACBUILD_CACHE_DIR, else $XDG_CACHE_HOME/acbuild)")
     add_sandbox_options(parser, setuid=True)
     add_trust_options(parser, "the image")
     add_store_options(parser)
@@ -99,5 +102,6 @@ def run(args) -> int:
         allow_setuid=args.allow_setuid,
         tmpfs_size=args.tmpfs_size,
         fetcher=fetcher,
+        cache_dir=args.cache_dir.absolute() if args.cache_dir else None,
     )
     return launch(image, options)

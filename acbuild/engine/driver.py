@@ -110,7 +110,6 @@ class _Build:
             number += len(stage.steps) + 1
         self.keys: dict[str, list[str]] = {}
         self.sessions: dict[str, Session] = {}
-        self.shared: set[str] = set()  # stages whose rootfs shares inodes with the cache
         self.records: dict[int, StepRecord] = {}
         self.work_root: Path | None = None
         self.files_hashed = 0
@@ -273,11 +272,12 @@ class _Build:
         tree = None
         if manifest is not None:
             session = Session(workdir, manifest, options)
-            self.shared.add(stage.name)
+            session.shares_inodes = True
             tree = self.cache.meta(keys[start])["tree"]
-        # A directory base is on disk already: a snapshot of it would only double the
-        # disk a RUN needs (it must copy every file it shares with a snapshot), so it is
-        # not stored, nor are the manifest-only steps up to the first that changes files.
+        # A directory base is on disk already: a snapshot of it would only double the disk
+        # a RUN needs where overlayfs is missing (it must copy every file it shares with a
+        # snapshot), so it is not stored, nor are the manifest-only steps up to the first
+        # that changes files.
         unsnapshotted = start < 0 and stage.base.base != "scratch" and base_path(stage.base, options).is_dir()
         for idx in range(start + 1, len(stage.steps) + 1):
             step = stage.base if idx == 0 else stage.steps[idx - 1]
@@ -286,11 +286,8 @@ class _Build:
             if idx == 0:
                 session = Session.begin(workdir, base, options)
             else:
-                if isinstance(step, p.Run) and stage.name in self.shared:
-                    from acbuild.engine.cache.stepcache import unshare_files
-
-                    unshare_files(session.rootfs)
-                    self.shared.discard(stage.name)
+                session.last_layer = None
+                session.records_layers = self.cache is not None
                 session.apply(step)
                 if isinstance(step, p.Copy) and not step.from_stage:
                     self.check_copied(session.copied, record.number)
@@ -318,8 +315,11 @@ class _Build:
         if not isinstance(step, _TREE_STEPS) and tree is not None and self.cache.has(tree):
             self.cache.store(key, session.workdir, manifest, tree, replace=not self.use_cache)
             return tree
-        self.cache.store(key, session.workdir, manifest, None, replace=not self.use_cache)
-        self.shared.add(stage.name)
+        # A step that knows what it changed (engine.execute.layer: a RUN over overlayfs, COPY,
+        # ADD, WORKDIR) is stored as that layer on the tree before it.
+        self.cache.store(key, session.workdir, manifest, None, replace=not self.use_cache,
+                         layer=session.last_layer, parent=tree)
+        session.shares_inodes = True
         return key if self.cache.has(key) else None
 
     def write_image(self, final: p.Stage) -> BuildResult:

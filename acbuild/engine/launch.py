@@ -1,11 +1,13 @@
 """launch: run an image's app the way rkt ran it, in the sandbox RUN uses.
 
-The recipe (`launch`): verify the signature, render the image into a temp dir,
-run pre-start handlers, the app, post-stop handlers, each in a fresh sandbox
-over the same rootfs, and return the app's exit status.
+The recipe (`launch`): verify the signature, find the image's rendered tree (made
+once, keyed by image ID: engine.rendered) or render it, run pre-start handlers, the
+app, post-stop handlers, each in a fresh sandbox over an overlay of that tree (one
+upper dir in a temp dir for the three), and return the app's exit status. An image
+with dependencies, or a machine without overlayfs, gets a rendered private copy.
 
 Contract: only a signed image whose signer is trusted for its name runs, unless
-`insecure_skip_verify` (printed loudly). The rendered rootfs is a throwaway copy:
+`insecure_skip_verify` (printed loudly). The rendered tree is read-only to the app:
 nothing the app writes survives, every mount lives in the sandbox's own mount
 namespace, and the temp dir is removed on success, failure, Ctrl-C and SIGTERM (the CLI
 turns SIGTERM into KeyboardInterrupt), and by a later launch after a SIGKILL.
@@ -17,6 +19,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from acbuild.aci import manifest as m
+from acbuild.engine.execute.layer import new_upper
 from acbuild.engine.execute.sandbox import DEFAULT_PATH, Bind, SandboxSpec, run_sandboxed
 from acbuild.errors import BuildError, ImageError, ManifestError, NotFoundError, SignatureError
 from acbuild.limits import DEFAULT_TMPFS_SIZE
@@ -43,6 +46,7 @@ class LaunchOptions:
     allow_setuid: bool = False  # the image's setuid binaries work (no nosuid, no no_new_privs)
     tmpfs_size: int = DEFAULT_TMPFS_SIZE  # the app's /tmp, /run and /dev/shm, each
     fetcher: object = None  # acbuild.fetch.Fetcher for dependencies not beside the image
+    cache_dir: Path | None = None  # where rendered trees are kept (engine.rendered); None: the default cache dir
 
 
 def launch(image: Path, options: LaunchOptions) -> int:
@@ -52,9 +56,13 @@ def launch(image: Path, options: LaunchOptions) -> int:
     from acbuild.temps import temp_dir
 
     with verified_for_launch(image, options) as source, temp_dir("acbuild-launch-") as work:
-        rootfs, manifest = render_image(image, work, options, source=source)
+        rendered = rendered_image(image, source, work, options)
+        # dependencies, or no overlayfs: a private copy, as before
+        rootfs, manifest = rendered or render_image(image, work, options, source=source)
         app = app_of(manifest, image)
         spec = app_spec(rootfs, manifest, app, options)
+        if rendered is not None:  # the shared tree stays read-only below one upper dir for the three runs
+            spec = replace(spec, upper=new_upper(rootfs, work / "upper"), overlay_work=_private(work / "ovl-work"))
         run_handlers("pre-start", app, spec, options, abort=True)
         status = run_in_sandbox(replace(spec, argv=tuple(app.exec) + options.args), "app", options)
         run_handlers("post-stop", app, spec, options, abort=False)
@@ -76,6 +84,32 @@ def verified_for_launch(image: Path, options: LaunchOptions):
             "(--insecure-skip-verify skips this check)")
     return verified(image, str(image), insecure=options.insecure_skip_verify, require=True,
                     trust_dirs=options.trust_dirs, reporter=options.reporter)
+
+
+def rendered_image(image: Path, source: Path, work: Path, options: LaunchOptions) -> tuple[Path, m.ImageManifest] | None:
+    """The image's tree rendered once under the cache dir (engine.rendered), reused while
+    it matches; None where it cannot serve (dependencies, no overlayfs to run over it)."""
+    from acbuild.aci.archive import extract_rootfs
+    from acbuild.dirs import cache_root
+    from acbuild.engine.deps.overlay import overlay_works
+    from acbuild.engine.rendered import cached_tree, render_tree
+
+    if not overlay_works(work):
+        return None
+    cache = options.cache_dir or cache_root()
+    found = cached_tree(source, cache) or render_tree(source, cache, extract_rootfs)
+    if found is None:
+        return None
+    rootfs, manifest_bytes = found
+    try:
+        return rootfs, m.ImageManifest.from_json(manifest_bytes)
+    except ManifestError as e:
+        raise ImageError(f"{image}: {e.message}") from e
+
+
+def _private(path: Path) -> Path:
+    path.mkdir(mode=0o700)
+    return path
 
 
 def render_image(image: Path, work: Path, options: LaunchOptions, *, source: Path | None = None

@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from acbuild.aci import manifest as m
 from acbuild.aci.types import host_os_arch
 from acbuild.atomic import write_atomic
 from acbuild.engine.deps.overlay import copy_up
+from acbuild.engine.execute.layer import recording_under
 from acbuild.engine.execute.copy import CopyAttrs, copy_into_rootfs, make_dirs
 from acbuild.engine.execute.paths import resolve_in_root
 from acbuild.engine.execute.users import resolve_group, resolve_user
@@ -94,6 +96,11 @@ class Session:
         self.options = options
         self.rootless = os.geteuid() != 0  # IdSpace.SINGLE: files are the user's, 0 in the image
         self.copied: dict[str, str] = {}  # the last context COPY: host path -> sha256 of the bytes copied
+        # The rootfs's files are hard links into the step cache: nothing may write into them
+        # in place (engine.execute.layer; a RUN without overlayfs copies them first).
+        self.shares_inodes = False
+        self.last_layer = None  # engine.execute.layer.Layer: what the last step changed, when it knows
+        self.records_layers = False  # COPY/ADD/WORKDIR note their layer (the driver, when it stores them)
 
     # -- life cycle -------------------------------------------------------------
 
@@ -173,7 +180,20 @@ class Session:
         # As in a Dockerfile, WORKDIR creates the directory for later steps.
         self._app().working_directory = i.path
         attrs = CopyAttrs(mtime=self.options.source_date_epoch, chown_allowed=not self.rootless)
-        make_dirs(self.rootfs, resolve_in_root(self.rootfs, copy_up(self, i.path, i.pos)), attrs)
+        path = copy_up(self, i.path, i.pos)
+        with self._recording(path):
+            make_dirs(self.rootfs, resolve_in_root(self.rootfs, path), attrs)
+
+    @contextmanager
+    def _recording(self, dest: str):
+        """Note what a step writing at and below `dest` changed, as its layer (the step
+        cache stores only that); not with DEPENDENCY, whose steps may render deps/ too."""
+        if not self.records_layers or (self.workdir / "deps.json").exists():
+            yield
+            return
+        with recording_under(self.rootfs, dest) as layer:
+            yield
+        self.last_layer = layer
 
     @apply.register
     def _user(self, i: p.User) -> None:
@@ -276,6 +296,10 @@ class Session:
             base = (self.manifest.app.working_directory if self.manifest.app else "") or "/"
             dest = base.rstrip("/") + "/" + dest
         dest = copy_up(self, dest, i.pos)  # into dependency paths (engine.layers)
+        with self._recording(dest):
+            self._copy_to(i, dest, attrs)
+
+    def _copy_to(self, i: p.Copy, dest: str, attrs: CopyAttrs) -> None:
         how = dict(exclude=_exclude_rules(i), parents=i.parents)  # --exclude, --parents
         if i.inline:
             self._copy_inline(i, dest, attrs)

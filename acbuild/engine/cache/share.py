@@ -4,7 +4,7 @@ engine.cache.stepcache packed as blobs, moved by acbuild.oci.remote_cache.
 An entry blob is a gzip tar (acbuild's deterministic dialect: sorted names, mtime
 0, owner 0:0; gzip by aci.pgzip) of the entry's files: `manifest`, `meta.json`
 (with `created` zeroed, so an unchanged entry packs to the same bytes and is not
-uploaded twice), `tree.json` and `files/N` for a snapshot. The modes, owners and
+uploaded twice), `tree.json` and `files/N` for a snapshot or a layer (its parent entries travel too). The modes, owners and
 mtimes of files/N travel in tree.json, which meta.json pins by sha256, and are set
 again on import, so the imported entry passes the same checks a local one does.
 
@@ -118,7 +118,7 @@ def _check_and_restamp(tmp: Path, key: str) -> None:
         raise bad(f"tree.json: {e.strerror}") from e
     if hashlib.sha256(listing).hexdigest() != meta.get("listing"):
         raise bad("tree.json does not match meta.json")
-    for record in json.loads(listing.decode("utf-8", "surrogateescape")):
+    for record in json.loads(listing.decode("utf-8", "surrogateescape")):  # "w" rows (a layer's deletions) hold no file
         _rel, kind, mode, uid, gid, mtime_ns, size, number, *_ = record
         if kind != "f":
             continue
@@ -139,6 +139,7 @@ def _check_and_restamp(tmp: Path, key: str) -> None:
 def import_entries(cache, stage_keys: list[list[str]], source: str, registry_options) -> int:
     """--cache-from: fetch what the build lacks (see the module docstring); returns
     the number of entries imported."""
+    from acbuild.engine.cache.stepcache import LAYER_DEPTH_LIMIT
     from acbuild.oci.remote_cache import RemoteCache
 
     remote = RemoteCache(source, registry_options)
@@ -161,9 +162,15 @@ def import_entries(cache, stage_keys: list[list[str]], source: str, registry_opt
                     continue
                 if cache.meta(key) is None:
                     fetch(key)
-                tree = cache.meta(key)["tree"]
-                if tree != key and cache.meta(tree) is None and tree in offered:
-                    fetch(tree)
+                needed = cache.meta(key)
+                needed = needed and (needed["tree"] if needed["tree"] != key else needed.get("parent"))
+                for _ in range(LAYER_DEPTH_LIMIT + 1):  # the tree it shares, and the layers below that
+                    if not needed:
+                        break
+                    if cache.meta(needed) is None and needed in offered:
+                        fetch(needed)
+                    below = cache.meta(needed)
+                    needed = below and below.get("parent")
                 if cache.has(key):
                     break
     return imported
@@ -179,7 +186,7 @@ def export_entries(cache, keys: list[str], target: str, registry_options):
         meta = cache.meta(key)
         if meta is None:
             continue
-        for k in (meta["tree"], key):
+        for k in [m["key"] for m in cache.chain(key) or ()] + [key]:  # its tree and the layers below
             if k not in wanted and cache.meta(k) is not None:
                 wanted.append(k)
     if not wanted:

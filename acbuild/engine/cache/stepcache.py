@@ -5,9 +5,11 @@ Layout under CACHE (cache_root(), --cache-dir or $ACBUILD_CACHE_DIR):
     lock                          flock: shared while a build runs, exclusive for prune
     steps/KEY/manifest            the image manifest after the step
     steps/KEY/tree.json           the work dir (rootfs/, deps...) after the step, as data:
-                                  every entry's path, type, mode, owner, mtime, link target
+                                  every entry's path, type, mode, owner, mtime, link target;
+                                  for a layer only what the step changed, deletions first
     steps/KEY/files/N             its regular files, hard links numbered as tree.json says
-    steps/KEY/meta.json           written last: the completeness marker
+    steps/KEY/meta.json           written last: the completeness marker; a layer's meta names
+                                  its "parent" entry and its "depth"
     images/KEY-COMPRESSION.aci    the written image of a final step, and .json beside it
 
 Directories and symlinks are data in tree.json, not recreated on disk, because creating
@@ -15,15 +17,20 @@ them is the slow part of a snapshot (a symlink or mkdir costs 10-15 times a hard
 here, and busybox alone brings 400 symlinks): storing after a step is one walk, one
 JSON file and a link per regular file; restoring rebuilds the tree. A step that only
 changes the manifest (LABEL, ENV...) stores no tree; its meta names the entry whose
-tree it shares ("tree"). meta.json holds the sha256 of tree.json, and every linked file
-must still have the size, mode, owner and mtime tree.json recorded, so a damaged
-snapshot is found by stat alone and never used.
+tree it shares ("tree"). A step that knows what it changed (engine.execute.layer: a RUN's
+overlay upper dir, a COPY's destination) stores a layer on the entry before it; a restore
+rebuilds the full snapshot at the bottom of the chain and replays the layers, and after
+LAYER_DEPTH_LIMIT layers the next result is stored whole. meta.json holds the sha256 of
+tree.json, and every linked file must still have the size, mode, owner and mtime
+tree.json recorded, so a damaged snapshot is found by stat alone and never used; a
+layer whose chain is broken is unusable (`has` is False) and listed as damaged.
 
 Contract: entries are built in a temp dir and renamed into place (atomic; when another
 build got there first, ours is dropped); a damaged entry is moved aside and deleted,
 and the step runs again. Snapshots share inodes with work dirs: whoever writes into a
 restored or stored work dir must break the sharing first (COPY always makes new files;
-build.py calls `unshare_files` before a RUN). The cached image is trusted when its
+a RUN writes into an overlay upper dir, or, without overlayfs, calls `unshare_files`
+first: Session.shares_inodes says when it must). The cached image is trusted when its
 (size, mtime_ns, inode) are those recorded; ctime is not used, since linking the image
 to an output changes it.
 """
@@ -44,10 +51,13 @@ from pathlib import Path
 from acbuild import placeholders
 from acbuild.atomic import write_atomic
 from acbuild.dirs import private_dir
-from acbuild.files import flock, link_or_copy, lstat_tree, remove_tree, walk
+from acbuild.files import flock, link_or_copy, lstat_tree, remove_tree, trash, walk
 
-SCRATCH = {"ovl-work", "ovl-probe", "out-stage", "manifest"}  # never part of a snapshot
-_VERSION = 2  # 2: snapshots as tree.json + files/
+SCRATCH = {"ovl-work", "ovl-probe", "out-stage", "manifest", "layer"}  # never part of a snapshot
+_VERSION = 3  # 2: snapshots as tree.json + files/; 3: layers on a parent entry
+# A chain is a full snapshot and at most this many layers on it; the next step's result is
+# stored whole (squashed), so a restore never replays a long history.
+LAYER_DEPTH_LIMIT = 16
 FORMAT_VERSION = _VERSION  # what meta.json's "version" says (engine.cache.share checks imports)
 
 
@@ -89,8 +99,25 @@ class StepCache:
         return data
 
     def has(self, key: str) -> bool:
+        return self.chain(key) is not None
+
+    def chain(self, key: str) -> list[dict] | None:
+        """The metas entry `key` needs, in restore order: the full snapshot, then each
+        layer on it, up to the entry holding key's tree; then key's own meta when it only
+        shares that tree. None when any of them is missing or damaged."""
         data = self.meta(key)
-        return data is not None and (data["tree"] == key or self.meta(data["tree"]) is not None)
+        if data is None:
+            return None
+        tree = data if data["tree"] == key else self.meta(data["tree"])
+        out = [data] if tree is not data else []
+        for _ in range(LAYER_DEPTH_LIMIT + 1):
+            if tree is None:
+                return None
+            out.append(tree)
+            if not tree.get("parent"):
+                return out[::-1]
+            tree = self.meta(tree["parent"])
+        return None  # deeper than any chain this cache makes
 
     def restore(self, key: str, workdir: Path) -> bytes:
         """Recreate the work dir of entry `key` in `workdir` (which must not exist);
@@ -98,22 +125,24 @@ class StepCache:
         removing `workdir`) when the entry is incomplete or does not match its listing."""
         data = self.meta(key)
         try:
-            if data is None:
+            chain = self.chain(key)
+            if data is None or chain is None:
                 raise Damaged(key)
-            tree = self.meta(data["tree"]) if data["tree"] != key else data
-            if tree is None:
-                raise Damaged(data["tree"])
             manifest = (self.steps / key / "manifest").read_bytes()
             if hashlib.sha256(manifest).hexdigest() != data["manifest"]:
                 raise Damaged(key)
-            _materialize(self.steps / tree["key"], workdir, tree)
+            for tree in chain:
+                if tree["tree"] != tree["key"]:
+                    continue  # key's own meta, sharing the tree before it
+                _materialize(self.steps / tree["key"], workdir, tree, layer=bool(tree.get("parent")))
         except (Damaged, OSError, KeyError, TypeError) as err:
             _rmtree(workdir)
             bad = err.args[0] if isinstance(err, Damaged) else key
             self.discard(bad)
             raise Damaged(bad) from err
         (workdir / "manifest").write_bytes(manifest)
-        self.touch(key)
+        for used in chain:  # the layers below are as recently used as the entry: prune keeps chains whole
+            self.touch(used["key"])
         return manifest
 
     def touch(self, key: str) -> None:
@@ -125,10 +154,13 @@ class StepCache:
 
     # -- storing ---------------------------------------------------------------------
 
-    def store(self, key: str, workdir: Path, manifest: bytes, tree: str | None, *, replace: bool = False) -> bool:
+    def store(self, key: str, workdir: Path, manifest: bytes, tree: str | None, *, replace: bool = False,
+              layer=None, parent: str | None = None) -> bool:
         """Save the work dir after a step as entry `key`. `tree` names an existing entry
-        whose state/ is identical (a manifest-only step), or None to snapshot workdir.
-        Returns False when the entry could not be made (the build goes on)."""
+        whose state/ is identical (a manifest-only step), or None to snapshot workdir:
+        as a layer on entry `parent` when `layer` (engine.execute.layer.Layer) says what
+        the step changed since then and the chain is not too deep (LAYER_DEPTH_LIMIT),
+        else whole. Returns False when the entry could not be made (the build goes on)."""
         private_dir(self.root)  # cached rootfs trees: setuid binaries and all
         self.steps.mkdir(exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".new-", dir=self.steps))
@@ -136,7 +168,13 @@ class StepCache:
             (tmp / "manifest").write_bytes(manifest)
             meta = {"version": _VERSION, "key": key, "created": time.time(), "tree": tree or key,
                     "manifest": hashlib.sha256(manifest).hexdigest(), "size": len(manifest), "files": 0}
-            if tree is None:
+            below = self.chain(parent) if layer is not None and parent else None
+            depth = len([m for m in below if m["tree"] == m["key"]]) if below else 0
+            if tree is None and below is not None and depth <= LAYER_DEPTH_LIMIT:
+                meta["parent"], meta["depth"] = parent, depth
+                meta["listing"], meta["files"], new_bytes = _snapshot_layer(workdir, tmp, layer)
+                meta["size"] += new_bytes
+            elif tree is None:
                 listing, meta["files"], new_bytes = _snapshot(workdir, tmp)
                 meta["listing"] = listing
                 meta["size"] += new_bytes
@@ -155,7 +193,7 @@ class StepCache:
 
     def _install(self, tmp: Path, final: Path, replace: bool) -> bool:
         if replace and final.exists():
-            self._trash(final)
+            trash(final)
         try:
             os.rename(tmp, final)
         except OSError as err:
@@ -167,16 +205,7 @@ class StepCache:
 
     def discard(self, key: str) -> None:
         if key and os.path.lexists(self.steps / key):
-            self._trash(self.steps / key)
-
-    def _trash(self, path: Path) -> None:
-        """Move aside atomically (a concurrent reader sees the entry or nothing), then delete."""
-        aside = path.with_name(f".trash-{path.name}-{os.getpid()}-{time.monotonic_ns()}")
-        try:
-            os.rename(path, aside)
-        except OSError:
-            return
-        _rmtree(aside)
+            trash(self.steps / key)
 
     # -- final images ---------------------------------------------------------------
 
@@ -238,11 +267,11 @@ class StepCache:
                 used = os.stat(self.steps / name).st_mtime
             except OSError:
                 continue
-            if data is None:
+            if data is None or not self.has(name):  # a layer whose parent is gone is of no use
                 out.append(EntryInfo(name, "damaged", 0, 0, used, used))
                 continue
             size = data["size"] + sum(_image_size(p) for p in self.images.glob(f"{name}-*.aci"))
-            kind = "tree" if data["tree"] == name else "manifest"
+            kind = ("layer" if data.get("parent") else "tree") if data["tree"] == name else "manifest"
             out.append(EntryInfo(name, kind, size, data["files"], data["created"], used))
         return sorted(out, key=lambda e: e.last_used)
 
@@ -276,47 +305,81 @@ class StepCache:
 _KINDS = {stat.S_IFDIR: "d", stat.S_IFREG: "f", stat.S_IFLNK: "l", stat.S_IFCHR: "c", stat.S_IFBLK: "b", stat.S_IFIFO: "p"}
 
 
-def _snapshot(workdir: Path, entry: Path) -> tuple[str, int, int]:
-    """Record workdir in entry (tree.json + files/). Returns (sha256 of tree.json,
-    entries, bytes of files not already shared with another snapshot)."""
-    files_dir = entry / "files"
-    files_dir.mkdir()
-    records: list[list] = []
-    numbers: dict[tuple[int, int], int] = {}  # (dev, ino) -> file number: hard links stay one inode
-    new_bytes = 0
+class _Recorder:
+    """Records tree.json rows and links regular files into files/ (hard links stay one inode)."""
 
-    def record(path: str, rel: str, st: os.stat_result) -> None:
-        nonlocal new_bytes
+    def __init__(self, entry: Path):
+        self.files_dir = entry / "files"  # made with the first file: a layer often has none
+        self.records: list[list] = []
+        self.numbers: dict[tuple[int, int], int] = {}  # (dev, ino) -> file number
+        self.new_bytes = 0  # bytes of files no other snapshot shares
+
+    def record(self, path: str, rel: str, st: os.stat_result, *, new: bool = False) -> None:
+        """`new`: the file is the step's own (a layer's), whatever its link count."""
         kind = _KINDS.get(stat.S_IFMT(st.st_mode))
         if kind is None:
             return  # sockets are never part of an image
         extra: int | str = ""
         if kind == "f":
             inode = (st.st_dev, st.st_ino)
-            if inode not in numbers:
-                numbers[inode] = len(numbers)
-                os.link(path, files_dir / str(numbers[inode]))
-                if st.st_nlink == 1:
-                    new_bytes += st.st_size
-            extra = numbers[inode]
+            if inode not in self.numbers:
+                if not self.numbers:
+                    self.files_dir.mkdir()
+                self.numbers[inode] = len(self.numbers)
+                os.link(path, self.files_dir / str(self.numbers[inode]))
+                if new or st.st_nlink == 1:
+                    self.new_bytes += st.st_size
+            extra = self.numbers[inode]
         elif kind == "l":
             extra = os.readlink(path)
         xattrs = _xattrs(path) if kind == "d" else []
         size = st.st_size if kind == "f" else 0
-        records.append([rel, kind, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, st.st_mtime_ns, size, extra, st.st_rdev, xattrs])
+        self.records.append([rel, kind, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, st.st_mtime_ns, size, extra,
+                             st.st_rdev, xattrs])
 
-    record(os.fspath(workdir), "", os.lstat(workdir))
+    def deleted(self, rel: str) -> None:
+        self.records.append([rel, "w", 0, 0, 0, 0, 0, "", 0, []])
+
+    def finish(self, entry: Path) -> tuple[str, int, int]:
+        data = json.dumps(self.records, separators=(",", ":"), ensure_ascii=False).encode("utf-8", "surrogateescape")
+        (entry / "tree.json").write_bytes(data)
+        return hashlib.sha256(data).hexdigest(), len(self.records) - 1, self.new_bytes + len(data)
+
+
+def _snapshot(workdir: Path, entry: Path) -> tuple[str, int, int]:
+    """Record workdir in entry (tree.json + files/). Returns (sha256 of tree.json,
+    entries, bytes of tree.json and of files not already shared with another snapshot)."""
+    recorder = _Recorder(entry)
+    recorder.record(os.fspath(workdir), "", os.lstat(workdir))
     # Depth first, names sorted, on an explicit stack (no recursion limit on depth).
     for path, rel, st, _ in walk(os.fspath(workdir), prune=lambda rel, _st: rel in SCRATCH):
-        record(path, "/" + rel, st)
-    data = json.dumps(records, separators=(",", ":"), ensure_ascii=False).encode("utf-8", "surrogateescape")
-    (entry / "tree.json").write_bytes(data)
-    return hashlib.sha256(data).hexdigest(), len(records) - 1, new_bytes
+        recorder.record(path, "/" + rel, st)
+    return recorder.finish(entry)
 
 
-def _materialize(entry: Path, workdir: Path, meta: dict) -> None:
-    """Rebuild the work dir recorded in entry at workdir (which must not exist).
-    Raises Damaged when tree.json or a linked file is not what meta recorded."""
+def _snapshot_layer(workdir: Path, entry: Path, layer) -> tuple[str, int, int]:
+    """Record what `layer` says the step changed in workdir's rootfs: "w" rows for what
+    it deleted (first), then the changed entries' current state, parents first. The
+    first row is the work dir itself, as in a full snapshot."""
+    recorder = _Recorder(entry)
+    recorder.record(os.fspath(workdir), "", os.lstat(workdir))
+    deleted, changed = layer.ordered()
+    for rel in deleted:
+        recorder.deleted("/rootfs" + rel)
+    for rel in changed:
+        path = os.fspath(workdir / "rootfs") + rel
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:  # made and removed again within the step
+            continue
+        recorder.record(path, "/rootfs" + rel, st, new=True)
+    return recorder.finish(entry)
+
+
+def _materialize(entry: Path, workdir: Path, meta: dict, *, layer: bool = False) -> None:
+    """Rebuild the work dir recorded in entry at workdir (which must not exist), or,
+    for a `layer`, apply it to the work dir its parent chain rebuilt there. Raises
+    Damaged when tree.json or a linked file is not what meta recorded."""
     data = (entry / "tree.json").read_bytes()
     if hashlib.sha256(data).hexdigest() != meta["listing"]:
         raise Damaged(meta["key"])
@@ -324,15 +387,54 @@ def _materialize(entry: Path, workdir: Path, meta: dict) -> None:
     if len(records) - 1 != meta["files"]:
         raise Damaged(meta["key"])
     directories = []
+    kept_times: dict[str, int] = {}  # dirs a layer changes below without a row of their own keep their mtime
+    rows = {rec[0] for rec in records if rec[1] == "d"}
+    made: set[str] = set()  # rows' dirs as made or found here: real directories, never symlinks
+    real_top = os.path.realpath(workdir)
+
+    def inside(rel: str) -> bool:
+        """A row names a path below the work dir whose parent is a real directory (an
+        imported entry must not write or delete through a symlink, or outside)."""
+        if rel and (not rel.startswith("/") or any(part in ("", ".", "..") for part in rel[1:].split("/"))):
+            return False
+        parent = rel.rsplit("/", 1)[0]
+        if not rel or parent in made:
+            return True
+        return layer and os.path.realpath(os.fspath(workdir) + parent) == real_top + parent \
+            and os.path.isdir(os.fspath(workdir) + parent)
+
+    def touching(target: str, rel: str) -> None:
+        parent = rel.rsplit("/", 1)[0]
+        if layer and parent not in rows and parent not in kept_times:
+            kept_times[parent] = os.lstat(os.fspath(workdir) + parent).st_mtime_ns
+
     for rel, kind, mode, uid, gid, mtime_ns, size, extra, rdev, xattrs in records:
+        if not inside(rel):
+            if kind == "w" and rel.startswith("/") and ".." not in rel.split("/") \
+                    and not os.path.lexists(os.fspath(workdir) + rel.rsplit("/", 1)[0]):
+                continue  # below a dir an earlier row deleted
+            raise Damaged(meta["key"])
         target = os.fspath(workdir) + rel
         owner_mode_time = (uid, gid, mode, mtime_ns)
+        have = _lstat(target) if layer else None
+        if kind == "w" or (have is not None and not (kind == "d" and stat.S_ISDIR(have.st_mode))):
+            if have is not None:
+                touching(target, rel)
+                remove_tree(target) if stat.S_ISDIR(have.st_mode) else os.unlink(target)
+                have = None
+            if kind == "w":
+                continue
         if kind == "d":
-            os.mkdir(target)
+            if have is None:
+                touching(target, rel)
+                os.mkdir(target)
             for name, value in xattrs:
                 os.setxattr(target, name, bytes.fromhex(value), follow_symlinks=False)
             directories.append((target, owner_mode_time))
-        elif kind == "f":
+            made.add(rel)
+            continue
+        touching(target, rel)
+        if kind == "f":
             source = entry / "files" / str(extra)
             got = os.lstat(source)
             if (got.st_size, stat.S_IMODE(got.st_mode), got.st_uid, got.st_gid, got.st_mtime_ns) != (size, mode, uid, gid, mtime_ns):
@@ -347,6 +449,15 @@ def _materialize(entry: Path, workdir: Path, meta: dict) -> None:
             _set_meta(target, *owner_mode_time)
     for target, owner_mode_time in reversed(directories):  # children first: creating them moved the mtimes
         _set_meta(target, *owner_mode_time)
+    for rel, mtime_ns in kept_times.items():
+        os.utime(os.fspath(workdir) + rel, ns=(mtime_ns, mtime_ns), follow_symlinks=False)
+
+
+def _lstat(path: str) -> os.stat_result | None:
+    try:
+        return os.lstat(path)
+    except FileNotFoundError:
+        return None
 
 
 _TYPE = {kind: fmt for fmt, kind in _KINDS.items()}

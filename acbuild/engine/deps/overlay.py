@@ -43,7 +43,9 @@ from acbuild.userns import overlay_userxattr
 
 NO_OVERLAY_ENV = "ACBUILD_NO_OVERLAY"
 _OPAQUE = ("trusted.overlay.opaque", "user.overlay.opaque")
+_WHITEOUT = ("trusted.overlay.whiteout", "user.overlay.whiteout")  # a file as whiteout (kernel 6.7 xwhiteout)
 _notice_printed = False
+_overlay_by_fs: dict[int, bool] = {}  # st_dev of a work dir -> whether overlayfs mounts there
 
 
 def _state_path(session) -> Path:
@@ -89,7 +91,7 @@ def prepare(session, pos: SourcePos | None) -> tuple[Path, ...]:
         return ()
     lower.mkdir()
     render_into(session.manifest.dependencies, lower, session.options, pos)
-    mode = "overlay" if _overlay_works(session) else "copy"
+    mode = "overlay" if overlay_works(session.workdir) else "copy"
     if mode == "copy":
         _notice(session.options.reporter)
         merge_below(lower, session.rootfs)
@@ -111,13 +113,22 @@ def _notice(reporter) -> None:
         _notice_printed = True
 
 
-def _overlay_works(session) -> bool:
+def overlay_works(workdir: Path) -> bool:
+    """Can an overlay with its upper dir on `workdir`'s filesystem be mounted (in a
+    throw-away namespace, as RUN mounts it)? Probed once per filesystem and process."""
     if os.environ.get(NO_OVERLAY_ENV, "") not in ("", "0"):
         return False
+    dev = os.stat(workdir).st_dev
+    if dev not in _overlay_by_fs:
+        _overlay_by_fs[dev] = _probe_in(workdir)
+    return _overlay_by_fs[dev]
+
+
+def _probe_in(workdir: Path) -> bool:
     from acbuild.files import remove_tree
     from acbuild.engine.execute.sandbox import release_overlay_work
 
-    probe = session.workdir / "ovl-probe"
+    probe = workdir / "ovl-probe"
     try:
         for d in ("lower", "upper", "work"):
             (probe / d).mkdir(parents=True, exist_ok=True)
@@ -258,14 +269,23 @@ def _is_whiteout(st: os.stat_result) -> bool:
     return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
 
 
-def _is_opaque(path: Path) -> bool:
-    for name in _OPAQUE:
-        try:
-            if os.getxattr(path, name, follow_symlinks=False) == b"y":
-                return True
-        except OSError:
-            pass
-    return False
+def is_whiteout(path: str | Path, st: os.stat_result) -> bool:
+    """An overlayfs whiteout: a char device 0:0, or an empty file marked by xattr."""
+    if _is_whiteout(st):
+        return True
+    return stat.S_ISREG(st.st_mode) and st.st_size == 0 and any(_has_xattr(path, name) for name in _WHITEOUT)
+
+
+def _has_xattr(path: str | Path, name: str, value: bytes | None = None) -> bool:
+    try:
+        got = os.getxattr(path, name, follow_symlinks=False)
+    except OSError:
+        return False
+    return value is None or got == value
+
+
+def is_opaque(path: str | Path) -> bool:
+    return any(_has_xattr(path, name, b"y") for name in _OPAQUE)
 
 
 def _listing(top: Path) -> dict[str, os.stat_result]:
@@ -301,7 +321,7 @@ def merged_view(upper: Path, lower: Path | None) -> dict[str, bool]:
                 view[path] = is_dir
                 if is_dir:
                     below = low / name if low is not None and name in low_names and (low / name).is_dir() \
-                        and not (low / name).is_symlink() and not _is_opaque(up / name) else None
+                        and not (low / name).is_symlink() and not is_opaque(up / name) else None
                     walk(path, up / name, below)
             else:
                 is_dir = (low / name).is_dir() and not (low / name).is_symlink()

@@ -22,6 +22,7 @@ import tempfile
 from pathlib import Path
 
 from acbuild import plan as p
+from acbuild.engine.execute.layer import discard_upper, fold, new_upper
 from acbuild.engine.execute.paths import resolve_in_root
 from acbuild.errors import BuildError
 
@@ -55,6 +56,7 @@ def _run(session, i: p.Run, binds: list) -> None:
     env["SOURCE_DATE_EPOCH"] = str(session.options.source_date_epoch)
     network = i.network or session.options.network
     lower = prepare(session, i.pos)  # DEPENDENCY: their files below the rootfs (engine.layers)
+    upper = _snapshot_upper(session)
     spec = SandboxSpec(
         rootfs=session.rootfs,
         argv=tuple(i.argv),
@@ -66,16 +68,53 @@ def _run(session, i: p.Run, binds: list) -> None:
         network=network,
         binds=tuple(binds),
         lower_layers=lower,
-        overlay_work=overlay_work(session) if lower else None,
-        scratch=None if lower else overlay_work(session),  # kept for the session's next RUN
+        overlay_work=overlay_work(session) if lower or upper else None,
+        scratch=None if lower or upper else overlay_work(session),  # kept for the session's next RUN
+        upper=upper,
         tmpfs_size=session.options.tmpfs_size,
     )
     try:
         status = run_sandboxed(spec, debug=session.options.debug)
-    except BuildError as err:
-        raise BuildError(err.message, i.pos) from err
+    except BaseException as err:  # Ctrl-C included: no half-made layer stays
+        if upper is not None:
+            discard_upper(upper)
+        if isinstance(err, BuildError):
+            raise BuildError(err.message, i.pos) from err
+        raise
+    if upper is not None:  # a failed command's changes stay too, as when it wrote in place
+        layer = fold(upper, session.rootfs, keep_markers=bool(lower), also_changed=_mount_parents(spec))
+        # With DEPENDENCY the step may also have rendered deps/ beside the rootfs: no layer then.
+        session.last_layer = None if lower else layer
     if status != 0:
         raise BuildError(f"RUN exited with status {status}", i.pos)
+
+
+def _snapshot_upper(session) -> Path | None:
+    """The upper dir the RUN writes into (engine.execute.layer), or None where overlayfs
+    cannot be mounted: the command then writes into the rootfs, whose files must first
+    stop being shared with the step cache."""
+    from acbuild.engine.deps.overlay import overlay_works
+
+    if overlay_works(session.workdir):
+        return new_upper(session.rootfs)
+    if session.shares_inodes:
+        from acbuild.engine.cache.stepcache import unshare_files
+
+        unshare_files(session.rootfs)
+        session.shares_inodes = False
+    return None
+
+
+def _mount_parents(spec) -> tuple[str, ...]:
+    """The rootfs dirs on the way to the step's bind targets (resolved in the rootfs): the
+    sandbox may have made (and removed) mount points in them, which moved their mtimes."""
+    targets = [b.target for b in spec.binds] + (["/etc/resolv.conf", "/etc/hosts"] if spec.network == "host" else [])
+    parents = set()
+    for target in targets:
+        resolved = os.path.relpath(resolve_in_root(spec.rootfs, target), spec.rootfs)
+        parts = [] if resolved == "." else resolved.split("/")[:-1]
+        parents.update("/" + "/".join(parts[:n]) for n in range(1, len(parts) + 1))
+    return tuple(sorted(parents))
 
 
 def _bind(session, mount: p.RunMount, i: p.Run, bind_type, private: Path):

@@ -138,6 +138,10 @@ class SandboxSpec:
     # rootfs, the upper dir. overlay_work: an empty dir on the rootfs's filesystem.
     lower_layers: tuple[Path, ...] = ()
     overlay_work: Path | None = None
+    # A separate upper dir (engine.execute.layer: RUN steps as snapshots, launch): the rootfs
+    # itself becomes the top lower layer, read-only, and the command's changes (whiteouts
+    # included) land in `upper`, an empty dir on the rootfs's filesystem; needs overlay_work.
+    upper: Path | None = None
     # Without lower layers, "/" is still an overlay (mountinfo then names no host path), over
     # an empty lower dir; `scratch`: a dir of the caller's on the rootfs's filesystem where
     # those dirs stay between runs (None: made beside the rootfs and removed after the run).
@@ -239,6 +243,7 @@ class MountOverlay:
     work: Path
     userxattr: bool
     flags: int = MS_NODEV
+    target: Path | None = None  # the mount point; None: the upper dir itself
 
     def options(self, dirs: list[str] | None = None, volatile: bool = True) -> str:
         """`dirs`: how to name lower..., upper, work (default: their paths)."""
@@ -248,7 +253,7 @@ class MountOverlay:
         return opts + (",volatile" if volatile else "")
 
     def describe(self) -> str:
-        return f"mount overlay on {self.upper} ({self.options()})"
+        return f"mount overlay on {self.target or self.upper} ({self.options()})"
 
     def execute(self) -> None:
         # Named by /proc/self/fd/N, which is what mountinfo then shows: no host path.
@@ -256,11 +261,11 @@ class MountOverlay:
         names = [f"/proc/self/fd/{fd}" for fd in fds]
         try:
             try:
-                mount("overlay", self.upper, "overlay", self.flags, self.options(names))
+                mount("overlay", self.target or self.upper, "overlay", self.flags, self.options(names))
             except OSError as e:  # a kernel before 5.10 has no volatile
                 if e.errno != errno.EINVAL:
                     raise
-                mount("overlay", self.upper, "overlay", self.flags, self.options(names, volatile=False))
+                mount("overlay", self.target or self.upper, "overlay", self.flags, self.options(names, volatile=False))
         finally:
             for fd in fds:
                 os.close(fd)
@@ -498,6 +503,13 @@ def root_step(spec: SandboxSpec, root: Path, rootless: bool, scratch: Path | Non
     """The overlay that becomes "/": the spec's lower layers (DEPENDENCY) below the rootfs,
     or an empty dir from `scratch`; nodev, and nosuid unless setuid is allowed."""
     flags = MS_NODEV | (0 if spec.allow_setuid else MS_NOSUID)
+    if spec.upper is not None:  # never a bind: the rootfs must not be written
+        if spec.overlay_work is None:
+            raise BuildError("RUN: a separate upper dir needs an overlay work dir")
+        lower = (root, *(Path(p).resolve() for p in spec.lower_layers))
+        overlay = MountOverlay(lower, Path(spec.upper).resolve(), Path(spec.overlay_work).resolve(), overlay_userxattr(),
+                               flags, root)
+        return MountRoot(root, flags, overlay, may_bind=False)
     if spec.lower_layers:
         if spec.overlay_work is None:
             raise BuildError("RUN: lower layers need an overlay work dir")
@@ -751,7 +763,7 @@ def run_sandboxed(spec: SandboxSpec, *, stdin: Stream = None, stdout: Stream = N
     layers = [r for r in (root, *map(Path, spec.lower_layers)) if os.path.lexists(r / "etc/passwd")]
     ids = _resolve_ids(spec, layers[0] if layers else root, rootless)
     hardening.prepare()  # the filter compiled here, once: the child only loads it
-    made_scratch = not spec.lower_layers and spec.scratch is None
+    made_scratch = not spec.lower_layers and spec.scratch is None and spec.upper is None
     scratch = make_scratch(root) if made_scratch else spec.scratch and ensure_scratch(Path(spec.scratch))
     try:
         try:
