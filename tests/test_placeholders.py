@@ -49,3 +49,20 @@ def test_a_mark_only_counts_on_an_empty_regular_file(tmp_path):
     mark(rootfs / "written-into", "c 1 3")
     (rootfs / "written-into").write_bytes(b"data")  # the RUN wrote into it: a file now
     assert written(tmp_path, rootfs)["rootfs/written-into"].isreg()
+
+
+def test_the_step_cache_records_a_placeholder_as_its_device(tmp_path):
+    """So that an entry shared through a registry (files as blobs, no xattrs) still
+    holds the device (engine.cache.share packs tree.json and files/)."""
+    import json
+
+    from acbuild.engine.cache.stepcache import _snapshot
+
+    work, entry = tmp_path / "work", tmp_path / "entry"
+    work.mkdir()
+    entry.mkdir()
+    mark(work / "null", "c 1 3")
+    _snapshot(work, entry)
+    rows = {row[0]: row for row in json.loads((entry / "tree.json").read_text())}
+    assert rows["/null"][1] == "c" and rows["/null"][8] == os.makedev(1, 3)
+    assert not (entry / "files").exists()  # no empty file stands in for it

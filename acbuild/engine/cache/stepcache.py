@@ -298,7 +298,8 @@ class StepCache:
 
 # -- snapshots ---------------------------------------------------------------------
 # A tree.json record: [path, type, mode, uid, gid, mtime_ns, size, extra, rdev, xattrs]
-# with type one of d (directory), f (regular file), l (symlink), c/b/p (devices, fifo);
+# with type one of d (directory), f (regular file), l (symlink), c/b/p (devices, fifo;
+# a device's placeholder, acbuild.placeholders, is recorded as the device);
 # extra is the file number under files/ (f) or the link target (l); xattrs (directories
 # only: overlayfs opaque markers) is a list of [name, hex value]. Parents come first.
 
@@ -320,6 +321,10 @@ class _Recorder:
         if kind is None:
             return  # sockets are never part of an image
         extra: int | str = ""
+        rdev = st.st_rdev
+        device = placeholders.device_of(path, st) if kind == "f" else None
+        if device is not None:  # recorded as the device: a blob in a registry carries no xattrs
+            kind, rdev = _KINDS[stat.S_IFMT(device[0])], device[1]
         if kind == "f":
             inode = (st.st_dev, st.st_ino)
             if inode not in self.numbers:
@@ -335,7 +340,7 @@ class _Recorder:
         xattrs = _xattrs(path) if kind == "d" else []
         size = st.st_size if kind == "f" else 0
         self.records.append([rel, kind, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, st.st_mtime_ns, size, extra,
-                             st.st_rdev, xattrs])
+                             rdev, xattrs])
 
     def deleted(self, rel: str) -> None:
         self.records.append([rel, "w", 0, 0, 0, 0, 0, "", 0, []])
