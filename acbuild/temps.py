@@ -119,8 +119,34 @@ def temp_dir(prefix: str) -> Iterator[Path]:
     try:
         yield path
     finally:
-        remove_tree(path)
+        remove_locked_dir(path, lock)
+
+
+def remove_locked_dir(path: Path, lock: int) -> None:
+    """Remove a locked_temp_dir and close its lock: the lock file goes last, so a run
+    killed while removing (a rootfs takes a while) leaves a dir the next run knows is
+    dead, never one without a lock."""
+    try:
+        with os.scandir(path) as it:
+            entries = [e.path for e in it if e.name != LOCK]
+        for entry in entries:
+            remove_tree(Path(entry))
+        os.unlink(path / LOCK)
+        os.rmdir(path)
+    except FileNotFoundError:
+        pass
+    finally:
         os.close(lock)
+
+
+def _open_lock(path: str) -> int:
+    """The dir's lock file, or the one its maker had not yet renamed (killed between)."""
+    for name in (LOCK, LOCK + ".new"):
+        try:
+            return os.open(os.path.join(path, name), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            continue
+    raise FileNotFoundError(path)
 
 
 def remove_stale_dirs(prefix: str) -> list[Path]:
@@ -136,7 +162,7 @@ def remove_stale_dirs(prefix: str) -> list[Path]:
         try:
             if not entry.is_dir(follow_symlinks=False) or entry.stat(follow_symlinks=False).st_uid != os.geteuid():
                 continue
-            fd = os.open(os.path.join(entry.path, LOCK), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            fd = _open_lock(entry.path)
         except OSError:
             continue
         try:

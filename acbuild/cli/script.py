@@ -25,7 +25,7 @@ from pathlib import Path
 
 from acbuild.cli.session import refuse_modify, verb_parser
 from acbuild.errors import AcbuildError, NotFoundError, SourcePos, UsageError
-from acbuild.temps import locked_temp_dir
+from acbuild.temps import locked_temp_dir, remove_locked_dir
 
 MAX_NESTING = 8
 
@@ -61,7 +61,6 @@ def logical_lines(text: str, path: str = "") -> list[tuple[int, str]]:
 
 def run_script(args) -> int:
     from acbuild.cli import build_parser
-    from acbuild.files import remove_tree
 
     refuse_modify(args, "script")
     from acbuild import limits
@@ -91,8 +90,7 @@ def run_script(args) -> int:
                 raise
     finally:
         if not nested:
-            remove_tree(work)
-            os.close(lock)
+            remove_locked_dir(work, lock)
     return 0
 
 

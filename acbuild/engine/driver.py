@@ -25,8 +25,7 @@ from acbuild.engine.progress import Progress
 from acbuild.engine.session import BuildOptions, Session, base_path
 from acbuild.aci.writer import check_output_path
 from acbuild.errors import ImageError, UsageError
-from acbuild.files import remove_tree
-from acbuild.temps import locked_temp_dir, remove_stale_dirs
+from acbuild.temps import locked_temp_dir, remove_locked_dir, remove_stale_dirs
 
 # Steps that change the work dir's files; the others change only the manifest.
 _TREE_STEPS = (p.From, p.Copy, p.Run, p.WorkDir)
@@ -151,8 +150,7 @@ class _Build:
                 os.umask(caller_umask)
             return self.write_image(final)
         finally:
-            remove_tree(self.work_root)
-            os.close(lock)
+            remove_locked_dir(self.work_root, lock)
 
     # -- the step cache in a registry (--cache-from, --cache-to) -------------------------
 

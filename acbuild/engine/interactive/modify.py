@@ -16,7 +16,7 @@ from pathlib import Path
 
 from acbuild import plan as p
 from acbuild.errors import NotFoundError
-from acbuild.temps import locked_temp_dir
+from acbuild.temps import locked_temp_dir, remove_locked_dir
 
 ROOTFS_INSTRUCTIONS = (p.Copy, p.Run, p.WorkDir)
 
@@ -26,7 +26,6 @@ def modify_image(image: Path, steps: list[tuple[p.Instruction, Path | None]], op
     from acbuild.aci.archive import detect_file_compression, extract_rootfs, read_aci
     from acbuild.aci.manifest import ImageManifest
     from acbuild.aci.writer import rewrite_aci
-    from acbuild.files import remove_tree
     from acbuild.engine.session import Session
     from acbuild.trust.sign import replace_together, signature_path
 
@@ -56,5 +55,4 @@ def modify_image(image: Path, steps: list[tuple[p.Instruction, Path | None]], op
             rewrite_aci(image, image, session.manifest.to_json(), install=install)
         return had_signature
     finally:
-        remove_tree(work)
-        os.close(lock)
+        remove_locked_dir(work, lock)
