@@ -115,7 +115,7 @@ def _overlay_works(session) -> bool:
     if os.environ.get(NO_OVERLAY_ENV, "") not in ("", "0"):
         return False
     from acbuild.files import remove_tree
-    from acbuild.engine.execute.sandbox import release_overlay_work
+    from acbuild.engine.execute.mount_plan import release_overlay_work
 
     probe = session.workdir / "ovl-probe"
     try:
@@ -133,7 +133,8 @@ def _overlay_works(session) -> bool:
 def probe_overlay(lower: Path, upper: Path, work: Path) -> int:
     """Try the overlay mount RUN would make, in a throw-away mount (and, rootless, user)
     namespace; return 0 when it works, else the errno (EPERM, ENODEV, EINVAL...)."""
-    from acbuild.engine.execute.sandbox import CLONE_NEWNS, CLONE_NEWUSER, MakePrivate, MountOverlay, unshare
+    from acbuild.engine.execute.mount_ops import MakePrivate, MountOverlay
+    from acbuild.engine.execute.syscalls import CLONE_NEWNS, CLONE_NEWUSER, unshare
 
     rootless = os.geteuid() != 0
     step = MountOverlay((lower,), upper, work, rootless or not in_initial_namespace())
