@@ -31,7 +31,7 @@ LAYERS = [
     ("cli", ["acbuild.cli", "acbuild.__main__"]),
 ]
 HEAVY = {"lark", "yaml", "gnupg", "pyroute2"}
-SANDBOX_CHILD = ("engine/execute/sandbox.py", "engine/execute/sandbox_spec.py", "engine/execute/sandbox_process.py",
+SANDBOX_CHILD = ("engine/execute/sandbox.py", "engine/execute/seccomp_profile.py", "engine/execute/sandbox_spec.py", "engine/execute/sandbox_process.py",
                  "engine/execute/mount_plan.py", "engine/execute/mount_ops.py", "engine/execute/syscalls.py",
                  "engine/execute/hardening.py", "engine/execute/users.py", "engine/execute/paths.py")
 

@@ -89,7 +89,7 @@ def _exec_command(spec: SandboxSpec, ids: tuple[int, int, tuple[int, ...]] | Non
         hardening.close_inherited({0, 1, 2, errfd})
         hardening.drop_capabilities()
         root_user = ids is None or ids[0] == 0
-        hardening.lock_down(hardening.syscall_filter(), no_new_privileges=root_user or not spec.allow_setuid)
+        hardening.lock_down(no_new_privileges=root_user or not spec.allow_setuid)
         if ids is not None:  # root: really switch; rootless: only 0 is mapped, nothing to do
             uid, gid, groups = ids
             what = f"set user {uid}:{gid}"
