@@ -153,6 +153,7 @@ class MountRoot:
     flags: int
     overlay: MountOverlay | None
     may_bind: bool
+    bind_mount_points: tuple[Path, ...] = ()  # mount points the overlay's lower dir provides
 
     def describe(self) -> str:
         if self.overlay is None:
@@ -166,6 +167,8 @@ class MountRoot:
         except OSError:
             if not self.may_bind:
                 raise
+        for point in self.bind_mount_points:  # the parent removes them after the run
+            ensure_mount_point(point, "dir")
         mount(self.root, self.root, None, MS_BIND | MS_REC)
         _remount(self.root, self.flags)
 
