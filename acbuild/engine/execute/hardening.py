@@ -13,17 +13,22 @@ The yardsticks are runc's default spec (`runc spec`) and Docker's default profil
 - descriptors: nothing above 2 reaches the command;
 - no_new_privs when the command needs no setuid (see `SandboxSpec.no_new_privileges`).
 
-The seccomp filter is compiled to BPF once in the parent with libseccomp's own Python binding
+The seccomp filter is compiled to BPF in the parent, with libseccomp's own Python binding
 (Debian: python3-seccomp; it is maintained with libseccomp, and a hand-written BPF program
-would have to track syscall numbers per architecture). The child only loads it. The rest
+would have to track syscall numbers per architecture), and kept in the cache dir. The
+child only loads it. The rest
 is stdlib + ctypes: this module runs in the freshly forked child and must stay light.
 """
 
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import os
+from pathlib import Path
 
+from acbuild.atomic import write_atomic
+from acbuild.dirs import cache_root, private_dir
 from acbuild.engine.execute import seccomp_profile
 from acbuild.errors import BuildError
 
@@ -70,23 +75,55 @@ class _SockFprog(ctypes.Structure):
 
 
 def prepare() -> None:
-    """What the child needs ready-made (it only applies it): the filter compiled to BPF and
-    the kernel's highest capability number. Once per process; BuildError if unavailable.
-    The BPF program is exported here because libseccomp's load() generates it anew on each
-    call: 20 ms for this profile, in every RUN."""
+    """What the child needs ready-made (it only applies it): the filter as a BPF program
+    and the kernel's highest capability number. Once per process; BuildError if unavailable.
+    libseccomp's load() generates the program anew on each call (20 ms for this profile,
+    in every RUN), and building and exporting it costs 12-40 ms, which every interactive
+    `acbuild run` would pay: so the program is kept in the cache dir (private, 0700),
+    under a key of everything that decides it, and only rebuilt when that changes."""
     global _last_cap, _program
     if _program is None:
-        _program = _bpf_program(syscall_filter())
+        _program = _as_fprog(_cached_program())
     if _last_cap is None:
         with open("/proc/sys/kernel/cap_last_cap") as f:
             _last_cap = int(f.read())
 
 
-def _bpf_program(filter_) -> tuple[ctypes.Array, _SockFprog]:
+def _cached_program() -> bytes:
+    path = cache_root() / "seccomp" / f"{_program_key()}.bpf"
+    try:
+        raw = path.read_bytes()
+        if raw and len(raw) % 8 == 0:  # whole sock_filter instructions, or rebuild it
+            return raw
+    except OSError:
+        pass
+    raw = _export(syscall_filter())
+    try:
+        private_dir(private_dir(cache_root()) / "seccomp")
+        write_atomic(path, raw, 0o600)
+    except OSError:  # no writable cache is no reason to fail a RUN
+        pass
+    return raw
+
+
+def _program_key() -> str:
+    """The profile (its module's text), the capabilities kept, the architecture and the
+    libseccomp binding (path, size, mtime: Debian ships it with libseccomp itself)."""
+    binding = _binding_path()
+    st = os.stat(binding)
+    h = hashlib.sha256(Path(seccomp_profile.__file__).read_bytes())
+    h.update(repr((sorted(KEPT_CAPABILITIES), os.uname().machine, binding, st.st_size, st.st_mtime_ns)).encode())
+    return h.hexdigest()[:32]
+
+
+def _export(filter_) -> bytes:
     with open(os.memfd_create("acbuild-seccomp", os.MFD_CLOEXEC), "w+b") as f:
         filter_.export_bpf(f)
         f.seek(0)
-        raw = f.read()
+        return f.read()
+
+
+def _as_fprog(raw: bytes) -> tuple[ctypes.Array, _SockFprog]:
     buf = ctypes.create_string_buffer(raw, len(raw))
     return buf, _SockFprog(len(raw) // 8, ctypes.cast(buf, ctypes.c_void_p))  # 8 bytes a sock_filter
 
@@ -101,25 +138,32 @@ def syscall_filter():
 
 
 def _seccomp_binding():
-    """libseccomp's binding; a venv made from Debian's python3 does not see the system
-    dist-packages, so look for Debian's build of it there (same interpreter, same ABI)."""
-    try:
-        import seccomp
-        return seccomp
-    except ImportError:
-        pass
-    import importlib.machinery
+    """libseccomp's binding, imported from `_binding_path()`."""
     import importlib.util
     import sys
 
+    if "seccomp" in sys.modules:
+        return sys.modules["seccomp"]
+    spec = importlib.util.spec_from_file_location("seccomp", _binding_path())
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    sys.modules["seccomp"] = module
+    return module
+
+
+def _binding_path() -> str:
+    """Where libseccomp's binding is: importable, or (a venv made from Debian's python3 does
+    not see the system dist-packages) Debian's build of it there (same interpreter, same ABI)."""
+    import importlib.machinery
+    import importlib.util
+
+    spec = importlib.util.find_spec("seccomp")
+    if spec is not None and spec.origin:
+        return spec.origin
     for suffix in importlib.machinery.EXTENSION_SUFFIXES:
         path = f"/usr/lib/python3/dist-packages/seccomp{suffix}"
         if os.path.exists(path):
-            spec = importlib.util.spec_from_file_location("seccomp", path)
-            module = importlib.util.module_from_spec(spec)
-            spec.loader.exec_module(module)
-            sys.modules["seccomp"] = module
-            return module
+            return path
     raise BuildError("the sandbox needs libseccomp's Python binding for its syscall filter "
                      "(Debian: apt-get install python3-seccomp)")
 
