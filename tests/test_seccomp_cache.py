@@ -44,3 +44,12 @@ def test_a_damaged_cached_program_is_rebuilt(tmp_path):
     again = prepare_in_a_fresh_process(tmp_path)
     assert again["binding_imported"] and again["program"] == first["program"]
     assert cached.stat().st_size == first["len"] * 8
+
+
+def test_a_cached_program_others_could_have_written_is_not_trusted(tmp_path):
+    first = prepare_in_a_fresh_process(tmp_path)
+    (cached,) = (tmp_path / "seccomp").glob("*.bpf")
+    cached.chmod(0o666)
+    again = prepare_in_a_fresh_process(tmp_path)
+    assert again["binding_imported"] and again["program"] == first["program"]
+    assert cached.stat().st_mode & 0o777 == 0o600  # replaced by a fresh one

@@ -92,8 +92,11 @@ def prepare() -> None:
 def _cached_program() -> bytes:
     path = cache_root() / "seccomp" / f"{_program_key()}.bpf"
     try:
-        raw = path.read_bytes()
-        if raw and len(raw) % 8 == 0:  # whole sock_filter instructions, or rebuild it
+        with open(path, "rb") as f:
+            st = os.fstat(f.fileno())
+            raw = f.read()
+        # ours alone (nobody else may have written the filter), whole sock_filter instructions
+        if st.st_uid == os.geteuid() and not st.st_mode & 0o022 and raw and len(raw) % 8 == 0:
             return raw
     except OSError:
         pass
