@@ -31,8 +31,9 @@ LAYERS = [
     ("cli", ["acbuild.cli", "acbuild.__main__"]),
 ]
 HEAVY = {"lark", "yaml", "gnupg", "pyroute2"}
-SANDBOX_CHILD = ("engine/execute/sandbox.py", "engine/execute/hardening.py", "engine/execute/users.py",
-                 "engine/execute/paths.py")
+SANDBOX_CHILD = ("engine/execute/sandbox.py", "engine/execute/seccomp_profile.py", "engine/execute/sandbox_spec.py", "engine/execute/sandbox_process.py",
+                 "engine/execute/mount_plan.py", "engine/execute/mount_ops.py", "engine/execute/syscalls.py",
+                 "engine/execute/hardening.py", "engine/execute/users.py", "engine/execute/paths.py")
 
 
 def layer_of(module: str) -> int:

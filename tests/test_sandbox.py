@@ -203,10 +203,37 @@ def test_bind_mounts_visible_during_the_run_and_gone_after(rootfs, tmp_path):
     assert str(src) not in host_mountinfo()
 
 
+def test_missing_mount_points_come_from_the_overlays_lower_dir_not_the_rootfs(rootfs, tmp_path):
+    """A build's RUN steps share a scratch dir: /proc, /dev... missing from the image are
+    made once in the overlay's empty lower dir, so a RUN neither creates nor removes
+    anything in the rootfs (its top directory's mtime stays) and the next RUN reuses them."""
+    scratch = tmp_path / "scratch"
+    before, stamp = listing(rootfs), rootfs.stat().st_mtime_ns
+    for _ in range(2):
+        code, out = sh(rootfs, "cat /proc/1/comm; ls -d /dev/null /sys/kernel /tmp /run", tmp_path, scratch=scratch)
+        assert code == 0 and out.split() == ["acbuild-init", "/dev/null", "/run", "/sys/kernel", "/tmp"], out
+        assert listing(rootfs) == before and rootfs.stat().st_mtime_ns == stamp
+    assert sorted(os.listdir(scratch / "lower")) == ["dev", "proc", "run", "sys", "tmp"]
+
+
+def test_where_the_overlay_fails_the_bound_rootfs_gets_its_mount_points_for_the_run(rootfs, tmp_path):
+    """The scratch dir on another filesystem than the rootfs (tmpfs): overlayfs refuses
+    the work dir, "/" is the rootfs bound on itself, and the mount points the lower dir
+    would have provided are made in the rootfs for the run and removed after it."""
+    scratch = Path(tempfile.mkdtemp(dir="/dev/shm"))
+    try:
+        before = listing(rootfs)
+        code, out = sh(rootfs, "cat /proc/1/comm; ls -d /dev/null /tmp", tmp_path, scratch=scratch)
+        assert code == 0 and out.split() == ["acbuild-init", "/dev/null", "/tmp"], out
+        assert listing(rootfs) == before
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
 def test_debug_prints_each_step(rootfs, tmp_path, capfd):
     run_sandboxed(SandboxSpec(rootfs, ("true",), ()), debug=True)
     err = capfd.readouterr().err
-    for text in ("make all mounts private", "mount proc on", "pivot_root into", "bring lo up", "removed mount point"):
+    for text in ("make all mounts private", "mount proc on", "pivot_root into", "bring lo up", "create mount point"):
         assert f"sandbox: {text}" in err
 
 

@@ -255,8 +255,19 @@ def test_tmpfs_mounts_are_sized(world, mode):
 @pytest.mark.parametrize("mode", MODES)
 def test_syscalls_docker_forbids_are_refused(world, mode):
     assert_refused(world, mode, "keyctl", "add_key", "bpf", "kexec_load", "unshare-user", "unshare-mount",
-                   "clone-newuser", "mount-tmpfs", "umount-proc-mask", "perf_event_open", "name_to_handle_at",
-                   "reboot")
+                   "clone-newuser", "mount-tmpfs", "umount-proc-mask", "perf_event_open", "reboot")
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_syscall_outside_dockers_allow_list_fails_with_eperm(world, mode):
+    """Docker's profile is an allow-list with EPERM as its default: a syscall it does not
+    list (an unknown number, pidfd_getfd without CAP_SYS_PTRACE) or an argument it does
+    not allow (personality(ADDR_NO_RANDOMIZE), socket(AF_VSOCK)) fails with EPERM, while
+    what it lists works."""
+    for name in ("unlisted-syscall", "pidfd_getfd", "personality-no-randomize", "socket-vsock"):
+        assert world.line(mode, name) == f"{name}: refused (Operation not permitted)"
+    for name in ("personality-query", "socket-unix", "fork"):
+        assert world.line(mode, name) == f"{name}: works"
 
 
 @pytest.mark.parametrize("mode", MODES)

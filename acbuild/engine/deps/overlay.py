@@ -126,7 +126,7 @@ def overlay_works(workdir: Path) -> bool:
 
 def _probe_in(workdir: Path) -> bool:
     from acbuild.files import remove_tree
-    from acbuild.engine.execute.sandbox import release_overlay_work
+    from acbuild.engine.execute.mount_plan import release_overlay_work
 
     probe = workdir / "ovl-probe"
     try:
@@ -144,7 +144,8 @@ def _probe_in(workdir: Path) -> bool:
 def probe_overlay(lower: Path, upper: Path, work: Path) -> int:
     """Try the overlay mount RUN would make, in a throw-away mount (and, rootless, user)
     namespace; return 0 when it works, else the errno (EPERM, ENODEV, EINVAL...)."""
-    from acbuild.engine.execute.sandbox import CLONE_NEWNS, CLONE_NEWUSER, MakePrivate, MountOverlay, unshare
+    from acbuild.engine.execute.mount_ops import MakePrivate, MountOverlay
+    from acbuild.engine.execute.syscalls import CLONE_NEWNS, CLONE_NEWUSER, unshare
 
     rootless = os.geteuid() != 0
     step = MountOverlay((lower,), upper, work, overlay_userxattr())

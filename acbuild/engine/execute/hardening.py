@@ -5,27 +5,31 @@ The yardsticks are runc's default spec (`runc spec`) and Docker's default profil
 - capabilities: Docker's default bounding set less CAP_MKNOD (no RUN step or app makes a
   device node); inheritable and ambient sets emptied, so an exec as root ends with exactly
   `KEPT_CAPABILITIES`;
-- syscalls: a seccomp filter that refuses, with EPERM, what Docker's default profile refuses
-  a container without CAP_SYS_ADMIN (its documented list, plus the mount API, io_uring and
-  clone3, which returns ENOSYS so that libc falls back to clone, whose namespace flags the
-  filter can see). It is loaded last, after the sandbox's own mounts;
+- syscalls: Docker's default seccomp profile (seccomp_profile: an allow-list, EPERM for
+  everything else, clone without namespace flags, clone3 ENOSYS so that libc falls back to
+  clone). It is loaded last, after the sandbox's own mounts;
 - kernel paths: runc's masked paths (empty: /dev/null on files, a read-only empty tmpfs on
   directories) and read-only paths;
 - descriptors: nothing above 2 reaches the command;
 - no_new_privs when the command needs no setuid (see `SandboxSpec.no_new_privileges`).
 
-The seccomp filter is compiled once in the parent with libseccomp's own Python binding
+The seccomp filter is compiled to BPF in the parent, with libseccomp's own Python binding
 (Debian: python3-seccomp; it is maintained with libseccomp, and a hand-written BPF program
-would have to track syscall numbers per architecture). The child only loads it. The rest
+would have to track syscall numbers per architecture), and kept in the cache dir. The
+child only loads it. The rest
 is stdlib + ctypes: this module runs in the freshly forked child and must stay light.
 """
 
 from __future__ import annotations
 
 import ctypes
-import errno
+import hashlib
 import os
+from pathlib import Path
 
+from acbuild.atomic import write_atomic
+from acbuild.dirs import cache_root, private_dir
+from acbuild.engine.execute import seccomp_profile
 from acbuild.errors import BuildError
 
 # Docker's default capability set (moby oci/caps/defaults.go) without CAP_MKNOD.
@@ -35,24 +39,6 @@ KEPT_CAPABILITIES = {
     "CAP_SYS_CHROOT": 18, "CAP_AUDIT_WRITE": 29, "CAP_SETFCAP": 31,
 }
 
-# Refused with EPERM (Docker: "Significant syscalls blocked by the default profile", and the
-# ones its allow-list grants only with CAP_SYS_ADMIN, CAP_SYS_MODULE... which we drop).
-DENIED_SYSCALLS = (
-    "acct", "add_key", "bpf", "clock_adjtime", "clock_settime", "create_module", "delete_module",
-    "finit_module", "get_kernel_syms", "get_mempolicy", "init_module", "ioperm", "iopl", "kcmp",
-    "kexec_file_load", "kexec_load", "keyctl", "lookup_dcookie", "mbind", "mount", "move_pages",
-    "name_to_handle_at", "nfsservctl", "open_by_handle_at", "perf_event_open", "pivot_root",
-    "query_module", "quotactl", "quotactl_fd", "reboot", "request_key", "set_mempolicy", "setns",
-    "settimeofday", "stime", "swapon", "swapoff", "sysfs", "_sysctl", "umount", "umount2", "unshare",
-    "uselib", "userfaultfd", "ustat", "vm86", "vm86old",
-    # the new mount API: mount(2) by other means
-    "fsopen", "fsconfig", "fsmount", "fspick", "open_tree", "move_mount", "mount_setattr",
-    # io_uring: Docker dropped it from its default profile (moby 25)
-    "io_uring_setup", "io_uring_enter", "io_uring_register",
-)
-# clone(2) with any of these (new namespaces: mount, UTS, IPC, user, PID, net, cgroup).
-NAMESPACE_FLAGS = (0x00020000, 0x04000000, 0x08000000, 0x10000000, 0x20000000, 0x40000000, 0x02000000)
-
 from acbuild.limits import DEFAULT_TMPFS_SIZE  # noqa: E402,F401  (each of /tmp, /run and /dev/shm)
 
 # runc's default spec, verbatim.
@@ -61,7 +47,7 @@ MASKED_PATHS = ("/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/pro
 READ_ONLY_PATHS = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger")
 
 PR_CAPBSET_DROP, PR_SET_NO_NEW_PRIVS, PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL = 24, 38, 47, 4
-PR_SET_DUMPABLE = 4
+PR_SET_DUMPABLE, PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 4, 22, 2
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -80,55 +66,107 @@ def _prctl(option: int, arg2: int = 0, arg3: int = 0) -> None:
 # --- parent side -----------------------------------------------------------------------------
 
 _filter = None
+_program = None  # (the BPF bytes, the struct sock_fprog pointing at them) for PR_SET_SECCOMP
 _last_cap: int | None = None
 
 
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+
 def prepare() -> None:
-    """What the child needs ready-made (it only loads and applies): the compiled filter and
-    the kernel's highest capability number. Once per process; BuildError if unavailable."""
-    global _last_cap
-    syscall_filter()
+    """What the child needs ready-made (it only applies it): the filter as a BPF program
+    and the kernel's highest capability number. Once per process; BuildError if unavailable.
+    libseccomp's load() generates the program anew on each call (20 ms for this profile,
+    in every RUN), and building and exporting it costs 12-40 ms, which every interactive
+    `acbuild run` would pay: so the program is kept in the cache dir (private, 0700),
+    under a key of everything that decides it, and only rebuilt when that changes."""
+    global _last_cap, _program
+    if _program is None:
+        _program = _as_fprog(_cached_program())
     if _last_cap is None:
         with open("/proc/sys/kernel/cap_last_cap") as f:
             _last_cap = int(f.read())
 
 
+def _cached_program() -> bytes:
+    path = cache_root() / "seccomp" / f"{_program_key()}.bpf"
+    try:
+        with open(path, "rb") as f:
+            st = os.fstat(f.fileno())
+            raw = f.read()
+        # ours alone (nobody else may have written the filter), whole sock_filter instructions
+        if st.st_uid == os.geteuid() and not st.st_mode & 0o022 and raw and len(raw) % 8 == 0:
+            return raw
+    except OSError:
+        pass
+    raw = _export(syscall_filter())
+    try:
+        private_dir(private_dir(cache_root()) / "seccomp")
+        write_atomic(path, raw, 0o600)
+    except OSError:  # no writable cache is no reason to fail a RUN
+        pass
+    return raw
+
+
+def _program_key() -> str:
+    """The profile (its module's text), the capabilities kept, the architecture and the
+    libseccomp binding (path, size, mtime: Debian ships it with libseccomp itself)."""
+    binding = _binding_path()
+    st = os.stat(binding)
+    h = hashlib.sha256(Path(seccomp_profile.__file__).read_bytes())
+    h.update(repr((sorted(KEPT_CAPABILITIES), os.uname().machine, binding, st.st_size, st.st_mtime_ns)).encode())
+    return h.hexdigest()[:32]
+
+
+def _export(filter_) -> bytes:
+    with open(os.memfd_create("acbuild-seccomp", os.MFD_CLOEXEC), "w+b") as f:
+        filter_.export_bpf(f)
+        f.seek(0)
+        return f.read()
+
+
+def _as_fprog(raw: bytes) -> tuple[ctypes.Array, _SockFprog]:
+    buf = ctypes.create_string_buffer(raw, len(raw))
+    return buf, _SockFprog(len(raw) // 8, ctypes.cast(buf, ctypes.c_void_p))  # 8 bytes a sock_filter
+
+
 def syscall_filter():
-    """The compiled seccomp filter (a seccomp.SyscallFilter), built once per process."""
+    """The compiled seccomp filter (a seccomp.SyscallFilter): Docker's default profile for
+    a process keeping KEPT_CAPABILITIES (seccomp_profile), built once per process."""
     global _filter
     if _filter is None:
-        seccomp = _seccomp_binding()
-        f = seccomp.SyscallFilter(seccomp.ALLOW)
-        f.set_attr(seccomp.Attr.CTL_NNP, 0)  # no_new_privs is our decision (spec), not libseccomp's
-        for name in DENIED_SYSCALLS:
-            f.add_rule(seccomp.ERRNO(errno.EPERM), name)
-        for flag in NAMESPACE_FLAGS:  # x86_64, arm64 and most: flags are clone's first argument
-            f.add_rule(seccomp.ERRNO(errno.EPERM), "clone", seccomp.Arg(0, seccomp.MASKED_EQ, flag, flag))
-        f.add_rule(seccomp.ERRNO(errno.ENOSYS), "clone3")  # its flags sit in memory the filter cannot read
-        _filter = f
+        _filter = seccomp_profile.build_filter(_seccomp_binding(), os.uname().machine, KEPT_CAPABILITIES)
     return _filter
 
 
 def _seccomp_binding():
-    """libseccomp's binding; a venv made from Debian's python3 does not see the system
-    dist-packages, so look for Debian's build of it there (same interpreter, same ABI)."""
-    try:
-        import seccomp
-        return seccomp
-    except ImportError:
-        pass
-    import importlib.machinery
+    """libseccomp's binding, imported from `_binding_path()`."""
     import importlib.util
     import sys
 
+    if "seccomp" in sys.modules:
+        return sys.modules["seccomp"]
+    spec = importlib.util.spec_from_file_location("seccomp", _binding_path())
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    sys.modules["seccomp"] = module
+    return module
+
+
+def _binding_path() -> str:
+    """Where libseccomp's binding is: importable, or (a venv made from Debian's python3 does
+    not see the system dist-packages) Debian's build of it there (same interpreter, same ABI)."""
+    import importlib.machinery
+    import importlib.util
+
+    spec = importlib.util.find_spec("seccomp")
+    if spec is not None and spec.origin:
+        return spec.origin
     for suffix in importlib.machinery.EXTENSION_SUFFIXES:
         path = f"/usr/lib/python3/dist-packages/seccomp{suffix}"
         if os.path.exists(path):
-            spec = importlib.util.spec_from_file_location("seccomp", path)
-            module = importlib.util.module_from_spec(spec)
-            spec.loader.exec_module(module)
-            sys.modules["seccomp"] = module
-            return module
+            return path
     raise BuildError("the sandbox needs libseccomp's Python binding for its syscall filter "
                      "(Debian: apt-get install python3-seccomp)")
 
@@ -168,8 +206,12 @@ def drop_capabilities() -> None:
     _check(_libc.capset(header, data), "capset")
 
 
-def lock_down(filter_, no_new_privileges: bool) -> None:
-    """no_new_privs (if asked), then the syscall filter: from here on, the command's rules."""
+def lock_down(no_new_privileges: bool) -> None:
+    """no_new_privs (if asked), then the syscall filter: from here on, the command's rules.
+    Without no_new_privs the filter needs CAP_SYS_ADMIN, which the effective set (root, or
+    root of the rootless user namespace) still has until exec."""
+    assert _program is not None, "hardening.prepare() runs in the parent first"
     if no_new_privileges:
         _prctl(PR_SET_NO_NEW_PRIVS, 1)
-    filter_.load()
+    _check(_libc.prctl(ctypes.c_int(PR_SET_SECCOMP), ctypes.c_ulong(SECCOMP_MODE_FILTER),
+                       ctypes.byref(_program[1]), 0, 0), "seccomp")

@@ -2,7 +2,7 @@
  *   probe handle           print the file handle of "." (run on the host, by the test)
  *   probe open-handle HEX  open_by_handle_at(HEX) relative to "/" and list what it opens
  *   probe fds              list every open descriptor above 2
- *   probe syscalls         try syscalls Docker's default profile forbids
+ *   probe syscalls         try syscalls Docker's default profile forbids (and a few it allows)
  *   probe euid             print the effective uid (run as another user on a setuid copy)
  * Exit status 0 means the probe ran; the verdict is in what it prints. Static: runs in
  * an image holding nothing but busybox. */
@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mount.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -88,6 +89,19 @@ static int syscalls(void) {
     verdict("perf_event_open", syscall(SYS_perf_event_open, NULL, 0, -1, -1, 0) < 0 && errno == EFAULT ? 0 : -1);
     verdict("name_to_handle_at", syscall(SYS_name_to_handle_at, AT_FDCWD, "/", NULL, NULL, 0) < 0 && errno == EFAULT ? 0 : -1);
     verdict("reboot", syscall(SYS_reboot, 0, 0, 0, NULL) < 0 && errno == EINVAL ? 0 : -1);
+    /* Outside Docker's allow-list, though harmless-looking: the profile's default (EPERM). */
+    verdict("personality-no-randomize", syscall(SYS_personality, 0x0040000 /* ADDR_NO_RANDOMIZE */));
+    int self = (int)syscall(SYS_pidfd_open, getpid(), 0);
+    verdict("pidfd_getfd", self < 0 ? 0 : syscall(SYS_pidfd_getfd, self, 1, 0));
+    verdict("unlisted-syscall", syscall(1000) < 0 && errno == ENOSYS ? 0 : -1);
+    long vsock = syscall(SYS_socket, 40 /* AF_VSOCK */, SOCK_STREAM, 0);
+    verdict("socket-vsock", vsock >= 0 || errno != EPERM ? 0 : -1);  /* reached the kernel, or not */
+    /* Inside it: these must keep working. */
+    printf("personality-query: %s\n", syscall(SYS_personality, 0xffffffff) < 0 ? strerror(errno) : "works");
+    printf("socket-unix: %s\n", syscall(SYS_socket, AF_UNIX, SOCK_STREAM, 0) < 0 ? strerror(errno) : "works");
+    pid_t kid = fork();
+    if (kid == 0) _exit(0);
+    printf("fork: %s\n", kid < 0 ? strerror(errno) : (waitpid(kid, NULL, 0), "works"));
     return 0;
 }
 
