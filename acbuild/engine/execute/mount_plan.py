@@ -54,7 +54,10 @@ def plan_setup(spec: SandboxSpec, root: Path, rootless: bool, scratch: Path | No
     """`scratch`: an empty dir beside the rootfs, for the overlay's empty lower and work
     dirs when the spec has no lower layers."""
     root_mount = root_step(spec, root, rootless, scratch)
-    lower = scratch / "lower" if root_mount.overlay is not None and not spec.lower_layers else None
+    # missing mount points go in the overlay's own empty lower dir (none with a separate
+    # upper dir, whose lower is the rootfs itself: there they are made for the run)
+    own_lower = root_mount.overlay is not None and not spec.lower_layers and spec.upper is None
+    lower = scratch / "lower" if own_lower and scratch is not None else None
     plan = MountPlan(root, [MakePrivate(), root_mount], [], [], lower)
     proc, dev, sys_, tmp, run = (plan.at(p, fresh=True) for p in _FRESH)
     if plan.underlay:  # should the overlay fail and the rootfs be bound instead, they go there
