@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import bz2
 import errno
-import gzip
 import hashlib
 import lzma
 import os
@@ -121,7 +120,9 @@ class _HashingReader:
 def _decompressor(raw: BinaryIO, compression: str) -> BinaryIO:
     """A reader of the uncompressed tar; closing it leaves `raw` open."""
     if compression == "gzip":
-        return gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[return-value]
+        from acbuild.aci.pgzip import gunzip_reader  # here: isal is not for every command
+
+        return gunzip_reader(raw)
     if compression == "bzip2":
         return bz2.BZ2File(raw, "rb")  # type: ignore[return-value]
     if compression == "xz":

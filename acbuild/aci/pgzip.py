@@ -108,3 +108,29 @@ class ParallelGzipWriter:
             f.cancel()
         self._pending.clear()
         self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def gunzip_reader(raw: BinaryIO) -> BinaryIO:
+    """A reader of what the gzip stream `raw` holds (several members too), inflated by
+    ISA-L: 2-3x zlib's speed. A corrupt stream raises gzip.BadGzipFile (an OSError), a
+    truncated one EOFError, as gzip.GzipFile does. Closing it leaves `raw` open."""
+    from isal import igzip
+
+    if not hasattr(raw, "readinto"):  # IGzipFile reads with readinto
+        raw = _ReadInto(raw)  # type: ignore[assignment]
+    return igzip.IGzipFile(fileobj=raw, mode="rb")  # type: ignore[return-value]
+
+
+class _ReadInto:
+    """readinto() for a reader that has only read()."""
+
+    def __init__(self, inner):
+        self._inner = inner
+
+    def read(self, n: int = -1) -> bytes:
+        return self._inner.read(n)
+
+    def readinto(self, buffer) -> int:
+        data = self._inner.read(len(buffer))
+        buffer[:len(data)] = data
+        return len(data)

@@ -38,7 +38,6 @@ config's diff_id.
 
 from __future__ import annotations
 
-import gzip
 import os
 import tempfile
 import threading
@@ -49,6 +48,7 @@ from queue import Queue
 from typing import BinaryIO
 
 from acbuild.aci.archive import escapes_root
+from acbuild.aci.pgzip import gunzip_reader
 from acbuild.aci.tarformat import BLOCK, ZERO_BLOCK, tar_header
 from acbuild.aci.tarstream import AREGTYPE, DIRTYPE, LNKTYPE, REGTYPE, STREAM_ERRORS, Entry, TarReader
 from acbuild.errors import ImageError
@@ -195,7 +195,7 @@ def _layer_tar(layer: Layer) -> Iterator[TarReader]:
             raise ImageError(f"layer {layer.what}: zstd-compressed layers are not supported (Python has no zstd)")
         stream: BinaryIO = _Prefixed(head, blob)  # type: ignore[assignment]
         if head.startswith(b"\x1f\x8b"):
-            stream = gzip.GzipFile(fileobj=stream, mode="rb")  # type: ignore[assignment]
+            stream = gunzip_reader(stream)
         checked = DigestReader(stream, layer.diff_id, what=f"layer {layer.what} (uncompressed)") \
             if layer.diff_id else stream
         ahead = _ReadAhead(checked.read)
