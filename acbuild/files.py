@@ -234,8 +234,7 @@ def copy_tree(src: Path, dest: Path, *, owner: Callable[[str, os.stat_result], t
         else:
             if stat.S_ISREG(mode):
                 shutil.copyfile(source, target, follow_symlinks=False)
-                if not st.st_size:
-                    placeholders.copy_mark(source, target)
+                placeholders.copy_mark(source, target, st)
             elif not placeholders.make_node(target, stat.S_IFMT(mode) | 0o600, st.st_rdev):
                 left_out.append(rel)  # a device node, fifo: made, not read
                 continue

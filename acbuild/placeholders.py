@@ -125,8 +125,11 @@ def device_of(path: str, st: os.stat_result) -> tuple[int, int] | None:
     return _KINDS[fields[0]], os.makedev(major, minor)
 
 
-def copy_mark(source: str, target: str) -> None:
-    """Give the copy `target` of the empty regular file `source` its mark, if it has one."""
+def copy_mark(source: str, target: str, st: os.stat_result) -> None:
+    """Give the copy `target` of the regular file `source` (lstat `st`) its mark, if it
+    is a placeholder's: only an empty file can be one."""
+    if st.st_size:
+        return
     try:
         value = os.getxattr(source, XATTR, follow_symlinks=False)
     except OSError:

@@ -61,11 +61,6 @@ def id_space() -> IdSpace:
     return IdSpace.ROOT if in_initial_namespace() else IdSpace.SUBORDINATE
 
 
-def can_make_devices() -> bool:
-    """mknod of a device needs CAP_MKNOD in the initial user namespace."""
-    return id_space() is IdSpace.ROOT
-
-
 def overlay_userxattr() -> bool:
     """overlayfs keeps its markers in trusted.* xattrs, which need the host's root;
     in any user namespace it must use user.overlay.* (the userxattr option)."""
@@ -260,10 +255,6 @@ def planned_mapping() -> Mapping | None:
     if uids is None or gids is None:
         return None
     return Mapping(uid, gid, uids, gids)
-
-
-class NamespaceError(AcbuildError):
-    pass
 
 
 def _unshare_user() -> str:

@@ -19,8 +19,9 @@ Only images signed by a key trusted for their name run (acbuild trust --prefix N
 unsigned images are refused whatever --require-signatures says. The app runs in the
 namespace sandbox RUN uses, as the manifest's user and group, in its working directory,
 with its environment plus PATH, AC_APP_NAME and container=acbuild; pre-start and post-stop
-event handlers run before and after it. The exit status is the app's. The rendered image
-is thrown away afterwards: nothing the app writes outside its volumes is kept."""
+event handlers run before and after it. The exit status is the app's. The image is rendered
+once per image ID (under the cache dir, checked before reuse) and the app runs over an
+overlay of it: nothing the app writes outside its volumes is kept."""
 
 
 def add_parser(sub) -> None:

@@ -243,7 +243,7 @@ def merge_below(src: Path, dst: Path) -> None:
             os.symlink(os.readlink(entry.path), target)
         elif stat.S_ISREG(st.st_mode):
             shutil.copyfile(entry.path, target, follow_symlinks=False)
-            placeholders.copy_mark(entry.path, os.fspath(target))
+            placeholders.copy_mark(entry.path, os.fspath(target), st)
         elif stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) or stat.S_ISFIFO(st.st_mode):
             if not placeholders.make_node(os.fspath(target), st.st_mode, st.st_rdev):
                 raise BuildError(f"cannot keep device node {target}: its file system holds no user xattrs "

@@ -53,7 +53,7 @@ class MountPlan:
 def plan_setup(spec: SandboxSpec, root: Path, rootless: bool, scratch: Path | None = None) -> MountPlan:
     """`scratch`: an empty dir beside the rootfs, for the overlay's empty lower and work
     dirs when the spec has no lower layers."""
-    root_mount = root_step(spec, root, rootless, scratch)
+    root_mount = root_step(spec, root, scratch)
     # missing mount points go in the overlay's own empty lower dir (none with a separate
     # upper dir, whose lower is the rootfs itself: there they are made for the run)
     own_lower = root_mount.overlay is not None and not spec.lower_layers and spec.upper is None
@@ -123,7 +123,7 @@ def release_overlay_work(work: Path) -> None:
             pass
 
 
-def root_step(spec: SandboxSpec, root: Path, rootless: bool, scratch: Path | None) -> MountRoot:
+def root_step(spec: SandboxSpec, root: Path, scratch: Path | None) -> MountRoot:
     """The overlay that becomes "/": the spec's lower layers (DEPENDENCY) below the rootfs,
     or an empty dir from `scratch`; nodev, and nosuid unless setuid is allowed."""
     flags = MS_NODEV | (0 if spec.allow_setuid else MS_NOSUID)
