@@ -146,6 +146,20 @@ def _enter_user_namespace(args) -> None:
             print(f"acbuild: {notice}", file=sys.stderr)
 
 
+def _settle_temp_dir() -> None:
+    """Python finds its temp dir by creating and removing a probe file there (named by 8
+    random letters); a Ctrl-C between the two would leave it behind. Let that happen
+    once, now, with the signals held."""
+    import signal
+    import tempfile
+
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
+    try:
+        tempfile.gettempdir()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+
+
 def _report_squashed() -> None:
     from acbuild import userns
 
@@ -169,6 +183,7 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_USAGE
         if getattr(args, "rootfs_work", False):
             _enter_user_namespace(args)
+            _settle_temp_dir()
         if args.max_image_size:
             from acbuild import limits
 
