@@ -25,17 +25,12 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from acbuild.errors import SourcePos, UsageError
 from acbuild.files import read_user_text
-
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python < 3.11
-    import tomli as tomllib  # type: ignore[no-redef]
+from acbuild.records import dataclass
 
 KEYS = ("signing-key", "gpg-home", "trust-dirs", "require-signatures", "store-dir", "max-image-size", "discovery")
 DISCOVERY_KEYS = ("ca-file", "port", "timeout", "insecure")
@@ -75,11 +70,22 @@ def load_config(path: Path | None = None) -> Config:
         if not path.is_file():
             return Config()
     text = read_user_text(path, "config file")
+    tomllib = _toml_reader()
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise UsageError(_toml_message(e), _toml_pos(path, text, e)) from e
     return _from_table(data, path)
+
+
+def _toml_reader():
+    """tomllib, imported only when there is a file to read: most runs have none, and the
+    import (it compiles its regular expressions) costs an interactive command 10-20 ms."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python < 3.11
+        import tomli as tomllib  # type: ignore[no-redef]
+    return tomllib
 
 
 def _from_table(data: dict[str, Any], path: Path) -> Config:

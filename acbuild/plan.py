@@ -21,10 +21,10 @@ import json
 import posixpath
 import re
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field, fields
 
 from acbuild.aci import types as t
 from acbuild.errors import ARGV, InstructionError, SourcePos, UsageError
+from acbuild.records import dataclass, field, fields
 
 Problems = Iterator[tuple[str, str]]  # (field the problem is in, message)
 _STAGE_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")

@@ -28,10 +28,10 @@ import pwd
 import shutil
 import signal
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 from acbuild.errors import AcbuildError
+from acbuild.records import dataclass
 
 CLONE_NEWUSER = 0x10000000
 SUBUID, SUBGID = Path("/etc/subuid"), Path("/etc/subgid")

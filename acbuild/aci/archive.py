@@ -33,13 +33,13 @@ import os
 import stat
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
 from acbuild import limits, placeholders
 from acbuild.aci.tarstream import AREGTYPE, REGTYPE, STREAM_ERRORS, Entry, TarReader
 from acbuild.errors import ImageError, NotFoundError
+from acbuild.records import dataclass, field
 from acbuild.userns import owner_for
 
 CHUNK = 1 << 20

@@ -9,12 +9,12 @@ duplicate wins, null means "absent", and a value of the wrong JSON type is an er
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 from acbuild.aci import types as t
 from acbuild.aci.types import bool_, canonical_json, field_of, int_, list_, loads, str_, strmap
 from acbuild.errors import ManifestError
+from acbuild.records import dataclass, field
 
 AC_VERSION = "0.8.11"
 

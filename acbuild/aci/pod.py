@@ -4,13 +4,13 @@ actool 0.8.11 does (plus the stricter checks listed in STRICTER)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 from acbuild.aci import manifest as im
 from acbuild.aci import types as t
 from acbuild.aci.types import bool_, field_of, int_, list_, loads, str_, strmap
 from acbuild.errors import ManifestError
+from acbuild.records import dataclass, field
 
 STRICTER: dict[str, str] = {
     "pod-ac-version": "a pod manifest must have an acVersion",

@@ -19,10 +19,10 @@ from __future__ import annotations
 import lzma
 import zlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 
 from acbuild.errors import ImageError
 from acbuild.limits import MAX_PATH_DEPTH, MAX_TAR_META_BYTES
+from acbuild.records import dataclass
 
 BLOCK = 512
 READ_AHEAD = 1 << 16  # bytes asked of the stream at a time (at least)

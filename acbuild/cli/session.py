@@ -143,7 +143,7 @@ def _options(args, source_date_epoch: int, *, images: bool = True):
 
 
 def apply_to_session(edits: list[Edit], args) -> None:
-    from dataclasses import replace
+    from acbuild.records import replace
 
     from acbuild.engine.interactive import history
     from acbuild.engine.session import Session
@@ -209,7 +209,7 @@ def modify_image(image: Path, edits: list[Edit], args) -> None:
 
 
 def run_begin(args) -> int:
-    from dataclasses import replace
+    from acbuild.records import replace
 
     from acbuild import plan as p
     from acbuild.aci.writer import source_date_epoch_from_env
@@ -248,7 +248,7 @@ def run_begin(args) -> int:
 
 
 def run_write(args) -> int:
-    from dataclasses import replace
+    from acbuild.records import replace
 
     from acbuild.engine.session import Session
     from acbuild.trust.sign import SigningOptions

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from acbuild import plan as p
@@ -25,6 +24,7 @@ from acbuild.engine.progress import Progress
 from acbuild.engine.session import BuildOptions, Session, base_path
 from acbuild.aci.writer import check_output_path
 from acbuild.errors import ImageError, UsageError
+from acbuild.records import dataclass, field, replace
 from acbuild.temps import locked_temp_dir, remove_locked_dir, remove_stale_dirs
 
 # Steps that change the work dir's files; the others change only the manifest.

@@ -15,7 +15,6 @@ turns SIGTERM into KeyboardInterrupt), and by a later launch after a SIGKILL.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from acbuild.aci import manifest as m
@@ -23,6 +22,7 @@ from acbuild.engine.execute.layer import new_upper
 from acbuild.engine.execute.sandbox import DEFAULT_PATH, Bind, SandboxSpec, run_sandboxed
 from acbuild.errors import BuildError, ImageError, ManifestError, NotFoundError, SignatureError
 from acbuild.limits import DEFAULT_TMPFS_SIZE
+from acbuild.records import dataclass, field, replace
 from acbuild.report import QUIET, Reporter
 
 

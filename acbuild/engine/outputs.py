@@ -16,11 +16,11 @@ import hashlib
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from acbuild.engine.driver import BuildResult, build_plan
 from acbuild.errors import ImageError, UsageError
+from acbuild.records import dataclass, field
 
 
 @dataclass(frozen=True)

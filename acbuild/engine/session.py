@@ -15,7 +15,6 @@ import functools
 import json
 import os
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from acbuild import plan as p
@@ -30,6 +29,7 @@ from acbuild.engine.execute.users import resolve_group, resolve_user
 from acbuild.errors import BuildError, ImageError, ManifestError, NotFoundError, OutputExistsError, PlanError
 from acbuild.files import copy_tree, file_clock_ns, stamp_written_since
 from acbuild.limits import DEFAULT_TMPFS_SIZE
+from acbuild.records import dataclass, field, replace
 from acbuild.report import Reporter
 from acbuild.userns import OwnerError, host_owner_for, owner_for
 

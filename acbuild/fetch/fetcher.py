@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import os
 import shutil
-from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from acbuild.errors import AcbuildError, ImageError, NotFoundError, SignatureError, UsageError
@@ -46,6 +45,7 @@ from acbuild.fetch import PULL_POLICIES
 from acbuild.limits import max_image_size
 from acbuild.net.discovery import AppRequest, DiscoveryOptions, discover
 from acbuild.net.http import HttpStatusError, NetError, read_url
+from acbuild.records import dataclass, field, replace
 from acbuild.report import Reporter
 from acbuild.store.images import SHORT_ID, ImageStore, StoredImage
 

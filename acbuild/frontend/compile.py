@@ -19,7 +19,6 @@ import json
 import posixpath
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
 
 from acbuild import limits
 from acbuild import plan as p
@@ -29,6 +28,7 @@ from acbuild.frontend.expand import ExpandError, expand_word
 from acbuild.frontend.parse import Statement, Word, parse_acifile
 from acbuild.frontend.run import RunWords
 from acbuild.frontend.source import Heredoc
+from acbuild.records import dataclass, field, replace
 
 # What a stage's $PATH is when nothing set it (BuildKit's system.DefaultPathEnvUnix).
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"

@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, replace
 
 from acbuild import plan as p
 from acbuild.errors import PlanError
 from acbuild.frontend.parse import Statement, Word, parse_acifile
+from acbuild.records import dataclass, replace
 
 DEFAULT_SHELL = ("/bin/sh", "-c")
 # Annotations that keep Docker's words that appc has no field for (docker2aci's prefix).

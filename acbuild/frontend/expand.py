@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 
 from acbuild.limits import MAX_EXPANDED_WORD
+from acbuild.records import dataclass, field
 
 _SPECIAL = set("@*#?-$!0")
 

@@ -10,7 +10,6 @@ errors become ParseError with the file, line, column and a caret excerpt.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field, replace
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -18,6 +17,7 @@ from pathlib import Path
 from acbuild.errors import ParseError, SourcePos
 from acbuild.frontend.source import Heredoc, split_source
 from acbuild.limits import check_acifile_text
+from acbuild.records import dataclass, field, replace
 
 # How each instruction is written, for "expected ..." messages.
 USAGE = {

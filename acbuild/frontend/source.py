@@ -12,9 +12,9 @@ grammar reports is still the file's own.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
 
 from acbuild.errors import ParseError, SourcePos
+from acbuild.records import dataclass, field
 
 DIRECTIVES = ("syntax", "escape", "check")
 _DIRECTIVE = re.compile(r"^#\s*([a-zA-Z][a-zA-Z0-9]*)\s*=\s*(.+?)\s*$")

@@ -31,12 +31,12 @@ at most PAGE_LIMIT bytes of it are read. Nothing here downloads images or keys.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
 from html.parser import HTMLParser
 
 from acbuild.aci.types import acidentifier_problem, host_os_arch
 from acbuild.errors import NotFoundError, UsageError
 from acbuild.net.http import HttpOptions, NetError, open_url
+from acbuild.records import dataclass, field
 
 PAGE_LIMIT = 1 << 20  # a discovery page is a few hundred bytes; refuse to read a huge one
 DEFAULT_VERSION = "latest"

@@ -62,11 +62,11 @@ import threading
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 from acbuild import __version__
 from acbuild.errors import AcbuildError
+from acbuild.records import dataclass
 
 REDIRECTS = {301, 302, 303, 307, 308}
 CHUNK = 1 << 16

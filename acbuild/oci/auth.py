@@ -18,11 +18,11 @@ import base64
 import json
 import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
 from acbuild.errors import UsageError
 from acbuild.oci.reference import DOCKER_HUB, Reference
+from acbuild.records import dataclass
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,6 @@ all layers (so whiteouts and opaque dirs hide lower files when rendered).
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from acbuild.aci.manifest import Dependency, ImageManifest, Label
@@ -35,6 +34,7 @@ from acbuild.oci.reference import DOCKER, DOCKER_ARCHIVE, Source, parse_referenc
 from acbuild.oci.registry import RegistryClient, RegistryOptions
 from acbuild.oci.squash import Squash, index, paths, write_layer, write_squashed
 from acbuild.oci.toaci import Origin, created_epoch, image_manifest, sanitize_identifier
+from acbuild.records import dataclass, field
 from acbuild.report import Reporter
 
 

@@ -23,7 +23,6 @@ import hashlib
 import re
 import shutil
 import tempfile
-from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -32,6 +31,7 @@ from acbuild.aci.pgzip import ParallelGzipWriter
 from acbuild.errors import ImageError, ManifestError, UsageError
 from acbuild.oci import manifests as mt
 from acbuild.oci.layout_writer import Layout, canonical_json
+from acbuild.records import dataclass, replace
 
 APPC_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 ARCHIVE_TRANSPORTS = ("oci", "oci-archive", "docker-archive")

@@ -17,13 +17,13 @@ import posixpath
 import tarfile
 from collections.abc import Callable
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
 from acbuild.errors import ImageError, NotFoundError
 from acbuild.oci import manifests as mt
 from acbuild.oci.blobs import DigestReader, check_digest_syntax, digest_of, read_verified
+from acbuild.records import dataclass
 
 MAX_JSON = 64 << 20
 REF_NAME = "org.opencontainers.image.ref.name"

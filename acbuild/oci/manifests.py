@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import json
 import platform as _platform
-from dataclasses import dataclass, field
 from typing import Any
 
 from acbuild.errors import ImageError, UsageError
 from acbuild.oci.blobs import check_digest_syntax
+from acbuild.records import dataclass, field
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"

@@ -21,7 +21,6 @@ every registry error is an ImageError with the registry's own message.
 from __future__ import annotations
 
 import urllib.parse
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from acbuild.errors import ImageError, UsageError
@@ -29,6 +28,7 @@ from acbuild.oci.layout_writer import Layout
 from acbuild.oci.manifests import Descriptor, Manifest, parse_document
 from acbuild.oci.reference import Reference, parse_reference
 from acbuild.oci.registry import RegistryClient, RegistryOptions, status_error
+from acbuild.records import dataclass, field
 
 CHUNK_SIZE = 32 << 20
 

@@ -13,9 +13,9 @@ oci:DIR[:REF], oci-archive:FILE[:REF]. Errors are UsageError naming the argument
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 
 from acbuild.errors import UsageError
+from acbuild.records import dataclass
 
 DOCKER_HUB = "docker.io"
 # Where Docker Hub's API answers (the name `docker.io` is only a spelling).

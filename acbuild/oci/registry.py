@@ -31,7 +31,6 @@ import json
 import ssl
 import urllib.parse
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 
 from acbuild.errors import ImageError, NotFoundError
@@ -40,6 +39,7 @@ from acbuild.oci import manifests as mt
 from acbuild.oci.auth import Credentials, find_credentials, parse_challenge
 from acbuild.oci.blobs import BlobCache, digest_of, read_verified
 from acbuild.oci.reference import Reference
+from acbuild.records import dataclass
 
 MAX_MANIFEST = 4 << 20
 

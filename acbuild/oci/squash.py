@@ -43,7 +43,6 @@ import tempfile
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from queue import Queue
 from typing import BinaryIO
 
@@ -54,6 +53,7 @@ from acbuild.aci.tarstream import AREGTYPE, DIRTYPE, LNKTYPE, REGTYPE, STREAM_ER
 from acbuild.errors import ImageError
 from acbuild.oci.blobs import DigestReader
 from acbuild.oci.layout import Layer
+from acbuild.records import dataclass, field
 
 WHITEOUT = ".wh."
 OPAQUE = ".wh..wh..opq"

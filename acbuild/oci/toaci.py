@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
 from typing import Any
 
 from acbuild.aci.manifest import Annotation, App, EnvVar, ImageManifest, Label, MountPoint, Port
 from acbuild.errors import ImageError
 from acbuild.oci.manifests import json_object
+from acbuild.records import dataclass
 
 # Go GOARCH (+ variant) -> appc arch.
 _ARCH = {"amd64": "amd64", "386": "i386", "arm64": "aarch64", "arm": "armv7l", "arm/v6": "armv6l",

@@ -35,12 +35,12 @@ import json
 import os
 import re
 import threading
-from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from acbuild.aci.archive import read_aci
 from acbuild.aci.manifest import ImageManifest
 from acbuild.errors import AcbuildError
+from acbuild.records import dataclass, field, replace
 
 LATEST = "latest"
 KEYS_PATH = "/pubkeys.gpg"

@@ -29,7 +29,6 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from acbuild.aci.types import image_id_problem
@@ -37,6 +36,7 @@ from acbuild.atomic import fsync_dir, write_atomic
 from acbuild.dirs import private_dir
 from acbuild.errors import ImageError, NotFoundError, UsageError
 from acbuild.files import flock, remove_tree
+from acbuild.records import dataclass, field
 from acbuild.report import Reporter
 
 ACI = "image.aci"

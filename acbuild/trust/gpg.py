@@ -14,11 +14,11 @@ import subprocess
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from acbuild.errors import SignatureError
+from acbuild.records import dataclass
 
 if TYPE_CHECKING:
     import gnupg

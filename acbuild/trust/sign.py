@@ -14,11 +14,11 @@ is left as it was.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 from acbuild.atomic import fsync_dir, temp_beside
 from acbuild.errors import NotFoundError, SignatureError
+from acbuild.records import dataclass
 from acbuild.report import Reporter
 from acbuild.trust.gpg import last_gpg_message, open_gpg
 

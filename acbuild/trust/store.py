@@ -31,11 +31,11 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 from acbuild.atomic import write_atomic
 from acbuild.errors import NotFoundError, SignatureError, UsageError
+from acbuild.records import dataclass
 from acbuild.trust.gpg import FINGERPRINT_RE, KeyInfo, export_armored, scan_keys
 
 SYSTEM_TRUST_DIR = Path("/etc/acbuild/trustedkeys")

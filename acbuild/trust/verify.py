@@ -14,10 +14,10 @@ For the engine (`FROM`, `begin`, `launch`): `check_image()` applies the policy
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 from acbuild.errors import ImageError, NotFoundError, SignatureError
+from acbuild.records import dataclass
 from acbuild.trust.gpg import KeyInfo, last_gpg_message, open_gpg, scan_keys, scratch_home
 from acbuild.trust.sign import signature_path
 from acbuild.trust.store import TrustedKey, TrustStore

@@ -25,10 +25,10 @@ import shutil
 import tarfile
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from acbuild.errors import ImageError
+from acbuild.records import dataclass
 
 _NAMES = ("manifest", "meta.json", "tree.json")
 

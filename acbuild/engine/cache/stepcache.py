@@ -45,13 +45,13 @@ import shutil
 import stat
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from acbuild import placeholders
 from acbuild.atomic import write_atomic
 from acbuild.dirs import private_dir
 from acbuild.files import flock, link_or_copy, lstat_tree, remove_tree, trash, walk
+from acbuild.records import dataclass
 
 SCRATCH = {"ovl-work", "ovl-probe", "out-stage", "manifest", "layer"}  # never part of a snapshot
 _VERSION = 3  # 2: snapshots as tree.json + files/; 3: layers on a parent entry

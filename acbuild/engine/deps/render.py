@@ -32,11 +32,11 @@ docker2aci's squash does.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 from acbuild.aci import manifest as m
 from acbuild.errors import AcbuildError, BuildError, SourcePos
+from acbuild.records import dataclass
 
 _MAX_DEPTH = 64  # deeper than any real image; stops a dependency cycle
 

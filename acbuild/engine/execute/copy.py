@@ -30,13 +30,13 @@ import os
 import posixpath
 import shutil
 import stat
-from dataclasses import dataclass
 from pathlib import Path
 
 from acbuild.engine.execute.paths import resolve_in_root
 from acbuild import placeholders
 from acbuild.errors import BuildError, SourcePos
 from acbuild.files import tree_bytes
+from acbuild.records import dataclass
 from acbuild.report import QUIET, Meter, Reporter
 
 _GLOB_CHARS = set("*?[")

@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import os
 import posixpath
-from dataclasses import dataclass
 from pathlib import Path
 
 from acbuild import limits
 from acbuild.engine.execute.ignore_glob import Glob
 from acbuild.errors import UsageError
+from acbuild.records import dataclass
 
 IGNORE_FILE = ".acbuildignore"
 

@@ -13,7 +13,7 @@ directories, none included.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from acbuild.records import dataclass
 
 _LIT, _ANY, _CLASS, _STAR, _GLOBSTAR, _DIRS = range(6)
 # A _DIRS state that has consumed part of a directory name (it may not end there).

@@ -24,12 +24,12 @@ import os
 import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from acbuild.engine.deps.overlay import is_opaque, is_whiteout
 from acbuild.engine.execute.paths import resolve_in_root
 from acbuild.files import remove_tree, walk
+from acbuild.records import dataclass, field
 
 UPPER = "layer"  # the upper dir, in the work dir beside rootfs/ (never part of a snapshot)
 _MARKERS = ("overlay.opaque", "overlay.whiteout")

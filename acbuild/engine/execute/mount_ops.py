@@ -9,7 +9,6 @@ import fcntl
 import os
 import socket
 import struct
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -17,6 +16,7 @@ from acbuild.engine.execute.syscalls import (
     IFF_UP, MNT_DETACH, MS_BIND, MS_MOVE, MS_NOATIME, MS_NODEV, MS_NODIRATIME, MS_NOEXEC, MS_NOSUID,
     MS_PRIVATE, MS_RDONLY, MS_REC, MS_RELATIME, MS_REMOUNT, SIOCGIFFLAGS, SIOCSIFFLAGS, mount, pivot_root,
     sethostname, umount2)
+from acbuild.records import dataclass
 
 # Flags a remount inside a user namespace must keep (the kernel locks them): statvfs
 # ST_* bit -> mount MS_* bit.

@@ -5,7 +5,6 @@ steps init runs, in order, and which mount points must first be created in the r
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from acbuild.engine.execute import hardening
@@ -16,6 +15,7 @@ from acbuild.engine.execute.sandbox_spec import SandboxSpec
 from acbuild.engine.execute.syscalls import MS_NODEV, MS_NOEXEC, MS_NOSUID
 from acbuild.engine.execute.users import in_image
 from acbuild.errors import BuildError
+from acbuild.records import dataclass, field, replace
 from acbuild.userns import overlay_userxattr
 
 _FRESH = ("/proc", "/dev", "/sys", "/tmp", "/run")  # get a new mount every run

@@ -11,11 +11,11 @@ temp file and dir is removed.
 from __future__ import annotations
 
 import os
-from dataclasses import replace
 from pathlib import Path
 
 from acbuild import plan as p
 from acbuild.errors import NotFoundError
+from acbuild.records import replace
 from acbuild.temps import locked_temp_dir, remove_locked_dir
 
 ROOTFS_INSTRUCTIONS = (p.Copy, p.Run, p.WorkDir)

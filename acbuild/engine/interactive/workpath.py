@@ -30,12 +30,12 @@ import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 from acbuild.atomic import write_atomic
 from acbuild.dirs import private_dir
 from acbuild.errors import AcbuildError, NotFoundError
+from acbuild.records import dataclass
 
 STATE_DIR = ".acbuild"
 NO_BUILD = "no build in progress here; run acbuild begin"
