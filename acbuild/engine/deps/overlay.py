@@ -45,6 +45,7 @@ NO_OVERLAY_ENV = "ACBUILD_NO_OVERLAY"
 _OPAQUE = ("trusted.overlay.opaque", "user.overlay.opaque")
 _WHITEOUT = ("trusted.overlay.whiteout", "user.overlay.whiteout")  # a file as whiteout (kernel 6.7 xwhiteout)
 _notice_printed = False
+OVERLAY_PROBE_MEMO = ".overlay-probe"  # in a work dir: what the probe found there
 _overlay_by_fs: dict[int, bool] = {}  # st_dev of a work dir -> whether overlayfs mounts there
 
 
@@ -115,13 +116,42 @@ def _notice(reporter) -> None:
 
 def overlay_works(workdir: Path) -> bool:
     """Can an overlay with its upper dir on `workdir`'s filesystem be mounted (in a
-    throw-away namespace, as RUN mounts it)? Probed once per filesystem and process."""
+    throw-away namespace, as RUN mounts it)? Probed once per filesystem and process, or
+    remembered in `workdir` from an earlier process."""
     if os.environ.get(NO_OVERLAY_ENV, "") not in ("", "0"):
         return False
     dev = os.stat(workdir).st_dev
     if dev not in _overlay_by_fs:
-        _overlay_by_fs[dev] = _probe_in(workdir)
+        _overlay_by_fs[dev] = _remembered_probe(workdir, dev)
     return _overlay_by_fs[dev]
+
+
+def _remembered_probe(workdir: Path, dev: int) -> bool:
+    """The probe's answer, written down in `workdir` for the next process: an interactive
+    session runs one per `acbuild run`, and the probe (a fork, a mount, three dirs) is a
+    tenth of its time. The answer holds while the boot, the filesystem and the user's
+    mapping are the ones it was found with."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            boot = f.read().strip()
+    except OSError:
+        return _probe_in(workdir)
+    key = f"{boot} {dev} {os.geteuid()} {overlay_userxattr()}"
+    memo = workdir / OVERLAY_PROBE_MEMO
+    try:
+        found, _, answer = memo.read_text().rpartition(" ")
+        if found == key and answer in ("yes", "no"):
+            return answer == "yes"
+    except OSError:
+        pass
+    works = _probe_in(workdir)
+    try:
+        tmp = memo.with_suffix(".tmp")
+        tmp.write_text(f"{key} {'yes' if works else 'no'}")
+        os.replace(tmp, memo)
+    except OSError:  # a read-only work dir: probe again next time
+        pass
+    return works
 
 
 def _probe_in(workdir: Path) -> bool:
