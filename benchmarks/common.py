@@ -65,6 +65,15 @@ def timed(cmd: list[str], *, shell: bool = False) -> Run:
 
 
 def load() -> str:
-    """The load averages (1, 5, 15 min) on this many CPUs: other work skews wall times."""
+    """The load averages (1, 5, 15 min) on this many CPUs, and how fast this machine
+    starts Python: other work skews wall times, and machines differ (the same VM has
+    started `python -c pass` in 21 ms one day and 55 ms another)."""
     one, five, fifteen = os.getloadavg()
-    return f"load {one:.2f} {five:.2f} {fifteen:.2f} on {os.cpu_count()} CPUs"
+    return f"load {one:.2f} {five:.2f} {fifteen:.2f} on {os.cpu_count()} CPUs; {python_start()}"
+
+
+def python_start() -> str:
+    """The venv's `python -c pass` (what bench_startup.py compares with): the machine's
+    speed for a start-up-bound command, median of 5."""
+    times = sorted(timed([sys.executable, "-c", "pass"]).wall for _ in range(5))
+    return f"python start {times[2] * 1000:.1f} ms"
