@@ -52,6 +52,8 @@ def _pairs(items: tuple[tuple[str, str], ...]) -> str:
 
 @dataclass(frozen=True)
 class Instruction:
+    """One instruction, with where it was written and where each of its fields was."""
+
     pos: SourcePos = field(default=ARGV, compare=False, kw_only=True)
     # Where each field was written ("name", "items.1", ...), for errors that point at the word.
     at: Mapping[str, SourcePos] = field(default_factory=dict, compare=False, repr=False, kw_only=True)
@@ -97,6 +99,8 @@ def _plain(value):
 
 @dataclass(frozen=True)
 class From(Instruction):
+    """FROM: a stage's base (an image file, a name, a directory or scratch)."""
+
     keyword = "FROM"
     base: str  # "scratch", a path to an .aci, an image name, or docker://...; or an earlier stage's name
     alias: str = ""
@@ -120,6 +124,8 @@ class From(Instruction):
 
 @dataclass(frozen=True)
 class Copy(Instruction):
+    """COPY: files of the context, of another stage or image, or a heredoc, into the image."""
+
     keyword = "COPY"
     sources: tuple[str, ...]
     dest: str
@@ -238,6 +244,8 @@ class RunMount:
 
 @dataclass(frozen=True)
 class Run(Instruction):
+    """RUN: a command in the sandbox, with its network and its mounts."""
+
     keyword = "RUN"
     argv: tuple[str, ...]
     network: str = ""  # "" = the build's default, "none" or "host"
@@ -265,6 +273,8 @@ class Run(Instruction):
 
 @dataclass(frozen=True)
 class SetName(Instruction):
+    """NAME: the image's appc name."""
+
     keyword = "NAME"
     name: str
 
@@ -278,6 +288,8 @@ class SetName(Instruction):
 
 @dataclass(frozen=True)
 class Label(Instruction):
+    """LABEL: image labels (version, os, arch, ...)."""
+
     keyword = "LABEL"
     items: tuple[tuple[str, str], ...]
 
@@ -295,6 +307,8 @@ class Label(Instruction):
 
 @dataclass(frozen=True)
 class Annotation(Instruction):
+    """ANNOTATION: image annotations."""
+
     keyword = "ANNOTATION"
     items: tuple[tuple[str, str], ...]
 
@@ -312,6 +326,8 @@ class Annotation(Instruction):
 
 @dataclass(frozen=True)
 class Env(Instruction):
+    """ENV: the app's environment variables."""
+
     keyword = "ENV"
     items: tuple[tuple[str, str], ...]
 
@@ -344,6 +360,8 @@ class Remove(Instruction):
 
 @dataclass(frozen=True)
 class Exec(Instruction):
+    """EXEC: the app's command line."""
+
     keyword = "EXEC"
     argv: tuple[str, ...]
 
@@ -383,6 +401,8 @@ class Cmd(Instruction):
 
 @dataclass(frozen=True)
 class WorkDir(Instruction):
+    """WORKDIR: the app's working directory (made in the image)."""
+
     keyword = "WORKDIR"
     path: str
 
@@ -414,6 +434,8 @@ class User(Instruction):
 
 @dataclass(frozen=True)
 class Group(Instruction):
+    """GROUP: the group the app runs as."""
+
     keyword = "GROUP"
     group: str
 
@@ -427,6 +449,8 @@ class Group(Instruction):
 
 @dataclass(frozen=True)
 class SupplementaryGroups(Instruction):
+    """SUPPLEMENTARY-GROUPS: the app's additional group ids."""
+
     keyword = "SUPPLEMENTARY-GROUPS"
     gids: tuple[int, ...]
 
@@ -441,6 +465,8 @@ class SupplementaryGroups(Instruction):
 
 @dataclass(frozen=True)
 class Port(Instruction):
+    """PORT: a port the app listens on."""
+
     keyword = "PORT"
     name: str
     protocol: str
@@ -465,6 +491,8 @@ class Port(Instruction):
 
 @dataclass(frozen=True)
 class MountPoint(Instruction):
+    """MOUNT: a named mount point of the app."""
+
     keyword = "MOUNT"
     name: str
     path: str
@@ -482,6 +510,8 @@ class MountPoint(Instruction):
 
 @dataclass(frozen=True)
 class Isolator(Instruction):
+    """ISOLATOR: a named isolator and its JSON value."""
+
     keyword = "ISOLATOR"
     name: str
     value_json: str  # canonical JSON text of the value
@@ -500,6 +530,8 @@ class Isolator(Instruction):
 
 @dataclass(frozen=True)
 class Dependency(Instruction):
+    """DEPENDENCY: an image this one is rendered on."""
+
     keyword = "DEPENDENCY"
     image_name: str
     image_id: str = ""
@@ -531,6 +563,8 @@ class Dependency(Instruction):
 
 @dataclass(frozen=True)
 class EventHandler(Instruction):
+    """EVENT: a pre-start or post-stop command."""
+
     keyword = "EVENT"
     event: str  # pre-start | post-stop
     argv: tuple[str, ...]
@@ -547,6 +581,8 @@ class EventHandler(Instruction):
 
 @dataclass(frozen=True)
 class PathWhitelist(Instruction):
+    """PATH-WHITELIST: the paths of the rendered tree the app may see."""
+
     keyword = "PATH-WHITELIST"
     paths: tuple[str, ...]
 

@@ -34,30 +34,40 @@ S = t.STRICT_SUFFIX
 
 @dataclass
 class Label:
+    """An image label: a name and its value."""
+
     name: str
     value: str
 
 
 @dataclass
 class Annotation:
+    """An annotation: a name and its value."""
+
     name: str
     value: str
 
 
 @dataclass
 class EnvVar:
+    """One of the app's environment variables."""
+
     name: str
     value: str
 
 
 @dataclass
 class EventHandler:
+    """An event handler: pre-start or post-stop, and the command it runs."""
+
     name: str
     exec: list[str] = field(default_factory=list)
 
 
 @dataclass
 class MountPoint:
+    """A mount point: the name a pod binds a volume to, and its path."""
+
     name: str
     path: str
     read_only: bool = False
@@ -65,6 +75,8 @@ class MountPoint:
 
 @dataclass
 class Port:
+    """A port the app exposes."""
+
     name: str
     protocol: str
     port: int
@@ -74,12 +86,16 @@ class Port:
 
 @dataclass
 class Isolator:
+    """An isolator: a name and its value (any JSON)."""
+
     name: str
     value: Any
 
 
 @dataclass
 class App:
+    """The app section: what runs, as whom, with what environment."""
+
     exec: list[str] = field(default_factory=list)
     user: str = "0"
     group: str = "0"
@@ -131,6 +147,8 @@ class App:
 
 @dataclass
 class Dependency:
+    """An image this one is rendered on: by name, optionally ID, labels and size."""
+
     image_name: str
     image_id: str = ""
     labels: list[Label] = field(default_factory=list)
@@ -139,6 +157,8 @@ class Dependency:
 
 @dataclass
 class ImageManifest:
+    """The image manifest (appc schema, written as actool writes it)."""
+
     name: str
     ac_kind: str = "ImageManifest"
     ac_version: str = AC_VERSION

@@ -61,6 +61,8 @@ def _remount_read_only(target: Path) -> None:
 
 @dataclass(frozen=True)
 class MakePrivate:
+    """Make every mount private, so nothing mounted here reaches the host."""
+
     def describe(self) -> str:
         return "make all mounts private (nothing propagates back to the host)"
 
@@ -70,6 +72,8 @@ class MakePrivate:
 
 @dataclass(frozen=True)
 class MountBind:
+    """Bind a host path onto a path of the root."""
+
     source: Path
     target: Path
     read_only: bool = False
@@ -87,6 +91,8 @@ class MountBind:
 
 @dataclass(frozen=True)
 class MountFs:
+    """Mount a kernel filesystem (proc, tmpfs, devpts, mqueue, ...)."""
+
     fstype: str
     target: Path
     flags: int = MS_NOSUID | MS_NODEV
@@ -192,6 +198,8 @@ class MaskPath:
 
 @dataclass(frozen=True)
 class ReadOnlyPath:
+    """Make a path of the root read-only, where it exists."""
+
     target: Path
 
     def describe(self) -> str:
@@ -223,6 +231,8 @@ class MountSys:
 
 @dataclass(frozen=True)
 class Symlink:
+    """Make a symlink in the root (/dev/fd, /dev/stdin, ...)."""
+
     target: str
     path: Path
 
@@ -259,6 +269,8 @@ class PivotRoot:
 
 @dataclass(frozen=True)
 class SetHostname:
+    """Set the UTS namespace's host name."""
+
     name: str
 
     def describe(self) -> str:
