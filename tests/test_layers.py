@@ -18,7 +18,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "acbuild"
 LAYERS = [
     ("base", ["acbuild", "acbuild.__init__", "acbuild.errors", "acbuild.atomic", "acbuild.dirs",
               "acbuild.files", "acbuild.temps", "acbuild.config", "acbuild.limits",
-              "acbuild.userns", "acbuild.placeholders"]),
+              "acbuild.userns", "acbuild.placeholders", "acbuild.records"]),
     ("values", ["acbuild.aci.types"]),
     ("plan", ["acbuild.plan"]),
     ("frontend", ["acbuild.frontend"]),
