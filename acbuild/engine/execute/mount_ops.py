@@ -7,15 +7,14 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-import socket
 import struct
 from pathlib import Path
 from typing import Protocol
 
 from acbuild.engine.execute.syscalls import (
-    IFF_UP, MNT_DETACH, MS_BIND, MS_MOVE, MS_NOATIME, MS_NODEV, MS_NODIRATIME, MS_NOEXEC, MS_NOSUID,
-    MS_PRIVATE, MS_RDONLY, MS_REC, MS_RELATIME, MS_REMOUNT, SIOCGIFFLAGS, SIOCSIFFLAGS, mount, pivot_root,
-    sethostname, umount2)
+    AF_INET, IFF_UP, MNT_DETACH, MS_BIND, MS_MOVE, MS_NOATIME, MS_NODEV, MS_NODIRATIME, MS_NOEXEC, MS_NOSUID,
+    MS_PRIVATE, MS_RDONLY, MS_REC, MS_RELATIME, MS_REMOUNT, SIOCGIFFLAGS, SIOCSIFFLAGS, SOCK_DGRAM, mount,
+    pivot_root, sethostname, socket_fd, umount2)
 from acbuild.records import dataclass
 
 # Flags a remount inside a user namespace must keep (the kernel locks them): statvfs
@@ -288,7 +287,10 @@ class LoopbackUp:
         return "bring lo up in the new network namespace"
 
     def execute(self) -> None:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            req = fcntl.ioctl(s, SIOCGIFFLAGS, struct.pack("16sH14x", b"lo", 0))
+        fd = socket_fd(AF_INET, SOCK_DGRAM)
+        try:
+            req = fcntl.ioctl(fd, SIOCGIFFLAGS, struct.pack("16sH14x", b"lo", 0))
             flags = struct.unpack("16sH14x", req)[1]
-            fcntl.ioctl(s, SIOCSIFFLAGS, struct.pack("16sH14x", b"lo", flags | IFF_UP))
+            fcntl.ioctl(fd, SIOCSIFFLAGS, struct.pack("16sH14x", b"lo", flags | IFF_UP))
+        finally:
+            os.close(fd)

@@ -15,6 +15,7 @@ MS_NOATIME, MS_NODIRATIME, MS_RELATIME = 1024, 2048, 1 << 21
 MNT_DETACH = 2
 PR_SET_PDEATHSIG, PR_SET_NAME = 1, 15
 SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
+AF_INET, SOCK_DGRAM, SOCK_CLOEXEC = 2, 2, 0o2000000
 _SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "riscv64": 41, "ppc64le": 203, "s390x": 217}
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -32,6 +33,14 @@ def _b(s: object) -> bytes | None:
 
 def unshare(flags: int) -> None:
     _check(_libc.unshare(ctypes.c_int(flags)))
+
+
+def socket_fd(family: int, kind: int) -> int:
+    """A socket as a bare fd (close-on-exec), for an ioctl: the socket module's import
+    (its enums) costs an interactive RUN 10 ms."""
+    fd = _libc.socket(ctypes.c_int(family), ctypes.c_int(kind | SOCK_CLOEXEC), ctypes.c_int(0))
+    _check(fd)
+    return fd
 
 
 def mount(source: object, target: object, fstype: str | None, flags: int, data: str | None = None) -> None:
