@@ -18,10 +18,7 @@ onto another file only repeats a device the image already has.
 from __future__ import annotations
 
 import errno
-import hashlib
-import hmac
 import os
-import secrets
 import stat
 from pathlib import Path
 
@@ -59,7 +56,7 @@ def _read_or_make_key(create: bool) -> bytes | None:
     tmp = path.with_name(f".{KEY_FILE}.{os.getpid()}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        os.write(fd, secrets.token_bytes(32))
+        os.write(fd, os.urandom(32))
         os.fsync(fd)
     finally:
         os.close(fd)
@@ -73,6 +70,9 @@ def _read_or_make_key(create: bool) -> bytes | None:
 
 
 def _mac(key: bytes, text: str) -> str:
+    import hashlib  # here, not at the top: every command imports this module, few make a mark
+    import hmac
+
     return hmac.new(key, text.encode(), hashlib.sha256).hexdigest()[:32]
 
 
@@ -114,6 +114,8 @@ def device_of(path: str, st: os.stat_result) -> tuple[int, int] | None:
     if len(fields) != 4 or key is None or fields[0] not in _KINDS:
         return None
     text = " ".join(fields[:3])
+    import hmac
+
     if not hmac.compare_digest(fields[3], _mac(key, text)):
         return None
     try:

@@ -26,7 +26,6 @@ PATH-WHITELIST given in the ACIfile is intersected with it.
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import os
 import shutil
@@ -378,6 +377,8 @@ def _same(a: Path, sa: os.stat_result, b: Path, sb: os.stat_result) -> bool:
 
 
 def _digest(path: Path) -> bytes:
+    import hashlib  # only a dependency's copy-up compares contents; a plain RUN imports this module too
+
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").digest()
 
