@@ -16,6 +16,7 @@ takes it exclusively).
 from __future__ import annotations
 
 import os
+import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -93,6 +94,24 @@ def build_plan(
         return build.run()
     with cache.locked():
         return build.run()
+
+
+class _ReadCheck:
+    """Where a context COPY records the sha256 of each file it read (host path ->
+    digest; its threads call in): each is compared with the digest the key was made
+    from at once, and only the first changed path (by name) is kept, so memory does
+    not grow with the file count."""
+
+    def __init__(self, expected: dict[str, str]):
+        self.expected = expected
+        self.changed: str | None = None
+        self._lock = threading.Lock()
+
+    def __setitem__(self, path: str, digest: str) -> None:
+        if self.expected.get(path) != digest:
+            with self._lock:
+                if self.changed is None or path < self.changed:
+                    self.changed = path
 
 
 class _Build:
@@ -286,6 +305,8 @@ class _Build:
             else:
                 session.last_layer = None
                 session.records_layers = self.cache is not None
+                if self.cache is not None:
+                    session.copy_record = self.read_check
                 session.apply(step)
                 if isinstance(step, p.Copy) and not step.from_stage:
                     self.check_copied(session.copied, record.number)
@@ -297,14 +318,16 @@ class _Build:
         self.sessions[stage.name] = session
         return session
 
-    def check_copied(self, copied: dict[str, str], number: int) -> None:
-        """Compare what a COPY read with what its key was made from."""
-        if self.cache is None or self.unstable:
+    def read_check(self) -> _ReadCheck:
+        return _ReadCheck(self.key_digests)
+
+    def check_copied(self, copied, number: int) -> None:
+        """Did a COPY read other bytes than its key was made from?"""
+        if self.cache is None or self.unstable or not isinstance(copied, _ReadCheck):
             return
-        changed = sorted(path for path, digest in copied.items() if self.key_digests.get(path) != digest)
-        if changed:
+        if copied.changed is not None:
             self.unstable = True
-            self.progress.note(f"step {number}: {changed[0]} changed while the build read it; "
+            self.progress.note(f"step {number}: {copied.changed} changed while the build read it; "
                                "this build's results are not cached")
 
     def store(self, stage: p.Stage, session: Session, key: str, step: p.Instruction, tree: str | None) -> str | None:
