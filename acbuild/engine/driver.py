@@ -167,6 +167,7 @@ class _Build:
                             self.report(stage, idx, cached=True)
             finally:
                 os.umask(caller_umask)
+            self.key_digests = {}  # every COPY is checked: the table is not held while the image is written
             return self.write_image(final)
         finally:
             remove_locked_dir(self.work_root, lock)
@@ -310,6 +311,7 @@ class _Build:
                 session.apply(step)
                 if isinstance(step, p.Copy) and not step.from_stage:
                     self.check_copied(session.copied, record.number)
+                    session.copied = {}  # checked (it refers to the keys' table of every file)
             record.seconds = time.monotonic() - began
             self.progress.step_done(record.number, self.total, record.seconds)
             unsnapshotted = unsnapshotted and not (idx > 0 and isinstance(step, _TREE_STEPS))
@@ -340,6 +342,7 @@ class _Build:
         # ADD, WORKDIR) is stored as that layer on the tree before it.
         self.cache.store(key, session.workdir, manifest, None, replace=not self.use_cache,
                          layer=session.last_layer, parent=tree)
+        session.last_layer = None  # stored: its set of every changed path is needed no more
         session.shares_inodes = True
         return key if self.cache.has(key) else None
 
