@@ -245,7 +245,10 @@ def write_tree(sink: AciSink, rootfs: Path, source_date_epoch: int, id_map: dict
     if not stat.S_ISDIR(st.st_mode):
         raise ImageError(f"{rootfs}: rootfs is not a directory")
     ids = id_map or {}
-    links: dict[tuple[int, int], bytes] = {}
+    # First name of each inode with other links (after a cached build, every file: its
+    # twin is in the step cache): keyed by the inode alone on the rootfs's own device.
+    links: dict[int | tuple[int, int], bytes] = {}
+    root_dev = st.st_dev
 
     def entry(name: bytes, typeflag: bytes, st: os.stat_result, **kw) -> bytes:
         return tar_header(name, typeflag, mode=st.st_mode, uid=ids.get(st.st_uid, st.st_uid),
@@ -261,7 +264,7 @@ def write_tree(sink: AciSink, rootfs: Path, source_date_epoch: int, id_map: dict
         if stat.S_ISSOCK(mode):
             continue
         if st.st_nlink > 1:
-            key = (st.st_dev, st.st_ino)
+            key = st.st_ino if st.st_dev == root_dev else (st.st_dev, st.st_ino)
             first = links.get(key)
             if first is not None:
                 sink.write(entry(name, tarfile.LNKTYPE, st, linkname=first))

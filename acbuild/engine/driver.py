@@ -16,6 +16,7 @@ takes it exclusively).
 from __future__ import annotations
 
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -95,6 +96,24 @@ def build_plan(
         return build.run()
 
 
+class _ReadCheck:
+    """Where a context COPY records the sha256 of each file it read (host path ->
+    digest; its threads call in): each is compared with the digest the key was made
+    from at once, and only the first changed path (by name) is kept, so memory does
+    not grow with the file count."""
+
+    def __init__(self, expected: dict[str, str]):
+        self.expected = expected
+        self.changed: str | None = None
+        self._lock = threading.Lock()
+
+    def __setitem__(self, path: str, digest: str) -> None:
+        if self.expected.get(path) != digest:
+            with self._lock:
+                if self.changed is None or path < self.changed:
+                    self.changed = path
+
+
 class _Build:
     def __init__(self, plan, stages, output, options, compression, signing, cache, use_cache, progress, shared=None):
         self.plan, self.stages, self.output, self.options = plan, stages, output, options
@@ -148,6 +167,7 @@ class _Build:
                             self.report(stage, idx, cached=True)
             finally:
                 os.umask(caller_umask)
+            self.key_digests = {}  # every COPY is checked: the table is not held while the image is written
             return self.write_image(final)
         finally:
             remove_locked_dir(self.work_root, lock)
@@ -286,9 +306,12 @@ class _Build:
             else:
                 session.last_layer = None
                 session.records_layers = self.cache is not None
+                if self.cache is not None:
+                    session.copy_record = self.read_check
                 session.apply(step)
                 if isinstance(step, p.Copy) and not step.from_stage:
                     self.check_copied(session.copied, record.number)
+                    session.copied = {}  # checked (it refers to the keys' table of every file)
             record.seconds = time.monotonic() - began
             self.progress.step_done(record.number, self.total, record.seconds)
             unsnapshotted = unsnapshotted and not (idx > 0 and isinstance(step, _TREE_STEPS))
@@ -297,14 +320,16 @@ class _Build:
         self.sessions[stage.name] = session
         return session
 
-    def check_copied(self, copied: dict[str, str], number: int) -> None:
-        """Compare what a COPY read with what its key was made from."""
-        if self.cache is None or self.unstable:
+    def read_check(self) -> _ReadCheck:
+        return _ReadCheck(self.key_digests)
+
+    def check_copied(self, copied, number: int) -> None:
+        """Did a COPY read other bytes than its key was made from?"""
+        if self.cache is None or self.unstable or not isinstance(copied, _ReadCheck):
             return
-        changed = sorted(path for path, digest in copied.items() if self.key_digests.get(path) != digest)
-        if changed:
+        if copied.changed is not None:
             self.unstable = True
-            self.progress.note(f"step {number}: {changed[0]} changed while the build read it; "
+            self.progress.note(f"step {number}: {copied.changed} changed while the build read it; "
                                "this build's results are not cached")
 
     def store(self, stage: p.Stage, session: Session, key: str, step: p.Instruction, tree: str | None) -> str | None:
@@ -317,6 +342,7 @@ class _Build:
         # ADD, WORKDIR) is stored as that layer on the tree before it.
         self.cache.store(key, session.workdir, manifest, None, replace=not self.use_cache,
                          layer=session.last_layer, parent=tree)
+        session.last_layer = None  # stored: its set of every changed path is needed no more
         session.shares_inodes = True
         return key if self.cache.has(key) else None
 

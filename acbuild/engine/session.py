@@ -96,6 +96,9 @@ class Session:
         self.options = options
         self.rootless = os.geteuid() != 0  # IdSpace.SINGLE: files are the user's, 0 in the image
         self.copied: dict[str, str] = {}  # the last context COPY: host path -> sha256 of the bytes copied
+        # What `copied` is made as for each context COPY: the driver gives a checker that
+        # compares each digest with the key's as it comes, so no table of every file is kept.
+        self.copy_record = dict
         # The rootfs's files are hard links into the step cache: nothing may write into them
         # in place (engine.execute.layer; a RUN without overlayfs copies them first).
         self.shares_inodes = False
@@ -312,7 +315,7 @@ class Session:
         elif isinstance(i, p.Add):  # ADD (a Copy, so it comes here) also unpacks and downloads
             self._add_sources(i, dest, attrs)
         else:
-            self.copied = {}
+            self.copied = self.copy_record()
             copy_into_rootfs(self.options.context, i.sources, self.rootfs, dest, attrs, i.pos, ignore=self.options.ignore,
                              digests=self.copied, reporter=self.options.reporter, **how)
 

@@ -37,7 +37,6 @@ from acbuild.engine.execute.copy import select_sources
 from acbuild.engine.execute.paths import resolve_in_root
 from acbuild.engine.cache.statcache import StatCache
 from acbuild.errors import AcbuildError
-from acbuild.files import walk
 from acbuild.userns import describe_mapping
 
 VERSION = "acbuild-step-cache-1"
@@ -194,35 +193,62 @@ class KeyMaker:
 
     def _walk(self, h, path, rel: str, st: os.stat_result, exec_bit: bool, full_modes: bool, ignore) -> None:
         """Feed one entry (and a directory's entries, sorted) to h. Hot on no-op rebuilds
-        (20,000 files: one lstat each, no reads when the stat cache knows the file)."""
-        update, used = h.update, self.used
+        (20,000 files: one lstat each, no reads when the stat cache knows the file), so
+        the walk is inlined here: depth first with sorted names, as a recursion would,
+        on an explicit stack of iterators (a 1,500-level context overflowed Python's).
+        Paths are normalized once at the top: scandir's joins keep them normal."""
+        update, used, digest = h.update, self.used, self.stat.digest
+        S_ISREG, S_ISDIR, S_ISLNK, S_IMODE = stat.S_ISREG, stat.S_ISDIR, stat.S_ISLNK, stat.S_IMODE
+        surrogate = "surrogateescape"
 
-        def digest(path: str, st: os.stat_result) -> str:
-            used[os.path.normpath(path)] = value = self.stat.digest(path, st)
-            return value
-
-        def mode_of(st_mode: int) -> int:
+        def file_mode(st_mode: int) -> int:
             if full_modes:
-                return stat.S_IMODE(st_mode)
+                return S_IMODE(st_mode)
             return 0o111 if exec_bit and st_mode & 0o111 else 0
 
-        def line(path, rel: str, st: os.stat_result) -> None:
-            name = rel.encode("utf-8", "surrogateescape")
-            if stat.S_ISDIR(st.st_mode):
-                update(b"D %s %o\n" % (name, stat.S_IMODE(st.st_mode) if full_modes else 0))
-            elif stat.S_ISREG(st.st_mode):
-                update(b"F %s %o %s\n" % (name, mode_of(st.st_mode), digest(os.fspath(path), st).encode()))
-            elif stat.S_ISLNK(st.st_mode):
-                update(b"L %s %s\n" % (name, os.fsencode(os.readlink(path))))
-            elif full_modes:
-                update(b"O %s %o %d\n" % (name, st.st_mode, st.st_rdev))
-
-        line(path, rel, st)
-        if not stat.S_ISDIR(st.st_mode):
+        top = os.path.normpath(os.fspath(path))
+        name = rel.encode("utf-8", surrogate)
+        if S_ISDIR(st.st_mode):
+            update(b"D %s %o\n" % (name, S_IMODE(st.st_mode) if full_modes else 0))
+        elif S_ISREG(st.st_mode):
+            used[top] = value = digest(top, st)
+            update(b"F %s %o %s\n" % (name, file_mode(st.st_mode), value.encode()))
             return
-        prefix = "" if rel == "." else rel + "/"
-        prune = None if ignore is None else (lambda child, _st: ignore(prefix + child))
-        # Depth first with sorted names, as a recursion would, on an explicit stack
-        # (a 1,500-level context overflowed Python's).
-        for child_path, child, child_st, _ in walk(os.fspath(path), sort_key=_by_name, prune=prune):
-            line(child_path, prefix + child, child_st)
+        elif S_ISLNK(st.st_mode):
+            update(b"L %s %s\n" % (name, os.fsencode(os.readlink(top))))
+            return
+        else:
+            if full_modes:
+                update(b"O %s %o %d\n" % (name, st.st_mode, st.st_rdev))
+            return
+
+        def children(directory: str):
+            with os.scandir(directory) as it:
+                return iter(sorted(it, key=_by_name))
+
+        stack, prefixes = [children(top)], ["" if rel == "." else rel + "/"]
+        while stack:
+            prefix = prefixes[-1]
+            for entry in stack[-1]:
+                child = prefix + entry.name
+                if ignore is not None and ignore(child):
+                    continue
+                st = entry.stat(follow_symlinks=False)
+                mode = st.st_mode
+                name = child.encode("utf-8", surrogate)
+                if S_ISREG(mode):
+                    child_path = entry.path
+                    used[child_path] = value = digest(child_path, st)
+                    update(b"F %s %o %s\n" % (name, file_mode(mode), value.encode()))
+                elif S_ISDIR(mode):
+                    update(b"D %s %o\n" % (name, S_IMODE(mode) if full_modes else 0))
+                    stack.append(children(entry.path))
+                    prefixes.append(child + "/")
+                    break  # its entries first; then this directory's iterator resumes
+                elif S_ISLNK(mode):
+                    update(b"L %s %s\n" % (name, os.fsencode(os.readlink(entry.path))))
+                elif full_modes:
+                    update(b"O %s %o %d\n" % (name, mode, st.st_rdev))
+            else:
+                stack.pop()
+                prefixes.pop()

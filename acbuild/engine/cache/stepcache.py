@@ -307,13 +307,29 @@ _KINDS = {stat.S_IFDIR: "d", stat.S_IFREG: "f", stat.S_IFLNK: "l", stat.S_IFCHR:
 
 
 class _Recorder:
-    """Records tree.json rows and links regular files into files/ (hard links stay one inode)."""
+    """Records tree.json rows and links regular files into files/ (hard links stay one inode).
+    Rows go to tree.json in chunks as they come, hashed on the way, and only inodes with
+    other links are remembered: memory does not grow with the file count (a COPY of
+    100,000 files). A context manager: the file is closed on any error."""
+
+    CHUNK = 1024  # rows encoded at once: one json.dumps per chunk, not per row
 
     def __init__(self, entry: Path):
         self.files_dir = entry / "files"  # made with the first file: a layer often has none
-        self.records: list[list] = []
-        self.numbers: dict[tuple[int, int], int] = {}  # (dev, ino) -> file number
+        self.out = open(entry / "tree.json", "wb")
+        self.sha = hashlib.sha256()
+        self.rows: list[list] = []  # the chunk not yet written
+        self.count = 0  # rows recorded
+        self.written = 0  # bytes of tree.json
+        self.files = 0  # files under files/
+        self.numbers: dict[tuple[int, int], int] = {}  # (dev, ino) -> file number, inodes with other links
         self.new_bytes = 0  # bytes of files no other snapshot shares
+
+    def __enter__(self) -> _Recorder:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.out.close()
 
     def record(self, path: str, rel: str, st: os.stat_result, *, new: bool = False) -> None:
         """`new`: the file is the step's own (a layer's), whatever its link count."""
@@ -327,58 +343,82 @@ class _Recorder:
             kind, rdev = _KINDS[stat.S_IFMT(device[0])], device[1]
         if kind == "f":
             inode = (st.st_dev, st.st_ino)
-            if inode not in self.numbers:
-                if not self.numbers:
+            # An inode with one link is met once in a walk: only linked ones need remembering.
+            number = self.numbers.get(inode) if st.st_nlink > 1 else None
+            if number is None:
+                if not self.files:
                     self.files_dir.mkdir()
-                self.numbers[inode] = len(self.numbers)
-                os.link(path, self.files_dir / str(self.numbers[inode]))
+                number = self.files
+                self.files += 1
+                if st.st_nlink > 1:
+                    self.numbers[inode] = number
+                os.link(path, self.files_dir / str(number))
                 if new or st.st_nlink == 1:
                     self.new_bytes += st.st_size
-            extra = self.numbers[inode]
+            extra = number
         elif kind == "l":
             extra = os.readlink(path)
         xattrs = _xattrs(path) if kind == "d" else []
         size = st.st_size if kind == "f" else 0
-        self.records.append([rel, kind, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, st.st_mtime_ns, size, extra,
-                             rdev, xattrs])
+        self._row([rel, kind, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, st.st_mtime_ns, size, extra, rdev, xattrs])
 
     def deleted(self, rel: str) -> None:
-        self.records.append([rel, "w", 0, 0, 0, 0, 0, "", 0, []])
+        self._row([rel, "w", 0, 0, 0, 0, 0, "", 0, []])
 
-    def finish(self, entry: Path) -> tuple[str, int, int]:
-        data = json.dumps(self.records, separators=(",", ":"), ensure_ascii=False).encode("utf-8", "surrogateescape")
-        (entry / "tree.json").write_bytes(data)
-        return hashlib.sha256(data).hexdigest(), len(self.records) - 1, self.new_bytes + len(data)
+    def _row(self, row: list) -> None:
+        self.rows.append(row)
+        if len(self.rows) >= self.CHUNK:
+            self._flush()
+
+    def _flush(self) -> None:
+        """Write the chunk as json.dumps(all rows) would write it: "[", the rows
+        joined by ",", "]"."""
+        text = json.dumps(self.rows, separators=(",", ":"), ensure_ascii=False)[1:-1]
+        data = (("," if self.count else "[") + text).encode("utf-8", "surrogateescape")
+        self.count += len(self.rows)
+        self.rows = []
+        self.out.write(data)
+        self.sha.update(data)
+        self.written += len(data)
+
+    def finish(self) -> tuple[str, int, int]:
+        if self.rows:
+            self._flush()
+        tail = b"]" if self.count else b"[]"
+        self.out.write(tail)
+        self.out.close()
+        self.sha.update(tail)
+        return self.sha.hexdigest(), self.count - 1, self.new_bytes + self.written + len(tail)
 
 
 def _snapshot(workdir: Path, entry: Path) -> tuple[str, int, int]:
     """Record workdir in entry (tree.json + files/). Returns (sha256 of tree.json,
     entries, bytes of tree.json and of files not already shared with another snapshot)."""
-    recorder = _Recorder(entry)
-    recorder.record(os.fspath(workdir), "", os.lstat(workdir))
-    # Depth first, names sorted, on an explicit stack (no recursion limit on depth).
-    for path, rel, st, _ in walk(os.fspath(workdir), prune=lambda rel, _st: rel in SCRATCH):
-        recorder.record(path, "/" + rel, st)
-    return recorder.finish(entry)
+    with _Recorder(entry) as recorder:
+        recorder.record(os.fspath(workdir), "", os.lstat(workdir))
+        # Depth first, names sorted, on an explicit stack (no recursion limit on depth).
+        for path, rel, st, _ in walk(os.fspath(workdir), prune=lambda rel, _st: rel in SCRATCH):
+            recorder.record(path, "/" + rel, st)
+        return recorder.finish()
 
 
 def _snapshot_layer(workdir: Path, entry: Path, layer) -> tuple[str, int, int]:
     """Record what `layer` says the step changed in workdir's rootfs: "w" rows for what
     it deleted (first), then the changed entries' current state, parents first. The
     first row is the work dir itself, as in a full snapshot."""
-    recorder = _Recorder(entry)
-    recorder.record(os.fspath(workdir), "", os.lstat(workdir))
-    deleted, changed = layer.ordered()
-    for rel in deleted:
-        recorder.deleted("/rootfs" + rel)
-    for rel in changed:
-        path = os.fspath(workdir / "rootfs") + rel
-        try:
-            st = os.lstat(path)
-        except FileNotFoundError:  # made and removed again within the step
-            continue
-        recorder.record(path, "/rootfs" + rel, st, new=True)
-    return recorder.finish(entry)
+    with _Recorder(entry) as recorder:
+        recorder.record(os.fspath(workdir), "", os.lstat(workdir))
+        deleted, changed = layer.ordered()
+        for rel in deleted:
+            recorder.deleted("/rootfs" + rel)
+        for rel in changed:
+            path = os.fspath(workdir / "rootfs") + rel
+            try:
+                st = os.lstat(path)
+            except FileNotFoundError:  # made and removed again within the step
+                continue
+            recorder.record(path, "/rootfs" + rel, st, new=True)
+        return recorder.finish()
 
 
 def _materialize(entry: Path, workdir: Path, meta: dict, *, layer: bool = False) -> None:

@@ -44,8 +44,10 @@ class Layer:
 
     def ordered(self) -> tuple[list[str], list[str]]:
         """(deleted, changed), parents before children."""
-        def key(path: str) -> list[str]:
-            return path.split("/")
+        def key(path: str) -> str:
+            # The order of path.split("/") lists, as one string: "\0" sorts before any
+            # character a name can hold (100,000 lists of parts cost ~30 MiB).
+            return path.replace("/", "\0")
         return sorted(self.deleted, key=key), sorted(self.changed, key=key)
 
 
@@ -58,29 +60,38 @@ def recording_under(rootfs: Path, image_path: str) -> Iterator[Layer]:
     resolved = [resolve_in_root(rootfs, image_path, follow_last=last) for last in (True, False)]
     root = os.fspath(rootfs)
     rels = ["/" + os.path.relpath(p, root) if p != rootfs else "" for p in resolved]
-    before = _states(root, rels)
+    before = dict(_each_state(root, rels))
     layer = Layer()
     yield layer
-    after = _states(root, rels)
-    layer.deleted = {path for path in before if path not in after}
-    layer.changed = {path for path, state in after.items() if before.get(path) != state}
+    # Compared as the walk goes (no second table of the whole subtree): what is left
+    # of `before` then is what was deleted.
+    layer.changed = {path for path, state in _each_state(root, rels) if before.pop(path, None) != state}
+    layer.deleted = set(before)
     for rel in rels:
         parts = rel.split("/")
         layer.changed.update("/".join(parts[:n]) for n in range(1, len(parts)) if os.path.lexists(root + "/".join(parts[:n])))
     layer.changed.add("")
 
 
-def _states(root: str, rels: list[str]) -> dict[str, tuple]:
-    out: dict[str, tuple] = {}
-    for rel in rels:
+def _each_state(root: str, rels: list[str]):
+    """(path, state) of rels[0] and its subtree and of the other (single) rels, each path once."""
+    singles: set[str] = set()
+    for rel in rels[1:]:
         st = _lstat(root + rel)
-        if st is None:
-            continue
-        out[rel] = _state(root + rel, st)
-        if rel == rels[0] and stat.S_ISDIR(st.st_mode):
-            for path, child, cst, _ in walk(root + rel):
-                out[f"{rel}/{child}"] = _state(path, cst)
-    return out
+        if st is not None and rel not in singles:
+            singles.add(rel)
+            yield rel, _state(root + rel, st)
+    top = rels[0]
+    st = _lstat(root + top)
+    if st is None:
+        return
+    if top not in singles:
+        yield top, _state(root + top, st)
+    if stat.S_ISDIR(st.st_mode):
+        for path, child, cst, _ in walk(root + top):
+            rel = f"{top}/{child}"
+            if rel not in singles:
+                yield rel, _state(path, cst)
 
 
 def _state(path: str, st: os.stat_result) -> tuple:
