@@ -30,7 +30,9 @@ import errno
 import hashlib
 import lzma
 import os
+import queue
 import stat
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -43,6 +45,7 @@ from acbuild.records import dataclass, field
 from acbuild.userns import owner_for
 
 CHUNK = 1 << 20
+_AHEAD = 4  # chunks inflated ahead of the reader (memory: _AHEAD + 2 chunks)
 
 # Decides whether an entry is extracted: (cleaned archive name, "rootfs" or
 # "rootfs/usr/bin/x", is_directory) -> keep. Dependency rendering
@@ -89,17 +92,30 @@ def detect_file_compression(path: Path) -> str:
 
 class _HashingReader:
     """A read-only stream that hashes every byte read through it and refuses to
-    read more than the image size limit (an expansion bomb ends there)."""
+    read more than the image size limit (an expansion bomb ends there).
 
-    def __init__(self, inner: BinaryIO, where: Path):
+    With `ahead`, a thread inflates and hashes the next few CHUNKs while the
+    caller works on this one (both release the GIL): the image ID costs no time
+    beside an extraction. close() stops and joins it before the file is closed."""
+
+    def __init__(self, inner: BinaryIO, where: Path, *, ahead: bool = False):
         self.inner = inner
         self.where = where
         self.hash = hashlib.sha512()
         self.limit = limits.max_image_size()
         self.total = 0
+        self._thread: threading.Thread | None = None
+        if ahead:
+            self._chunks: queue.Queue = queue.Queue(_AHEAD)
+            self._stop = False
+            self._ended = False
+            self._rest = memoryview(b"")
+            self._thread = threading.Thread(target=self._produce, name="acbuild-inflate", daemon=True)
+            self._thread.start()
 
-    def read(self, n: int = -1) -> bytes:
-        data = self.inner.read(n if n >= 0 else CHUNK)
+    def _take(self, n: int) -> bytes:
+        """The next up to n bytes of `inner`, hashed and counted."""
+        data = self.inner.read(n)
         self.total += len(data)
         if self.total > self.limit:
             raise ImageError(f"more than {limits.format_size(self.limit)} uncompressed, the image size "
@@ -107,6 +123,49 @@ class _HashingReader:
                              "or max-image-size in acbuild.toml)", path=self.where)
         self.hash.update(data)
         return data
+
+    def _produce(self) -> None:
+        try:
+            while not self._stop:
+                data = self._take(CHUNK)
+                self._put(data)
+                if not data:
+                    return
+        except BaseException as err:  # raised to the reader, at the point it reaches
+            self._put(err)
+
+    def _put(self, item) -> None:
+        while not self._stop:
+            try:
+                self._chunks.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                pass
+
+    def read(self, n: int = -1) -> bytes:
+        if self._thread is None:
+            return self._take(n if n >= 0 else CHUNK)
+        if not self._rest:
+            if self._ended:
+                return b""
+            item = self._chunks.get()
+            if isinstance(item, BaseException):
+                self._ended = True
+                raise item
+            if not item:
+                self._ended = True
+                return b""
+            if n < 0 or n >= len(item):  # the common case: the chunk as it came, no copy
+                return item
+            self._rest = memoryview(item)
+        n = len(self._rest) if n < 0 else n
+        data, self._rest = bytes(self._rest[:n]), self._rest[n:]
+        return data
+
+    def close(self) -> None:
+        if self._thread is not None:
+            self._stop = True
+            self._thread.join()
 
     def drain(self) -> str:
         try:
@@ -152,7 +211,8 @@ def _open_tar(path: Path) -> Iterator[tuple[TarReader, _HashingReader, str]]:
             plain = stack.enter_context(_decompressor(raw, compression))
         except STREAM_ERRORS as e:
             raise ImageError(f"cannot read: {e}", path=path) from e  # a damaged stream is the image's fault
-        reader = _HashingReader(plain, path)
+        reader = _HashingReader(plain, path, ahead=True)
+        stack.callback(reader.close)  # before the file closes: its thread reads from it
         yield TarReader(reader.read, str(path)), reader, compression
 
 
@@ -511,6 +571,7 @@ def extract_rootfs(
     skipped: list[str] = []
     dirs: list[tuple[list[str], Entry]] = []
     tree = _Tree(dest)
+    creator = _Creator.of(dest)
     try:
         with _open_tar(path) as (tar, reader, compression):
             if tarball:  # a plain archive has neither; its entries are all rootfs
@@ -533,7 +594,7 @@ def extract_rootfs(
                 try:
                     if not rel:
                         dirs.append((rel, m))
-                    elif _extract_one(tar, tree, rel, m, owner_for(m.uid, m.gid, f"{path}: {name}"), skipped):
+                    elif _extract_one(tar, tree, rel, m, owner_for(m.uid, m.gid, f"{path}: {name}"), skipped, creator):
                         dirs.append((rel, m))
                 except (OSError, OverflowError) as e:
                     raise ImageError(f"extract {name}: {e}", path=path) from e
@@ -575,43 +636,98 @@ def is_tar_archive(path: Path) -> bool:
     return len(head) == 512 and head[257:262] == b"ustar"
 
 
+@dataclass(frozen=True)
+class _Creator:
+    """What a new file gets without being told, so the calls that would set the same
+    can be left out (a Debian rootfs is ~8,700 entries, most of them root's).
+    `owner`: the creator's (uid, gid), which every new entry has when `dest` was an
+    empty directory without setgid (so no directory in it passes a group on: each was
+    made here, 0700, and gets its mode only at the end); None otherwise. `umask`: this
+    process's, or None when unknown (then every file is chmodded)."""
+
+    owner: tuple[int, int] | None
+    umask: int | None
+
+    @staticmethod
+    def of(dest: Path) -> _Creator:
+        st = os.stat(dest)
+        fresh = not (st.st_mode & stat.S_ISGID) and not os.listdir(dest)
+        try:
+            with open("/proc/self/status", "rb") as f:
+                umask = next((int(line.split()[1], 8) for line in f if line.startswith(b"Umask:")), None)
+        except (OSError, ValueError, IndexError):
+            umask = None
+        return _Creator((os.geteuid(), os.getegid()) if fresh else None, umask)
+
+    def must_chown(self, owner: tuple[int, int] | None) -> bool:
+        return owner is not None and owner != self.owner
+
+    def must_chmod(self, mode: int) -> bool:
+        """Is a file opened with mode & 0o777 not left with mode & 0o7777 yet?"""
+        if mode & 0o7000:  # not given by open, and chown clears setuid
+            return True
+        return self.umask is None or bool(mode & self.umask)
+
+
 def _extract_one(tar: TarReader, tree: _Tree, rel: list[str], m: Entry,
-                 owner: tuple[int, int] | None, skipped: list[str]) -> bool:
+                 owner: tuple[int, int] | None, skipped: list[str], creator: _Creator) -> bool:
     """Create one entry, owned by `owner` (None: as made); True for a directory
-    (its metadata is set at the end)."""
+    (its metadata is set at the end). An entry of that name is replaced (a directory
+    kept for a directory): looked for only when the creation finds it, since most
+    names are new."""
     tree.invalidate(rel)
     pfd = tree.parent(rel, create=True)
     name = rel[-1]
-    _remove(pfd, name, keep_dir=m.isdir())
     if m.isdir():
         try:
             os.mkdir(name, 0o700, dir_fd=pfd)
         except FileExistsError:
-            pass
+            if not stat.S_ISDIR(os.lstat(name, dir_fd=pfd).st_mode):
+                _remove(pfd, name, keep_dir=False)
+                os.mkdir(name, 0o700, dir_fd=pfd)
         return True
     if m.isreg():
-        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600, dir_fd=pfd)
-        with open(fd, "wb", closefd=True) as out:
+        mode = m.mode & 0o7777
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            fd = os.open(name, flags, mode & 0o777, dir_fd=pfd)
+        except FileExistsError:
+            _remove(pfd, name, keep_dir=False)
+            fd = os.open(name, flags, mode & 0o777, dir_fd=pfd)
+        try:
             while data := tar.data(CHUNK):
-                out.write(data)
-            out.flush()
-            if owner is not None:
-                os.fchown(fd, *owner)
-            os.fchmod(fd, m.mode & 0o7777)  # after chown, which clears setuid
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+            if creator.must_chown(owner):
+                os.fchown(fd, *owner)  # type: ignore[misc]
+            if creator.must_chmod(mode):
+                os.fchmod(fd, mode)  # after chown, which clears setuid
             os.utime(fd, (m.mtime, m.mtime))
+        finally:
+            os.close(fd)
         return False
     if m.issym():
-        os.symlink(m.linkname, name, dir_fd=pfd)
+        try:
+            os.symlink(m.linkname, name, dir_fd=pfd)
+        except FileExistsError:
+            _remove(pfd, name, keep_dir=False)
+            os.symlink(m.linkname, name, dir_fd=pfd)
     elif m.islnk():
         tparts = _clean(m.linkname)[1][1:]
         # The target's parent, walked without following symlinks (own fd, not the cursor).
         tfd = _open_dir(tree.root_fd, tparts[:-1])
         try:
-            os.link(tparts[-1], name, src_dir_fd=tfd, dst_dir_fd=pfd, follow_symlinks=False)
+            try:
+                os.link(tparts[-1], name, src_dir_fd=tfd, dst_dir_fd=pfd, follow_symlinks=False)
+            except FileExistsError:
+                _remove(pfd, name, keep_dir=False)
+                os.link(tparts[-1], name, src_dir_fd=tfd, dst_dir_fd=pfd, follow_symlinks=False)
         finally:
             os.close(tfd)
         return False  # shares the target's inode and metadata
     elif m.ischr() or m.isblk() or m.isfifo():
+        _remove(pfd, name, keep_dir=False)
         kind = stat.S_IFCHR if m.ischr() else stat.S_IFBLK if m.isblk() else stat.S_IFIFO
         if not placeholders.make_node(name, kind | 0o600, os.makedev(m.devmajor, m.devminor), dir_fd=pfd):
             raise ImageError(f"cannot keep device node rootfs/{'/'.join(rel)}: this file system holds "
@@ -622,10 +738,11 @@ def _extract_one(tar: TarReader, tree: _Tree, rel: list[str], m: Entry,
         os.utime(name, (m.mtime, m.mtime), dir_fd=pfd, follow_symlinks=False)
         return False
     else:
+        _remove(pfd, name, keep_dir=False)
         skipped.append("/".join(["rootfs", *rel]))
         return False
-    if owner is not None:
-        os.chown(name, *owner, dir_fd=pfd, follow_symlinks=False)
+    if creator.must_chown(owner):
+        os.chown(name, *owner, dir_fd=pfd, follow_symlinks=False)  # type: ignore[misc]
     os.utime(name, (m.mtime, m.mtime), dir_fd=pfd, follow_symlinks=False)
     return False
 
