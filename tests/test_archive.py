@@ -21,7 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from acbuild.aci.archive import detect_compression, extract_rootfs, image_id_of, read_aci
+from acbuild.aci.archive import detect_compression, image_id_of, read_aci
+from acbuild.aci.extract import extract_rootfs
 from acbuild.aci.writer import rewrite_aci, source_date_epoch_from_env, write_aci
 from acbuild.errors import ImageError, UsageError
 

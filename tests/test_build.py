@@ -318,7 +318,7 @@ def test_extraction_does_not_depend_on_the_umask(tmp_path):
     0755, not by the caller's umask: begin/--modify output would differ otherwise."""
     import io
 
-    from acbuild.aci.archive import extract_rootfs
+    from acbuild.aci.extract import extract_rootfs
 
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w", format=tarfile.USTAR_FORMAT) as tar:

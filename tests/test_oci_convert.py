@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from acbuild.aci.archive import extract_rootfs, read_aci
+from acbuild.aci.archive import read_aci
+from acbuild.aci.extract import extract_rootfs
 from acbuild.aci.manifest import ImageManifest
 from acbuild.oci.toaci import Origin, image_manifest
 from tests.conftest import REPO

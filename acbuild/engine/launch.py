@@ -89,7 +89,7 @@ def verified_for_launch(image: Path, options: LaunchOptions):
 def rendered_image(image: Path, source: Path, work: Path, options: LaunchOptions) -> tuple[Path, m.ImageManifest] | None:
     """The image's tree rendered once under the cache dir (engine.rendered), reused while
     it matches; None where it cannot serve (dependencies, no overlayfs to run over it)."""
-    from acbuild.aci.archive import extract_rootfs
+    from acbuild.aci.extract import extract_rootfs
     from acbuild.dirs import cache_root
     from acbuild.engine.deps.overlay import overlay_works
     from acbuild.engine.rendered import cached_tree, render_tree
@@ -117,7 +117,7 @@ def render_image(image: Path, work: Path, options: LaunchOptions, *, source: Pat
     """The image's rootfs (dependencies rendered below it) in `work`/rootfs, and its
     manifest. `source` is the file to read (the verified copy); dependencies are
     looked for beside `image`, then in the image store."""
-    from acbuild.aci.archive import extract_rootfs
+    from acbuild.aci.extract import extract_rootfs
 
     rootfs = work / "rootfs"
     rootfs.mkdir(mode=0o755)

@@ -331,7 +331,8 @@ class Session:
             copy_into_rootfs(Path(tmp), i.sources, self.rootfs, dest, attrs, i.pos)
 
     def _add_sources(self, i: p.Add, dest: str, attrs: CopyAttrs) -> None:
-        from acbuild.aci.archive import extract_rootfs, is_tar_archive
+        from acbuild.aci.archive import is_tar_archive
+        from acbuild.aci.extract import extract_rootfs
         from acbuild.engine.execute.copy import select_sources
 
         urls = [src for src in i.sources if "://" in src]
@@ -483,7 +484,7 @@ def _start_from_base(base: p.From, rootfs: Path, options: BuildOptions) -> m.Ima
 
 def _start_from_aci(path: Path, rootfs: Path, base: p.From, options: BuildOptions, *,
                     by_name: bool = False) -> m.ImageManifest:
-    from acbuild.aci.archive import extract_rootfs
+    from acbuild.aci.extract import extract_rootfs
     from acbuild.trust.policy import verified_base
 
     rootfs.mkdir(mode=0o755)
@@ -514,7 +515,7 @@ def _start_from_oci(base: p.From, rootfs: Path, options: BuildOptions) -> m.Imag
     """A Docker/OCI image (docker://, docker-archive:, oci:, oci-archive:), converted
     once into the cache (acbuild.oci.bases). Its digests are its proof: no appc
     signature applies."""
-    from acbuild.aci.archive import extract_rootfs
+    from acbuild.aci.extract import extract_rootfs
     from acbuild.errors import AcbuildError
     from acbuild.oci.bases import anchored, converted_base
 

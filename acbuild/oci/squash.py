@@ -40,14 +40,13 @@ from __future__ import annotations
 
 import os
 import tempfile
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from queue import Queue
 from typing import BinaryIO
 
 from acbuild.aci.archive import escapes_root
 from acbuild.aci.pgzip import gunzip_reader
+from acbuild.aci.readahead import ReadAhead
 from acbuild.aci.tarformat import BLOCK, ZERO_BLOCK, tar_header
 from acbuild.aci.tarstream import AREGTYPE, DIRTYPE, LNKTYPE, REGTYPE, STREAM_ERRORS, Entry, TarReader
 from acbuild.errors import ImageError
@@ -136,54 +135,6 @@ class _Prefixed:
         return self.inner.read(n)
 
 
-class _ReadAhead:
-    """The uncompressed layer read by a second thread, CHUNK by CHUNK, so that
-    reading the file, gunzipping and hashing (which release the GIL) overlap with
-    parsing the tar in this one. `read(n)` returns at most one chunk; the thread's
-    failure is raised here, in the reader."""
-
-    def __init__(self, read, depth: int = 4):
-        self._queue: Queue = Queue(depth)
-        self._rest = b""
-        self._done = False
-        self._stop = False
-        self._thread = threading.Thread(target=self._run, args=(read,), daemon=True, name="layer-read")
-        self._thread.start()
-
-    def _run(self, read) -> None:
-        try:
-            while not self._stop:
-                chunk = read(CHUNK)
-                self._queue.put(chunk)
-                if not chunk:
-                    return
-        except BaseException as e:  # handed to the reader
-            self._queue.put(e)
-
-    def read(self, n: int) -> bytes:
-        if not self._rest:
-            if self._done:
-                return b""
-            got = self._queue.get()
-            if isinstance(got, BaseException):
-                self._done = True
-                raise got
-            if not got:
-                self._done = True
-                return b""
-            self._rest = got
-        data, self._rest = self._rest[:n], self._rest[n:]
-        return data
-
-    def close(self) -> None:
-        """Stop the thread (it may be blocked on a full queue: drain it)."""
-        self._stop = True
-        while self._thread.is_alive():
-            while not self._queue.empty():
-                self._queue.get_nowait()
-            self._thread.join(0.05)
-
-
 @contextmanager
 def _layer_tar(layer: Layer) -> Iterator[TarReader]:
     """The layer's tar entries, streamed and strictly parsed; after the reader is
@@ -198,7 +149,7 @@ def _layer_tar(layer: Layer) -> Iterator[TarReader]:
             stream = gunzip_reader(stream)
         checked = DigestReader(stream, layer.diff_id, what=f"layer {layer.what} (uncompressed)") \
             if layer.diff_id else stream
-        ahead = _ReadAhead(checked.read)
+        ahead = ReadAhead(checked.read, name="acbuild-layer-read")
         try:
             tar = TarReader(ahead.read, f"layer {layer.what}")
             yield tar

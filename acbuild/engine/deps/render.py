@@ -222,7 +222,7 @@ def provided_from_tree(rootfs: Path, own_whitelist: list[str]) -> Provided:
 
 def render_layers(layers: list[Layer], rootfs: Path, provided: Provided, options, pos: SourcePos | None) -> None:
     """Extract layers[1:] into rootfs, first provider wins (layers[0] is already there)."""
-    from acbuild.aci.archive import extract_rootfs
+    from acbuild.aci.extract import extract_rootfs
 
     for i, layer in enumerate(layers):
         if i == 0 and layer.aci is None:

@@ -23,7 +23,8 @@ ROOTFS_INSTRUCTIONS = (p.Copy, p.Run, p.WorkDir)
 
 def modify_image(image: Path, steps: list[tuple[p.Instruction, Path | None]], options) -> bool:
     """Apply (instruction, context) pairs to `image`; True when a stale .asc was removed."""
-    from acbuild.aci.archive import detect_file_compression, extract_rootfs, read_aci
+    from acbuild.aci.archive import detect_file_compression, read_aci
+    from acbuild.aci.extract import extract_rootfs
     from acbuild.aci.manifest import ImageManifest
     from acbuild.aci.writer import rewrite_aci
     from acbuild.engine.session import Session
