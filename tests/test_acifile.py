@@ -210,3 +210,41 @@ def test_one_rule_one_wording_in_both_front_ends(tmp_path, line, verb, problem):
     assert typed.returncode == 3
     assert typed.stderr.startswith("acbuild: ") and f": {problem}" in typed.stderr, typed.stderr
     assert "Traceback" not in planned.stderr + typed.stderr
+
+
+def test_a_build_file_parsed_again_comes_from_the_parse_cache(tmp_path, monkeypatch):
+    """compile_file reads a file it parsed before back from the parse cache (Lark is
+    not loaded then); an edited file, or a damaged entry, is parsed again."""
+    from acbuild.frontend import parse
+
+    monkeypatch.setenv("ACBUILD_CACHE_DIR", str(tmp_path / "cache"))
+    acifile = tmp_path / "ACIfile"
+    acifile.write_text("FROM scratch\nNAME example.com/cached\nLABEL a=1\n")
+    first = compile_file(acifile)
+    entries = list((tmp_path / "cache" / "parse").iterdir())
+    assert len(entries) == 1
+
+    calls = []
+    real = parse.parse_acifile
+    monkeypatch.setattr(parse, "parse_acifile", lambda *a: calls.append(a) or real(*a))
+    assert compile_file(acifile) == first
+    assert calls == []  # served by the cache
+
+    acifile.write_text("FROM scratch\nNAME example.com/cached\nLABEL a=2\n")
+    edited = compile_file(acifile)
+    assert len(calls) == 1 and edited != first
+    assert [s.items for s in edited.stages[0].steps if isinstance(s, p.Label)] == [(("a", "2"),)]
+    assert list((tmp_path / "cache" / "parse").iterdir()) == entries  # one entry per file, replaced
+
+    entries[0].write_bytes(b"not a pickle")
+    assert compile_file(acifile) == edited
+    assert len(calls) == 2
+
+
+def test_a_syntax_error_is_reported_again_not_cached(tmp_path, monkeypatch):
+    monkeypatch.setenv("ACBUILD_CACHE_DIR", str(tmp_path / "cache"))
+    acifile = tmp_path / "ACIfile"
+    acifile.write_text("FROM scratch\nLABEL\n")
+    for _ in range(2):
+        with pytest.raises(AcbuildError, match=r"ACIfile:2:"):
+            compile_file(acifile)

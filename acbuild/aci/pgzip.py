@@ -26,11 +26,13 @@ import os
 import struct
 import zlib
 from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 import isal
 from isal import isal_zlib
+
+if TYPE_CHECKING:
+    from concurrent.futures import Future
 
 BLOCK = 1 << 20
 WINDOW = 1 << 15
@@ -64,6 +66,8 @@ class ParallelGzipWriter:
         self._raw = raw
         self._level = level
         self._threads = max(1, threads or cpu_count())
+        from concurrent.futures import ThreadPoolExecutor  # here: 4 ms that reading and the encoder name do not need
+
         self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="pgzip")
         self._pending: deque[Future[bytes]] = deque()
         self._buf = bytearray()

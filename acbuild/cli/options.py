@@ -296,7 +296,7 @@ def registry_options(args):
     """The RegistryOptions and Platform (or None) the options give."""
     from acbuild.oci.auth import parse_creds
     from acbuild.oci.manifests import parse_platform
-    from acbuild.oci.registry import RegistryOptions
+    from acbuild.oci.auth import RegistryOptions
 
     creds = parse_creds(args.creds) if getattr(args, "creds", None) else None
     options = RegistryOptions(insecure=bool(getattr(args, "insecure", False)),

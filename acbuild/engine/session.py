@@ -505,7 +505,7 @@ def _start_from_aci(path: Path, rootfs: Path, base: p.From, options: BuildOption
 
 def oci_convert_options(options: BuildOptions):
     from acbuild.oci.convert import ConvertOptions
-    from acbuild.oci.registry import RegistryOptions
+    from acbuild.oci.auth import RegistryOptions
 
     return ConvertOptions(registry=options.registry or RegistryOptions(), platform=options.platform,
                           reporter=options.reporter)

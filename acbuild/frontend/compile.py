@@ -25,7 +25,7 @@ from acbuild import plan as p
 from acbuild.errors import PlanError
 from acbuild.frontend.dockerfile import DEFAULT_SHELL, DOCKER, DockerfileWords, Platforms
 from acbuild.frontend.expand import ExpandError, expand_word
-from acbuild.frontend.parse import Statement, Word, parse_acifile
+from acbuild.frontend.parse import Statement, Word, parse_acifile, parse_acifile_cached
 from acbuild.frontend.run import RunWords
 from acbuild.frontend.source import Heredoc
 from acbuild.records import dataclass, field, replace
@@ -59,7 +59,7 @@ def compile_file(path, build_args: dict[str, str] | None = None, target: str | N
         raise NotFoundError(f"cannot read {path}: {err.strerror}") from err
     except UnicodeDecodeError as err:
         raise PlanError(f"{path}: not a text file ({err.reason})") from err
-    plan = compile_text(text, str(path), build_args, base_info, platforms)
+    plan = compile_text(text, str(path), build_args, base_info, platforms, cached_parse=True)
     if tag:
         plan = apply_tag(plan, target, tag)
     check_output(plan, target)
@@ -101,8 +101,12 @@ def check_output(plan: p.Plan, target: str | None) -> None:
 
 
 def compile_text(text: str, filename: str = "ACIfile", build_args: dict[str, str] | None = None,
-                 base_info: BaseInfo | None = None, platforms: Platforms | None = None) -> p.Plan:
-    return Compiler(filename, dict(build_args or {}), base_info, platforms).compile(parse_acifile(text, filename))
+                 base_info: BaseInfo | None = None, platforms: Platforms | None = None,
+                 *, cached_parse: bool = False) -> p.Plan:
+    """`cached_parse`: through the parse cache (for build files, which are parsed again
+    and again; not for texts made on the fly)."""
+    statements = (parse_acifile_cached if cached_parse else parse_acifile)(text, filename)
+    return Compiler(filename, dict(build_args or {}), base_info, platforms).compile(statements)
 
 
 @dataclass

@@ -9,6 +9,7 @@ errors become ParseError with the file, line, column and a caret excerpt.
 
 from __future__ import annotations
 
+import os
 import re
 from functools import cache
 from importlib import resources
@@ -122,6 +123,74 @@ def _grammar_text() -> str:
         return resources.files("acbuild.grammar").joinpath("acifile.lark").read_text()
     except (ModuleNotFoundError, FileNotFoundError):
         return (Path(__file__).resolve().parents[2] / "grammar" / "acifile.lark").read_text()
+
+
+def parse_acifile_cached(text: str, filename: str = "ACIfile") -> list[Statement]:
+    """parse_acifile, through the parse cache: a build file parsed before is read
+    back instead (loading Lark and parsing take ~25 ms, a tenth of a cached build)."""
+    key = _parse_key(text, filename)
+    cached = _cached_parse(filename, key)
+    if cached is not None:
+        return cached
+    statements = parse_acifile(text, filename)
+    _store_parse(filename, key, statements)
+    return statements
+
+
+def _parse_key(text: str, filename: str) -> bytes:
+    """What a parse depends on: the text and its name (positions carry it), and the
+    code: the grammar, this parser's modules and Lark (by file size and mtime, so an
+    edited checkout or an upgrade never reads an old parse)."""
+    import hashlib
+    import sys
+    from importlib.util import find_spec
+
+    from acbuild import __version__, errors
+    from acbuild.frontend import source
+
+    h = hashlib.sha256(f"{__version__}\0{sys.version}\0{filename}\0".encode("utf-8", "surrogateescape"))
+    h.update(text.encode("utf-8", "surrogateescape"))
+    h.update(_grammar_text().encode())
+    lark = find_spec("lark")
+    for module in (__file__, source.__file__, errors.__file__, lark.origin if lark else None):
+        if module:
+            st = os.stat(module)
+            h.update(f"\0{module} {st.st_size} {st.st_mtime_ns}".encode("utf-8", "surrogateescape"))
+    return h.digest()
+
+
+def _parse_cache_file(filename: str) -> Path:
+    """One entry per file name (the next parse of a changed file replaces it), in
+    the user's own cache dir, as Lark's tables: it is unpickled."""
+    import hashlib
+
+    from acbuild.dirs import cache_root
+
+    name = hashlib.sha256(filename.encode("utf-8", "surrogateescape")).hexdigest()[:32]
+    return cache_root() / "parse" / f"{name}.pickle"
+
+
+def _cached_parse(filename: str, key: bytes) -> list[Statement] | None:
+    import pickle
+
+    try:
+        stored_key, statements = pickle.loads(_parse_cache_file(filename).read_bytes())
+    except Exception:  # missing, damaged or from other code: parse again
+        return None
+    return statements if stored_key == key else None
+
+
+def _store_parse(filename: str, key: bytes, statements: list[Statement]) -> None:
+    import pickle
+
+    from acbuild.atomic import write_atomic
+
+    path = _parse_cache_file(filename)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, pickle.dumps((key, statements), protocol=pickle.HIGHEST_PROTOCOL), mode=0o600)
+    except OSError:  # an unwritable cache only costs the next parse
+        pass
 
 
 def parse_acifile(text: str, filename: str = "ACIfile") -> list[Statement]:

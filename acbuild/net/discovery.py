@@ -30,8 +30,8 @@ at most PAGE_LIMIT bytes of it are read. Nothing here downloads images or keys.
 
 from __future__ import annotations
 
+import functools
 import re
-from html.parser import HTMLParser
 
 from acbuild.aci.types import acidentifier_problem, host_os_arch
 from acbuild.errors import NotFoundError, UsageError
@@ -237,24 +237,31 @@ def page_url(scheme: str, prefix: str, port: int | None) -> str:
     return f"{scheme}://{host}{f':{port}' if port else ''}{slash}{path}?ac-discovery=1"
 
 
-class _MetaParser(HTMLParser):
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.tags: list[MetaTag] = []
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag != "meta":
-            return
-        values = {key: value or "" for key, value in attrs}  # the last of a repeated attribute wins
-        name, content = values.get("name", ""), values.get("content", "").strip()
-        prefix, space, template = content.partition(" ")
-        if name.startswith("ac-") and prefix and space and template.strip():
-            self.tags.append(MetaTag(name, prefix, template.strip()))
-
-
 def parse_meta(html: str) -> list[MetaTag]:
     """The `ac-*` meta tags of a page, in page order (actool's extractACMeta)."""
-    parser = _MetaParser()
+    parser = _meta_parser_class()()
     parser.feed(html)
     parser.close()
     return parser.tags
+
+
+@functools.cache
+def _meta_parser_class():
+    from html.parser import HTMLParser  # here: 3 ms that a command sending no request need not pay
+
+    class MetaParser(HTMLParser):
+        def __init__(self) -> None:
+            super().__init__(convert_charrefs=True)
+            self.tags: list[MetaTag] = []
+
+        def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+            if tag != "meta":
+                return
+            values = {key: value or "" for key, value in attrs}  # the last of a repeated attribute wins
+            name, content = values.get("name", ""), values.get("content", "").strip()
+            prefix, space, template = content.partition(" ")
+            if name.startswith("ac-") and prefix and space and template.strip():
+                self.tags.append(MetaTag(name, prefix, template.strip()))
+
+    return MetaParser
+

@@ -54,19 +54,23 @@ sent as it is); `read_url` reads a whole (small) body. Contract:
 from __future__ import annotations
 
 import functools
-import http.client
 import os
-import socket
-import ssl
 import threading
 import urllib.parse
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from acbuild import __version__
 from acbuild.errors import AcbuildError
 from acbuild.records import dataclass
+
+# http.client, ssl, socket and urllib.request are imported where a request needs them:
+# they cost ~15 ms, and most commands import this module (for its options and errors)
+# without sending anything, a cached build among them.
+if TYPE_CHECKING:
+    import http.client
+    import ssl
 
 REDIRECTS = {301, 302, 303, 307, 308}
 CHUNK = 1 << 16
@@ -155,6 +159,8 @@ class _Connection:
             self.conn.close()
             return
         if not reply.isclosed() and reply.length is not None and reply.length <= _DRAIN_LIMIT:
+            import http.client
+
             try:
                 reply.read()
             except (OSError, http.client.HTTPException):
@@ -186,6 +192,8 @@ class Response:
 
     def chunks(self, size: int = CHUNK) -> Iterator[bytes]:
         """The body in pieces; NetError if it ends early or grows past the limit."""
+        import http.client
+
         got = 0
         try:
             while True:
@@ -270,6 +278,8 @@ def _accept(url: str, conn: _Connection, reply: http.client.HTTPResponse, start:
 def _request_once(url: str, method: str, start: int, extra: dict[str, str], options: HttpOptions,
                   body: bytes | None = None, pool: ConnectionPool | None = None
                   ) -> tuple[_Connection, http.client.HTTPResponse]:
+    import http.client
+
     parts = urllib.parse.urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise NetError(url, "not an http:// or https:// URL")
@@ -324,6 +334,8 @@ def _tls_context(options: HttpOptions) -> ssl.SSLContext:
 
 @functools.lru_cache(maxsize=8)
 def _cached_context(ca_file: Path | None, insecure: bool, _cert_file: str | None, _cert_dir: str | None) -> ssl.SSLContext:
+    import ssl
+
     if insecure:
         context = ssl.create_default_context()
         context.check_hostname = False
@@ -338,6 +350,8 @@ def _cached_context(ca_file: Path | None, insecure: bool, _cert_file: str | None
 
 
 def _proxy_for(scheme: str, host: str) -> tuple[str, int] | None:
+    import urllib.request
+
     proxies = urllib.request.getproxies_environment()
     if scheme not in proxies or urllib.request.proxy_bypass_environment(host, proxies):
         return None
@@ -349,6 +363,10 @@ def _proxy_for(scheme: str, host: str) -> tuple[str, int] | None:
 
 def _describe(e: BaseException, timeout: float) -> str:
     """A one-line account of a connection failure."""
+    import http.client
+    import socket
+    import ssl
+
     if isinstance(e, ssl.SSLCertVerificationError):
         hint = "pass --ca-file FILE or set SSL_CERT_FILE, or --insecure"
         why = e.verify_message or str(e)

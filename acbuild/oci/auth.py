@@ -37,6 +37,18 @@ class Credentials:
         return "Basic " + base64.b64encode(raw).decode("ascii")
 
 
+@dataclass(frozen=True)
+class RegistryOptions:
+    """How to reach a registry: --insecure (HTTPS without a certificate check, plain
+    HTTP when the registry speaks no TLS), --ca-file, --creds (acbuild.oci.registry).
+    Here, not beside the client: every command that has these flags makes one."""
+
+    insecure: bool = False
+    ca_file: Path | None = None
+    credentials: Credentials | None = None
+    timeout: float = 60.0
+
+
 def parse_creds(text: str) -> Credentials:
     """`USER[:PASSWORD]` as skopeo's --creds takes it."""
     user, _, password = text.partition(":")

@@ -27,7 +27,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from acbuild.aci.manifest import ImageManifest
-from acbuild.aci.pgzip import ParallelGzipWriter
 from acbuild.errors import ImageError, ManifestError, UsageError
 from acbuild.oci import manifests as mt
 from acbuild.oci.layout_writer import Layout, canonical_json
@@ -164,7 +163,11 @@ class _LayerStream:
 
     def __init__(self, blob, compress: bool):
         self.diff = hashlib.sha256()
-        self._out = ParallelGzipWriter(blob) if compress else blob
+        if compress:
+            from acbuild.aci.pgzip import ParallelGzipWriter
+
+            blob = ParallelGzipWriter(blob)
+        self._out = blob
         self._compress = compress
 
     def write(self, data: bytes | bytearray | memoryview) -> None:

@@ -36,22 +36,12 @@ from pathlib import Path
 from acbuild.errors import ImageError, NotFoundError
 from acbuild.net.http import ConnectionPool, HttpOptions, NetError, Response, open_url
 from acbuild.oci import manifests as mt
-from acbuild.oci.auth import Credentials, find_credentials, parse_challenge
+from acbuild.oci.auth import Credentials, RegistryOptions, find_credentials, parse_challenge
 from acbuild.oci.blobs import BlobCache, digest_of, read_verified
 from acbuild.oci.reference import Reference
 from acbuild.records import dataclass
 
 MAX_MANIFEST = 4 << 20
-
-
-@dataclass(frozen=True)
-class RegistryOptions:
-    """How to reach a registry: --insecure, --ca-file, --creds (see the module docstring)."""
-
-    insecure: bool = False
-    ca_file: Path | None = None
-    credentials: Credentials | None = None
-    timeout: float = 60.0
 
 
 @dataclass
