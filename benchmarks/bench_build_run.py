@@ -17,6 +17,7 @@ A report, not a test: timings never decide pass/fail.
 
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
 import statistics
@@ -112,7 +113,9 @@ def interactive_run(top: Path) -> float | None:
 
 
 def main() -> None:
-    repeats = int(sys.argv[1]) if len(sys.argv) > 1 else 5
+    ap = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    ap.add_argument("repeats", nargs="?", type=int, default=5, help="builds of each tool (default 5)")
+    repeats = ap.parse_args().repeats
     top = Path(tempfile.mkdtemp(prefix="acbuild-bench-"))
     print(f"before: {load()}", flush=True)
     try:

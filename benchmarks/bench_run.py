@@ -10,10 +10,10 @@ sandbox (a user namespace too) and skips the chroot baseline, which needs root.
 
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -54,7 +54,9 @@ def timed(fn: Callable[[], int], calls: int) -> list[float]:
 
 
 def main() -> None:
-    calls = int(sys.argv[1]) if len(sys.argv) > 1 else 20
+    ap = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    ap.add_argument("calls", nargs="?", type=int, default=20, help="runs of /bin/true each way (default 20)")
+    calls = ap.parse_args().calls
     with tempfile.TemporaryDirectory(prefix="acbuild-bench-") as top:
         root = make_rootfs(Path(top))
         rows = [

@@ -15,6 +15,7 @@ wrappers are theirs too); the wrapping itself costs microseconds. A report, not 
 
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
 import statistics
@@ -94,8 +95,11 @@ def drain() -> str:
 
 
 def main() -> None:
-    calls = int(sys.argv[1]) if len(sys.argv) > 1 else 30
-    network = sys.argv[2] if len(sys.argv) > 2 else "none"
+    ap = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    ap.add_argument("calls", nargs="?", type=int, default=30, help="sandboxed runs (default 30)")
+    ap.add_argument("network", nargs="?", choices=("none", "host"), default="none")
+    args = ap.parse_args()
+    calls, network = args.calls, args.network
     instrument()
     top = Path(tempfile.mkdtemp(prefix="acbuild-bench-"))
     try:
