@@ -301,3 +301,44 @@ def test_two_outputs_of_one_build_never_share_a_file(tmp_path):
     # the edited output is no longer trusted as the cached image either
     meta = build(ctx, tmp_path / "c.aci", cache)
     assert (tmp_path / "c.aci").read_bytes() == good
+
+
+def test_the_stat_cache_keeps_digests_it_can_trust_and_knows_what_a_build_looked_at(tmp_path):
+    """The stat cache's own rules, on real files: a file is read once while its stat
+    stays; a changed one is read again; a racily clean one (written in the last
+    RACY_NS) is never stored; digest_of answers only for files this build looked at,
+    while entries of files it did not look at survive its save."""
+    from acbuild.engine.cache.statcache import RACY_NS, StatCache, file_sha256
+
+    old, other, fresh = (tmp_path / name for name in ("old", "other", "fresh"))
+    for path in (old, other):
+        path.write_bytes(path.name.encode())
+        past = time.time_ns() - 10 * RACY_NS
+        os.utime(path, ns=(past, past))
+    time.sleep(2 * RACY_NS / 1e9)  # ctime, which utime cannot set back, is old enough now
+    store = tmp_path / "stat" / "ctx.marshal"
+
+    first = StatCache(store)
+    for path in (old, other):
+        assert first.digest(str(path), os.stat(path)) == file_sha256(path)
+    first.save()
+
+    second = StatCache(store)
+    fresh.write_bytes(b"fresh")
+    assert second.digest(str(old), os.stat(old)) == file_sha256(old)
+    assert second.digest(str(fresh), os.stat(fresh)) == file_sha256(fresh)
+    assert second.hashed == 1  # old came from the cache; fresh was read
+    assert second.digest_of(str(old)) == file_sha256(old)
+    assert second.digest_of(str(fresh)) == file_sha256(fresh)  # racy: known to this build only
+    assert second.digest_of(str(other)) is None  # in the cache, but not looked at
+    second.save()
+
+    third = StatCache(store)
+    assert third.digest(str(other), os.stat(other)) == file_sha256(other)  # kept by the second save
+    third.digest(str(fresh), os.stat(fresh))
+    assert third.hashed == 1  # fresh again: a racy digest is never stored
+
+    old.write_bytes(b"changed!")  # same size class, new mtime and ctime
+    assert third.digest(str(old), os.stat(old)) == file_sha256(old)
+    assert third.hashed == 2
+    assert third.digest_of(str(old)) == file_sha256(old)

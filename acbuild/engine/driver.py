@@ -18,7 +18,9 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from acbuild import plan as p
 from acbuild.engine.progress import Progress
@@ -27,6 +29,9 @@ from acbuild.aci.writer import check_output_path
 from acbuild.errors import ImageError, UsageError
 from acbuild.records import dataclass, field, replace
 from acbuild.temps import locked_temp_dir, remove_locked_dir, remove_stale_dirs
+
+if TYPE_CHECKING:
+    from acbuild.engine.cache.statcache import StatCache
 
 # Steps that change the work dir's files; the others change only the manifest.
 _TREE_STEPS = (p.From, p.Copy, p.Run, p.WorkDir)
@@ -102,13 +107,13 @@ class _ReadCheck:
     from at once, and only the first changed path (by name) is kept, so memory does
     not grow with the file count."""
 
-    def __init__(self, expected: dict[str, str]):
+    def __init__(self, expected: Callable[[str], str | None]):
         self.expected = expected
         self.changed: str | None = None
         self._lock = threading.Lock()
 
     def __setitem__(self, path: str, digest: str) -> None:
-        if self.expected.get(path) != digest:
+        if self.expected(path) != digest:
             with self._lock:
                 if self.changed is None or path < self.changed:
                     self.changed = path
@@ -131,7 +136,7 @@ class _Build:
         self.records: dict[int, StepRecord] = {}
         self.work_root: Path | None = None
         self.files_hashed = 0
-        self.key_digests: dict[str, str] = {}  # host path -> sha256 the keys were made from
+        self.key_stats: StatCache | None = None  # digest_of: the sha256 each key was made from
         # Set when a COPY read other bytes than its key was made from (a file changed
         # during the build): nothing from then on is cached, or the cache would hold
         # content Y under content X's key.
@@ -167,7 +172,7 @@ class _Build:
                             self.report(stage, idx, cached=True)
             finally:
                 os.umask(caller_umask)
-            self.key_digests = {}  # every COPY is checked: the table is not held while the image is written
+            self.key_stats = None  # every COPY is checked: the table is not held while the image is written
             return self.write_image(final)
         finally:
             remove_locked_dir(self.work_root, lock)
@@ -205,7 +210,7 @@ class _Build:
             self.keys[stage.name] = maker.stage_keys(stage, finals)
             finals[stage.name] = self.keys[stage.name][-1]
         self.files_hashed = stat_cache.hashed
-        self.key_digests = maker.used
+        self.key_stats = stat_cache
         try:
             stat_cache.save()
         except OSError:
@@ -321,7 +326,7 @@ class _Build:
         return session
 
     def read_check(self) -> _ReadCheck:
-        return _ReadCheck(self.key_digests)
+        return _ReadCheck(self.key_stats.digest_of if self.key_stats is not None else lambda path: None)
 
     def check_copied(self, copied, number: int) -> None:
         """Did a COPY read other bytes than its key was made from?"""

@@ -35,7 +35,7 @@ from pathlib import Path
 from acbuild import plan as p
 from acbuild.engine.execute.copy import select_sources
 from acbuild.engine.execute.paths import resolve_in_root
-from acbuild.engine.cache.statcache import StatCache
+from acbuild.engine.cache.statcache import SIG_SIZE, StatCache, pack_sig
 from acbuild.errors import AcbuildError
 from acbuild.userns import describe_mapping
 
@@ -83,9 +83,6 @@ class KeyMaker:
         self.settings = settings_text(options)
         ignore = options.ignore
         self.ignore_text = ignore.digest_text() if hasattr(ignore, "digest_text") else ""
-        # Every file content the keys used (host path -> sha256): a COPY that then
-        # reads other bytes (the file changed meanwhile) must not be cached under them.
-        self.used: dict[str, str] = {}
 
     def stage_keys(self, stage: p.Stage, final_keys: dict[str, str]) -> list[str]:
         """Keys for the FROM and each step; `final_keys` maps earlier stage names to their last key."""
@@ -199,7 +196,8 @@ class KeyMaker:
         the stat cache's hit test is inlined, and the lines are built as text and
         hashed in batches. Paths are normalized once at the top: scandir's joins keep
         them normal."""
-        used, known, digest = self.used, self.stat.entries.get, self.stat.digest
+        cache = self.stat
+        seen, previous, entries, digest, hash_file = cache.entries.get, cache.previous.pop, cache.entries, cache.digest, cache.hash
         S_ISREG, S_ISDIR, S_ISLNK, S_IMODE = stat.S_ISREG, stat.S_ISDIR, stat.S_ISLNK, stat.S_IMODE
         lines: list[str] = []
         line = lines.append
@@ -217,8 +215,7 @@ class KeyMaker:
         if S_ISDIR(st.st_mode):
             line(f"D {rel} {S_IMODE(st.st_mode) if full_modes else 0:o}\n")
         elif S_ISREG(st.st_mode):
-            used[top] = value = digest(top, st)
-            line(f"F {rel} {file_mode(st.st_mode):o} {value}\n")
+            line(f"F {rel} {file_mode(st.st_mode):o} {digest(top, st)}\n")
             return flush()
         elif S_ISLNK(st.st_mode):
             line(f"L {rel} {os.readlink(top)}\n")
@@ -252,13 +249,13 @@ class KeyMaker:
                 mode = st.st_mode
                 if S_ISREG(mode):
                     child_path = dirs[-1] + entry.name
-                    hit = known(child_path)
-                    if hit is not None and hit[0] == st.st_size and hit[1] == st.st_mtime_ns \
-                            and hit[2] == st.st_ino and hit[3] == st.st_ctime_ns:
-                        value = hit[5]  # StatCache.digest's test, without its call
+                    sig = pack_sig(st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
+                    hit = seen(child_path) or previous(child_path, None)  # StatCache.known, inlined
+                    if hit is not None and hit.startswith(sig):
+                        entries[child_path] = hit
+                        value = hit[SIG_SIZE:].hex()
                     else:
-                        value = digest(child_path, st)
-                    used[child_path] = value
+                        value = hash_file(child_path, st, sig)
                     line(f"F {child} {file_mode(mode):o} {value}\n")
                 elif S_ISDIR(mode):
                     line(f"D {child} {S_IMODE(mode) if full_modes else 0:o}\n")
