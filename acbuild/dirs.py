@@ -33,3 +33,25 @@ def store_root() -> Path:
         return Path(explicit)
     base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
     return Path(base) / "acbuild" / "images"
+
+
+# The trust store's roots (acbuild.trust.store says what they hold); here, because
+# every command that verifies an image names them without opening the store.
+SYSTEM_TRUST_DIR = Path("/etc/acbuild/trustedkeys")
+ENV_TRUST_DIR = "ACBUILD_TRUST_DIR"
+
+
+def user_trust_dir() -> Path:
+    config = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(config) / "acbuild" / "trustedkeys"
+
+
+def default_trust_dirs(override: Path | None = None, configured: tuple[Path, ...] | None = None) -> list[Path]:
+    """The roots to use: the flag, else ACBUILD_TRUST_DIR, else acbuild.toml, else system + user."""
+    if override is not None:
+        return [override]
+    if os.environ.get(ENV_TRUST_DIR):
+        return [Path(os.environ[ENV_TRUST_DIR])]
+    if configured:
+        return list(configured)
+    return [SYSTEM_TRUST_DIR, user_trust_dir()]

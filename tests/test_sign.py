@@ -424,7 +424,7 @@ def test_config_signing_key_used_by_cli(keyring, aci, tmp_path):
 
 
 def test_trust_dir_resolution(tmp_path, monkeypatch):
-    from acbuild.trust.store import SYSTEM_TRUST_DIR, default_trust_dirs
+    from acbuild.dirs import SYSTEM_TRUST_DIR, default_trust_dirs
 
     monkeypatch.delenv("ACBUILD_TRUST_DIR", raising=False)
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))

@@ -16,7 +16,7 @@ from acbuild.cli.options import (
     add_trust_options,
     compile_from_args,
     registry_options,
-    fetcher_from_args,
+    LazyFetcher,
     signing_from_args,
     trust_settings,
 )
@@ -163,7 +163,7 @@ def run(args) -> int:
         tmpfs_size=args.tmpfs_size,
         secrets=parse_secrets(args.secret),
         ssh=parse_ssh(args.ssh),
-        fetcher=fetcher_from_args(args, config, reporter=progress),
+        fetcher=LazyFetcher(args, config, reporter=progress),
         **trust_settings(args, config),
     )
     signing = signing_from_args(args, config)

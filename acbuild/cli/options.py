@@ -193,7 +193,7 @@ def signing_from_args(args, config):
 def trust_settings(args, config) -> dict:
     """BuildOptions fields for base verification, from flags (for commands that
     have them: build, launch, begin) and acbuild.toml."""
-    from acbuild.trust.store import default_trust_dirs
+    from acbuild.dirs import default_trust_dirs
 
     require = getattr(args, "require_signatures", None)
     dirs = default_trust_dirs(getattr(args, "trust_dir", None), config.trust_dirs)
@@ -366,14 +366,15 @@ def _discovery_defaults(args) -> argparse.Namespace:
 
 class LazyFetcher:
     """fetcher_from_args, built on first use: verbs that never fetch (most interactive
-    ones) do not pay for the network modules' imports."""
+    ones) and builds whose every step is cached do not pay for the network modules'
+    imports."""
 
-    def __init__(self, args, config=None):
-        self._args, self._config, self._fetcher = args, config, None
+    def __init__(self, args, config=None, *, reporter=None):
+        self._args, self._config, self._reporter, self._fetcher = args, config, reporter, None
 
     def __getattr__(self, name: str):
         if name.startswith("__"):  # copy, pickle and friends probe for these: not a reason to fetch
             raise AttributeError(name)
         if self._fetcher is None:
-            self._fetcher = fetcher_from_args(self._args, self._config)
+            self._fetcher = fetcher_from_args(self._args, self._config, reporter=self._reporter)
         return getattr(self._fetcher, name)

@@ -87,7 +87,8 @@ def _common(p: argparse.ArgumentParser, trust_dir: bool = True) -> None:
 
 def _store(args):
     from acbuild.config import load_config
-    from acbuild.trust.store import TrustStore, default_trust_dirs
+    from acbuild.dirs import default_trust_dirs
+    from acbuild.trust.store import TrustStore
 
     config = load_config(args.config)
     return config, TrustStore(default_trust_dirs(args.trust_dir, config.trust_dirs))

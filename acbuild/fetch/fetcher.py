@@ -83,7 +83,8 @@ NO_PIN = Pin()
 class Fetcher:
     def __init__(self, options: FetchOptions):
         from acbuild.fetch.download import Progress
-        from acbuild.trust.store import TrustStore, default_trust_dirs
+        from acbuild.dirs import default_trust_dirs
+        from acbuild.trust.store import TrustStore
 
         if options.pull not in PULL_POLICIES:
             raise UsageError(f"--pull {options.pull}: expected one of {', '.join(PULL_POLICIES)}")

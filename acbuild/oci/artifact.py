@@ -113,7 +113,8 @@ def pull_aci_artifact(ref_text: str, dest_dir: Path, *, options: RegistryOptions
     an artifact without one is refused then too. (`acbuild fetch docker://...`
     takes the same download, `download_artifact`, into the image store.)"""
     from acbuild.trust.sign import replace_together
-    from acbuild.trust.store import TrustStore, default_trust_dirs
+    from acbuild.dirs import default_trust_dirs
+    from acbuild.trust.store import TrustStore
     from acbuild.trust.verify import image_name_of, verify_image
 
     ref = artifact_reference(ref_text)

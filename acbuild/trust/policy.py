@@ -22,7 +22,8 @@ def check_policy(path: Path, what: str, *, insecure: bool, require: bool, trust_
                  pos: SourcePos | None = None, shown_as: Path | None = None):
     """Verify `path` (called `what` in messages, and `shown_as` where they name the
     file) as the policy says; returns the Signer, or None when nothing was verified."""
-    from acbuild.trust.store import TrustStore, default_trust_dirs
+    from acbuild.dirs import default_trust_dirs
+    from acbuild.trust.store import TrustStore
     from acbuild.trust.verify import check_image
 
     if insecure:

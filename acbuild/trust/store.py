@@ -38,27 +38,9 @@ from acbuild.errors import NotFoundError, SignatureError, UsageError
 from acbuild.records import dataclass
 from acbuild.trust.gpg import FINGERPRINT_RE, KeyInfo, export_armored, scan_keys
 
-SYSTEM_TRUST_DIR = Path("/etc/acbuild/trustedkeys")
-ENV_TRUST_DIR = "ACBUILD_TRUST_DIR"
 # The documented ACIdentifier pattern (stricter than actool's check): no "//",
 # no "..", so a prefix is always a clean relative path.
 PREFIX_RE = re.compile(r"^[a-z0-9]+([-._~/][a-z0-9]+)*$")
-
-
-def user_trust_dir() -> Path:
-    config = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
-    return Path(config) / "acbuild" / "trustedkeys"
-
-
-def default_trust_dirs(override: Path | None = None, configured: tuple[Path, ...] | None = None) -> list[Path]:
-    """The roots to use: the flag, else ACBUILD_TRUST_DIR, else acbuild.toml, else system + user."""
-    if override is not None:
-        return [override]
-    if os.environ.get(ENV_TRUST_DIR):
-        return [Path(os.environ[ENV_TRUST_DIR])]
-    if configured:
-        return list(configured)
-    return [SYSTEM_TRUST_DIR, user_trust_dir()]
 
 
 def check_prefix(prefix: str) -> str:
