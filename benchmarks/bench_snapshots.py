@@ -8,8 +8,9 @@ Rows (medians of --runs runs; the load average is printed before and after):
   per RUN        10 RUNs in one build, every RUN a cache miss (a fresh nonce per run)
                  after a cached FROM: from the first RUN's start to the next step's, / 10
   cache growth   steps/ bytes (each inode once) added by one RUN writing 1 MiB, / 1 MiB
-  launch         `acbuild launch` of the image printing `id`: first (empty cache dir)
-                 and after (its rendered tree reused)
+  launch         `acbuild launch` of the image printing `id`: first (empty cache dir, on
+                 a disk left quiet: synced, no I/O for 2 s) and after (its rendered tree
+                 reused)
   peers          buildah bud --layers (overlay storage, chroot isolation) per RUN on the
                  same rootfs, when buildah is installed; --before PYTHONPATH runs the same
                  acbuild rows with another checkout (e.g. /work/main) for the old figures.
@@ -134,17 +135,36 @@ def launch_times(acbuild: Acbuild, top: Path, image: Path, runs: int) -> tuple[f
         cache = top / f"launch-cache-{n}"
         argv = ["launch", "--insecure-skip-verify", *(["--cache-dir", cache] if keeps_trees else []), image]
         # The disk as a first launch finds it on an idle machine: the earlier rows' and
-        # runs' writes flushed first, and no tree removed just before (each is kept to
-        # the end: creating 8,700 files right after removing as many, or while 180 MB
-        # are written back, took 2-3x as long here).
-        os.sync()
+        # runs' writes flushed and the disk quiet, and no tree removed just before (each
+        # is kept to the end): creating 8,700 files right after removing as many, or
+        # while 180 MB are written back or discarded, took 2-3x as long here.
+        waited = settle_disk()
         t, proc = acbuild(*argv)
+        print(f"  first launch {n + 1}: {t:.2f} s (after {waited:.1f} s for the disk to go quiet)", flush=True)
         assert "uid=0(root)" in proc.stdout, proc.stdout
         first.append(t)
         after.append(statistics.median(acbuild(*argv)[0] for _ in range(3)))
     for n in range(runs):
         shutil.rmtree(top / f"launch-cache-{n}", ignore_errors=True)
     return statistics.median(first), statistics.median(after)
+
+
+def settle_disk(quiet: float = 2.0, limit: float = 60.0) -> float:
+    """sync, then wait until no disk has completed a read, write or discard for
+    `quiet` seconds (at most `limit`); returns the seconds waited."""
+    def counters() -> list[str]:
+        with open("/proc/diskstats") as f:
+            return [" ".join(line.split()[3:]) for line in f]  # per device: every I/O counter
+
+    start = time.monotonic()
+    os.sync()
+    last, since = counters(), time.monotonic()
+    while time.monotonic() - since < quiet and time.monotonic() - start < limit:
+        time.sleep(0.25)
+        now = counters()
+        if now != last:
+            last, since = now, time.monotonic()
+    return time.monotonic() - start
 
 
 def buildah_per_run(top: Path, tar: Path, runs: int) -> float | None:
