@@ -4,6 +4,7 @@ builds at once, .acbuildignore, the stat cache, cache list/prune."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -342,3 +343,47 @@ def test_the_stat_cache_keeps_digests_it_can_trust_and_knows_what_a_build_looked
     assert third.digest(str(old), os.stat(old)) == file_sha256(old)
     assert third.hashed == 2
     assert third.digest_of(str(old)) == file_sha256(old)
+
+
+def test_a_tree_walked_in_two_processes_gives_the_keys_of_a_lone_walk(tmp_path, monkeypatch):
+    """_walk_in_two (a forked child takes every other entry two levels down) must give
+    the lone walk's lines, and hand back what its child hashed: fresh (racy) files,
+    which digest_of must still know, and entries the next build finds."""
+    from acbuild.engine.cache import keys
+    from acbuild.engine.cache.statcache import StatCache, file_sha256
+
+    tree = tmp_path / "tree"
+    for a in range(3):
+        for b in range(4):
+            d = tree / f"d{a}" / f"e{b}"
+            d.mkdir(parents=True)
+            (d / "f").write_text(f"{a}{b}")
+            (d / "x").write_text("exec")
+            (d / "x").chmod(0o755)
+            os.symlink("f", d / "l")
+        (tree / f"d{a}" / "top").write_text(str(a))
+    os.mkfifo(tree / "d1" / "fifo")
+    (tree / "file").write_text("at the top")
+
+    def walk(split: bool, store: Path):
+        monkeypatch.setattr(keys.KeyMaker, "_worth_splitting", lambda self: split)
+        maker = keys.KeyMaker.__new__(keys.KeyMaker)
+        maker.stat = StatCache(store)
+        h1, h2 = hashlib.sha256(), hashlib.sha256()
+        maker._walk(h1, tree, "tree", os.lstat(tree), True, False, lambda rel: rel.endswith("/e3"))
+        maker._walk(h2, tree, ".", os.lstat(tree), True, True, None)
+        return h1.hexdigest(), h2.hexdigest(), maker.stat
+
+    used = []
+    real = keys.KeyMaker._walk_in_two
+    monkeypatch.setattr(keys.KeyMaker, "_walk_in_two", lambda self, *a: used.append(real(self, *a)) or used[-1])
+    alone = walk(False, tmp_path / "alone.marshal")
+    split = walk(True, tmp_path / "split.marshal")
+    assert used and all(text is not None for text in used)  # the split walk ran, both times
+    assert split[:2] == alone[:2]
+    stats = split[2]
+    assert stats.hashed == alone[2].hashed == (3 * 3 * 2 + 3 + 1) + (3 * 4 * 2 + 3 + 1)  # racy: read by both walks
+    files = [path for path in tree.rglob("*") if path.is_file() and not path.is_symlink()]
+    assert len(files) == 3 * 4 * 2 + 3 + 1
+    for path in files:  # all racy: half of them hashed by the child
+        assert stats.digest_of(str(path)) == file_sha256(path)

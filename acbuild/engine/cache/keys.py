@@ -40,6 +40,7 @@ from acbuild.errors import AcbuildError
 from acbuild.userns import describe_mapping
 
 VERSION = "acbuild-step-cache-1"
+SPLIT_MIN_FILES = 5000  # a context the stat cache knows this many files of is walked in two processes
 
 
 def settings_text(options) -> str:
@@ -190,40 +191,151 @@ class KeyMaker:
 
     def _walk(self, h, path, rel: str, st: os.stat_result, exec_bit: bool, full_modes: bool, ignore) -> None:
         """Feed one entry (and a directory's entries, sorted) to h. Hot on no-op rebuilds
-        (20,000 files: one lstat each, no reads when the stat cache knows the file), so
-        the walk is inlined here: depth first with sorted names, as a recursion would,
-        on an explicit stack of iterators (a 1,500-level context overflowed Python's);
-        the stat cache's hit test is inlined, and the lines are built as text and
-        hashed in batches. Paths are normalized once at the top: scandir's joins keep
-        them normal."""
-        cache = self.stat
-        seen, previous, entries, digest, hash_file = cache.entries.get, cache.previous.pop, cache.entries, cache.digest, cache.hash
-        S_ISREG, S_ISDIR, S_ISLNK, S_IMODE = stat.S_ISREG, stat.S_ISDIR, stat.S_ISLNK, stat.S_IMODE
+        (20,000 files: one lstat each, no reads when the stat cache knows the file): a
+        large tree is walked in two processes (`_walk_in_two`), else in this one.
+        Paths are normalized once at the top: the joins below keep them normal."""
+        top = os.path.normpath(os.fspath(path))
+        if stat.S_ISDIR(st.st_mode) and self._worth_splitting():
+            text = self._walk_in_two(top, rel, st, exec_bit, full_modes, ignore)
+            if text is not None:
+                h.update(text)
+                return
         lines: list[str] = []
-        line = lines.append
 
         def flush() -> None:
             h.update("".join(lines).encode("utf-8", "surrogateescape"))
             lines.clear()
+
+        try:
+            self._lines(lines, flush, top, rel, st, exec_bit, full_modes, ignore)
+        finally:
+            flush()  # on an error too: the lines before it are part of the key, as they were
+
+    def _worth_splitting(self) -> bool:
+        """A second process pays (a fork, the results passed back) on a large tree the
+        stat cache knows, with a second CPU to run on."""
+        known = len(self.stat.previous) + len(self.stat.entries)
+        return known >= SPLIT_MIN_FILES and len(os.sched_getaffinity(0)) >= 2
+
+    def _walk_in_two(self, top: str, rel: str, st: os.stat_result, exec_bit: bool, full_modes: bool,
+                     ignore) -> bytes | None:
+        """The key lines of the tree at `top`, the same as `_lines` gives, from two
+        processes: the entries two levels down (each with its subtree) are dealt in
+        turn to this process and a forked child, which passes back its lines and the
+        stat-cache entries it looked at (through a memfd, so it never waits on a
+        reader). None when anything fails (the caller then walks alone, and meets the
+        error where a lone walk would)."""
+        import marshal
+
+        S_IMODE = stat.S_IMODE
+
+        def dir_line(name: str, mode: int) -> str:
+            return f"D {name} {S_IMODE(mode) if full_modes else 0:o}\n"
+
+        def listing(directory: str) -> list[os.DirEntry]:
+            with os.scandir(directory) as it:
+                return sorted(it, key=_by_name)
+
+        # The walk order: ("text", line) made here, or (path, rel, stat) walked by a worker.
+        units: list[tuple] = [("text", dir_line(rel, st.st_mode))]
+        prefix, base = ("" if rel == "." else rel + "/"), top.rstrip("/") + "/"
+        try:
+            for entry in listing(top):
+                child = prefix + entry.name
+                if ignore is not None and ignore(child):
+                    continue
+                est = entry.stat(follow_symlinks=False)
+                if not stat.S_ISDIR(est.st_mode):
+                    units.append((base + entry.name, child, est))
+                    continue
+                units.append(("text", dir_line(child, est.st_mode)))
+                for sub in listing(base + entry.name):
+                    grandchild = child + "/" + sub.name
+                    if ignore is None or not ignore(grandchild):
+                        units.append((f"{base}{entry.name}/{sub.name}", grandchild, sub.stat(follow_symlinks=False)))
+        except OSError:
+            return None
+        work = [i for i, unit in enumerate(units) if unit[0] != "text"]
+        theirs = set(work[1::2])
+        if not theirs:
+            return None
+
+        def unit_text(unit: tuple) -> str:
+            lines: list[str] = []
+            self._lines(lines, None, unit[0], unit[1], unit[2], exec_bit, full_modes, ignore)
+            return "".join(lines)
+
+        cache = self.stat
+        out = os.memfd_create("acbuild-keys", os.MFD_CLOEXEC)
+        try:
+            pid = os.fork()
+            if pid == 0:  # the child: its half, then its results, then gone (no cleanup of the parent's)
+                code = 1
+                try:
+                    cache.previous.update(cache.entries)  # so that its `entries` are what it looked at
+                    cache.entries, cache.racy, cache.hashed = {}, {}, 0
+                    texts = {i: unit_text(units[i]) for i in sorted(theirs)}
+                    data = memoryview(marshal.dumps((texts, cache.entries, cache.racy, cache.hashed)))
+                    while data:
+                        data = data[os.write(out, data):]
+                    code = 0
+                finally:
+                    os._exit(code)
+            try:
+                texts = {i: unit_text(units[i]) for i in work if i not in theirs}
+            finally:
+                _, status = os.waitpid(pid, 0)
+            if not os.WIFEXITED(status) or os.WEXITSTATUS(status) != 0:
+                return None
+            os.lseek(out, 0, os.SEEK_SET)
+            with os.fdopen(os.dup(out), "rb") as f:
+                their_texts, their_entries, their_racy, their_hashed = marshal.load(f)
+        except OSError:
+            return None
+        finally:
+            os.close(out)
+        texts.update(their_texts)
+        for path, entry in their_entries.items():
+            cache.previous.pop(path, None)
+            cache.entries[path] = entry
+        for path, digest in their_racy.items():
+            cache.previous.pop(path, None)
+            cache.entries.pop(path, None)
+            cache.racy[path] = digest
+        cache.hashed += their_hashed
+        cache.dirty = cache.dirty or bool(their_hashed)
+        return "".join(unit[1] if unit[0] == "text" else texts[i] for i, unit in enumerate(units)).encode(
+            "utf-8", "surrogateescape")
+
+    def _lines(self, lines: list[str], flush, top: str, rel: str, st: os.stat_result, exec_bit: bool,
+               full_modes: bool, ignore) -> None:
+        """Append the key lines of one entry (a directory: with its entries, sorted) to
+        `lines`, calling flush() (when given) now and then to bound them. Inlined for
+        speed: depth first with sorted names, as a recursion would, on an explicit stack
+        of iterators (a 1,500-level context overflowed Python's); the stat cache's hit
+        test inlined; lines built as text."""
+        cache = self.stat
+        seen, previous, entries, digest, hash_file = cache.entries.get, cache.previous.pop, cache.entries, cache.digest, cache.hash
+        S_ISREG, S_ISDIR, S_ISLNK, S_IMODE = stat.S_ISREG, stat.S_ISDIR, stat.S_ISLNK, stat.S_IMODE
+        line = lines.append
 
         def file_mode(st_mode: int) -> int:
             if full_modes:
                 return S_IMODE(st_mode)
             return 0o111 if exec_bit and st_mode & 0o111 else 0
 
-        top = os.path.normpath(os.fspath(path))
         if S_ISDIR(st.st_mode):
             line(f"D {rel} {S_IMODE(st.st_mode) if full_modes else 0:o}\n")
         elif S_ISREG(st.st_mode):
             line(f"F {rel} {file_mode(st.st_mode):o} {digest(top, st)}\n")
-            return flush()
+            return
         elif S_ISLNK(st.st_mode):
             line(f"L {rel} {os.readlink(top)}\n")
-            return flush()
+            return
         else:
             if full_modes:
                 line(f"O {rel} {st.st_mode:o} {st.st_rdev}\n")
-            return flush()
+            return
 
         def children(directory: str):
             # Listed through a directory fd: each lstat then resolves one name, not the
@@ -262,7 +374,7 @@ class KeyMaker:
                     stack.append(children(dirs[-1] + entry.name))
                     prefixes.append(child + "/")
                     dirs.append(dirs[-1] + entry.name + "/")
-                    if len(lines) > 4096:  # bounded memory on any tree
+                    if flush is not None and len(lines) > 4096:  # bounded memory on any tree
                         flush()
                     break  # its entries first; then this directory's iterator resumes
                 elif S_ISLNK(mode):
@@ -273,4 +385,3 @@ class KeyMaker:
                 stack.pop()
                 prefixes.pop()
                 dirs.pop()
-        flush()
