@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"acbuild {__version__}")
         return 0
     debug = "--debug" in argv or bool(os.environ.get("ACBUILD_DEBUG"))
-    _sigterm_as_interrupt()
+    _signals_as_interrupt()
     try:
         parser = build_parser(command_of(argv))
         args = parser.parse_args(argv)
@@ -220,16 +220,24 @@ class _Terminated(KeyboardInterrupt):
     one caught later: main's exit status (130) must stand."""
 
 
-def _sigterm_as_interrupt() -> None:
+def _signals_as_interrupt() -> None:
     """SIGTERM (kill, systemd, CI timeouts) unwinds like Ctrl-C: temp outputs, work dirs
-    and sandboxes are removed on the way out, by the same `finally` blocks."""
+    and sandboxes are removed on the way out, by the same `finally` blocks. Both are
+    held back while the signal lands in the import machinery: there an exception may
+    be raised in a module lock's weakref callback, where Python only prints it
+    ("Exception ignored in ...") and goes on; it is delivered 5 ms later instead."""
     import signal
 
-    def interrupt(_sig, _frame):
-        raise _Terminated
+    def interrupt(sig, frame):
+        if frame is not None and frame.f_code.co_filename.startswith("<frozen importlib"):
+            signal.signal(signal.SIGALRM, lambda _alarm, later: interrupt(sig, later))
+            signal.setitimer(signal.ITIMER_REAL, 0.005)
+            return
+        raise _Terminated if sig == signal.SIGTERM else KeyboardInterrupt
 
     try:
         signal.signal(signal.SIGTERM, interrupt)
+        signal.signal(signal.SIGINT, interrupt)
     except ValueError:  # not the main thread (main() called from a thread): leave it
         pass
 
