@@ -272,10 +272,18 @@ class KeyMaker:
             if pid == 0:  # the child: its half, then its results, then gone (no cleanup of the parent's)
                 code = 1
                 try:
-                    cache.previous.update(cache.entries)  # so that its `entries` are what it looked at
-                    cache.entries, cache.racy, cache.hashed = {}, {}, 0
+                    # Fresh tables, so that its `entries` are what it looked at; the parent's
+                    # stay as they were, to tell the entries it had (sent by path) from new ones.
+                    had, had_too = cache.previous, cache.entries
+                    cache.previous, cache.entries, cache.racy, cache.hashed = {**had, **had_too}, {}, {}, 0
                     texts = {i: unit_text(units[i]) for i in sorted(theirs)}
-                    data = memoryview(marshal.dumps((texts, cache.entries, cache.racy, cache.hashed)))
+                    hits, new = [], {}
+                    for path, entry in cache.entries.items():
+                        if had.get(path) is entry or had_too.get(path) is entry:
+                            hits.append(path)
+                        else:
+                            new[path] = entry
+                    data = memoryview(marshal.dumps((texts, hits, new, cache.racy, cache.hashed)))
                     while data:
                         data = data[os.write(out, data):]
                     code = 0
@@ -287,14 +295,17 @@ class KeyMaker:
                 _, status = os.waitpid(pid, 0)
             if not os.WIFEXITED(status) or os.WEXITSTATUS(status) != 0:
                 return None
-            os.lseek(out, 0, os.SEEK_SET)
-            with os.fdopen(os.dup(out), "rb") as f:
-                their_texts, their_entries, their_racy, their_hashed = marshal.load(f)
+            their_texts, their_hits, their_entries, their_racy, their_hashed = marshal.loads(
+                os.pread(out, os.fstat(out).st_size, 0))
         except OSError:
             return None
         finally:
             os.close(out)
         texts.update(their_texts)
+        for path in their_hits:  # as the walk moves a hit
+            entry = cache.previous.pop(path, None)
+            if entry is not None:
+                cache.entries[path] = entry
         for path, entry in their_entries.items():
             cache.previous.pop(path, None)
             cache.entries[path] = entry
