@@ -43,7 +43,6 @@ import hashlib
 import lzma
 import os
 import stat
-import tarfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -52,6 +51,7 @@ from acbuild import placeholders
 from acbuild.aci import pgzip
 from acbuild.aci.pgzip import ParallelGzipWriter
 from acbuild.aci.tarformat import BLOCK, MAX_MTIME, ZERO_BLOCK, file_member, tar_header
+from acbuild.aci.tarstream import BLKTYPE, CHRTYPE, DIRTYPE, FIFOTYPE, LNKTYPE, REGTYPE, SYMTYPE
 from acbuild.atomic import fsync_dir
 from acbuild.errors import ImageError, UsageError
 from acbuild.files import tree_bytes, walk
@@ -255,11 +255,11 @@ def write_tree(sink: AciSink, rootfs: Path, source_date_epoch: int, id_map: dict
                           gid=ids.get(st.st_gid, st.st_gid),
                           mtime=max(0, min(int(st.st_mtime), source_date_epoch)), **kw)
 
-    sink.write(entry(b"rootfs", tarfile.DIRTYPE, st))
+    sink.write(entry(b"rootfs", DIRTYPE, st))
     for path, name, st in _walk(root, b"rootfs"):
         mode = st.st_mode
         if stat.S_ISDIR(mode):
-            sink.write(entry(name, tarfile.DIRTYPE, st))
+            sink.write(entry(name, DIRTYPE, st))
             continue
         if stat.S_ISSOCK(mode):
             continue
@@ -267,24 +267,24 @@ def write_tree(sink: AciSink, rootfs: Path, source_date_epoch: int, id_map: dict
             key = st.st_ino if st.st_dev == root_dev else (st.st_dev, st.st_ino)
             first = links.get(key)
             if first is not None:
-                sink.write(entry(name, tarfile.LNKTYPE, st, linkname=first))
+                sink.write(entry(name, LNKTYPE, st, linkname=first))
                 continue
             links[key] = name
         device = placeholders.device_of(path, st) if stat.S_ISREG(mode) else None
         if device is not None:  # a device node kept where mknod was not allowed
             mode, rdev = device
-            kind = tarfile.CHRTYPE if stat.S_ISCHR(mode) else tarfile.BLKTYPE
+            kind = CHRTYPE if stat.S_ISCHR(mode) else BLKTYPE
             sink.write(entry(name, kind, st, devmajor=os.major(rdev), devminor=os.minor(rdev)))
         elif stat.S_ISREG(mode):
-            sink.write(entry(name, tarfile.REGTYPE, st, size=st.st_size))
+            sink.write(entry(name, REGTYPE, st, size=st.st_size))
             copy_file(sink, path, st.st_size, meter)
         elif stat.S_ISLNK(mode):
-            sink.write(entry(name, tarfile.SYMTYPE, st, linkname=os.fsencode(os.readlink(path))))
+            sink.write(entry(name, SYMTYPE, st, linkname=os.fsencode(os.readlink(path))))
         elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-            kind = tarfile.CHRTYPE if stat.S_ISCHR(mode) else tarfile.BLKTYPE
+            kind = CHRTYPE if stat.S_ISCHR(mode) else BLKTYPE
             sink.write(entry(name, kind, st, devmajor=os.major(st.st_rdev), devminor=os.minor(st.st_rdev)))
         elif stat.S_ISFIFO(mode):
-            sink.write(entry(name, tarfile.FIFOTYPE, st))
+            sink.write(entry(name, FIFOTYPE, st))
 
 
 def write_manifest(sink: AciSink, manifest_json: bytes, mtime: int) -> None:

@@ -20,7 +20,6 @@ from acbuild.atomic import fsync_dir, temp_beside
 from acbuild.errors import NotFoundError, SignatureError
 from acbuild.records import dataclass
 from acbuild.report import Reporter
-from acbuild.trust.gpg import last_gpg_message, open_gpg
 
 
 @dataclass(frozen=True)
@@ -37,6 +36,8 @@ def signature_path(image: Path) -> Path:
 def detached_signature(path: Path, *, key: str | None = None, gpg_home: Path | None = None,
                        passphrase: str | None = None) -> bytes:
     """An armored detached signature over the bytes of `path` (nothing written)."""
+    from acbuild.trust.gpg import open_gpg  # here: publishing a cached image signs nothing
+
     gpg = open_gpg(gpg_home)
     where = f" in {gpg_home}" if gpg_home else ""
     if not gpg.list_keys(True, keys=[key] if key else None):
@@ -72,6 +73,8 @@ def _explain(stderr: str, key: str | None) -> str:
         return f"no usable secret key for {who}: check --key and --gpg-home"
     if "expired" in stderr:
         return f"{who} has expired: extend it (gpg --quick-set-expire) or use another --key"
+    from acbuild.trust.gpg import last_gpg_message
+
     return f"signing failed: {last_gpg_message(stderr)}"
 
 
