@@ -77,6 +77,10 @@ def canonical(i: p.Instruction) -> str:
 _by_name = operator.attrgetter("name")
 
 
+def _dir_line(name: str, mode: int, full_modes: bool) -> str:
+    return f"D {name} {stat.S_IMODE(mode) if full_modes else 0:o}\n"
+
+
 class KeyMaker:
     def __init__(self, options, stat_cache: StatCache):
         self.options = options
@@ -227,10 +231,8 @@ class KeyMaker:
         error where a lone walk would)."""
         import marshal
 
-        S_IMODE = stat.S_IMODE
-
         def dir_line(name: str, mode: int) -> str:
-            return f"D {name} {S_IMODE(mode) if full_modes else 0:o}\n"
+            return _dir_line(name, mode, full_modes)
 
         def listing(directory: str) -> list[os.DirEntry]:
             with os.scandir(directory) as it:
@@ -272,18 +274,9 @@ class KeyMaker:
             if pid == 0:  # the child: its half, then its results, then gone (no cleanup of the parent's)
                 code = 1
                 try:
-                    # Fresh tables, so that its `entries` are what it looked at; the parent's
-                    # stay as they were, to tell the entries it had (sent by path) from new ones.
-                    had, had_too = cache.previous, cache.entries
-                    cache.previous, cache.entries, cache.racy, cache.hashed = {**had, **had_too}, {}, {}, 0
+                    cache.begin_child()
                     texts = {i: unit_text(units[i]) for i in sorted(theirs)}
-                    hits, new = [], {}
-                    for path, entry in cache.entries.items():
-                        if had.get(path) is entry or had_too.get(path) is entry:
-                            hits.append(path)
-                        else:
-                            new[path] = entry
-                    data = memoryview(marshal.dumps((texts, hits, new, cache.racy, cache.hashed)))
+                    data = memoryview(marshal.dumps((texts, cache.child_result())))
                     while data:
                         data = data[os.write(out, data):]
                     code = 0
@@ -295,26 +288,13 @@ class KeyMaker:
                 _, status = os.waitpid(pid, 0)
             if not os.WIFEXITED(status) or os.WEXITSTATUS(status) != 0:
                 return None
-            their_texts, their_hits, their_entries, their_racy, their_hashed = marshal.loads(
-                os.pread(out, os.fstat(out).st_size, 0))
+            their_texts, their_cache = marshal.loads(os.pread(out, os.fstat(out).st_size, 0))
         except OSError:
             return None
         finally:
             os.close(out)
         texts.update(their_texts)
-        for path in their_hits:  # as the walk moves a hit
-            entry = cache.previous.pop(path, None)
-            if entry is not None:
-                cache.entries[path] = entry
-        for path, entry in their_entries.items():
-            cache.previous.pop(path, None)
-            cache.entries[path] = entry
-        for path, digest in their_racy.items():
-            cache.previous.pop(path, None)
-            cache.entries.pop(path, None)
-            cache.racy[path] = digest
-        cache.hashed += their_hashed
-        cache.dirty = cache.dirty or bool(their_hashed)
+        cache.absorb(their_cache)
         return "".join(unit[1] if unit[0] == "text" else texts[i] for i, unit in enumerate(units)).encode(
             "utf-8", "surrogateescape")
 
@@ -336,7 +316,7 @@ class KeyMaker:
             return 0o111 if exec_bit and st_mode & 0o111 else 0
 
         if S_ISDIR(st.st_mode):
-            line(f"D {rel} {S_IMODE(st.st_mode) if full_modes else 0:o}\n")
+            line(_dir_line(rel, st.st_mode, full_modes))
         elif S_ISREG(st.st_mode):
             line(f"F {rel} {file_mode(st.st_mode):o} {digest(top, st)}\n")
             return
@@ -381,7 +361,7 @@ class KeyMaker:
                         value = hash_file(child_path, st, sig)
                     line(f"F {child} {file_mode(mode):o} {value}\n")
                 elif S_ISDIR(mode):
-                    line(f"D {child} {S_IMODE(mode) if full_modes else 0:o}\n")
+                    line(_dir_line(child, mode, full_modes))
                     stack.append(children(dirs[-1] + entry.name))
                     prefixes.append(child + "/")
                     dirs.append(dirs[-1] + entry.name + "/")

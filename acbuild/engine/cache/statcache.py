@@ -87,6 +87,41 @@ class StatCache:
         self.dirty = True
         return digest
 
+    def begin_child(self) -> None:
+        """In a forked walker: fresh tables, so that `entries` becomes what it looks at;
+        what the parent had is kept aside, to tell its entries from new ones."""
+        self._had = (self.previous, self.entries)
+        self.previous, self.entries, self.racy, self.hashed = {**self.previous, **self.entries}, {}, {}, 0
+
+    def child_result(self) -> tuple:
+        """What a forked walker passes back to `absorb`: the paths of the parent's entries
+        it found still valid, its new entries, its racy digests, the files it read."""
+        had, had_too = self._had
+        hits, new = [], {}
+        for path, entry in self.entries.items():
+            if had.get(path) is entry or had_too.get(path) is entry:
+                hits.append(path)
+            else:
+                new[path] = entry
+        return hits, new, self.racy, self.hashed
+
+    def absorb(self, result: tuple) -> None:
+        """Take a forked walker's child_result in, as if this process had looked."""
+        hits, new, racy, hashed = result
+        for path in hits:  # moved, as the walk moves a hit
+            entry = self.previous.pop(path, None)
+            if entry is not None:
+                self.entries[path] = entry
+        for path, entry in new.items():
+            self.previous.pop(path, None)
+            self.entries[path] = entry
+        for path, digest in racy.items():
+            self.previous.pop(path, None)
+            self.entries.pop(path, None)
+            self.racy[path] = digest
+        self.hashed += hashed
+        self.dirty = self.dirty or bool(hashed)
+
     def digest_of(self, path: str) -> str | None:
         """The sha256 hex this build used for `path`, or None if it never looked at it."""
         entry = self.entries.get(path)
