@@ -54,10 +54,10 @@ def plan_setup(spec: SandboxSpec, root: Path, rootless: bool, scratch: Path | No
     """`scratch`: an empty dir beside the rootfs, for the overlay's empty lower and work
     dirs when the spec has no lower layers."""
     root_mount = root_step(spec, root, scratch)
-    # missing mount points go in the overlay's own empty lower dir (none with a separate
-    # upper dir, whose lower is the rootfs itself: there they are made for the run)
-    own_lower = root_mount.overlay is not None and not spec.lower_layers and spec.upper is None
-    lower = scratch / "lower" if own_lower and scratch is not None else None
+    # missing mount points go in the overlay's own empty lower dir, the bottom layer when
+    # there is a scratch dir and no dependency below (with DEPENDENCY, in the rootfs)
+    own_lower = root_mount.overlay is not None and not spec.lower_layers and scratch is not None
+    lower = scratch / "lower" if own_lower else None
     plan = MountPlan(root, [MakePrivate(), root_mount], [], [], lower)
     proc, dev, sys_, tmp, run = (plan.at(p, fresh=True) for p in _FRESH)
     if plan.underlay:  # should the overlay fail and the rootfs be bound instead, they go there
@@ -128,11 +128,13 @@ def root_step(spec: SandboxSpec, root: Path, scratch: Path | None) -> MountRoot:
     or an empty dir from `scratch`; nodev, and nosuid unless setuid is allowed."""
     flags = MS_NODEV | (0 if spec.allow_setuid else MS_NOSUID)
     if spec.upper is not None:  # never a bind: the rootfs must not be written
-        if spec.overlay_work is None:
-            raise BuildError("RUN: a separate upper dir needs an overlay work dir")
-        lower = (root, *(Path(p).resolve() for p in spec.lower_layers))
-        overlay = MountOverlay(lower, Path(spec.upper).resolve(), Path(spec.overlay_work).resolve(), overlay_userxattr(),
-                               flags, root)
+        if spec.lower_layers or scratch is None:
+            if spec.overlay_work is None:
+                raise BuildError("RUN: a separate upper dir needs an overlay work dir or a scratch dir")
+            lower, work = (root, *(Path(p).resolve() for p in spec.lower_layers)), Path(spec.overlay_work).resolve()
+        else:  # the scratch's lower dir below the rootfs holds its missing mount points
+            lower, work = (root, scratch / "lower"), scratch / "root-work"
+        overlay = MountOverlay(lower, Path(spec.upper).resolve(), work, overlay_userxattr(), flags, root)
         return MountRoot(root, flags, overlay, may_bind=False)
     if spec.lower_layers:
         if spec.overlay_work is None:

@@ -68,8 +68,8 @@ def _run(session, i: p.Run, binds: list) -> None:
         network=network,
         binds=tuple(binds),
         lower_layers=lower,
-        overlay_work=overlay_work(session) if lower or upper else None,
-        scratch=None if lower or upper else overlay_work(session),  # kept for the session's next RUN
+        overlay_work=overlay_work(session) if lower else None,
+        scratch=None if lower else overlay_work(session),  # kept for the session's next RUN
         upper=upper,
         tmpfs_size=session.options.tmpfs_size,
     )

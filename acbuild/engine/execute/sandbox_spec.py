@@ -39,11 +39,14 @@ class SandboxSpec:
     overlay_work: Path | None = None
     # A separate upper dir (engine.execute.layer: RUN steps as snapshots, launch): the rootfs
     # itself becomes the top lower layer, read-only, and the command's changes (whiteouts
-    # included) land in `upper`, an empty dir on the rootfs's filesystem; needs overlay_work.
+    # included) land in `upper`, an empty dir on the rootfs's filesystem; needs overlay_work
+    # or, without lower layers, `scratch`.
     upper: Path | None = None
     # Without lower layers, "/" is still an overlay (mountinfo then names no host path), over
-    # an empty lower dir; `scratch`: a dir of the caller's on the rootfs's filesystem where
-    # those dirs stay between runs (None: made beside the rootfs and removed after the run).
+    # an empty lower dir that also holds the top-level mount points the rootfs lacks (/proc,
+    # /tmp...); `scratch`: a dir of the caller's on the rootfs's filesystem where those dirs
+    # stay between runs (None: made beside the rootfs and removed after the run; with
+    # `upper`, the missing mount points are then made in the rootfs for the run).
     scratch: Path | None = None
     # Setuid: no_new_privileges for commands that need no setuid binary (RUN as root gains
     # nothing from one; launch sets it unless --allow-setuid); nosuid on the rootfs too.
