@@ -171,7 +171,7 @@ def _binding_path() -> str:
                      "(Debian: apt-get install python3-seccomp)")
 
 
-# --- child side: called in order, right before exec ------------------------------------------
+# --- child side: called in order in init, right before it spawns the command ----------------
 
 def close_inherited(keep: set[int]) -> None:
     """Close every descriptor except `keep` (one close_range(2) per gap)."""
@@ -186,13 +186,14 @@ def close_inherited(keep: set[int]) -> None:
 
 
 def make_undumpable() -> None:
-    """Init keeps the parent's memory: the command must not read it through /proc/1 or ptrace."""
+    """Init keeps the parent's memory: the command must not read it through /proc/1 or
+    ptrace. Called after the id change, which resets the flag."""
     _prctl(PR_SET_DUMPABLE, 0)
 
 
 def drop_capabilities() -> None:
     """Bounding set = KEPT_CAPABILITIES; inheritable and ambient empty. Effective caps are
-    untouched here (the id switch still needs them); exec recomputes them from these."""
+    untouched here (the id switch still needs them); exec recomputes the command's from these."""
     assert _last_cap is not None, "hardening.prepare() runs in the parent first"
     kept = set(KEPT_CAPABILITIES.values())
     for cap in range(_last_cap + 1):

@@ -11,12 +11,13 @@ Process structure (chosen over "the command is PID 1", whose default signal disp
 are ignored and which may not reap orphans):
 
     parent (engine) --fork--> helper: unshare(), uid/gid maps --fork--> init = PID 1:
-        mounts, pivot_root, hostname, lo up --fork--> PID 2: drop ids, chdir, execve
+        mounts, pivot_root, hostname, lo up; then the command's fds, hardening, ids
+        and cwd --posix_spawn--> PID 2: the command
 
 The helper relays init's status and answers SIGINT/SIGTERM with SIGKILL to init, which
 makes the kernel kill every process of the PID namespace. Init forwards signals to the
 command, reaps orphans and exits with the command's status. No interpreter is started:
-fork only, so a RUN costs a few milliseconds.
+forks and a vfork-like spawn only, so a RUN costs a few milliseconds.
 
 Hardening (acbuild.engine.execute.hardening, measured against runc's default spec and Docker's
 default profile): "/" is an overlay over the rootfs, mounted nodev (and nosuid when the
@@ -24,7 +25,8 @@ spec asks), named in mountinfo by /proc/self/fd paths so no host path shows; /pr
 /sys carry runc's masked and read-only paths; /tmp, /run and /dev/shm are tmpfs of
 `tmpfs_size`; the command gets no descriptor above 2, Docker's capability set less
 CAP_MKNOD, the seccomp filter, and no_new_privs when the spec says it needs no setuid.
-Init is undumpable, so the command cannot read the parent's memory it inherited.
+Init, hardened as the command is, is undumpable, so the command cannot read the parent's
+memory init inherited.
 
 The parts, one idea each: sandbox_spec (what the caller asks for), mount_plan (the mounts
 and mount points a run needs, planned in the parent), mount_ops (the set-up steps init
