@@ -4,7 +4,7 @@
 
 Runs `/bin/true` in a busybox rootfs CALLS times (default 30) with a build's persistent
 scratch dir and prints, per part, the median over the calls: the parent's planning and
-clean-up, the two forks (helper, init: child side), unshare (all namespaces
+clean-up, the forks (init, and rootless the helper: child side), unshare (all namespaces
 at once; the network namespace is the difference between `none` and `host`), each kind
 of set-up step (the root overlay, /proc, /dev, /sys, tmpfs mounts, masks, pivot_root,
 lo up), init's hardening calls (capabilities, seccomp load), the posix_spawn of the
@@ -67,7 +67,7 @@ def instrument() -> None:
     close = hardening.close_inherited
     hardening.close_inherited = lambda keep: close(set(keep) | {WRITE})  # keep the timing pipe
     timed(hardening, "close_inherited", "helper and init: close_inherited")
-    timed(sandbox_process, "unshare", "helper: unshare")
+    timed(sandbox_process, "unshare", "unshare (parent, init or helper)")
     for attr in ("plan_setup", "make_placeholders", "remove_placeholders", "release_overlay_work", "_resolve_ids"):
         timed(sandbox, attr, f"parent: {attr}")
     fork, spawn = os.fork, os.posix_spawn
@@ -76,7 +76,7 @@ def instrument() -> None:
         start = time.perf_counter_ns()
         pid = fork()
         if pid == 0:
-            note("fork (child side, 2 a run)", start)
+            note("forks (child side: init, rootless the helper too)", start)
         return pid
 
     def marked_spawn(*args, **kwargs):

@@ -216,6 +216,38 @@ def test_missing_mount_points_come_from_the_overlays_lower_dir_not_the_rootfs(ro
     assert sorted(os.listdir(scratch / "lower")) == ["dev", "proc", "run", "sys", "tmp"]
 
 
+def test_over_a_snapshot_upper_dir_missing_mount_points_touch_neither_rootfs_nor_upper(rootfs, tmp_path):
+    """RUN as a snapshot (engine.execute.layer): the rootfs is a read-only lower layer, the
+    scratch's lower dir lies below it with the missing mount points, and the upper dir
+    gets only what the command wrote."""
+    from acbuild.engine.execute.layer import new_upper
+
+    scratch = tmp_path / "scratch"
+    before, stamp = listing(rootfs), rootfs.stat().st_mtime_ns
+    for n in range(2):
+        upper = new_upper(rootfs, tmp_path / f"upper{n}")
+        code, out = sh(rootfs, "ls -d /dev/null /proc/1 /sys/kernel /tmp /run; echo x > /made", tmp_path,
+                       scratch=scratch, upper=upper)
+        assert code == 0 and out.split() == ["/dev/null", "/proc/1", "/run", "/sys/kernel", "/tmp"], out
+        assert listing(rootfs) == before and rootfs.stat().st_mtime_ns == stamp
+        assert os.listdir(upper) == ["made"]
+    assert sorted(os.listdir(scratch / "lower")) == ["dev", "proc", "run", "sys", "tmp"]
+
+
+def test_the_engine_stays_in_its_own_pid_namespace(rootfs, tmp_path):
+    """As root the engine forks init into a new PID namespace by unsharing it for that one
+    fork: its later children (gpg, tar, the next RUN) must start in its own again."""
+    def pid_namespaces() -> tuple[str, str]:
+        return os.readlink("/proc/self/ns/pid"), os.readlink("/proc/self/ns/pid_for_children")
+
+    before = pid_namespaces()
+    assert before[0] == before[1]
+    assert sh(rootfs, "true", tmp_path) == (0, "")
+    assert pid_namespaces() == before
+    child = subprocess.run(["readlink", "/proc/self/ns/pid"], capture_output=True, text=True, check=True)
+    assert child.stdout.strip() == before[0]
+
+
 def test_where_the_overlay_fails_the_bound_rootfs_gets_its_mount_points_for_the_run(rootfs, tmp_path):
     """The scratch dir on another filesystem than the rootfs (tmpfs): overlayfs refuses
     the work dir, "/" is the rootfs bound on itself, and the mount points the lower dir

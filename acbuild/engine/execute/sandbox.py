@@ -10,11 +10,13 @@ rootfs are removed again by the parent, on success, failure and Ctrl-C alike.
 Process structure (chosen over "the command is PID 1", whose default signal dispositions
 are ignored and which may not reap orphans):
 
-    parent (engine) --fork--> helper: unshare(), uid/gid maps --fork--> init = PID 1:
-        mounts, pivot_root, hostname, lo up; then the command's fds, hardening, ids
-        and cwd --posix_spawn--> PID 2: the command
+    parent (engine) --fork--> [rootless: helper: unshare(), uid/gid maps --fork-->]
+        init = PID 1: [as root: unshare()], mounts, pivot_root, hostname, lo up; then
+        the command's fds, hardening, ids and cwd --posix_spawn--> PID 2: the command
 
-The helper relays init's status and answers SIGINT/SIGTERM with SIGKILL to init, which
+As root the parent unshares only the PID namespace for the fork (and returns to its own);
+rootless, the user namespace must come first, which the parent cannot leave again, so a
+helper does it. Whoever forked init answers SIGINT/SIGTERM with SIGKILL to it, which
 makes the kernel kill every process of the PID namespace. Init forwards signals to the
 command, reaps orphans and exits with the command's status. No interpreter is started:
 forks and a vfork-like spawn only, so a RUN costs a few milliseconds.

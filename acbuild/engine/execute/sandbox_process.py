@@ -1,6 +1,8 @@
-"""The sandbox's processes: the helper that unshares the namespaces (and, rootless, writes
-the id maps), init (PID 1: runs the mount plan, reaps, relays signals) and the command
-(drops privileges, execs); and the parent's side, which forks the helper and waits.
+"""The sandbox's processes: the helper that unshares the namespaces (rootless, writes the
+id maps) where the parent cannot fork init itself; init (PID 1: runs the mount plan,
+hardens itself, spawns the command, reaps, relays signals); the command; and the
+parent's side, which forks and waits. As root in the host's user namespace the parent
+forks init straight into a new PID namespace and init unshares the others: no helper.
 Import-light: everything here but `fork_and_wait` runs in a forked child."""
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from acbuild.engine.execute.mount_plan import MountPlan
 from acbuild.engine.execute.sandbox_spec import DEFAULT_PATH, SandboxSpec
 from acbuild.engine.execute.syscalls import (
     CLONE_NEWIPC, CLONE_NEWNET, CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWUSER, CLONE_NEWUTS, PR_SET_NAME,
-    PR_SET_PDEATHSIG, prctl, unshare)
+    PR_SET_PDEATHSIG, prctl, setns, unshare)
 from acbuild.errors import BuildError
 
 INIT_NAME = b"acbuild-init"
@@ -158,23 +160,51 @@ def _init(spec: SandboxSpec, steps: list[SetupOp], ids, stdio, errfd: int, debug
         _report_and_exit(errfd, f"{what}: {getattr(e, 'strerror', None) or e}")
 
 
+def _namespaces(spec: SandboxSpec) -> int:
+    """All but the PID namespace, which only a process's children enter."""
+    return CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | (CLONE_NEWNET if spec.network == "none" else 0)
+
+
+def _leave_engine(stdio, errfd: int, parent_alive) -> None:
+    """First thing in the child the parent forked: die with the parent (and at once if it
+    is gone already), and close whatever the engine (or whoever started it) holds open."""
+    prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if not parent_alive():
+        os._exit(137)
+    hardening.close_inherited({0, 1, 2, errfd, *(fd for fd in _stream_fds(stdio) if fd is not None)})
+
+
+def _root_init(spec: SandboxSpec, plan: MountPlan, ids, stdio, errfd: int, debug: bool) -> None:
+    """Forked straight by the parent: already PID 1 of a new PID namespace; unshare the
+    rest, then be init."""
+    try:
+        # getppid() is 0 in the new PID namespace: the parent's end of errfd tells instead
+        _leave_engine(stdio, errfd, lambda: _reader_open(errfd))
+        unshare(_namespaces(spec))
+    except BaseException as e:
+        _report_and_exit(errfd, f"unshare namespaces: {getattr(e, 'strerror', None) or e}")
+    _init(spec, plan.steps, ids, stdio, errfd, debug)
+
+
+def _reader_open(fd: int) -> bool:
+    import select
+
+    poll = select.poll()
+    poll.register(fd, 0)  # POLLERR, reported always: the pipe has no reader left
+    return not any(revents & select.POLLERR for _, revents in poll.poll(0))
+
+
 def _helper(spec: SandboxSpec, plan: MountPlan, ids, stdio, errfd: int, debug: bool,
             rootless: bool, parent: int) -> None:
-    """Unshare, map ids, start init, relay its status (never returns)."""
+    """Where the parent cannot fork init itself: unshare (rootless, a user namespace
+    first), map ids, start init, relay its status (never returns)."""
     kill_init = _Forward(kill_with=signal.SIGKILL)  # SIGKILL to PID 1 ends the whole namespace
     _on_signals((signal.SIGINT, signal.SIGTERM), kill_init)
     what = "unshare namespaces"
     try:
-        prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-        if os.getppid() != parent:
-            os._exit(137)
-        # whatever the engine (or whoever started it) holds open stays out of the sandbox
-        hardening.close_inherited({0, 1, 2, errfd, *(fd for fd in _stream_fds(stdio) if fd is not None)})
+        _leave_engine(stdio, errfd, lambda: os.getppid() == parent)
         uid, gid = os.geteuid(), os.getegid()
-        flags = CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWUTS | CLONE_NEWIPC
-        flags |= CLONE_NEWNET if spec.network == "none" else 0
-        flags |= CLONE_NEWUSER if rootless else 0
-        unshare(flags)
+        unshare((CLONE_NEWUSER if rootless else 0) | CLONE_NEWPID | _namespaces(spec))
         if rootless:  # the invoking user is root inside; nothing else is mapped
             what = "write uid/gid maps"
             for name, text in (("setgroups", "deny"), ("uid_map", f"0 {uid} 1"), ("gid_map", f"0 {gid} 1")):
@@ -193,9 +223,55 @@ def _helper(spec: SandboxSpec, plan: MountPlan, ids, stdio, errfd: int, debug: b
 
 
 
+def _fork() -> int:
+    try:
+        return os.fork()
+    except OSError as e:
+        raise OSError(e.errno, f"fork: {e.strerror}") from e
+
+
+_UNKNOWN = -2
+_own_pid_namespace = _UNKNOWN  # an fd of this process's PID namespace to go back to, or -1
+
+
+def _pid_namespace_to_return_to() -> int:
+    """The fd, or -1 where setns may not bring this process back (acbuild in a user
+    namespace of its own, whose PID namespace the host's user namespace owns): a setns to
+    the namespace it is in makes the same permission check, without changing anything."""
+    global _own_pid_namespace
+    if _own_pid_namespace == _UNKNOWN:
+        fd = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            setns(fd, CLONE_NEWPID)
+        except OSError:
+            os.close(fd)
+            fd = -1
+        _own_pid_namespace = fd
+    return _own_pid_namespace
+
+
+def _fork_in_new_pid_namespace(own: int) -> int:
+    """fork(), the child becoming PID 1 of a new PID namespace, then back to `own` for
+    this process's later children. Saves the helper process (only a child enters a new
+    PID namespace): a fork of the engine's interpreter, with its copy-on-write faults,
+    and a process more to end, were a quarter of a sandboxed run."""
+    try:
+        unshare(CLONE_NEWPID)  # the namespace this process's next child starts
+    except OSError as e:
+        raise OSError(e.errno, f"unshare namespaces: {e.strerror}") from e
+    try:
+        return _fork()
+    finally:
+        if os.getpid() != 1:  # the parent
+            setns(own, CLONE_NEWPID)
+
+
 def fork_and_wait(spec, plan, ids, stdio, debug, rootless) -> int:
     rfd, wfd = os.pipe()  # both close-on-exec (PEP 446): exec success closes the writer
-    forward = _Forward()
+    own = -1 if rootless else _pid_namespace_to_return_to()
+    # Forked straight, the child is init, and SIGKILL to PID 1 ends the whole namespace;
+    # else the helper does that
+    forward = _Forward(kill_with=signal.SIGKILL if own >= 0 else None)
     try:
         restore = _on_signals((signal.SIGINT, signal.SIGTERM), forward)
     except ValueError:  # not the main thread: signals are the main thread's business
@@ -206,14 +282,16 @@ def fork_and_wait(spec, plan, ids, stdio, debug, rootless) -> int:
             f.flush()
         parent = os.getpid()
         try:
-            pid = os.fork()
+            pid = _fork_in_new_pid_namespace(own) if own >= 0 else _fork()
         except OSError as e:
             os.close(rfd)
             os.close(wfd)
-            raise BuildError(f"RUN: fork: {e.strerror}") from e
+            raise BuildError(f"RUN: {e.strerror}") from e
         if pid == 0:
             os.close(rfd)
-            _helper(spec, plan, ids, stdio, wfd, debug, rootless, parent)
+            if own < 0:
+                _helper(spec, plan, ids, stdio, wfd, debug, rootless, parent)
+            _root_init(spec, plan, ids, stdio, wfd, debug)
         os.close(wfd)
         forward.started(pid)
         _, status = os.waitpid(pid, 0)

@@ -35,6 +35,10 @@ def unshare(flags: int) -> None:
     _check(_libc.unshare(ctypes.c_int(flags)))
 
 
+def setns(fd: int, nstype: int) -> None:
+    _check(_libc.setns(ctypes.c_int(fd), ctypes.c_int(nstype)))
+
+
 def socket_fd(family: int, kind: int) -> int:
     """A socket as a bare fd (close-on-exec), for an ioctl: the socket module's import
     (its enums) costs an interactive RUN 10 ms."""
