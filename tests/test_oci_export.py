@@ -281,7 +281,8 @@ def test_layered_image_is_refused(tmp_path):
     (tmp_path / "ACIfile").write_text("FROM scratch\nNAME example.com/top\nDEPENDENCY example.com/base\n")
     acbuild("build", "-f", tmp_path / "ACIfile", "-o", tmp_path / "top.aci", "-q")
     from acbuild.errors import ImageError
-    from acbuild.oci.export import export_aci, parse_destination
+    from acbuild.oci.destination import parse_destination
+    from acbuild.oci.export import export_aci
 
     with pytest.raises(ImageError, match="dependencies"):
         export_aci(tmp_path / "top.aci", parse_destination(f"oci-archive:{tmp_path}/top.tar"), 0)

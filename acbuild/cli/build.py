@@ -193,7 +193,7 @@ def run(args) -> int:
 def outputs_from_args(args):
     """-o, --format and --push as engine.outputs.Outputs."""
     from acbuild.engine.outputs import Outputs
-    from acbuild.oci.export import is_destination, parse_destination
+    from acbuild.oci.destination import is_destination, parse_destination
 
     aci = oci = None
     out = args.output
@@ -228,7 +228,7 @@ def tagged_destination(dest, tag: str):
     BuildKit's OCI exporter writes it: org.opencontainers.image.ref.name is TAG
     (default latest), docker-archive's RepoTags NAME:TAG (docker build -t)."""
     from acbuild.frontend.compile import split_tag
-    from acbuild.oci.export import parse_destination
+    from acbuild.oci.destination import parse_destination
 
     name, version = split_tag(tag)
     ref = f"{name}:{version or 'latest'}" if dest.transport == "docker-archive" else version or "latest"
@@ -240,13 +240,13 @@ def tagged_destination(dest, tag: str):
 
 def shared_cache_from_args(args):
     """--cache-from/--cache-to as engine.cache.share.SharedCache (None without them)."""
-    from acbuild.engine.cache.share import SharedCache
-
     for flag, ref in (("--cache-from", args.cache_from), ("--cache-to", args.cache_to)):
         if ref is not None and not ref.startswith("docker://"):
             raise UsageError(f"{flag} {ref}: expected docker://REGISTRY/NAME[:TAG]")
     if args.cache_from is None and args.cache_to is None:
         return None
+    from acbuild.engine.cache.share import SharedCache
+
     return SharedCache(args.cache_from, args.cache_to, registry_options(args)[0])
 
 

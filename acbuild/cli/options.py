@@ -294,14 +294,16 @@ def add_registry_options(p, tls: bool = True, *, platform: bool = True) -> None:
 
 def registry_options(args):
     """The RegistryOptions and Platform (or None) the options give."""
-    from acbuild.oci.auth import parse_creds
-    from acbuild.oci.manifests import parse_platform
-    from acbuild.oci.auth import RegistryOptions
+    from acbuild.oci.auth import RegistryOptions, parse_creds
 
     creds = parse_creds(args.creds) if getattr(args, "creds", None) else None
     options = RegistryOptions(insecure=bool(getattr(args, "insecure", False)),
                               ca_file=getattr(args, "ca_file", None), credentials=creds)
-    platform = parse_platform(args.platform) if getattr(args, "platform", None) else None
+    platform = None
+    if getattr(args, "platform", None):
+        from acbuild.oci.manifests import parse_platform
+
+        platform = parse_platform(args.platform)
     return options, platform
 
 

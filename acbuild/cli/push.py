@@ -56,7 +56,7 @@ def run(args) -> int:
         raise UsageError(f"--chunk-size {args.chunk_size}: must be positive")
     source = args.source
     if source.startswith("oci:"):
-        from acbuild.oci.export import parse_destination
+        from acbuild.oci.destination import parse_destination
 
         layout_ref = parse_destination(source)
         layout = Layout(layout_ref.path)

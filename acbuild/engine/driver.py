@@ -180,10 +180,10 @@ class _Build:
     # -- the step cache in a registry (--cache-from, --cache-to) -------------------------
 
     def import_shared(self) -> None:
-        from acbuild.engine.cache.share import import_entries
-
         if self.shared_cache is None or not self.shared_cache.cache_from or not self.use_cache:
             return
+        from acbuild.engine.cache.share import import_entries
+
         count = import_entries(self.cache, [self.keys[s.name] for s in self.stages], self.shared_cache.cache_from,
                                self.shared_cache.registry)
         if count:

@@ -25,7 +25,7 @@ from acbuild.records import dataclass, field
 
 @dataclass(frozen=True)
 class Outputs:
-    """-o and --push: an .aci file, an OCI destination (acbuild.oci.export.Destination)
+    """-o and --push: an .aci file, an OCI destination (acbuild.oci.destination.Destination)
     and registry references to push the OCI image to."""
 
     aci: Path | None = None

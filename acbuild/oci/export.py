@@ -20,7 +20,6 @@ The .aci -> OCI config mapping (README, "OCI export"):
 from __future__ import annotations
 
 import hashlib
-import re
 import shutil
 import tempfile
 from datetime import datetime, timezone
@@ -29,61 +28,17 @@ from pathlib import Path
 from acbuild.aci.manifest import ImageManifest
 from acbuild.errors import ImageError, ManifestError, UsageError
 from acbuild.oci import manifests as mt
+from acbuild.oci.destination import Destination, is_docker_tag, parse_destination
 from acbuild.oci.layout_writer import Layout, canonical_json
 from acbuild.records import dataclass, replace
 
 APPC_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-ARCHIVE_TRANSPORTS = ("oci", "oci-archive", "docker-archive")
 
 # appc arch label -> (OCI architecture, variant); the inverse of docker2aci's mapping.
 _ARCH = {
     "amd64": ("amd64", ""), "i386": ("386", ""), "aarch64": ("arm64", ""), "armv6l": ("arm", "v6"),
     "armv7l": ("arm", "v7"), "ppc64": ("ppc64", ""), "ppc64le": ("ppc64le", ""), "s390x": ("s390x", ""),
 }
-_OCI_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._:-]{0,127}")  # an org.opencontainers.image.ref.name
-
-
-def is_docker_tag(text: str) -> bool:
-    """Is `text` a Docker reference NAME:TAG (what docker-archive's RepoTags hold)?"""
-    from acbuild.oci.reference import parse_reference
-
-    try:
-        ref = parse_reference(text)
-    except UsageError:
-        return False
-    return ref.digest is None and text.endswith(f":{ref.tag}")
-
-
-@dataclass(frozen=True)
-class Destination:
-    """Where an OCI image goes: `oci:DIR[:TAG]`, `oci-archive:FILE[:TAG]` or
-    `docker-archive:FILE[:NAME:TAG]` (skopeo's transport syntax)."""
-
-    transport: str
-    path: Path
-    ref: str = ""
-
-    def __str__(self) -> str:
-        return f"{self.transport}:{self.path}" + (f":{self.ref}" if self.ref else "")
-
-
-def parse_destination(text: str) -> Destination:
-    """`transport:PATH[:REF]`; PATH ends at its first colon, as in skopeo."""
-    transport, colon, rest = text.partition(":")
-    if not colon or transport not in ARCHIVE_TRANSPORTS:
-        raise UsageError(f"{text}: expected oci:DIR[:TAG], oci-archive:FILE[:TAG] or docker-archive:FILE[:NAME:TAG]")
-    path, _, ref = rest.partition(":")
-    if not path:
-        raise UsageError(f"{text}: no path after {transport}:")
-    if ref and transport == "docker-archive" and not is_docker_tag(ref):
-        raise UsageError(f"{text}: {ref!r} is not a Docker reference NAME:TAG")
-    if ref and transport != "docker-archive" and not _OCI_TAG.fullmatch(ref):
-        raise UsageError(f"{text}: {ref!r} is not a valid tag")
-    return Destination(transport, Path(path), ref)
-
-
-def is_destination(text: str) -> bool:
-    return text.partition(":")[0] in ARCHIVE_TRANSPORTS and ":" in text
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ an image or a registry, so a bad document is an ImageError naming what is wrong.
 from __future__ import annotations
 
 import json
-import platform as _platform
+import os
 from typing import Any
 
 from acbuild.errors import ImageError, UsageError
@@ -140,7 +140,8 @@ class Platform:
 
 
 def host_platform() -> Platform:
-    arch, variant = _GOARCH.get(_platform.machine(), (_platform.machine(), ""))
+    machine = os.uname().machine  # what platform.machine() says, without its 1.6 ms import
+    arch, variant = _GOARCH.get(machine, (machine, ""))
     return Platform("linux", arch, variant)
 
 
