@@ -91,3 +91,33 @@ def test_history_still_falls_back_to_manifest(tmp_path):
     lines = [line for line in text.splitlines() if not line.startswith("#")]
     assert lines[:3] == ["FROM scratch", "NAME example.com/x", "LABEL version=1"]
     assert lines[3].startswith("MANIFEST ") and '"version","value":"2"' in lines[3].replace(" ", "")
+
+
+
+def test_interactive_run_loads_no_openssl(tmp_path):
+    """`acbuild run` hashes nothing: hashlib (OpenSSL's libcrypto) stays out; the seccomp
+    program's cache key is spelled from file stats."""
+    work = tmp_path / "work"
+    work.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    for args in (["begin"], ["copy", "/bin/busybox", "/bin/busybox"]):
+        subprocess.run([sys.executable, "-m", "acbuild", "--work-path", str(work), *args], check=True, env=env,
+                       capture_output=True)
+    modules = imported(tmp_path, "--work-path", str(work), "run", "--", "/bin/busybox", "true", cwd=tmp_path)
+    assert "acbuild.engine.execute.sandbox_process" in modules  # the RUN really ran
+    assert loaded(modules, ("hashlib", "_hashlib")) == []
+
+
+def test_cached_build_loads_no_exporter_resources_or_platform(tmp_path):
+    """A build whose result is cached reads its -o, its build file (the parse cache) and
+    its context: not the OCI exporter, importlib.resources, platform or Lark."""
+    (tmp_path / "f").write_text("x\n")
+    (tmp_path / "ACIfile").write_text("FROM scratch\nNAME example.com/x\nCOPY f /f\n")
+    build = ["build", "-q", "--cache-dir", str(tmp_path / "cache"), "-f", str(tmp_path / "ACIfile"),
+             "-o", str(tmp_path / "x.aci")]
+    subprocess.run([sys.executable, "-m", "acbuild", *build], check=True, capture_output=True, cwd=tmp_path,
+                   env={**os.environ, "PYTHONPATH": str(REPO)})
+    modules = imported(tmp_path, *build, cwd=tmp_path)
+    assert "acbuild.engine.cache.keys" in modules  # the build really ran, from the cache
+    assert loaded(modules, ("acbuild.oci.export", "acbuild.engine.cache.share", "importlib.resources", "platform",
+                            "lark")) == []

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import errno
 import glob
-import hashlib
 import os
 import posixpath
 import shutil
@@ -266,6 +265,8 @@ def _copy_entry(src: Path, target: Path, attrs: CopyAttrs, st: os.stat_result,
 
 def _copy_hashing(src: Path, target: Path) -> str:
     """Copy a regular file and return the sha256 of the bytes written."""
+    import hashlib  # here: a RUN-only command (acbuild run) loads this module, not OpenSSL
+
     h = hashlib.sha256()
     fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)  # as copyfile(follow_symlinks=False)
     with open(fd, "rb", buffering=0) as fin, open(target, "xb") as fout:

@@ -14,7 +14,6 @@ never reach the host's build context.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import stat
@@ -150,6 +149,8 @@ def _bind(session, mount: p.RunMount, i: p.Run, bind_type, private: Path):
             if mount.required:
                 raise BuildError(f'RUN --mount=type=secret: no secret "{mount.id}" (give --secret id={mount.id},src=FILE)', i.pos)
             return None
+        import hashlib
+
         path = private / f"secret-{hashlib.sha256(mount.id.encode()).hexdigest()[:16]}"
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o400)
         with open(fd, "wb") as out:
@@ -190,6 +191,8 @@ def _private_copy(source: Path, dest: Path, rel: str, ignore) -> None:
 
 def cache_mount_dir(session, mount: p.RunMount) -> Path:
     """A persistent directory for RUN --mount=type=cache, keyed by id (or target)."""
+    import hashlib
+
     from acbuild.dirs import cache_root
 
     key = hashlib.sha256((mount.id or mount.target).encode()).hexdigest()[:32]
