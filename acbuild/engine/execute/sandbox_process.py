@@ -86,7 +86,7 @@ def _start_command(spec: SandboxSpec, ids: tuple[int, int, tuple[int, ...]] | No
 
     Init is prepared, not a forked child: posix_spawn (vfork-like) copies no page table
     and takes no copy-on-write fault, where a fork of this interpreter and the Python run
-    in it before exec were a third of a RUN's time. Init needs nothing the command may not
+    in it before exec were a fifth of a sandboxed run. Init needs nothing the command may not
     have: after this it only waits, reaps and forwards signals (as the command's user,
     undumpable, so the command can neither trace it nor read its memory)."""
     what = "set up the command"
@@ -220,7 +220,6 @@ def _helper(spec: SandboxSpec, plan: MountPlan, ids, stdio, errfd: int, debug: b
         os._exit(_exit_code(status))
     except BaseException as e:
         _report_and_exit(errfd, f"{what}: {getattr(e, 'strerror', None) or e}")
-
 
 
 def _fork() -> int:
