@@ -8,7 +8,13 @@
   (FROM scratch, COPY busybox, 20x RUN ["/bin/busybox","true"]), the same way; skipped
   when buildah is not installed. A temporary --root/--runroot, removed afterwards.
 - acbuild run -- true in an interactive session begun from the same base: the whole
-  command (interpreter start included), median over 10 calls.
+  command (interpreter start included), median over 10 calls; with --go-acbuild BINARY,
+  Go acbuild's `run --engine chroot -- true` the same way, in a session of its own
+  begun from the same .aci (its chroot engine: no namespaces, no hardening). Build the
+  binary from containers/build (it vendors its dependencies) with Debian's golang-go:
+  `GOPATH=DIR GO111MODULE=off go build -o BINARY github.com/containers/build/acbuild`
+  in DIR/src/github.com/containers/build; the script links `acbuild-chroot` to it
+  (the chroot engine re-executes itself by that name, as Go acbuild's build script sets up).
 
 Targets (issue 15): under 15 ms per RUN in a build, under 90 ms per interactive run.
 Prints the load and this machine's Python start time before and after (benchmarks/common.py).
@@ -34,10 +40,10 @@ RUNS = 20
 ACBUILD = [sys.executable, "-m", "acbuild"]
 
 
-def timed(cmd: list[str], cwd: Path | None = None) -> float:
+def timed(cmd: list[str], cwd: Path | None = None, env: dict | None = None) -> float:
     # buildah 1.28's vendored runc re-execs itself from a sealed memfd copy, which fails here
     # with EBUSY ("Close_Fd sealing memfd copy"); this variable makes it skip that copy.
-    env = {**os.environ, "_LIBCONTAINER_CLONED_BINARY": "1"}
+    env = {**(env or os.environ), "_LIBCONTAINER_CLONED_BINARY": "1"}
     env.pop("PYTHONDONTWRITEBYTECODE", None)  # users have .pyc caches; compiling costs ~100 ms a call
     start = time.perf_counter()
     proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env)
@@ -112,10 +118,32 @@ def interactive_run(top: Path) -> float | None:
         subprocess.run([*ACBUILD, "--work-path", str(work), "end"], capture_output=True)
 
 
+def go_interactive_run(top: Path, binary: Path) -> float:
+    """Go acbuild's chroot-engine `run -- true` in its own session on the same base."""
+    bindir = top / "go-bin"
+    bindir.mkdir()
+    os.symlink(binary.resolve(), bindir / "acbuild")
+    os.symlink("acbuild", bindir / "acbuild-chroot")
+    work = top / "go-session"
+    work.mkdir()
+    env = {**os.environ, "PATH": f"{bindir}:{os.environ.get('PATH', '')}"}
+    go = [str(bindir / "acbuild"), "--work-path", str(work)]
+    subprocess.run([*go, "begin", str(top / "base.aci")], check=True, capture_output=True, env=env)
+    run = [*go, "run", "--engine", "chroot", "--", "/bin/true"]
+    try:
+        timed(run, env=env)
+        return statistics.median(timed(run, env=env) for _ in range(10))
+    finally:
+        subprocess.run([*go, "end"], capture_output=True, env=env)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     ap.add_argument("repeats", nargs="?", type=int, default=5, help="builds of each tool (default 5)")
-    repeats = ap.parse_args().repeats
+    ap.add_argument("--go-acbuild", type=Path, metavar="BINARY",
+                    help="Go acbuild (containers/build), the interactive run's peer (see above)")
+    args = ap.parse_args()
+    repeats = args.repeats
     top = Path(tempfile.mkdtemp(prefix="acbuild-bench-"))
     print(f"before: {load()}", flush=True)
     try:
@@ -132,6 +160,10 @@ def main() -> None:
         if inter is not None:
             print(f"acbuild run:    {inter * 1000:7.1f} ms per interactive `acbuild run -- true` "
                   "(whole command, median of 10; target < 90 ms)")
+        if args.go_acbuild is not None:
+            go = go_interactive_run(top, args.go_acbuild)
+            print(f"Go acbuild run: {go * 1000:7.1f} ms per `acbuild run --engine chroot -- true` (no isolation)"
+                  + (f"; ratio {inter / go:.2f}" if inter is not None else ""))
         print(f"after: {load()}")
     finally:
         subprocess.run(["rm", "-rf", str(top)])
