@@ -141,7 +141,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     ap.add_argument("repeats", nargs="?", type=int, default=5, help="builds of each tool (default 5)")
     ap.add_argument("--go-acbuild", type=Path, metavar="BINARY",
-                    help="Go acbuild (containers/build), the interactive run's peer (see above)")
+                    help="a Go acbuild binary (containers/build, built with golang-go: see this script's docstring): "
+                         "the interactive run's peer, its chroot engine")
     args = ap.parse_args()
     repeats = args.repeats
     top = Path(tempfile.mkdtemp(prefix="acbuild-bench-"))
