@@ -125,7 +125,7 @@ def _grammar_text() -> str:
         spec = find_spec("acbuild.grammar")
     except ModuleNotFoundError:
         spec = None
-    for directory in (spec.submodule_search_locations or []) if spec is not None else []:
+    for directory in (spec and spec.submodule_search_locations) or ():
         try:
             return (Path(directory) / "acifile.lark").read_text()
         except FileNotFoundError:

@@ -113,10 +113,10 @@ def _program_key() -> str:
     interactive `acbuild run`): the architecture, the profile's and this module's files
     (the capabilities kept are here) and libseccomp's binding (Debian ships it with
     libseccomp itself), each by size, mtime and inode, as .pyc files are checked; and a
-    CRC of their paths and the capabilities, which only tells installs apart."""
+    CRC of their paths, which only tells installs apart."""
     files = (seccomp_profile.__file__, __file__, _binding_path())
     stats = [os.stat(f) for f in files]
-    where = zlib.crc32(repr((files, sorted(KEPT_CAPABILITIES))).encode())
+    where = zlib.crc32(repr(files).encode())
     return "-".join([os.uname().machine, *(f"{st.st_size}.{st.st_mtime_ns}.{st.st_ino}" for st in stats), f"{where:08x}"])
 
 

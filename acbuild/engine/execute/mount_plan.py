@@ -130,7 +130,8 @@ def root_step(spec: SandboxSpec, root: Path, scratch: Path | None) -> MountRoot:
     if spec.upper is not None:  # never a bind: the rootfs must not be written
         if spec.lower_layers or scratch is None:
             if spec.overlay_work is None:
-                raise BuildError("RUN: a separate upper dir needs an overlay work dir or a scratch dir")
+                raise BuildError("RUN: a separate upper dir needs an overlay work dir "
+                                 "(or, without lower layers, a scratch dir)")
             lower, work = (root, *(Path(p).resolve() for p in spec.lower_layers)), Path(spec.overlay_work).resolve()
         else:  # the scratch's lower dir below the rootfs holds its missing mount points
             lower, work = (root, scratch / "lower"), scratch / "root-work"
